@@ -1,0 +1,1 @@
+"""Shared pieces of the toolkit: label schema, dataset location, run reports, training helpers."""

@@ -1,0 +1,100 @@
+"""Training helpers shared by ser/, fer/ and fusion/: seeds, splits, class weights, callbacks."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow in one call."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def class_weights(y: Sequence[int], num_classes: int) -> dict[int, float]:
+    """Balanced weights ``n / (k * count)`` for the classes present; absent classes get 1.0."""
+    y = np.asarray(y, dtype=int)
+    counts = np.bincount(y, minlength=num_classes).astype(float)
+    present = counts > 0
+    weights = np.ones(num_classes)
+    weights[present] = len(y) / (present.sum() * counts[present])
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def group_split(groups: Sequence[str], val_fraction: float, test_fraction: float, seed: int,
+                val_groups: Sequence[str] = (), test_groups: Sequence[str] = ()) -> np.ndarray:
+    """Assign whole groups (speakers, subjects) to ``train`` / ``val`` / ``test``.
+
+    Groups named in ``val_groups`` / ``test_groups`` go there; the rest are shuffled
+    with ``seed`` and the first fractions of them become test, then validation.
+    """
+    groups = np.asarray(groups)
+    unique = sorted(set(groups.tolist()))
+    unknown = (set(val_groups) | set(test_groups)) - set(unique)
+    if unknown:
+        raise ValueError(f"unknown speakers/subjects in the split: {sorted(unknown)}; known: {unique}")
+    assigned = {g: "test" for g in test_groups} | {g: "val" for g in val_groups}
+    free = [g for g in unique if g not in assigned]
+    np.random.default_rng(seed).shuffle(free)
+    if not test_groups:
+        n_test = max(1, round(test_fraction * len(unique))) if test_fraction > 0 else 0
+        assigned |= {g: "test" for g in free[:n_test]}
+        free = free[n_test:]
+    if not val_groups:
+        n_val = max(1, round(val_fraction * len(unique))) if val_fraction > 0 else 0
+        assigned |= {g: "val" for g in free[:n_val]}
+        free = free[n_val:]
+    assigned |= {g: "train" for g in free}
+    return np.array([assigned[g] for g in groups])
+
+
+def random_split(labels: Sequence[int], val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """Stratified random split of items (leaks speakers: report it as such)."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    idx = np.arange(len(labels))
+    strat = labels if np.bincount(labels).min() >= 3 else None
+    rest, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=strat)
+    rel_val = val_fraction / (1.0 - test_fraction)
+    strat_rest = labels[rest] if strat is not None else None
+    train, val = train_test_split(rest, test_size=rel_val, random_state=seed, stratify=strat_rest)
+    out = np.empty(len(labels), dtype=object)
+    out[train], out[val], out[test] = "train", "val", "test"
+    return out.astype(str)
+
+
+def make_callbacks(run_dir: str | os.PathLike, patience: int = 10, lr_patience: int = 4,
+                   monitor: str = "val_accuracy") -> list:
+    """Checkpoint best model, back up every epoch for resume, stop early, lower LR on plateau, log CSV."""
+    import keras
+
+    run_dir = Path(run_dir)
+    mode = "max" if "acc" in monitor else "min"
+    return [
+        keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints"), delete_checkpoint=True),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor, mode=mode,
+                                        save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=lr_patience, min_lr=1e-6),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+    ]
+
+
+def read_history(run_dir: str | os.PathLike) -> dict[str, list[float]]:
+    """The full history from ``history.csv`` (covers resumed runs, unlike ``fit``'s return value)."""
+    import pandas as pd
+
+    path = Path(run_dir) / "history.csv"
+    if not path.exists():
+        return {}
+    frame = pd.read_csv(path)
+    frame = frame.drop_duplicates("epoch", keep="last") if "epoch" in frame else frame
+    return {c: frame[c].astype(float).tolist() for c in frame.columns if c != "epoch"}
