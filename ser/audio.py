@@ -1,0 +1,97 @@
+"""Load any common audio file as 16 kHz mono float32, with a specific error for each way it can fail."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+SILENCE_PEAK = 1e-4  # peak amplitude below which a clip carries no usable signal
+MIN_SAMPLES = 160     # 10 ms: shorter decodes are treated as empty
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message says why."""
+
+
+class CorruptAudioError(AudioError):
+    """Not decodable as audio (corrupt, truncated or not an audio file)."""
+
+
+class EmptyAudioError(AudioError):
+    """Decodes, but holds (almost) no samples."""
+
+
+class SilentAudioError(AudioError):
+    """Decodes, but is digital silence."""
+
+
+def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    # libsndfile detects the container from the header, so AIFF data behind a .wav name still reads.
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    return data.mean(axis=1), sr
+
+
+def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise CorruptAudioError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate or SAMPLE_RATE)
+        chunks = []
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+        sr = resampler.rate
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), sr
+
+
+def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Decode to mono float32 at the file's own rate: libsndfile first, FFmpeg (PyAV) for the rest."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise EmptyAudioError(f"{path}: file is empty (0 bytes)")
+    try:
+        return _read_soundfile(path)
+    except Exception as sf_error:  # libsndfile cannot read mp3/m4a/mp4: try FFmpeg
+        try:
+            return _read_pyav(path)
+        except AudioError:
+            raise
+        except Exception as av_error:
+            raise CorruptAudioError(f"{path}: not readable as audio ({sf_error}; {av_error})") from av_error
+
+
+def check_signal(y: np.ndarray, source: str = "audio") -> np.ndarray:
+    """Raise EmptyAudioError / SilentAudioError for unusable signals; return ``y`` otherwise."""
+    if y.size < MIN_SAMPLES:
+        raise EmptyAudioError(f"{source}: only {y.size} samples")
+    if not np.all(np.isfinite(y)):
+        raise CorruptAudioError(f"{source}: contains NaN or infinite samples")
+    if float(np.max(np.abs(y))) < SILENCE_PEAK:
+        raise SilentAudioError(f"{source}: silent (peak amplitude below {SILENCE_PEAK})")
+    return y
+
+
+def resample(y: np.ndarray, sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    import librosa
+
+    if sr == target_sr:
+        return y.astype(np.float32, copy=False)
+    return librosa.resample(y, orig_sr=sr, target_sr=target_sr).astype(np.float32)
+
+
+def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Any common audio file -> float32 mono at ``sr``; raises AudioError subclasses with the reason."""
+    y, file_sr = decode(path)
+    check_signal(y, str(path))
+    return resample(y, file_sr, sr)

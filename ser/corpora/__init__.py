@@ -1,0 +1,96 @@
+"""One data-preparation module per speech corpus; each turns a folder into a list of ``Clip``s.
+
+All parsers take labels and speakers from file and folder names exactly as the
+corpora ship them (see each module's docstring for the convention).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from core.datasets import resolve_corpus_dir
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".aif", ".aiff", ".m4a", ".mp4", ".webm"}
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: str
+    label: str      # schema label (core.labels.EMOTIONS)
+    speaker: str    # corpus-qualified, e.g. "ravdess_03", so ids never collide across corpora
+    corpus: str
+
+
+@dataclass
+class ParseReport:
+    """What a parser kept, and what it left out and why (goes into the run's data_report.json)."""
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, reason: str, path: str) -> None:
+        self.skipped[reason] += 1
+        self.examples.setdefault(reason, [])
+        if len(self.examples[reason]) < 5:
+            self.examples[reason].append(path)
+
+    def as_dict(self) -> dict:
+        return {"kept": self.kept, "skipped": dict(self.skipped), "examples": self.examples}
+
+
+def audio_files(root: Path) -> list[Path]:
+    """Audio files below ``root`` in a stable order, hidden files excluded."""
+    files = [Path(dirpath) / name
+             for dirpath, _, names in os.walk(root)
+             for name in names
+             if not name.startswith(".") and Path(name).suffix.lower() in AUDIO_EXTENSIONS]
+    return sorted(files)
+
+
+def dedupe_by_name(files: Iterable[Path]) -> list[Path]:
+    # Kaggle archives of RAVDESS and TESS hold the same clips twice in nested copies.
+    seen: dict[str, Path] = {}
+    for path in files:
+        seen.setdefault(path.name.lower(), path)
+    return sorted(seen.values())
+
+
+def _parsers() -> dict[str, Callable[[Path], tuple[list[Clip], ParseReport]]]:
+    from ser.corpora import crema_d, ravdess, savee, tess
+
+    return {"ravdess": ravdess.parse, "crema_d": crema_d.parse, "tess": tess.parse, "savee": savee.parse}
+
+
+CORPORA = ("ravdess", "crema_d", "tess", "savee")
+ALIASES = {"crema-d": "crema_d", "cremad": "crema_d", "crema": "crema_d"}
+
+
+def parse_corpus_list(text: str) -> list[str]:
+    names = [ALIASES.get(n.strip().lower(), n.strip().lower()) for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CORPORA]
+    if unknown:
+        raise ValueError(f"unknown corpora {unknown}; choose from {', '.join(CORPORA)}")
+    return names
+
+
+def load_clips(corpora: Iterable[str], data_dir: str | os.PathLike | None = None,
+               slugs: dict[str, str] | None = None) -> tuple[list[Clip], dict[str, dict]]:
+    """Find each corpus (data dir, env var or kagglehub) and parse it; return clips and per-corpus reports."""
+    parsers = _parsers()
+    clips: list[Clip] = []
+    reports: dict[str, dict] = {}
+    for name in corpora:
+        root = resolve_corpus_dir(name, data_dir, (slugs or {}).get(name))
+        found, report = parsers[name](root)
+        if not found:
+            raise FileNotFoundError(f"{name}: no clips found under {root}; check --data-dir")
+        log.info("%s: %d clips from %s (skipped %s)", name, len(found), root, dict(report.skipped))
+        clips.extend(found)
+        reports[name] = {"root": str(root), **report.as_dict()}
+    return clips, reports

@@ -1,0 +1,68 @@
+"""Evaluate a trained model on a data folder: ``python -m ser.evaluate --model-dir DIR --data-dir PATH``.
+
+Writes metrics.json, confusion_matrix.png and predictions.csv to ``--output``.
+``--split test`` scores only the files the run held out as its test split (from its split.csv).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from core.io import write_json
+from core.labels import EMOTION_INDEX
+from core.reports import format_summary, write_report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import pandas as pd
+
+    from ser.corpora import load_clips, parse_corpus_list
+    from ser.dataset import extract_clips
+    from ser.features import pad
+    from ser.predict import DEFAULT_MODEL_DIR, SERPredictor
+
+    parser = argparse.ArgumentParser(description="Evaluate a speech emotion model on labelled corpora.")
+    parser.add_argument("--model-dir", default=None, help=f"trained run folder (default: {DEFAULT_MODEL_DIR})")
+    parser.add_argument("--corpora", default="ravdess,tess")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--split", default="all", choices=["all", "train", "val", "test"],
+                        help="all files, or one split of the model's own split.csv")
+    parser.add_argument("--output", default="runs/ser-eval")
+    parser.add_argument("--n-jobs", type=int, default=-1)
+    args = parser.parse_args(argv)
+    try:
+        predictor = SERPredictor(args.model_dir)
+        clips, reports = load_clips(parse_corpus_list(args.corpora), args.data_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.split != "all":
+        split = pd.read_csv(predictor.model_dir / "split.csv")
+        wanted = set(split.loc[split["split"] == args.split, "path"])
+        clips = [c for c in clips if c.path in wanted]
+        if not clips:
+            print(f"error: none of the model's {args.split} files are in this data folder", file=sys.stderr)
+            return 2
+    clips, feats, errors = extract_clips(clips, predictor.features, None, args.n_jobs)
+    x, lengths = pad(feats, predictor.features.max_frames)
+    probs = predictor.model.predict(predictor.normalizer.transform(x, lengths), batch_size=256, verbose=0)
+    y_true = np.array([EMOTION_INDEX[c.label] for c in clips])
+    y_pred = probs.argmax(axis=1)
+    out = Path(args.output)
+    metrics = write_report(out, y_true, y_pred, extra={"split": args.split, "model_dir": str(predictor.model_dir),
+                                                       "corpora": args.corpora, "unreadable": len(errors)})
+    write_json(out / "data_report.json", {"corpora": reports, "unreadable_files": errors})
+    pd.DataFrame({"path": [c.path for c in clips], "label": [c.label for c in clips],
+                  "predicted": [predictor.class_names[i] for i in y_pred]}).to_csv(out / "predictions.csv", index=False)
+    print(format_summary(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

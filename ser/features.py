@@ -1,0 +1,185 @@
+"""MFCC + zero-crossing rate + RMS energy frame sequences, cached on disk and extracted in parallel.
+
+Shapes: a clip of ``max_seconds`` at ``sample_rate`` gives ``max_frames = 1 + max_seconds *
+sample_rate // hop_length`` frames (3 s at 16 kHz, hop 256 -> 188 frames) of
+``n_mfcc + 2`` features (40 MFCC, ZCR, RMS -> 42), or ``3 * (n_mfcc + 2)`` with deltas.
+Leading/trailing silence is trimmed first; longer clips are cut to the first
+``max_seconds``, shorter ones zero-padded at the end (after normalisation, so padding
+equals the training mean).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ser.audio import AudioError, load_audio
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("EMOTION_CACHE_DIR", Path.home() / ".cache" / "emotion-toolkit")) / "ser-features"
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    sample_rate: int = 16_000
+    n_mfcc: int = 40
+    n_fft: int = 1024        # 64 ms window
+    hop_length: int = 256    # 16 ms hop
+    max_seconds: float = 3.0
+    trim_db: float = 30.0    # librosa.effects.trim threshold; 0 disables trimming
+    deltas: bool = False     # append first and second derivatives
+
+    @property
+    def max_frames(self) -> int:
+        return 1 + int(self.max_seconds * self.sample_rate) // self.hop_length
+
+    @property
+    def n_features(self) -> int:
+        return (self.n_mfcc + 2) * (3 if self.deltas else 1)
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def frames_from_waveform(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """(n_frames, n_features) float32 for a mono waveform at ``cfg.sample_rate``; not padded."""
+    import librosa
+
+    if cfg.trim_db > 0:
+        trimmed, _ = librosa.effects.trim(y, top_db=cfg.trim_db)
+        y = trimmed if trimmed.size >= cfg.n_fft else y
+    y = y[: int(cfg.max_seconds * cfg.sample_rate)]
+    if y.size < cfg.n_fft:
+        y = np.pad(y, (0, cfg.n_fft - y.size))
+    mfcc = librosa.feature.mfcc(y=y, sr=cfg.sample_rate, n_mfcc=cfg.n_mfcc, n_fft=cfg.n_fft, hop_length=cfg.hop_length)
+    zcr = librosa.feature.zero_crossing_rate(y, frame_length=cfg.n_fft, hop_length=cfg.hop_length)
+    rms = librosa.feature.rms(y=y, frame_length=cfg.n_fft, hop_length=cfg.hop_length)
+    feats = np.vstack([mfcc, zcr, rms])
+    if cfg.deltas:
+        width = min(9, feats.shape[1] - (1 - feats.shape[1] % 2))
+        if width >= 3:
+            feats = np.vstack([feats, librosa.feature.delta(feats, width=width),
+                               librosa.feature.delta(feats, order=2, width=width)])
+        else:
+            feats = np.vstack([feats, np.zeros_like(feats), np.zeros_like(feats)])
+    return feats.T[: cfg.max_frames].astype(np.float32)
+
+
+# ---------------------------------------------------------------- augmentation (training split only)
+AUGMENTATIONS = ("noise", "pitch", "stretch")
+
+
+def augment_waveform(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """One random mix of additive noise (15-30 dB SNR), pitch shift (+-2 semitones), time stretch (0.85-1.15)."""
+    import librosa
+
+    if rng.random() < 0.5:
+        y = librosa.effects.pitch_shift(y, sr=sr, n_steps=float(rng.uniform(-2, 2)))
+    if rng.random() < 0.5:
+        y = librosa.effects.time_stretch(y, rate=float(rng.uniform(0.85, 1.15)))
+    snr_db = rng.uniform(15, 30)
+    power = float(np.mean(y ** 2)) + 1e-12
+    y = y + rng.normal(0, np.sqrt(power / 10 ** (snr_db / 10)), size=y.shape)
+    return y.astype(np.float32)
+
+
+# ---------------------------------------------------------------- cached, parallel extraction
+def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: int) -> Path:
+    stat = os.stat(path)
+    ident = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{variant}"
+    digest = hashlib.sha1(ident.encode()).hexdigest()
+    return cache_dir / cfg.key() / digest[:2] / f"{digest}.npy"
+
+
+def extract_file(path: str, cfg: FeatureConfig, cache_dir: Path | None = None, variant: int = 0,
+                 seed: int = 0) -> np.ndarray:
+    """Features of one file (``variant`` > 0: an augmented copy, reproducible from ``seed``)."""
+    cached = _cache_path(cache_dir, cfg, path, variant) if cache_dir else None
+    if cached is not None and cached.exists():
+        return np.load(cached)
+    y = load_audio(path, cfg.sample_rate)
+    if variant:
+        digest = int(hashlib.sha1(f"{path}|{variant}|{seed}".encode()).hexdigest()[:8], 16)
+        y = augment_waveform(y, cfg.sample_rate, np.random.default_rng(digest))
+    feats = frames_from_waveform(y, cfg)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, feats)
+        os.replace(tmp, cached)
+    return feats
+
+
+def _safe_extract(path: str, cfg: FeatureConfig, cache_dir: Path | None, variant: int, seed: int):
+    try:
+        return extract_file(path, cfg, cache_dir, variant, seed), None
+    except (AudioError, FileNotFoundError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # one bad file must never stop a bulk run
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def extract_many(paths: Sequence[str], cfg: FeatureConfig, cache_dir: Path | None = DEFAULT_CACHE_DIR,
+                 variant: int = 0, seed: int = 0, n_jobs: int = -1,
+                 desc: str = "features") -> tuple[list[np.ndarray | None], dict[str, str]]:
+    """Extract features for many files in parallel; bad files give ``None`` and an entry in the errors dict."""
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    jobs = (delayed(_safe_extract)(p, cfg, cache_dir, variant, seed) for p in paths)
+    results = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=8)(jobs)
+    feats: list[np.ndarray | None] = []
+    errors: dict[str, str] = {}
+    for path, (value, error) in zip(paths, tqdm(results, total=len(paths), desc=desc, leave=False)):
+        feats.append(value)
+        if error:
+            log.warning("skipping %s", error)
+            errors[path] = error
+    return feats, errors
+
+
+# ---------------------------------------------------------------- padding and normalisation
+def pad(feats: Sequence[np.ndarray], max_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stack to (n, max_frames, n_features) with zero padding; also return valid lengths."""
+    n_features = feats[0].shape[1]
+    out = np.zeros((len(feats), max_frames, n_features), np.float32)
+    lengths = np.zeros(len(feats), np.int32)
+    for i, f in enumerate(feats):
+        n = min(len(f), max_frames)
+        out[i, :n] = f[:n]
+        lengths[i] = n
+    return out, lengths
+
+
+@dataclass
+class Normalizer:
+    """Per-feature mean / std fitted on the valid (unpadded) frames of the training split only."""
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray, lengths: np.ndarray) -> "Normalizer":
+        mask = np.arange(x.shape[1])[None, :] < lengths[:, None]
+        frames = x[mask]
+        return cls(frames.mean(axis=0).astype(np.float32), (frames.std(axis=0) + 1e-6).astype(np.float32))
+
+    def transform(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        mask = (np.arange(x.shape[1])[None, :] < lengths[:, None])[..., None]
+        return np.where(mask, (x - self.mean) / self.std, 0.0).astype(np.float32)
+
+    def save(self, path: str | os.PathLike) -> None:
+        from core.io import atomic_write
+
+        atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), mean=self.mean, std=self.std))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Normalizer":
+        with np.load(path) as data:
+            return cls(data["mean"], data["std"])

@@ -1,0 +1,92 @@
+"""The five speech emotion models: one small builder each, all sharing the same CNN front end.
+
+Input: (max_frames, n_features) normalised MFCC+ZCR+RMS frames (see ser.features).
+Output: softmax over the 7 schema emotions.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+from keras import layers
+
+from core.labels import NUM_CLASSES
+
+CONV_FILTERS = (64, 128)
+KERNEL_SIZE = 5
+DROPOUT = 0.3
+
+
+def cnn_front_end(inputs: keras.KerasTensor, filters: tuple[int, ...] = CONV_FILTERS) -> keras.KerasTensor:
+    """Conv1D blocks over time: local spectral patterns, 4x shorter sequence for the recurrent heads."""
+    x = inputs
+    for i, f in enumerate(filters, start=1):
+        x = layers.Conv1D(f, KERNEL_SIZE, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"conv{i}_bn")(x)
+        x = layers.Activation("relu", name=f"conv{i}_relu")(x)
+        x = layers.MaxPooling1D(2, name=f"conv{i}_pool")(x)
+        x = layers.SpatialDropout1D(0.1, name=f"conv{i}_dropout")(x)
+    return x
+
+
+def classifier_head(x: keras.KerasTensor, num_classes: int, units: tuple[int, ...] = (128,)) -> keras.KerasTensor:
+    for i, u in enumerate(units, start=1):
+        x = layers.Dense(u, activation="relu", name=f"dense{i}")(x)
+        x = layers.Dropout(DROPOUT, name=f"dense{i}_dropout")(x)
+    return layers.Dense(num_classes, activation="softmax", name="emotion")(x)
+
+
+def build_cnn(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES) -> keras.Model:
+    inputs = keras.Input(input_shape, name="features")
+    x = cnn_front_end(inputs, CONV_FILTERS + (256,))
+    x = layers.GlobalAveragePooling1D(name="pool")(x)
+    return keras.Model(inputs, classifier_head(x, num_classes), name="ser_cnn")
+
+
+def build_lstm(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES) -> keras.Model:
+    inputs = keras.Input(input_shape, name="features")
+    x = cnn_front_end(inputs)
+    x = layers.LSTM(128, name="lstm")(x)
+    return keras.Model(inputs, classifier_head(x, num_classes), name="ser_lstm")
+
+
+def build_bilstm(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES) -> keras.Model:
+    inputs = keras.Input(input_shape, name="features")
+    x = cnn_front_end(inputs)
+    x = layers.Bidirectional(layers.LSTM(64), name="bilstm")(x)
+    return keras.Model(inputs, classifier_head(x, num_classes), name="ser_bilstm")
+
+
+def build_gru(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES) -> keras.Model:
+    inputs = keras.Input(input_shape, name="features")
+    x = cnn_front_end(inputs)
+    x = layers.GRU(128, name="gru")(x)
+    return keras.Model(inputs, classifier_head(x, num_classes, units=(128, 64)), name="ser_gru")
+
+
+def build_attention(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES) -> keras.Model:
+    """CNN + one transformer-style self-attention block, mean-pooled over time."""
+    inputs = keras.Input(input_shape, name="features")
+    x = cnn_front_end(inputs)
+    attended = layers.MultiHeadAttention(num_heads=4, key_dim=32, dropout=0.1, name="self_attention")(x, x)
+    x = layers.LayerNormalization(name="attention_norm")(layers.Add(name="attention_residual")([x, attended]))
+    ff = layers.Dense(256, activation="relu", name="ff1")(x)
+    ff = layers.Dense(CONV_FILTERS[-1], name="ff2")(ff)
+    x = layers.LayerNormalization(name="ff_norm")(layers.Add(name="ff_residual")([x, ff]))
+    x = layers.GlobalAveragePooling1D(name="pool")(x)
+    return keras.Model(inputs, classifier_head(x, num_classes), name="ser_attention")
+
+
+MODELS: dict[str, Callable[..., keras.Model]] = {
+    "cnn": build_cnn,
+    "lstm": build_lstm,
+    "bilstm": build_bilstm,
+    "gru": build_gru,
+    "attention": build_attention,
+}
+
+
+def build_model(name: str, input_shape: tuple[int, int], num_classes: int = NUM_CLASSES) -> keras.Model:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return MODELS[name](input_shape, num_classes)

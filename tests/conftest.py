@@ -1,0 +1,36 @@
+"""Shared pytest setup: quiet TensorFlow, the optional real-data folder, the repo root on sys.path."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EMOTION_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real corpora in ../shared/data; tests that need them skip cleanly without it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A user's EMOTION_DATA_DIR must not change what the tests read.
+    monkeypatch.delenv("EMOTION_DATA_DIR", raising=False)
