@@ -1,0 +1,101 @@
+import json
+import time
+
+import numpy as np
+import pytest
+
+from core import datasets, labels
+from core.io import read_json, write_json
+from core.reports import compute_metrics, write_report
+from core.training import class_weights, group_split, random_split
+
+
+def test_schema_has_seven_emotions_in_fixed_order():
+    assert labels.EMOTIONS == ("neutral", "happy", "sad", "angry", "fear", "disgust", "surprise")
+
+
+@pytest.mark.parametrize("corpus, raw, expected", [
+    ("ravdess", "02", "neutral"), ("ravdess", "08", "surprise"), ("tess", "ps", "surprise"),
+    ("tess", "PS", "surprise"), ("crema_d", "ANG", "angry"), ("savee", "sa", "sad"), ("savee", "su", "surprise"),
+    ("fer2013", 0, "angry"), ("fer2013", "6", "neutral"), ("jaffe", "NE", "neutral"),
+    ("ckplus", "sadness", "sad"), ("ckplus", "contempt", None), ("meld", "joy", "happy"), ("meld", "anger", "angry"),
+])
+def test_map_label(corpus, raw, expected):
+    assert labels.map_label(corpus, raw) == expected
+
+
+def test_every_mapping_lands_in_the_schema():
+    for table in labels.CORPUS_LABELS.values():
+        assert set(v for v in table.values() if v is not None) <= set(labels.EMOTIONS)
+
+
+def test_unknown_label_and_corpus_are_explicit_errors():
+    with pytest.raises(labels.UnknownLabelError, match="calm"):
+        labels.map_label("meld", "calm")
+    with pytest.raises(labels.UnknownLabelError, match="unknown corpus"):
+        labels.map_label("iemocap", "neu")
+
+
+def test_offline_download_fails_fast_and_names_data_dir(monkeypatch):
+    monkeypatch.setattr(datasets, "KAGGLE_HOST", ("kaggle.invalid", 443))
+    start = time.monotonic()
+    with pytest.raises(datasets.DatasetNotFoundError, match="--data-dir"):
+        datasets.resolve_corpus_dir("ravdess")
+    assert time.monotonic() - start < 10
+
+
+def test_data_dir_finds_corpus_subfolder_or_uses_itself(tmp_path, monkeypatch):
+    (tmp_path / "ravdess").mkdir()
+    assert datasets.resolve_corpus_dir("ravdess", tmp_path) == tmp_path / "ravdess"
+    assert datasets.resolve_corpus_dir("tess", tmp_path) == tmp_path
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
+    assert datasets.resolve_corpus_dir("ravdess") == tmp_path / "ravdess"
+    with pytest.raises(datasets.DatasetNotFoundError, match="does not exist"):
+        datasets.resolve_corpus_dir("ravdess", tmp_path / "missing")
+
+
+def test_metrics_match_hand_computed_values(tmp_path):
+    y_true = [0, 0, 1, 1, 2, 2]
+    y_pred = [0, 1, 1, 1, 2, 0]
+    m = compute_metrics(y_true, y_pred)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["f1_micro"] == pytest.approx(4 / 6)
+    # per class F1: class0 p=.5 r=.5 -> .5; class1 p=2/3 r=1 -> .8; class2 p=1 r=.5 -> 2/3
+    assert m["f1_macro"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert m["confusion_matrix"][0][:3] == [1, 1, 0]
+    written = write_report(tmp_path, y_true, y_pred, extra={"split": "speaker"})
+    assert read_json(tmp_path / "metrics.json")["accuracy"] == written["accuracy"]
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_write_json_is_atomic_and_handles_numpy(tmp_path):
+    path = write_json(tmp_path / "a.json", {"x": np.float32(1.5), "y": np.arange(3)})
+    assert json.loads(path.read_text()) == {"x": 1.5, "y": [0, 1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_group_split_keeps_groups_whole_and_is_seeded():
+    groups = [f"s{i // 10}" for i in range(100)]
+    a = group_split(groups, 0.2, 0.2, seed=1)
+    b = group_split(groups, 0.2, 0.2, seed=1)
+    assert (a == b).all()
+    for g in set(groups):
+        assert len({s for s, gg in zip(a, groups) if gg == g}) == 1
+    assert sorted(set(a)) == ["test", "train", "val"]
+    named = group_split(groups, 0.2, 0.2, seed=1, test_groups=["s0"])
+    assert set(named[:10]) == {"test"} and (named == "test").sum() == 10
+    with pytest.raises(ValueError, match="unknown"):
+        group_split(groups, 0.2, 0.2, seed=1, test_groups=["nobody"])
+
+
+def test_random_split_is_stratified():
+    y = np.repeat(np.arange(7), 20)
+    s = random_split(y, 0.15, 0.15, seed=0)
+    for c in range(7):
+        assert (s[y == c] == "test").sum() in (2, 3, 4)
+
+
+def test_class_weights_balance_counts():
+    w = class_weights([0, 0, 0, 1], 3)
+    assert w[0] * 3 == pytest.approx(w[1] * 1)
+    assert w[2] == 1.0

@@ -1,0 +1,139 @@
+"""End-to-end: ser.train (2 epochs, every artifact, resume), ser.predict and ser.evaluate on synthetic corpora."""
+import json
+
+import keras
+import pandas as pd
+import pytest
+
+from core.io import read_json
+from ser import predict as ser_predict
+from ser import train as ser_train
+from ser.evaluate import main as evaluate_main
+from tests import synth_audio as synth
+
+ARTIFACTS = ["model.keras", "config.json", "normalization.npz", "metrics.json", "val_metrics.json",
+             "confusion_matrix.png", "curve_loss.png", "curve_accuracy.png", "history.csv", "split.csv",
+             "data_report.json"]
+
+
+def _argv(root, out, cache, *extra):
+    return ["--model", "cnn", "--corpora", "ravdess,tess", "--data-dir", str(root), "--epochs", "2",
+            "--batch-size", "16", "--max-seconds", "1.0", "--augment", "1", "--output", str(out),
+            "--cache-dir", str(cache), "--n-jobs", "1", "--val-fraction", "0.2", "--test-fraction", "0.2", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    synth.make_ravdess(root, actors=5)
+    synth.make_tess(root)
+    defects = synth.add_defects(root / "ravdess")
+    out = tmp_path_factory.mktemp("run")
+    assert ser_train.main(_argv(root, out, tmp_path_factory.mktemp("cache"))) == 0
+    return root, out, defects
+
+
+def test_train_writes_every_artifact(trained):
+    _, out, _ = trained
+    for name in ARTIFACTS:
+        assert (out / name).is_file(), name
+    metrics = read_json(out / "metrics.json")
+    for key in ("accuracy", "precision_macro", "recall_weighted", "f1_macro", "f1_weighted", "f1_micro"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert set(metrics["per_class"]) >= {"neutral", "surprise", "macro avg"}
+    config = read_json(out / "config.json")
+    assert config["class_names"][0] == "neutral" and config["train"]["model"] == "cnn"
+    assert config["features"]["max_seconds"] == 1.0
+    assert len(pd.read_csv(out / "history.csv")) == 2
+
+
+def test_bad_files_are_skipped_and_counted(trained):
+    _, out, defects = trained
+    report = read_json(out / "data_report.json")
+    assert report["unreadable"] == 3
+    assert set(report["unreadable_files"]) == {str(defects[k]) for k in ("corrupt", "empty", "silent")}
+    split = pd.read_csv(out / "split.csv")
+    assert str(defects["stereo"]) in set(split["path"])
+
+
+def test_split_holds_out_whole_speakers(trained):
+    _, out, _ = trained
+    split = pd.read_csv(out / "split.csv")
+    assert (split.groupby("speaker")["split"].nunique() == 1).all()
+    assert set(split["split"]) == {"train", "val", "test"}
+    assert set(split.loc[split["corpus"] == "tess", "split"]) == {"train"}
+
+
+def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    synth.make_ravdess(tmp_path / "data", actors=5)
+    out = tmp_path / "run"
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt("simulated power cut")
+
+    real = ser_train.make_callbacks
+    monkeypatch.setattr(ser_train, "make_callbacks", lambda *a, **k: real(*a, **k) + [Crash()])
+    argv = _argv(tmp_path / "data", out, tmp_path / "cache", "--epochs", "3", "--corpora", "ravdess", "--augment", "0")
+    with pytest.raises(KeyboardInterrupt):
+        ser_train.main(argv)
+    assert (out / "checkpoints").is_dir() and not (out / "model.keras").exists()
+    monkeypatch.setattr(ser_train, "make_callbacks", real)
+    assert ser_train.main(argv) == 0
+    assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0, 1, 2]
+
+
+def test_train_reports_missing_data_folder(tmp_path, capsys):
+    assert ser_train.main(["--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_predict_json_on_files_and_folder(trained, capsys):
+    root, out, defects = trained
+    folder = root / "tess" / "OAF_angry"
+    files = [str(root / "ravdess" / "Actor_02" / "03-01-05-01-01-01-02.wav"), str(defects["aiff_as_wav"])]
+    code = ser_predict.main(["--model-dir", str(out), "--json", *files, str(folder)])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2 + len(list(folder.iterdir()))
+    for obj in lines:
+        assert set(obj) == {"path", "label", "probabilities"}
+        assert list(obj["probabilities"]) == ["neutral", "happy", "sad", "angry", "fear", "disgust", "surprise"]
+        assert sum(obj["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+        assert obj["label"] == max(obj["probabilities"], key=obj["probabilities"].get)
+
+
+def test_predict_continues_past_bad_files_and_fails_at_the_end(trained, capsys):
+    _, out, defects = trained
+    code = ser_predict.main(["--model-dir", str(out), "--json", str(defects["corrupt"]), str(defects["silent"]),
+                             str(defects["stereo"])])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert len(captured.out.splitlines()) == 1
+    assert "not readable as audio" in captured.err and "silent" in captured.err
+
+
+def test_predictor_is_deterministic_and_matches_cli(trained):
+    root, out, _ = trained
+    predictor = ser_predict.SERPredictor(out)
+    y = synth.tone("angry", seed=3)
+    first = predictor.predict_waveform(y, 16_000)
+    assert first.shape == (7,)
+    assert (predictor.predict_waveform(y, 16_000) == first).all()
+
+
+def test_predict_without_model_is_a_clear_error(tmp_path, capsys):
+    assert ser_predict.main(["--model-dir", str(tmp_path), "x.wav"]) == 2
+    assert "ser.train" in capsys.readouterr().err
+
+
+def test_evaluate_writes_metrics_for_test_split(trained, tmp_path):
+    root, out, _ = trained
+    assert evaluate_main(["--model-dir", str(out), "--data-dir", str(root), "--corpora", "ravdess,tess",
+                          "--split", "test", "--output", str(tmp_path), "--n-jobs", "1"]) == 0
+    metrics = read_json(tmp_path / "metrics.json")
+    train_metrics = read_json(out / "metrics.json")
+    assert metrics["n"] == train_metrics["n"]
+    assert metrics["accuracy"] == pytest.approx(train_metrics["accuracy"])
+    assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "predictions.csv").is_file()

@@ -1,0 +1,157 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from ser import audio
+from ser.corpora import load_clips, parse_corpus_list
+from ser.dataset import split_clips
+from ser.features import FeatureConfig, Normalizer, extract_many, frames_from_waveform, pad
+from tests import synth_audio as synth
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpora")
+    synth.make_ravdess(root, actors=4)
+    synth.make_tess(root)
+    synth.make_crema_d(root)
+    synth.make_savee(root)
+    defects = synth.add_defects(root / "ravdess")
+    return root, defects
+
+
+def test_ravdess_parser_maps_calm_to_neutral_and_reads_actor(corpora):
+    root, defects = corpora
+    clips, report = load_clips(["ravdess"], root)
+    assert report["ravdess"]["kept"] == len(clips) == 4 * 8 + len(defects)
+    by_name = {c.path.rsplit("/", 1)[1]: c for c in clips}
+    assert by_name["03-01-02-01-01-01-03.wav"].label == "neutral"
+    assert by_name["03-01-08-01-01-01-03.wav"].label == "surprise"
+    assert by_name["03-01-02-01-01-01-03.wav"].speaker == "ravdess_03"
+
+
+def test_ravdess_parser_skips_foreign_names_and_dedupes_nested_copies(tmp_path):
+    synth.make_ravdess(tmp_path, actors=1)
+    nested = tmp_path / "ravdess" / "audio_speech_actors_01-24" / "Actor_01"
+    nested.mkdir(parents=True)
+    for f in (tmp_path / "ravdess" / "Actor_01").iterdir():
+        (nested / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "ravdess" / "Actor_01" / "notes.wav").write_bytes(b"x")
+    clips, report = load_clips(["ravdess"], tmp_path)
+    assert len(clips) == 8
+    assert sum(report["ravdess"]["skipped"].values()) == 1
+
+
+def test_tess_parser_reads_suffix_and_speaker(corpora):
+    root, _ = corpora
+    clips, _ = load_clips(["tess"], root)
+    assert Counter(c.speaker for c in clips) == {"tess_OAF": 14, "tess_YAF": 14}
+    assert Counter(c.label for c in clips)["surprise"] == 4
+    assert {c.label for c in clips if c.path.endswith("_ps.wav")} == {"surprise"}
+
+
+def test_tess_typo_prefix_still_belongs_to_oaf(tmp_path):
+    synth.write(tmp_path / "tess" / "OAF_neutral" / "OA_bite_neutral.wav", synth.tone("neutral"))
+    clips, _ = load_clips(["tess"], tmp_path)
+    assert [(c.speaker, c.label) for c in clips] == [("tess_OAF", "neutral")]
+
+
+def test_crema_d_and_savee_parsers(corpora):
+    root, _ = corpora
+    crema, _ = load_clips(["crema_d"], root)
+    assert len(crema) == 18 and {c.speaker for c in crema} == {"crema_d_1001", "crema_d_1002", "crema_d_1003"}
+    assert {c.label for c in crema if "_ANG_" in c.path} == {"angry"}
+    savee, _ = load_clips(["savee"], root)
+    assert len(savee) == 21
+    assert {c.label for c in savee if c.path.endswith("_sa01.wav")} == {"sad"}
+    assert {c.label for c in savee if c.path.endswith("_su01.wav")} == {"surprise"}
+
+
+def test_corpora_combine_and_unknown_names_are_rejected(corpora):
+    root, _ = corpora
+    assert parse_corpus_list("ravdess, CREMA-D") == ["ravdess", "crema_d"]
+    with pytest.raises(ValueError, match="iemocap"):
+        parse_corpus_list("ravdess,iemocap")
+    clips, reports = load_clips(["ravdess", "tess"], root)
+    assert set(reports) == {"ravdess", "tess"} and {c.corpus for c in clips} == {"ravdess", "tess"}
+
+
+def test_missing_corpus_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no clips found"):
+        load_clips(["savee"], tmp_path)
+
+
+def test_audio_defects_each_give_a_specific_error_or_load(corpora):
+    _, defects = corpora
+    with pytest.raises(audio.CorruptAudioError, match="not readable"):
+        audio.load_audio(defects["corrupt"])
+    with pytest.raises(audio.EmptyAudioError):
+        audio.load_audio(defects["empty"])
+    with pytest.raises(audio.SilentAudioError, match="silent"):
+        audio.load_audio(defects["silent"])
+    for name in ("stereo", "aiff_as_wav", "hi_rate"):
+        y = audio.load_audio(defects[name])
+        assert y.ndim == 1 and abs(len(y) - 16_000) < 50, name
+
+
+def test_non_audio_file_is_rejected(tmp_path):
+    path = tmp_path / "photo.wav"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    with pytest.raises(audio.AudioError):
+        audio.load_audio(path)
+
+
+def test_feature_shapes_and_padding():
+    cfg = FeatureConfig(max_seconds=1.0)
+    feats = frames_from_waveform(synth.tone("happy", seconds=2.0), cfg)
+    assert feats.shape == (cfg.max_frames, 42)
+    short = frames_from_waveform(synth.tone("happy", seconds=0.3), cfg)
+    x, lengths = pad([feats, short], cfg.max_frames)
+    assert x.shape == (2, cfg.max_frames, 42) and lengths[1] == len(short) < cfg.max_frames
+    assert not x[1, lengths[1]:].any()
+    deltas = FeatureConfig(max_seconds=1.0, deltas=True)
+    assert frames_from_waveform(synth.tone("sad"), deltas).shape[1] == deltas.n_features == 126
+
+
+def test_normalizer_uses_valid_frames_only(tmp_path):
+    x = np.zeros((2, 4, 1), np.float32)
+    x[0, :2, 0] = [1, 3]
+    x[1, :2, 0] = [5, 7]
+    norm = Normalizer.fit(x, np.array([2, 2]))
+    assert norm.mean[0] == pytest.approx(4.0)
+    out = norm.transform(x, np.array([2, 2]))
+    assert not out[:, 2:].any()
+    norm.save(tmp_path / "n.npz")
+    assert Normalizer.load(tmp_path / "n.npz").std[0] == pytest.approx(norm.std[0])
+
+
+def test_bulk_extraction_skips_and_counts_bad_files_and_caches(corpora, tmp_path):
+    root, defects = corpora
+    clips, _ = load_clips(["ravdess"], root)
+    paths = [c.path for c in clips]
+    cfg = FeatureConfig(max_seconds=1.0)
+    feats, errors = extract_many(paths, cfg, tmp_path / "cache", n_jobs=2)
+    assert set(errors) == {str(defects[k]) for k in ("corrupt", "empty", "silent")}
+    assert sum(f is not None for f in feats) == len(paths) - 3
+    cached = list((tmp_path / "cache").rglob("*.npy"))
+    assert len(cached) == len(paths) - 3
+    again, _ = extract_many(paths, cfg, tmp_path / "cache", n_jobs=1)
+    assert all((a is None and b is None) or np.array_equal(a, b) for a, b in zip(feats, again))
+    augmented, _ = extract_many(paths[:2], cfg, tmp_path / "cache", variant=1, n_jobs=1)
+    assert not np.allclose(augmented[0], feats[0])
+
+
+def test_speaker_split_holds_out_whole_speakers_per_corpus(corpora):
+    root, _ = corpora
+    clips, _ = load_clips(["ravdess", "tess"], root)
+    splits = split_clips(clips, "speaker", 0.25, 0.25, seed=0)
+    by_speaker = {}
+    for c, s in zip(clips, splits):
+        by_speaker.setdefault(c.speaker, set()).add(s)
+    assert all(len(v) == 1 for v in by_speaker.values())
+    assert by_speaker["tess_OAF"] == by_speaker["tess_YAF"] == {"train"}
+    assert {"val", "test"} <= set.union(*(v for k, v in by_speaker.items() if k.startswith("ravdess")))
+    named = split_clips(clips, "speaker", 0.25, 0.25, 0, val_speakers=["ravdess_01"], test_speakers=["tess_YAF"])
+    assert {s for c, s in zip(clips, named) if c.speaker == "tess_YAF"} == {"test"}
+    assert {s for c, s in zip(clips, named) if c.speaker == "ravdess_01"} == {"val"}
