@@ -21,6 +21,7 @@ from core.io import save_model, write_json
 from core.labels import EMOTIONS, NUM_CLASSES
 from core.reports import format_summary, plot_history, write_report
 from core.training import class_weights, make_callbacks, read_history, set_seed
+from ser.features import DEFAULT_CACHE_DIR
 
 log = logging.getLogger("ser.train")
 
@@ -44,7 +45,7 @@ class TrainConfig:
     augment: int = 1                 # augmented copies of each training clip (noise, pitch, stretch)
     seed: int = 42
     output: str = "runs/ser"
-    cache_dir: str = str(Path.home() / ".cache" / "emotion-toolkit" / "ser-features")
+    cache_dir: str = str(DEFAULT_CACHE_DIR)  # "" disables the feature cache
     n_jobs: int = -1
     # feature settings (see ser.features.FeatureConfig)
     n_mfcc: int = 40
