@@ -72,20 +72,23 @@ def random_split(labels: Sequence[int], val_fraction: float, test_fraction: floa
 
 
 def make_callbacks(run_dir: str | os.PathLike, patience: int = 10, lr_patience: int = 4,
-                   monitor: str = "val_accuracy") -> list:
+                   monitor: str = "val_accuracy", reduce_lr: bool = True) -> list:
     """Checkpoint best model, back up every epoch for resume, stop early, lower LR on plateau, log CSV."""
     import keras
 
     run_dir = Path(run_dir)
     mode = "max" if "acc" in monitor else "min"
-    return [
+    callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints"), delete_checkpoint=True),
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor, mode=mode,
                                         save_best_only=True),
         keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=lr_patience, min_lr=1e-6),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
     ]
+    if reduce_lr:  # not with a learning-rate schedule, which owns the rate
+        callbacks.insert(3, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                                              patience=lr_patience, min_lr=1e-6))
+    return callbacks
 
 
 def read_history(run_dir: str | os.PathLike) -> dict[str, list[float]]:

@@ -35,6 +35,7 @@ class FeatureConfig:
     max_seconds: float = 3.0
     trim_db: float = 30.0    # librosa.effects.trim threshold; 0 disables trimming
     deltas: bool = False     # append first and second derivatives
+    utterance_norm: bool = False  # per-clip mean/variance normalisation: removes speaker and channel offsets
 
     @property
     def max_frames(self) -> int:
@@ -69,7 +70,10 @@ def frames_from_waveform(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
                                librosa.feature.delta(feats, order=2, width=width)])
         else:
             feats = np.vstack([feats, np.zeros_like(feats), np.zeros_like(feats)])
-    return feats.T[: cfg.max_frames].astype(np.float32)
+    feats = feats.T[: cfg.max_frames]
+    if cfg.utterance_norm:
+        feats = (feats - feats.mean(axis=0)) / (feats.std(axis=0) + 1e-5)
+    return feats.astype(np.float32)
 
 
 # ---------------------------------------------------------------- augmentation (training split only)
@@ -137,7 +141,7 @@ def extract_many(paths: Sequence[str], cfg: FeatureConfig, cache_dir: Path | Non
     results = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=8)(jobs)
     feats: list[np.ndarray | None] = []
     errors: dict[str, str] = {}
-    for path, (value, error) in zip(paths, tqdm(results, total=len(paths), desc=desc, leave=False)):
+    for path, (value, error) in zip(paths, tqdm(results, total=len(paths), desc=desc, leave=False, disable=None)):
         feats.append(value)
         if error:
             log.warning("skipping %s", error)

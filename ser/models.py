@@ -11,10 +11,18 @@ import keras
 from keras import layers
 
 from core.labels import NUM_CLASSES
+from ser.layers import FeatureMasking
 
 CONV_FILTERS = (64, 128)
 KERNEL_SIZE = 5
 DROPOUT = 0.3
+
+
+def model_input(input_shape: tuple[int, int], spec_augment: bool = False):
+    """The features input, followed by SpecAugment-style masking when asked (a no-op at inference)."""
+    inputs = keras.Input(input_shape, name="features")
+    x = FeatureMasking(name="spec_augment")(inputs) if spec_augment else inputs
+    return inputs, x
 
 
 def cnn_front_end(inputs: keras.KerasTensor, filters: tuple[int, ...] = CONV_FILTERS) -> keras.KerasTensor:
@@ -36,38 +44,43 @@ def classifier_head(x: keras.KerasTensor, num_classes: int, units: tuple[int, ..
     return layers.Dense(num_classes, activation="softmax", name="emotion")(x)
 
 
-def build_cnn(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES) -> keras.Model:
-    inputs = keras.Input(input_shape, name="features")
-    x = cnn_front_end(inputs, CONV_FILTERS + (256,))
+def build_cnn(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES,
+              spec_augment: bool = False) -> keras.Model:
+    inputs, x = model_input(input_shape, spec_augment)
+    x = cnn_front_end(x, CONV_FILTERS + (256,))
     x = layers.GlobalAveragePooling1D(name="pool")(x)
     return keras.Model(inputs, classifier_head(x, num_classes), name="ser_cnn")
 
 
-def build_lstm(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES) -> keras.Model:
-    inputs = keras.Input(input_shape, name="features")
-    x = cnn_front_end(inputs)
+def build_lstm(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES,
+              spec_augment: bool = False) -> keras.Model:
+    inputs, x = model_input(input_shape, spec_augment)
+    x = cnn_front_end(x)
     x = layers.LSTM(128, name="lstm")(x)
     return keras.Model(inputs, classifier_head(x, num_classes), name="ser_lstm")
 
 
-def build_bilstm(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES) -> keras.Model:
-    inputs = keras.Input(input_shape, name="features")
-    x = cnn_front_end(inputs)
+def build_bilstm(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES,
+              spec_augment: bool = False) -> keras.Model:
+    inputs, x = model_input(input_shape, spec_augment)
+    x = cnn_front_end(x)
     x = layers.Bidirectional(layers.LSTM(64), name="bilstm")(x)
     return keras.Model(inputs, classifier_head(x, num_classes), name="ser_bilstm")
 
 
-def build_gru(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES) -> keras.Model:
-    inputs = keras.Input(input_shape, name="features")
-    x = cnn_front_end(inputs)
+def build_gru(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES,
+              spec_augment: bool = False) -> keras.Model:
+    inputs, x = model_input(input_shape, spec_augment)
+    x = cnn_front_end(x)
     x = layers.GRU(128, name="gru")(x)
     return keras.Model(inputs, classifier_head(x, num_classes, units=(128, 64)), name="ser_gru")
 
 
-def build_attention(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES) -> keras.Model:
+def build_attention(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES,
+              spec_augment: bool = False) -> keras.Model:
     """CNN + one transformer-style self-attention block, mean-pooled over time."""
-    inputs = keras.Input(input_shape, name="features")
-    x = cnn_front_end(inputs)
+    inputs, x = model_input(input_shape, spec_augment)
+    x = cnn_front_end(x)
     attended = layers.MultiHeadAttention(num_heads=4, key_dim=32, dropout=0.1, name="self_attention")(x, x)
     x = layers.LayerNormalization(name="attention_norm")(layers.Add(name="attention_residual")([x, attended]))
     ff = layers.Dense(256, activation="relu", name="ff1")(x)
@@ -86,7 +99,8 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
 }
 
 
-def build_model(name: str, input_shape: tuple[int, int], num_classes: int = NUM_CLASSES) -> keras.Model:
+def build_model(name: str, input_shape: tuple[int, int], num_classes: int = NUM_CLASSES,
+                spec_augment: bool = False) -> keras.Model:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    return MODELS[name](input_shape, num_classes)
+    return MODELS[name](input_shape, num_classes, spec_augment=spec_augment)

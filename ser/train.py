@@ -41,6 +41,9 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     label_smoothing: float = 0.0
+    schedule: str = "plateau"        # plateau (ReduceLROnPlateau) | cosine (cosine decay over all epochs)
+    mixup: float = 0.0               # mixup Beta(alpha, alpha); 0 disables
+    spec_augment: bool = False       # SpecAugment-style time/feature masking in the model (training only)
     patience: int = 12
     augment: int = 1                 # augmented copies of each training clip (noise, pitch, stretch)
     seed: int = 42
@@ -52,12 +55,13 @@ class TrainConfig:
     max_seconds: float = 3.0
     trim_db: float = 30.0
     deltas: bool = False
+    utterance_norm: bool = False
 
     def feature_config(self):
         from ser.features import FeatureConfig
 
         return FeatureConfig(n_mfcc=self.n_mfcc, max_seconds=self.max_seconds, trim_db=self.trim_db,
-                             deltas=self.deltas)
+                             deltas=self.deltas, utterance_norm=self.utterance_norm)
 
 
 HELP = {
@@ -121,17 +125,22 @@ def run(cfg: TrainConfig) -> dict:
             for name in ("val", "test")}
     x_val, y_val, _ = sets["val"]
 
-    model = build_model(cfg.model, (fcfg.max_frames, fcfg.n_features), NUM_CLASSES)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+    model = build_model(cfg.model, (fcfg.max_frames, fcfg.n_features), NUM_CLASSES, cfg.spec_augment)
+    train_data = training_dataset(x_train, y_train, cfg)
+    learning_rate = cfg.learning_rate
+    if cfg.schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * len(train_data))
+    elif cfg.schedule != "plateau":
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose plateau or cosine")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                   metrics=["accuracy"])
     log.info("%s: %d parameters; train %d (with augmentation), val %d, test %d",
              cfg.model, model.count_params(), len(x_train), len(x_val), len(part["test"]))
-    model.fit(x_train, keras.utils.to_categorical(y_train, NUM_CLASSES),
-              validation_data=(x_val, keras.utils.to_categorical(y_val, NUM_CLASSES)),
-              epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True,
-              class_weight=class_weights(y_train, NUM_CLASSES),
-              callbacks=make_callbacks(out, cfg.patience, max(2, cfg.patience // 3)), verbose=2)
+    model.fit(train_data, validation_data=(x_val, keras.utils.to_categorical(y_val, NUM_CLASSES)),
+              epochs=cfg.epochs, verbose=2,
+              callbacks=make_callbacks(out, cfg.patience, max(2, cfg.patience // 3),
+                                       reduce_lr=cfg.schedule == "plateau"))
 
     save_model(model, out / "model.keras")
     normalizer.save(out / "normalization.npz")
@@ -153,6 +162,34 @@ def run(cfg: TrainConfig) -> dict:
                                                           "corpora": cfg.corpora}, prefix=prefix)
         print(f"{name}: {format_summary(results[name])}")
     return results
+
+
+def training_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig):
+    """Shuffled batches of (features, one-hot, class weight); mixed up pairwise when ``cfg.mixup`` > 0."""
+    import tensorflow as tf
+
+    weights = class_weights(y, NUM_CLASSES)
+    sample_weight = np.array([weights[int(c)] for c in y], np.float32)
+    onehot = np.eye(NUM_CLASSES, dtype=np.float32)[y]
+    data = (tf.data.Dataset.from_tensor_slices((x, onehot, sample_weight))
+            .shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
+            .batch(cfg.batch_size))
+    if cfg.mixup > 0:
+        alpha = cfg.mixup
+
+        def mix(xb, yb, wb):
+            n = tf.shape(xb)[0]
+            g1 = tf.random.gamma([n], alpha)
+            g2 = tf.random.gamma([n], alpha)
+            lam = g1 / (g1 + g2)
+            perm = tf.random.shuffle(tf.range(n))
+            mixed = lambda a: lam[:, None, None] * a + (1 - lam[:, None, None]) * tf.gather(a, perm) \
+                if a.shape.rank == 3 else lam[:, None] * a + (1 - lam[:, None]) * tf.gather(a, perm)
+            wb = lam * wb + (1 - lam) * tf.gather(wb, perm)
+            return mixed(xb), mixed(yb), wb
+
+        data = data.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
+    return data.prefetch(tf.data.AUTOTUNE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,6 +84,17 @@ def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0, 1, 2]
 
 
+def test_train_with_mixup_cosine_masking_and_utterance_norm(trained, tmp_path):
+    root, _, _ = trained
+    out = tmp_path / "run"
+    argv = _argv(root, out, tmp_path / "cache", "--epochs", "1", "--augment", "0", "--mixup", "0.2",
+                 "--schedule", "cosine", "--spec-augment", "true", "--utterance-norm", "true", "--deltas", "true")
+    assert ser_train.main(argv) == 0
+    config = read_json(out / "config.json")
+    assert config["features"]["utterance_norm"] and config["input_shape"][1] == 126
+    assert ser_predict.SERPredictor(out).predict_waveform(synth.tone("sad"), 16_000).shape == (7,)
+
+
 def test_train_reports_missing_data_folder(tmp_path, capsys):
     assert ser_train.main(["--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -31,3 +31,19 @@ def test_builder_shape_step_and_save_load_round_trip(name, tmp_path):
 def test_unknown_model_name_lists_choices():
     with pytest.raises(ValueError, match="bilstm"):
         build_model("transformer-xl", INPUT_SHAPE)
+
+
+def test_feature_masking_only_masks_in_training_and_serialises(tmp_path):
+    from ser.layers import FeatureMasking
+
+    layer = FeatureMasking(time_masks=2, time_width=8, feature_masks=1, feature_width=4, seed=1)
+    x = np.ones((3, 40, 12), "float32")
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    masked = np.asarray(layer(x, training=True))
+    assert masked.shape == x.shape and masked.min() == 0.0 and 0.5 < masked.mean() < 1.0
+    clone = FeatureMasking.from_config(layer.get_config())
+    assert clone.time_width == 8 and clone.feature_width == 4
+    model = build_model("cnn", INPUT_SHAPE, spec_augment=True)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.get_layer("spec_augment").time_masks == 2
