@@ -105,7 +105,8 @@ def main() -> None:
             train_s = None
         metrics = read_json(run / "metrics.json")
         config = read_json(run / "config.json")
-        test_clip = next(p for p in __import__("pandas").read_csv(run / "split.csv").query("split == 'test'")["path"])
+        test_file = __import__("pandas").read_csv(run / "split.csv").query("split == 'test'")["file"].iloc[0]
+        test_clip = str(Path(args.data_dir) / test_file)
         rows.append({
             "model": name, "split": "speaker (held-out RAVDESS actors)", "test_n": metrics["n"],
             "accuracy": round(metrics["accuracy"], 4), "f1_macro": round(metrics["f1_macro"], 4),

@@ -21,7 +21,7 @@ from core.reports import format_summary, write_report
 def main(argv: Sequence[str] | None = None) -> int:
     import pandas as pd
 
-    from ser.corpora import load_clips, parse_corpus_list
+    from ser.corpora import clip_key, load_clips, parse_corpus_list
     from ser.dataset import extract_clips
     from ser.features import pad
     from ser.predict import DEFAULT_MODEL_DIR, SERPredictor
@@ -43,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.split != "all":
         split = pd.read_csv(predictor.model_dir / "split.csv")
-        wanted = set(split.loc[split["split"] == args.split, "path"])
-        clips = [c for c in clips if c.path in wanted]
+        wanted = set(split.loc[split["split"] == args.split, "file"])
+        clips = [c for c in clips if clip_key(c, reports) in wanted]
         if not clips:
             print(f"error: none of the model's {args.split} files are in this data folder", file=sys.stderr)
             return 2

@@ -104,7 +104,7 @@ def run(cfg: TrainConfig) -> dict:
         raise RuntimeError("no readable clips: every file failed to load (see warnings)")
     splits = split_clips(clips, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.seed,
                          _csv(cfg.val_speakers), _csv(cfg.test_speakers))
-    _write_split(out, clips, splits)
+    _write_split(out, clips, splits, corpus_reports)
     part = {name: [i for i, s in enumerate(splits) if s == name] for name in ("train", "val", "test")}
     if not part["train"] or not part["val"]:
         raise RuntimeError(f"empty train or validation split: {({k: len(v) for k, v in part.items()})}")
@@ -203,12 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _write_split(out: Path, clips, splits) -> None:
+def _write_split(out: Path, clips, splits, corpus_reports) -> None:
     import pandas as pd
 
     from core.io import atomic_write
+    from ser.corpora import clip_key
 
-    frame = pd.DataFrame({"path": [c.path for c in clips], "corpus": [c.corpus for c in clips],
+    frame = pd.DataFrame({"file": [clip_key(c, corpus_reports) for c in clips], "corpus": [c.corpus for c in clips],
                           "speaker": [c.speaker for c in clips], "label": [c.label for c in clips],
                           "split": splits})
     atomic_write(out / "split.csv", lambda tmp: frame.to_csv(tmp, index=False))

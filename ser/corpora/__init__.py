@@ -44,6 +44,13 @@ class ParseReport:
         return {"kept": self.kept, "skipped": dict(self.skipped), "examples": self.examples}
 
 
+def clip_key(clip: Clip, roots: dict[str, dict]) -> str:
+    """``corpus/path-inside-the-corpus``: names a clip the same way on every machine."""
+    root = roots.get(clip.corpus, {}).get("root")
+    rel = os.path.relpath(clip.path, root) if root else clip.path
+    return f"{clip.corpus}/{Path(rel).as_posix()}"
+
+
 def audio_files(root: Path) -> list[Path]:
     """Audio files below ``root`` in a stable order, hidden files excluded."""
     files = [Path(dirpath) / name
