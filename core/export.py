@@ -1,0 +1,69 @@
+"""TFLite export (float16 and int8) and a small runner, shared by ``ser.export`` and ``fer.export``.
+
+The pip TensorFlow has no Flex ops, so models are exported with a fixed batch size of 1
+(recurrent layers need it). Full-integer calibration of recurrent layers crashes the
+converter (segfault seen with TF 2.21), so for models with LSTM/GRU layers ``int8``
+means dynamic-range quantisation: int8 weights, float activations.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+RECURRENT = ("LSTM", "GRU", "Bidirectional", "RNN")
+MODES = ("float16", "int8")
+
+
+def has_recurrent_layers(model) -> bool:
+    def walk(layer):
+        yield layer
+        for sub in getattr(layer, "layers", []):
+            yield from walk(sub)
+    return any(type(layer).__name__ in RECURRENT for layer in walk(model))
+
+
+def to_tflite(model, mode: str, representative: Iterable[np.ndarray] | None = None) -> bytes:
+    """Convert a Keras model (batch fixed to 1) to TFLite ``float16`` or ``int8`` bytes."""
+    import keras
+    import tensorflow as tf
+
+    if mode not in MODES:
+        raise ValueError(f"unknown TFLite mode {mode!r}; choose from {MODES}")
+    inputs = keras.Input(batch_shape=(1, *model.input_shape[1:]), name="input")
+    fixed = keras.Model(inputs, model(inputs, training=False))
+    converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif representative is not None and not has_recurrent_layers(model):
+        samples = [np.asarray(x, np.float32)[None] for x in representative]
+        converter.representative_dataset = lambda: ([s] for s in samples)
+    return converter.convert()
+
+
+class TFLiteModel:
+    """Batch-of-one TFLite interpreter with a ``predict_on_batch``-like call."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import tensorflow as tf
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no TFLite model; create it with the package's export command")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+            self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = []
+        for item in np.asarray(x, np.float32):
+            self.interpreter.set_tensor(self.input["index"], item[None])
+            self.interpreter.invoke()
+            out.append(self.interpreter.get_tensor(self.output["index"])[0].astype(np.float32))
+        return np.stack(out)

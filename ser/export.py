@@ -1,0 +1,86 @@
+"""Export a trained SER model to TFLite: ``python -m ser.export --model-dir saved_models/ser --data-dir ../shared/data``.
+
+Writes ``model_float16.tflite`` and ``model_int8.tflite`` into the model folder and
+``export.json`` with each file's size and its accuracy next to the Keras model's on the
+run's own test split (when the data is found). ``python -m ser.predict --tflite int8`` runs them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from core.export import MODES, TFLiteModel, to_tflite
+from core.io import atomic_write, write_json
+
+REPRESENTATIVE_CLIPS = 200
+
+
+def split_arrays(predictor, data_dir: str | None, which: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Normalised features and labels of one split of the model's own split.csv, or None without data."""
+    import pandas as pd
+
+    from core.labels import EMOTION_INDEX
+    from ser.corpora import clip_key, load_clips, parse_corpus_list
+    from ser.dataset import extract_clips, to_arrays
+
+    split = pd.read_csv(predictor.model_dir / "split.csv")
+    wanted = set(split.loc[split["split"] == which, "file"])
+    try:
+        clips, reports = load_clips(parse_corpus_list(predictor.config["train"]["corpora"]), data_dir)
+    except (FileNotFoundError, ValueError):
+        return None
+    clips = [c for c in clips if clip_key(c, reports) in wanted]
+    if not clips:
+        return None
+    clips, feats, _ = extract_clips(clips, predictor.features, None, -1)
+    x, y, _ = to_arrays(feats, clips, predictor.features, predictor.normalizer)
+    return x, y
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ser.predict import DEFAULT_MODEL_DIR, SERPredictor
+
+    parser = argparse.ArgumentParser(description="Export a speech emotion model to TFLite (float16, int8).")
+    parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    parser.add_argument("--data-dir", default=None, help="corpora for calibration and the accuracy check")
+    parser.add_argument("--modes", default="float16,int8")
+    args = parser.parse_args(argv)
+    predictor = SERPredictor(args.model_dir)
+    train = split_arrays(predictor, args.data_dir, "train")
+    test = split_arrays(predictor, args.data_dir, "test")
+    rng = np.random.default_rng(0)
+    if train is not None:
+        representative = train[0][rng.permutation(len(train[0]))[:REPRESENTATIVE_CLIPS]]
+    else:  # normalised features are ~N(0, 1): a usable stand-in when no data is at hand
+        print("warning: no training data found; calibrating int8 on random normal features", file=sys.stderr)
+        representative = rng.standard_normal((REPRESENTATIVE_CLIPS, *predictor.model.input_shape[1:]), np.float32)
+    report: dict = {"model_dir": str(predictor.model_dir), "keras_size_kb":
+                    round((predictor.model_dir / "model.keras").stat().st_size / 1024, 1), "exports": {}}
+    if test is not None:
+        keras_pred = predictor.model.predict(test[0], verbose=0).argmax(1)
+        report["test_n"] = len(test[1])
+        report["keras_accuracy"] = float((keras_pred == test[1]).mean())
+    for mode in args.modes.split(","):
+        path = predictor.model_dir / f"model_{mode}.tflite"
+        data = to_tflite(predictor.model, mode, representative)
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+        entry = {"file": path.name, "size_kb": round(len(data) / 1024, 1)}
+        if test is not None:
+            pred = TFLiteModel(path)(test[0]).argmax(1)
+            entry["accuracy"] = float((pred == test[1]).mean())
+            entry["accuracy_change"] = entry["accuracy"] - report["keras_accuracy"]
+            entry["agreement_with_keras"] = float((pred == keras_pred).mean())
+        report["exports"][mode] = entry
+        print(f"{mode}: {entry}")
+    write_json(predictor.model_dir / "export.json", report)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

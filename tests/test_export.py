@@ -1,0 +1,47 @@
+"""TFLite export round trip: shared converter on a recurrent model, and the ser.export CLI."""
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from core.export import TFLiteModel, has_recurrent_layers, to_tflite
+from ser.models import build_model
+
+
+@pytest.mark.parametrize("mode", ["float16", "int8"])
+def test_recurrent_model_exports_and_matches_keras(mode, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_model("bilstm", (24, 10))
+    assert has_recurrent_layers(model)
+    x = np.random.default_rng(0).standard_normal((3, 24, 10)).astype("float32")
+    path = tmp_path / f"m_{mode}.tflite"
+    path.write_bytes(to_tflite(model, mode, representative=x))
+    probs = TFLiteModel(path)(x)
+    assert probs.shape == (3, 7)
+    assert np.allclose(probs, model.predict_on_batch(x), atol=0.05)
+
+
+def test_ser_export_cli_writes_files_report_and_predicts(tmp_path, capsys):
+    from ser import export, predict, train
+    from tests import synth_audio as synth
+
+    synth.make_ravdess(tmp_path / "data", actors=5)
+    run = tmp_path / "run"
+    assert train.main(["--model", "cnn", "--corpora", "ravdess", "--data-dir", str(tmp_path / "data"),
+                       "--epochs", "1", "--augment", "0", "--max-seconds", "1.0", "--output", str(run),
+                       "--cache-dir", "", "--n-jobs", "1", "--val-fraction", "0.2", "--test-fraction", "0.2"]) == 0
+    assert export.main(["--model-dir", str(run), "--data-dir", str(tmp_path / "data")]) == 0
+    report = json.loads((run / "export.json").read_text())
+    assert set(report["exports"]) == {"float16", "int8"}
+    for entry in report["exports"].values():
+        assert (run / entry["file"]).stat().st_size > 10_000
+        assert 0.0 <= entry["accuracy"] <= 1.0 and entry["agreement_with_keras"] >= 0.5
+    capsys.readouterr()
+    clip = next((tmp_path / "data" / "ravdess" / "Actor_01").iterdir())
+    assert predict.main(["--model-dir", str(run), "--tflite", "float16", "--json", str(clip)]) == 0
+    tflite_out = json.loads(capsys.readouterr().out)
+    assert predict.main(["--model-dir", str(run), "--json", str(clip)]) == 0
+    keras_out = json.loads(capsys.readouterr().out)
+    assert tflite_out["label"] == keras_out["label"]
+    assert tflite_out["probabilities"]["happy"] == pytest.approx(keras_out["probabilities"]["happy"], abs=0.02)
