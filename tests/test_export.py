@@ -45,3 +45,32 @@ def test_ser_export_cli_writes_files_report_and_predicts(tmp_path, capsys):
     keras_out = json.loads(capsys.readouterr().out)
     assert tflite_out["label"] == keras_out["label"]
     assert tflite_out["probabilities"]["happy"] == pytest.approx(keras_out["probabilities"]["happy"], abs=0.02)
+
+
+def test_ensemble_of_two_runs_is_a_loadable_run(tmp_path):
+    from core.io import read_json
+    from ser import ensemble, predict, train
+    from tests import synth_audio as synth
+
+    synth.make_ravdess(tmp_path / "data", actors=5)
+    runs = []
+    for name in ("cnn", "gru"):
+        runs.append(tmp_path / name)
+        assert train.main(["--model", name, "--corpora", "ravdess", "--data-dir", str(tmp_path / "data"),
+                           "--epochs", "1", "--augment", "0", "--max-seconds", "1.0", "--output", str(runs[-1]),
+                           "--cache-dir", str(tmp_path / "cache"), "--n-jobs", "1"]) == 0
+    out = tmp_path / "ens"
+    assert ensemble.main([*map(str, runs), "--output", str(out), "--data-dir", str(tmp_path / "data")]) == 0
+    assert read_json(out / "config.json")["model"] == "ensemble(cnn+gru)"
+    assert read_json(out / "metrics.json")["n"] == read_json(runs[0] / "metrics.json")["n"]
+    p = predict.SERPredictor(out)
+    members = [predict.SERPredictor(r) for r in runs]
+    y = synth.tone("fear")
+    expected = np.mean([m.predict_waveform(y, 16_000) for m in members], axis=0)
+    assert np.allclose(p.predict_waveform(y, 16_000), expected, atol=1e-5)
+    (tmp_path / "other").mkdir()
+    assert train.main(["--model", "cnn", "--corpora", "ravdess", "--data-dir", str(tmp_path / "data"),
+                       "--epochs", "1", "--augment", "0", "--max-seconds", "1.0", "--seed", "7",
+                       "--output", str(tmp_path / "other"), "--cache-dir", str(tmp_path / "cache"),
+                       "--n-jobs", "1"]) == 0
+    assert ensemble.main([str(runs[0]), str(tmp_path / "other"), "--output", str(tmp_path / "bad")]) == 2

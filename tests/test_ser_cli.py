@@ -100,6 +100,15 @@ def test_train_reports_missing_data_folder(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_train_without_data_offline_names_data_dir(tmp_path, monkeypatch, capsys):
+    from core import datasets
+
+    monkeypatch.setattr(datasets, "KAGGLE_HOST", ("kaggle.invalid", 443))
+    assert ser_train.main(["--corpora", "ravdess", "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "kagglehub" in err and "--data-dir" in err
+
+
 def test_predict_json_on_files_and_folder(trained, capsys):
     root, out, defects = trained
     folder = root / "tess" / "OAF_angry"
