@@ -49,6 +49,19 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
-def save_model(model: Any, path: str | os.PathLike) -> Path:
-    """Save a Keras model atomically (Keras needs the ``.keras`` suffix on the temp file too)."""
+def save_model(model: Any, path: str | os.PathLike, include_optimizer: bool = False) -> Path:
+    """Save a Keras model atomically (Keras needs the ``.keras`` suffix on the temp file too).
+
+    Without the optimizer by default: a deployed model needs no Adam moments, and they
+    triple the file size (resuming uses the separate BackupAndRestore checkpoints).
+    """
+    if not include_optimizer and getattr(model, "optimizer", None) is not None:
+        import keras
+
+        try:
+            stripped = keras.models.clone_model(model)
+            stripped.set_weights(model.get_weights())
+            model = stripped
+        except Exception:  # subclassed models cannot be cloned: keep the optimizer rather than fail
+            pass
     return atomic_write(path, model.save, suffix=".keras")
