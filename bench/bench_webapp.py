@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ class ClientStats:
     error_messages: list[str] = field(default_factory=list)
     rtt_frame: list[float] = field(default_factory=list)
     rtt_audio: list[float] = field(default_factory=list)
+    rtt_voice_estimate: list[float] = field(default_factory=list)
     frames_dropped: int = 0
     connected: bool = False
 
@@ -75,7 +76,7 @@ async def run_client(url: str, index: int, args, frames: list[bytes], pcm: np.nd
     next_id = index * 10_000_000
     chunk = int(SAMPLE_RATE * args.chunk_ms / 1000)
     try:
-        async with websockets.connect(url, max_size=4 * 1024 * 1024, open_timeout=30) as ws:
+        async with websockets.connect(url, max_size=4 * 1024 * 1024, open_timeout=30, compression=None) as ws:
             hello = json.loads(await ws.recv())
             if hello.get("type") != "hello":
                 raise RuntimeError(f"unexpected first message {hello}")
@@ -89,6 +90,8 @@ async def run_client(url: str, index: int, args, frames: list[bytes], pcm: np.nd
                         kind, at = sent.pop(msg["id"], (None, None))
                         if at is not None:
                             (stats.rtt_frame if kind == "frame" else stats.rtt_audio).append(1000 * (now - at))
+                            if kind == "audio" and msg.get("predicted"):
+                                stats.rtt_voice_estimate.append(1000 * (now - at))
                         if msg["kind"] == "frame":
                             stats.results_frame += 1
                         else:
@@ -105,27 +108,31 @@ async def run_client(url: str, index: int, args, frames: list[bytes], pcm: np.nd
                 sent[next_id] = (kind, time.perf_counter())
                 await ws.send(BINARY_HEADER.pack(kind_code, next_id, 0.0) + payload)
 
-            async def frame_loop() -> None:
-                i = index
-                while time.perf_counter() < stop_at:
-                    await send(1, "frame", frames[i % len(frames)])
-                    stats.sent_frames += 1
-                    i += 1
-                    await asyncio.sleep(1.0 / args.fps)
+            async def paced(period: float, step) -> None:
+                due = time.perf_counter()
+                while due < stop_at:  # a fixed schedule, like a camera: late sends do not slow the rate
+                    await step()
+                    due += period
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
 
-            async def audio_loop() -> None:
-                pos = (index * 7919) % (pcm.size - chunk)
-                while time.perf_counter() < stop_at:
-                    if pos + chunk > pcm.size:
-                        pos = 0
-                    await send(2, "audio", pcm[pos:pos + chunk].tobytes())
-                    stats.sent_audio += 1
-                    pos += chunk
-                    await asyncio.sleep(args.chunk_ms / 1000)
+            frame_index = [index]
+            audio_pos = [(index * 7919) % (pcm.size - chunk)]
+
+            async def send_frame() -> None:
+                await send(1, "frame", frames[frame_index[0] % len(frames)])
+                stats.sent_frames += 1
+                frame_index[0] += 1
+
+            async def send_audio() -> None:
+                if audio_pos[0] + chunk > pcm.size:
+                    audio_pos[0] = 0
+                await send(2, "audio", pcm[audio_pos[0]:audio_pos[0] + chunk].tobytes())
+                stats.sent_audio += 1
+                audio_pos[0] += chunk
 
             await asyncio.sleep(random.uniform(0, 1.0))  # browsers do not start in lockstep
             recv_task = asyncio.create_task(receiver())
-            await asyncio.gather(frame_loop(), audio_loop())
+            await asyncio.gather(paced(1.0 / args.fps, send_frame), paced(args.chunk_ms / 1000, send_audio))
             await asyncio.sleep(2.0)  # let answers in flight arrive
             recv_task.cancel()
     except Exception as exc:  # a refused or broken connection is an error of the run, not a crash of it
@@ -139,6 +146,7 @@ class MemoryWatcher:
 
     def __init__(self, pid: int | None, interval: float = 0.25) -> None:
         self.pid, self.interval, self.peak, self.cpu = pid, interval, 0, []
+        self.cpu_seconds: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -147,10 +155,13 @@ class MemoryWatcher:
 
         proc = psutil.Process(self.pid)
         proc.cpu_percent()
+        start = proc.cpu_times()
         while not self._stop.wait(self.interval):
             try:
                 self.peak = max(self.peak, proc.memory_info().rss)
                 self.cpu.append(proc.cpu_percent())
+                now = proc.cpu_times()
+                self.cpu_seconds = (now.user + now.system) - (start.user + start.system)
             except psutil.Error:
                 return
 
@@ -202,12 +213,14 @@ async def run_clients(url: str, args) -> tuple[list[ClientStats], float]:
 
 
 def summarize(stats: list[ClientStats], elapsed: float, args, health: dict, peak_rss: int,
-              cpu: list[float], load_before: tuple[float, ...]) -> dict:
+              cpu: list[float], cpu_seconds: float | None, load_before: tuple[float, ...],
+              load_after: tuple[float, ...]) -> dict:
     sent = sum(s.sent_frames + s.sent_audio for s in stats)
     results = sum(s.results_frame + s.results_audio for s in stats)
     rtt_all = [r for s in stats for r in s.rtt_frame + s.rtt_audio]
     return {
-        "clients": args.clients, "connected": sum(s.connected for s in stats), "duration_s": round(elapsed, 1),
+        "clients": args.clients, "connected": sum(s.connected for s in stats), "duration_s": args.duration,
+        "elapsed_s": round(elapsed, 1),
         "fps_per_client": args.fps, "audio_chunk_ms": args.chunk_ms,
         "messages_sent": sent, "messages_sent_per_s": round(sent / args.duration, 1),
         "results": results, "results_per_s": round(results / args.duration, 1),
@@ -216,14 +229,23 @@ def summarize(stats: list[ClientStats], elapsed: float, args, health: dict, peak
         "audio_sent": sum(s.sent_audio for s in stats), "audio_results": sum(s.results_audio for s in stats),
         "rtt_ms": percentiles(rtt_all), "rtt_frame_ms": percentiles([r for s in stats for r in s.rtt_frame]),
         "rtt_audio_ms": percentiles([r for s in stats for r in s.rtt_audio]),
+        "rtt_voice_estimate_ms": percentiles([r for s in stats for r in s.rtt_voice_estimate]),
+        "voice_estimates": sum(len(s.rtt_voice_estimate) for s in stats),
         "errors": sum(s.errors for s in stats),
         "error_examples": sorted({m for s in stats for m in s.error_messages})[:10],
         "server_peak_rss_mb": round(peak_rss / 2**20, 1) if peak_rss else None,
         "server_cpu_percent_mean": round(float(np.mean(cpu)), 1) if cpu else None,
+        "server_cpu_seconds": round(cpu_seconds, 1) if cpu_seconds is not None else None,
+        # CPU the server spent per model prediction: a figure the other jobs on a shared machine distort less.
+        "server_cpu_ms_per_prediction": round(1000 * cpu_seconds / max(1, sum(s.results_frame for s in stats)
+                                                                       + sum(len(s.rtt_voice_estimate) for s in stats)),
+                                              1) if cpu_seconds else None,
         "models": {k: v["loaded"] for k, v in health.get("models", {}).items()},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_before": [round(x, 2) for x in load_before]},
-        "models_dir": args.models,
+                    "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in load_after]},
+        "models_dir": None if args.url else args.models,
+        "target": f"--url {args.url}" if args.url else f"--models {args.models}",
     }
 
 
@@ -234,11 +256,12 @@ def markdown(r: dict) -> str:
     return "\n".join([
         "# Web app load benchmark",
         "",
-        f"`python bench/bench_webapp.py --models {r['models_dir']} --clients {r['clients']} "
-        f"--duration {round(r['duration_s'])}`: {r['clients']} simulated browsers, each streaming "
+        f"`python bench/bench_webapp.py {r['target']} --clients {r['clients']} "
+        f"--duration {r['duration_s']:g}`: {r['clients']} simulated browsers, each streaming "
         f"{r['fps_per_client']} JPEG frames/s (320x240) and a 16 kHz int16 audio window every "
         f"{r['audio_chunk_ms']} ms over `/ws/stream`, on a {r['machine']['cpus']}-core machine "
-        f"(load average before the run: {r['machine']['load_average_before']}; the machine is shared). "
+        f"shared with other jobs (1/5/15-min load average before the run {r['machine']['load_average_before']}, "
+        f"after {r['machine']['load_average_after']}; the benchmark itself adds about 3). "
         f"Models loaded: {', '.join(k for k, v in r['models'].items() if v) or 'none'}.",
         "",
         "| metric | value |", "|---|---|",
@@ -251,15 +274,20 @@ def markdown(r: dict) -> str:
         f"| errors | {r['errors']} |",
         f"| server peak memory (RSS) | {r['server_peak_rss_mb']} MB |",
         f"| server CPU (mean, 100 % = one core) | {r['server_cpu_percent_mean']} % |",
+        f"| server CPU time per prediction (face frame or voice estimate) | "
+        f"{r['server_cpu_ms_per_prediction']} ms |",
         "",
         "Round trip (ms), send to the reply carrying the same id:",
         "",
         "| messages | p50 | p95 | p99 | mean |", "|---|---|---|---|---|",
-        row("all", r["rtt_ms"]), row("frames", r["rtt_frame_ms"]), row("audio", r["rtt_audio_ms"]),
+        row("all", r["rtt_ms"]), row("frames (faces predicted)", r["rtt_frame_ms"]),
+        row("audio (all replies)", r["rtt_audio_ms"]),
+        row(f"audio with a new voice estimate ({r['voice_estimates']})", r["rtt_voice_estimate_ms"]),
         "",
-        "Frames the server had no time for are replaced by newer ones (dropped, not queued), and audio",
-        "windows that arrive while the voice model is busy are folded into the next prediction, so round",
-        "trips stay bounded while the answered rate adapts to the CPU available.",
+        "Frames the server has no time for are replaced by newer ones (dropped, not queued), so the",
+        "answered frame rate adapts to the CPU available while round trips stay bounded. Every audio",
+        "window is answered; at most one voice estimate per client per second is computed, the other",
+        "windows are answered at once with the current estimate.",
         "",
     ] + ([f"Errors seen: {', '.join(r['error_examples'])}", ""] if r["error_examples"] else []))
 
@@ -295,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server at {http}: models {', '.join(k for k, v in health['models'].items() if v['loaded'])}")
         with MemoryWatcher(pid) as watcher:
             stats, elapsed = asyncio.run(run_clients(url, args))
-        report = summarize(stats, elapsed, args, health, watcher.peak, watcher.cpu, load_before)
+        report = summarize(stats, elapsed, args, health, watcher.peak, watcher.cpu, watcher.cpu_seconds,
+                           load_before, os.getloadavg())
     finally:
         if server is not None:
             server.terminate()

@@ -1,0 +1,542 @@
+"""HTTP and WebSocket API of the web app, with stand-in predictors (fast; real models: test_webapp_real.py)."""
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+import synth_media as sm
+from core.labels import EMOTIONS
+from webapp.app import Settings, create_app
+from webapp.models import Models, load_models
+from webapp.schemas import (AudioPrediction, Health, ImagePrediction, StreamError, StreamHello, StreamPong,
+                            StreamResult, VideoPrediction)
+from webapp.stream import BINARY_HEADER, MAX_CONSECUTIVE_ERRORS, fuse
+
+SMALL = dict(max_upload_bytes=400_000, max_message_bytes=200_000, max_connections=3, warmup=False,
+             min_audio_seconds=0.25)
+
+
+def make_client(models: Models | None = None, **overrides) -> TestClient:
+    models = models if models is not None else Models(ser=sm.FakeVoice(), fer=sm.FakeFace())
+    return TestClient(create_app(settings=Settings(**(SMALL | overrides)), models=models),
+                      raise_server_exceptions=False)
+
+
+@pytest.fixture()
+def client():
+    with make_client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("webapp-media")
+    return {
+        "jpeg": sm.jpeg_bytes(sm.face_image()),
+        "blank_jpeg": sm.jpeg_bytes(np.full((240, 320, 3), 90, np.uint8)),
+        "wav": sm.wav_bytes(sm.voice(1.0)),
+        "silent_wav": sm.wav_bytes(np.zeros(16000, np.float32)),
+        "mp4": sm.write_mp4(folder / "clip.mp4").read_bytes(),
+        "mp4_mute": sm.write_mp4(folder / "mute.mp4", with_audio=False).read_bytes(),
+    }
+
+
+def binary(kind: int, msg_id: int, payload: bytes, t: float = 123.5) -> bytes:
+    return BINARY_HEADER.pack(kind, msg_id, t) + payload
+
+
+def pcm16(y: np.ndarray) -> bytes:
+    return (np.clip(y, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def receive_until(ws, predicate, limit: int = 50) -> dict:
+    for _ in range(limit):
+        msg = ws.receive_json()
+        if predicate(msg):
+            return msg
+    raise AssertionError("expected message never came")
+
+
+# ---- page, static files, schema -----------------------------------------------------------
+
+def test_page_and_static_assets_are_served_locally(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for asset in ("/static/app.js", "/static/style.css", "/static/audio-worklet.js"):
+        assert asset in page.text or asset == "/static/audio-worklet.js"
+        assert client.get(asset).status_code == 200
+    assert client.get("/docs").status_code == 404  # FastAPI's UI would pull scripts from a CDN
+    for name in ("index.html", "app.js", "audio-worklet.js"):
+        text = client.get(f"/static/{name}").text
+        assert "https://" not in text and "cdn" not in text.lower(), f"{name} must not load remote code"
+
+
+@pytest.mark.parametrize("path", ["/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fmodels.py",
+                                  "/static/%2e%2e/%2e%2e/core/io.py", "/static//etc/passwd",
+                                  "/static/%2fetc%2fpasswd"])
+def test_static_files_cannot_leave_the_static_folder(client, path):
+    response = client.get(path)
+    assert response.status_code in (404, 400)
+    assert "import" not in response.text and "root:" not in response.text
+
+
+def test_no_endpoint_takes_a_path_parameter(client):
+    spec = client.get("/openapi.json").json()
+    for path, ops in spec["paths"].items():
+        assert "{" not in path, path
+        for op in ops.values():
+            for param in op.get("parameters", []):
+                assert param["in"] != "path"
+
+
+def test_health_lists_models_classes_limits(client):
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    health = Health.model_validate(response.json())
+    assert health.emotions == list(EMOTIONS)
+    assert health.models["ser"].loaded and health.models["ser"].classes == list(EMOTIONS)
+    assert health.models["fer"].loaded and health.models["fer"].classes == list(EMOTIONS)
+    assert not health.models["fusion"].loaded and health.models["fusion"].error
+    assert health.limits.max_upload_bytes == SMALL["max_upload_bytes"]
+    assert health.fusion.face_weight == pytest.approx(0.6)
+
+
+def test_openapi_documents_every_endpoint_and_schema(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/api/health", "/api/predict/audio", "/api/predict/image", "/api/predict/video",
+            "/api/schema/stream"} <= set(spec["paths"])
+    schemas = spec["components"]["schemas"]
+    assert {"Health", "AudioPrediction", "ImagePrediction", "VideoPrediction", "ErrorResponse"} <= set(schemas)
+    for kind in ("audio", "image", "video"):
+        op = spec["paths"][f"/api/predict/{kind}"]["post"]
+        assert "multipart/form-data" in op["requestBody"]["content"]
+        assert f"{kind}/*" in op["requestBody"]["content"]
+        assert {"200", "400", "413", "415", "503"} <= set(op["responses"])
+    stream = client.get("/api/schema/stream").json()
+    assert {"StreamFrameIn", "StreamAudioIn", "StreamPingIn"} == set(stream["client_to_server"])
+    assert {"StreamHello", "StreamResult", "StreamPong", "StreamError"} == set(stream["server_to_client"])
+
+
+# ---- file predictions ---------------------------------------------------------------------
+
+def test_predict_audio_multipart_and_raw(client, media):
+    response = client.post("/api/predict/audio", files={"file": ("hello.wav", media["wav"], "audio/wav")})
+    assert response.status_code == 200, response.text
+    result = AudioPrediction.model_validate(response.json())
+    assert result.path == "hello.wav"
+    assert list(result.probabilities) == list(EMOTIONS)
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert result.label == max(result.probabilities, key=result.probabilities.get)
+
+    raw = client.post("/api/predict/audio?filename=raw.wav", content=media["wav"],
+                      headers={"content-type": "audio/wav"})
+    assert raw.status_code == 200 and raw.json()["path"] == "raw.wav"
+    assert raw.json()["probabilities"] == pytest.approx(result.probabilities)
+
+
+def test_predict_image_finds_the_face(client, media):
+    response = client.post("/api/predict/image", files={"file": ("astronaut.jpg", media["jpeg"], "image/jpeg")})
+    assert response.status_code == 200, response.text
+    result = ImagePrediction.model_validate(response.json())
+    assert result.path == "astronaut.jpg" and len(result.faces) >= 1
+    x, y, w, h = result.faces[0].box
+    assert 0 <= x < x + w <= 640 and 0 <= y < y + h <= 480 and w > 60
+    assert list(result.faces[0].probabilities) == list(EMOTIONS)
+
+    blank = client.post("/api/predict/image", content=media["blank_jpeg"], headers={"content-type": "image/jpeg"})
+    assert blank.status_code == 200 and blank.json() == {"path": "upload", "faces": []}
+
+
+def test_predict_video_fuses_face_and_voice(client, media):
+    response = client.post("/api/predict/video", files={"file": ("clip.mp4", media["mp4"], "video/mp4")})
+    assert response.status_code == 200, response.text
+    result = VideoPrediction.model_validate(response.json())
+    assert result.method == "weighted_average"
+    assert result.frames_sampled > 0 and result.frames_with_face > 0
+    assert result.face is not None and result.voice is not None
+    assert result.duration_seconds == pytest.approx(2.0, abs=0.3)
+    for e in EMOTIONS:  # documented fusion: 0.6 face + 0.4 voice
+        expected = 0.6 * result.face.probabilities[e] + 0.4 * result.voice.probabilities[e]
+        assert result.probabilities[e] == pytest.approx(expected, abs=1e-5)
+    assert result.label == max(result.probabilities, key=result.probabilities.get)
+
+
+def test_predict_video_without_audio_uses_the_face_alone(client, media):
+    response = client.post("/api/predict/video", content=media["mp4_mute"], headers={"content-type": "video/mp4"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["voice"] is None and body["face"] is not None
+    assert body["probabilities"] == pytest.approx(body["face"]["probabilities"], abs=1e-5)
+
+
+def test_predict_video_uses_the_fusion_model_when_loaded_and_falls_back_when_it_fails(media):
+    for fusion, method in ((sm.FakeFusion(), "fusion_model"), (sm.FakeFusion(fail=True), "weighted_average")):
+        with make_client(Models(ser=sm.FakeVoice(), fer=sm.FakeFace(), fusion=fusion)) as c:
+            assert c.get("/api/health").json()["models"]["fusion"]["loaded"]
+            response = c.post("/api/predict/video", files={"file": ("clip.mp4", media["mp4"], "video/mp4")})
+            assert response.status_code == 200, response.text
+            body = VideoPrediction.model_validate(response.json())
+            assert body.method == method and len(fusion.paths) == 1
+            assert body.face is not None and body.voice is not None
+            if method == "fusion_model":
+                assert body.label == "surprise" and body.probabilities["surprise"] == pytest.approx(0.7)
+            else:
+                assert body.probabilities["neutral"] == pytest.approx(
+                    0.6 * body.face.probabilities["neutral"] + 0.4 * body.voice.probabilities["neutral"], abs=1e-5)
+
+
+# ---- bad input ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("endpoint", ["audio", "image", "video"])
+def test_upload_too_large_is_413(client, endpoint):
+    big = b"\0" * (SMALL["max_upload_bytes"] + 1)
+    response = client.post(f"/api/predict/{endpoint}", content=big,
+                           headers={"content-type": "application/octet-stream"})
+    assert response.status_code == 413
+    assert str(SMALL["max_upload_bytes"]) in response.json()["detail"]
+
+
+def test_upload_too_large_without_content_length_is_413(client):
+    def chunks():  # streamed (chunked) body: no Content-Length to trust
+        for _ in range(10):
+            yield b"\0" * 50_000
+
+    response = client.post("/api/predict/audio", content=chunks(), headers={"content-type": "audio/wav"})
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize("endpoint,kwargs", [
+    ("audio", {"json": {"samples": [1, 2, 3]}}),
+    ("audio", {"content": b"RIFF", "headers": {"content-type": "image/png"}}),
+    ("image", {"content": b"hello", "headers": {"content-type": "text/plain"}}),
+    ("video", {"content": b"\0\0", "headers": {"content-type": "audio/wav"}}),
+    ("image", {"files": {"file": ("notes.txt", b"hello", "text/plain")}}),
+])
+def test_wrong_content_type_is_415(client, endpoint, kwargs):
+    response = client.post(f"/api/predict/{endpoint}", **kwargs)
+    assert response.status_code == 415, response.text
+    assert "content type" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("endpoint,payload,reason", [
+    ("audio", b"this is not audio at all" * 20, "not readable as audio"),
+    ("image", b"\x89PNG\r\n\x1a\n garbage", "not a readable image"),
+    ("video", b"\x00\x00\x00\x18ftypmp42 garbage" * 10, "not a readable video"),
+])
+def test_undecodable_media_is_400_with_the_reason(client, endpoint, payload, reason):
+    response = client.post(f"/api/predict/{endpoint}", files={"file": (f"bad.{endpoint}", payload,
+                                                                        "application/octet-stream")})
+    assert response.status_code == 400, response.text
+    assert reason in response.json()["detail"]
+    assert "webapp-upload-" not in response.json()["detail"], "temp file names must not leak"
+
+
+def test_more_unusable_uploads_are_400(client, media):
+    truncated = media["jpeg"][: len(media["jpeg"]) // 3]
+    cases = [
+        ("image", {"content": truncated, "headers": {"content-type": "image/jpeg"}}, "cannot be decoded"),
+        ("audio", {"files": {"file": ("quiet.wav", media["silent_wav"], "audio/wav")}}, "silent"),
+        ("audio", {"content": b"", "headers": {"content-type": "audio/wav"}}, "empty"),
+        ("audio", {"files": {"other": ("x.wav", media["wav"], "audio/wav")}}, "no file field"),
+        ("audio", {"content": b"--xyz\r\nnonsense", "headers": {"content-type": "multipart/form-data; boundary=abc"}},
+         ""),
+    ]
+    big_png = cv2.imencode(".png", np.zeros((4200, 4200), np.uint8))[1].tobytes()
+    cases.append(("image", {"content": big_png, "headers": {"content-type": "image/png"}}, "pixels"))
+    for endpoint, kwargs, reason in cases:
+        response = client.post(f"/api/predict/{endpoint}", **kwargs)
+        assert response.status_code == 400, (endpoint, reason, response.text)
+        assert reason in response.json()["detail"]
+
+
+def test_missing_model_is_503_and_health_says_why(tmp_path):
+    with make_client(load_models(tmp_path, warmup=False)) as c:
+        health = c.get("/api/health").json()
+        assert all(not m["loaded"] for m in health["models"].values())
+        assert "ser/model.keras" in health["models"]["ser"]["error"]
+        for endpoint in ("audio", "image", "video"):
+            response = c.post(f"/api/predict/{endpoint}", content=b"x", headers={"content-type": "image/png"})
+            assert response.status_code == 503
+            assert "model" in response.json()["detail"]
+
+
+def test_a_failing_model_gives_500_and_the_server_keeps_serving(media):
+    with make_client(Models(ser=sm.FakeVoice(), fer=sm.FakeFace(fail=True))) as c:
+        response = c.post("/api/predict/image", content=media["jpeg"], headers={"content-type": "image/jpeg"})
+        assert response.status_code == 500 and "model exploded" in response.json()["detail"]
+        assert c.get("/api/health").status_code == 200
+        ok = c.post("/api/predict/audio", content=media["wav"], headers={"content-type": "audio/wav"})
+        assert ok.status_code == 200
+
+
+def test_too_many_waiting_uploads_get_503(media):
+    with make_client(Models(ser=sm.FakeVoice(delay=1.0)), upload_workers=1, max_waiting_uploads=0) as c:
+        codes = []
+
+        def post():
+            codes.append(c.post("/api/predict/audio", content=media["wav"],
+                                headers={"content-type": "audio/wav"}).status_code)
+
+        threads = [threading.Thread(target=post) for _ in range(2)]
+        for t in threads:
+            t.start()
+            time.sleep(0.2)
+        for t in threads:
+            t.join()
+        assert sorted(codes) == [200, 503]
+
+
+# ---- WebSocket stream ---------------------------------------------------------------------
+
+def test_stream_hello_frame_audio_silence_and_ping(client, media):
+    with client.websocket_connect("/ws/stream") as ws:
+        hello = StreamHello.model_validate(ws.receive_json())
+        assert hello.emotions == list(EMOTIONS) and hello.models["fer"].loaded
+
+        ws.send_bytes(binary(1, 7, media["jpeg"], t=1000.25))
+        frame = StreamResult.model_validate(ws.receive_json())
+        assert (frame.kind, frame.id, frame.t) == ("frame", 7, 1000.25)
+        assert frame.face_state == "face" and frame.faces and frame.image_size == [640, 480]
+        assert frame.fused.sources == ["face"] and frame.fused.probabilities == pytest.approx(frame.face, abs=1e-5)
+        assert frame.voice_state == "unknown"
+
+        ws.send_bytes(binary(2, 8, pcm16(sm.voice(0.5))))
+        audio = StreamResult.model_validate(ws.receive_json())
+        assert audio.kind == "audio" and audio.id == 8 and audio.voice_state == "voice"
+        assert audio.fused.sources == ["face", "voice"]
+        for e in EMOTIONS:
+            assert audio.fused.probabilities[e] == pytest.approx(0.6 * audio.face[e] + 0.4 * audio.voice[e], abs=1e-5)
+
+        ws.send_json({"type": "audio", "id": 9, "t": 5.0, "format": "float32",
+                      "data": base64.b64encode(np.zeros(8000, "<f4").tobytes()).decode()})
+        silent = StreamResult.model_validate(ws.receive_json())
+        assert silent.voice_state == "silence" and silent.voice is None and silent.fused.sources == ["face"]
+
+        ws.send_json({"type": "frame", "id": 10, "data": base64.b64encode(media["blank_jpeg"]).decode()})
+        no_face = StreamResult.model_validate(ws.receive_json())
+        assert no_face.face_state == "no_face" and no_face.faces == [] and no_face.face is None
+        assert no_face.fused is None
+
+        ws.send_json({"type": "ping", "id": 11, "t": 42.0})
+        pong = StreamPong.model_validate(ws.receive_json())
+        assert (pong.id, pong.t) == (11, 42.0)
+        assert no_face.stats.frames_received == 2 and no_face.stats.audio_received == 2
+
+
+@pytest.mark.parametrize("message,code", [
+    ("this is not json", "malformed"),
+    ('["a list"]', "malformed"),
+    ('{"type": "dance", "id": 3}', "unsupported"),
+    ('{"type": "frame", "id": 3}', "malformed"),
+    ('{"type": "frame", "id": 3, "data": "!!!not base64!!!"}', "malformed"),
+    ('{"type": "audio", "id": 3, "sample_rate": 44100, "data": "AAAA"}', "malformed"),
+    ('{"type": "audio", "id": 3, "data": "AAAA"}', "bad_media"),
+    (b"\x01\x02", "malformed"),
+    (struct.pack("<BId", 9, 3, 0.0) + b"xx", "unsupported"),
+    (struct.pack("<BId", 1, 3, 0.0) + b"not a jpeg", "bad_media"),
+    (struct.pack("<BId", 3, 3, 0.0) + struct.pack("<2f", float("nan"), 0.0), "bad_media"),
+])
+def test_malformed_stream_messages_get_an_error_and_the_stream_goes_on(client, message, code):
+    with client.websocket_connect("/ws/stream") as ws:
+        ws.receive_json()  # hello
+        (ws.send_bytes if isinstance(message, bytes) else ws.send_text)(message)
+        error = StreamError.model_validate(ws.receive_json())
+        assert error.code == code and error.detail
+        ws.send_json({"type": "ping", "id": 99})
+        assert ws.receive_json()["type"] == "pong"
+
+
+def test_oversized_stream_message_is_refused_with_an_error(client):
+    with client.websocket_connect("/ws/stream") as ws:
+        ws.receive_json()
+        ws.send_bytes(binary(1, 5, b"\xff" * (SMALL["max_message_bytes"] + 10)))
+        error = StreamError.model_validate(ws.receive_json())
+        assert error.code == "too_large" and str(SMALL["max_message_bytes"]) in error.detail and error.id == 5
+        ws.send_text("x" * (SMALL["max_message_bytes"] + 10))
+        assert ws.receive_json()["code"] == "too_large"
+        ws.send_json({"type": "ping", "id": 1})
+        assert ws.receive_json()["type"] == "pong"
+
+
+def test_a_client_sending_only_garbage_is_closed(client):
+    with client.websocket_connect("/ws/stream") as ws:
+        ws.receive_json()
+        for _ in range(MAX_CONSECUTIVE_ERRORS):
+            ws.send_text("garbage")
+        for _ in range(MAX_CONSECUTIVE_ERRORS):
+            assert ws.receive_json()["type"] == "error"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1008
+
+
+def test_too_many_connections_are_refused_with_a_reason(client):
+    with client.websocket_connect("/ws/stream") as a, client.websocket_connect("/ws/stream") as b, \
+            client.websocket_connect("/ws/stream") as c:
+        for ws in (a, b, c):
+            assert ws.receive_json()["type"] == "hello"
+        assert client.get("/api/health").json()["connections"] == 3
+        with client.websocket_connect("/ws/stream") as refused:
+            with pytest.raises(WebSocketDisconnect) as closed:
+                refused.receive_json()
+        assert closed.value.code == 1013 and "busy" in closed.value.reason
+    with client.websocket_connect("/ws/stream") as again:  # slots free again once clients leave
+        assert again.receive_json()["type"] == "hello"
+
+
+def test_stale_frames_are_dropped_not_queued(media):
+    face = sm.FakeFace(delay=0.2)
+    with make_client(Models(fer=face)) as c, c.websocket_connect("/ws/stream") as ws:
+        ws.receive_json()
+        for i in range(1, 11):
+            ws.send_bytes(binary(1, i, media["jpeg"]))
+        answered = []
+        last = receive_until(ws, lambda m: answered.append(m["id"]) or m["id"] == 10)
+        stats = last["stats"]
+        assert stats["frames_received"] == 10
+        assert stats["frames_processed"] + stats["frames_dropped"] == 10
+        assert stats["frames_dropped"] >= 5 and len(answered) <= 5 and answered[-1] == 10
+        assert face.calls == stats["frames_processed"]
+
+
+def test_stream_searches_near_the_last_face_and_the_whole_frame_every_nth(media):
+    face = sm.FakeFace()
+    with make_client(Models(fer=face), full_detect_every=3) as c, c.websocket_connect("/ws/stream") as ws:
+        ws.receive_json()
+        boxes = []
+        for i in range(1, 8):
+            ws.send_bytes(binary(1, i, media["jpeg"]))
+            boxes.append(ws.receive_json()["faces"][0]["box"])
+        full = (480, 640)
+        assert [shape == full for shape in face.shapes] == [True, False, False, True, False, False, True]
+        assert all(max(shape) < 400 for shape in face.shapes if shape != full)
+        for box in boxes:  # boxes found near the last face are reported in whole-frame pixels
+            assert np.abs(np.array(box) - np.array(boxes[0])).max() <= 12
+
+
+def test_slow_prediction_does_not_block_the_event_loop(media):
+    with make_client(Models(fer=sm.FakeFace(delay=1.0))) as c, c.websocket_connect("/ws/stream") as ws:
+        ws.receive_json()
+        start = time.perf_counter()
+        ws.send_bytes(binary(1, 1, media["jpeg"]))
+        ws.send_json({"type": "ping", "id": 2})
+        first = ws.receive_json()
+        assert first["type"] == "pong" and time.perf_counter() - start < 0.5
+        assert c.get("/api/health").status_code == 200 and time.perf_counter() - start < 0.8
+        assert ws.receive_json()["kind"] == "frame"
+
+
+def test_the_same_app_can_be_served_again_after_shutdown(media):
+    app = create_app(settings=Settings(**SMALL), models=Models(fer=sm.FakeFace()))
+    for _ in range(2):  # lifespan stops the worker threads; the next start must bring them back
+        with TestClient(app) as c, c.websocket_connect("/ws/stream") as ws:
+            ws.receive_json()
+            ws.send_bytes(binary(1, 1, media["jpeg"]))
+            assert ws.receive_json()["face_state"] == "face"
+
+
+def test_failing_model_in_the_stream_answers_with_an_error(media):
+    with make_client(Models(fer=sm.FakeFace(fail=True))) as c, c.websocket_connect("/ws/stream") as ws:
+        ws.receive_json()
+        ws.send_bytes(binary(1, 1, media["jpeg"]))
+        error = ws.receive_json()
+        assert error["type"] == "error" and error["code"] == "internal" and "exploded" in error["detail"]
+        ws.send_json({"type": "ping"})
+        assert ws.receive_json()["type"] == "pong"
+
+
+def test_stream_without_models_reports_no_model(media, tmp_path):
+    with make_client(load_models(tmp_path, warmup=False)) as c, c.websocket_connect("/ws/stream") as ws:
+        assert not any(m["loaded"] for m in ws.receive_json()["models"].values())
+        ws.send_bytes(binary(1, 1, media["jpeg"]))
+        frame = ws.receive_json()
+        assert frame["face_state"] == "no_model" and frame["fused"] is None
+        ws.send_bytes(binary(2, 2, pcm16(sm.voice(0.5))))
+        assert ws.receive_json()["voice_state"] == "no_model"
+
+
+def test_voice_waits_for_enough_audio_and_silence_wins_over_older_speech():
+    with make_client(Models(ser=sm.FakeVoice()), min_audio_seconds=0.5) as c, \
+            c.websocket_connect("/ws/stream") as ws:
+        ws.receive_json()
+        ws.send_bytes(binary(2, 1, pcm16(sm.voice(0.25))))  # too little audio yet: answered, not predicted
+        first = ws.receive_json()
+        assert (first["id"], first["predicted"], first["voice_state"], first["voice"]) == (1, False, "unknown", None)
+        ws.send_bytes(binary(2, 2, pcm16(sm.voice(0.25, seed=1))))
+        second = ws.receive_json()
+        assert (second["id"], second["predicted"], second["voice_state"]) == (2, True, "voice")
+        ws.send_bytes(binary(2, 3, pcm16(np.zeros(8000))))
+        silent = ws.receive_json()
+        assert (silent["id"], silent["predicted"], silent["voice_state"], silent["voice"]) == \
+            (3, False, "silence", None)
+
+
+def test_every_audio_message_gets_one_reply_and_voice_predictions_are_rate_limited():
+    voice = sm.FakeVoice(delay=0.1)
+    with make_client(Models(ser=voice), voice_interval_seconds=0.5) as c, c.websocket_connect("/ws/stream") as ws:
+        ws.receive_json()
+        for i in range(1, 9):
+            ws.send_bytes(binary(2, i, pcm16(sm.voice(0.25, seed=i))))
+        replies = [ws.receive_json() for _ in range(8)]
+        assert sorted(r["id"] for r in replies) == list(range(1, 9))
+        predicted = [r for r in replies if r["predicted"]]
+        assert 1 <= len(predicted) <= 2 and voice.calls == len(predicted)
+        assert replies[-1]["stats"]["audio_received"] == 8
+
+
+def test_a_full_voice_queue_answers_at_once_instead_of_queueing():
+    with make_client(Models(ser=sm.FakeVoice(delay=0.5)), max_queued_voice=1) as c, \
+            c.websocket_connect("/ws/stream") as a, c.websocket_connect("/ws/stream") as b:
+        a.receive_json(), b.receive_json()
+        a.send_bytes(binary(2, 1, pcm16(sm.voice(0.5))))
+        time.sleep(0.1)
+        b.send_bytes(binary(2, 2, pcm16(sm.voice(0.5))))
+        start = time.perf_counter()
+        now = b.receive_json()
+        assert (now["id"], now["predicted"]) == (2, False) and time.perf_counter() - start < 0.3
+        later = a.receive_json()
+        assert (later["id"], later["predicted"], later["voice_state"]) == (1, True, "voice")
+
+
+# ---- fusion rule --------------------------------------------------------------------------
+
+def test_fusion_is_a_weighted_average_of_the_modalities_present():
+    face = dict(zip(EMOTIONS, [0.7, 0.3, 0, 0, 0, 0, 0]))
+    voice = dict(zip(EMOTIONS, [0.1, 0, 0.9, 0, 0, 0, 0]))
+    both = fuse(face, voice, 0.6, 0.4)
+    assert both["probabilities"]["neutral"] == pytest.approx(0.46)
+    assert both["probabilities"]["sad"] == pytest.approx(0.36)
+    assert both["label"] == "neutral" and both["sources"] == ["face", "voice"]
+    assert fuse(None, voice, 0.6, 0.4)["probabilities"] == pytest.approx(voice, abs=1e-6)
+    assert fuse(face, voice, 0.0, 1.0)["sources"] == ["voice"]
+    assert fuse(None, None, 0.6, 0.4) is None
+    assert sum(fuse(face, voice, 3, 1)["probabilities"].values()) == pytest.approx(1.0)
+
+
+def test_stream_json_messages_round_trip_through_the_schema():
+    # The page relies on these exact field names; a rename must fail here first.
+    fields = set(StreamResult.model_fields)
+    assert {"type", "kind", "id", "t", "server_time", "processing_ms", "predicted", "face_state", "voice_state",
+            "faces",
+            "image_size", "face", "voice", "fused", "stats"} == fields
+    assert json.loads(StreamError(code="malformed", detail="x").model_dump_json())["type"] == "error"
+
+
+def test_command_line_options_reach_the_settings():
+    from core.config import from_args
+    from webapp.__main__ import build_parser
+
+    args = build_parser().parse_args(["--port", "9001", "--models", "elsewhere", "--max-connections", "5",
+                                      "--face-weight", "0.5", "--warmup", "false"])
+    settings = from_args(Settings, args)
+    assert (args.port, args.models) == (9001, "elsewhere")
+    assert (settings.max_connections, settings.face_weight, settings.warmup) == (5, 0.5, False)

@@ -1,0 +1,74 @@
+"""Start the server: ``python -m webapp --host 127.0.0.1 --port 8000 --models saved_models/``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from core.config import add_dataclass_args, from_args  # noqa: E402
+
+from webapp.app import Settings  # noqa: E402
+
+WS_SIZE_SLACK = 4  # the protocol layer drops messages over 4x the app limit; the app answers the rest
+HELP = {
+    "max_upload_bytes": "largest accepted upload (413 above)",
+    "max_message_bytes": "largest WebSocket message answered with a result (a too_large error above)",
+    "max_connections": "open live streams; more are closed with code 1013",
+    "max_video_seconds": "seconds of an uploaded video that are analysed",
+    "video_frames": "frames sampled evenly from an uploaded video",
+    "upload_workers": "file predictions running at once",
+    "max_waiting_uploads": "uploads queued beyond those; more get 503",
+    "max_queued_voice": "voice estimates waiting for the voice thread (all streams); more are skipped",
+    "silence_rms": "RMS below which the last silence-seconds of audio count as silence",
+    "audio_window_seconds": "seconds of audio the voice model sees",
+    "voice_interval_seconds": "at most one new voice estimate per stream this often",
+    "face_weight": "weight of the face in the fused probabilities",
+    "voice_weight": "weight of the voice in the fused probabilities",
+    "fresh_seconds": "how long a face or voice estimate stays in the fusion",
+    "full_detect_every": "live frames: search the whole frame every Nth frame, near the last face otherwise",
+    "detector": "face detector: haar or mtcnn",
+    "warmup": "run each model once at start-up so the first request is fast",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m webapp", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    parser.add_argument("--models", default="saved_models", help="folder holding ser/, fer/, fusion/ "
+                        "(each model.keras + config.json) (default: saved_models)")
+    parser.add_argument("--ssl-certfile", default=None, help="serve HTTPS (browsers only give camera access "
+                        "to pages on localhost or HTTPS)")
+    parser.add_argument("--ssl-keyfile", default=None)
+    parser.add_argument("--log-level", default="info")
+    add_dataclass_args(parser, Settings, HELP)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from webapp.app import create_app
+
+    settings = from_args(Settings, args)
+    if not os.path.isdir(args.models):
+        logging.warning("models folder %s does not exist; the server starts with no models", args.models)
+    app = create_app(args.models, settings)
+    loaded = [name for name, info in app.state.models.info().items() if info["loaded"]]
+    logging.info("models loaded: %s", ", ".join(loaded) or "none")
+    # No permessage-deflate: frames are JPEG already, and deflating every message costs both ends
+    # CPU that the models need more.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
+                ws_max_size=WS_SIZE_SLACK * settings.max_message_bytes, ws_per_message_deflate=False,
+                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

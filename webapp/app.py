@@ -1,0 +1,318 @@
+"""FastAPI app: the page, health, file predictions and the live WebSocket stream.
+
+``create_app(models_dir)`` loads the models once; tests pass ``models=`` fakes instead.
+Nothing here takes a path from a request: uploads go to private temp files, static files come
+from ``webapp/static`` only (Starlette refuses paths that leave it), models from the folder
+given at start-up.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from core.labels import EMOTIONS
+from webapp import media
+from webapp.models import PRECISION, ModelUnavailable, Models, load_models, top_label
+from webapp.schemas import (AudioPrediction, ErrorResponse, Health, ImagePrediction, StreamHello, VideoPrediction,
+                            stream_schema)
+from webapp.stream import CLOSE_BUSY, Lane, StreamConfig, StreamSession, _now_ms, fuse
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+@dataclass
+class Settings:
+    """Server limits and live-stream tuning (each one is a ``python -m webapp`` option)."""
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_message_bytes: int = 1024 * 1024
+    max_connections: int = 32
+    max_video_seconds: float = 120.0
+    video_frames: int = 24               # frames sampled evenly from an uploaded video
+    upload_workers: int = 1              # concurrent file predictions
+    max_waiting_uploads: int = 8         # queued beyond the workers; more get 503 at once
+    silence_rms: float = 0.01            # about -40 dBFS over the last silence_seconds
+    silence_seconds: float = 0.5
+    audio_window_seconds: float = 2.0    # the voice model sees the last this-many seconds
+    min_audio_seconds: float = 0.5
+    voice_interval_seconds: float = 1.0  # at most this often a new voice estimate per stream
+    max_queued_voice: int = 4            # voice estimates waiting for the voice thread, all streams together
+    max_frame_side: int = 640            # larger stream frames are downscaled before face detection
+    full_detect_every: int = 5           # stream frames search near the last face, the whole frame every Nth
+    track_pad: float = 0.5               # that search region: the last box grown by this many box sizes
+    face_weight: float = 0.6
+    voice_weight: float = 0.4
+    fresh_seconds: float = 2.0           # older face / voice estimates drop out of the fusion
+    detector: str = "haar"
+    warmup: bool = True
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text} for code, text in (
+        (400, "Undecodable or unusable media; 'detail' says why."),
+        (413, "Upload larger than max_upload_bytes."),
+        (415, "Content type is not this endpoint's media type, multipart/form-data or application/octet-stream."),
+        (503, "The model this endpoint needs is not loaded, or the server is busy."),
+    )
+}
+
+
+class Workers:
+    """The threads predictions run in, off the event loop.
+
+    One live thread per model (a Lane): each model runs one call at a time anyway
+    (ModelSlot.lock), and separate queues keep face and voice latencies independent. Uploads have
+    their own pool so a long video does not hold up the live streams.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.upload_workers = settings.upload_workers
+        # Every stream has at most one frame job queued, so the face lane needs no extra cap.
+        self.face = Lane("face", max_queued=settings.max_connections)
+        self.voice = Lane("voice", max_queued=settings.max_queued_voice)
+        self.upload: ThreadPoolExecutor | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.face.start()
+        self.voice.start()
+        if self.upload is None:
+            self.upload = ThreadPoolExecutor(self.upload_workers, thread_name_prefix="upload")
+
+    def stop(self) -> None:
+        self.face.stop()
+        self.voice.stop()
+        if self.upload is not None:
+            self.upload.shutdown(wait=False, cancel_futures=True)
+            self.upload = None
+
+
+def _upload_doc(family: str) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary"}}}},
+        f"{family}/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    }}, "parameters": [{"name": "filename", "in": "query", "required": False, "schema": {"type": "string"},
+                        "description": "Name echoed as 'path' for raw (non-multipart) uploads."}]}
+
+
+async def read_upload(request: Request, family: str, limit: int) -> tuple[str, bytes]:
+    """(file name, bytes) of a multipart or raw upload, refusing oversize (413) and wrong types (415)."""
+    mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    multipart = mime == "multipart/form-data"
+    if not (multipart or mime.startswith(f"{family}/") or mime == "application/octet-stream"):
+        raise HTTPException(415, f"content type {mime or '(none)'!r} is not accepted here; send {family}/*, "
+                                 "application/octet-stream or multipart/form-data with a 'file' field")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"upload of {declared} bytes exceeds the {limit}-byte limit")
+    body = bytearray()
+    async for chunk in request.stream():  # counted as it arrives: a missing Content-Length cannot bypass the limit
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"upload exceeds the {limit}-byte limit")
+    if not multipart:
+        if not body:
+            raise HTTPException(400, "empty upload")
+        return request.query_params.get("filename") or "upload", bytes(body)
+    return await _multipart_file(request, bytes(body), family)
+
+
+async def _multipart_file(request: Request, body: bytes, family: str) -> tuple[str, bytes]:
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=10)
+    except MultiPartException as exc:
+        raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise HTTPException(400, "multipart body has no file field named 'file'")
+    part_type = (upload.content_type or "").split(";")[0].strip().lower()
+    if part_type and not (part_type.startswith(f"{family}/") or part_type == "application/octet-stream"):
+        raise HTTPException(415, f"uploaded file has content type {part_type!r}; expected {family}/*")
+    data = await upload.read()
+    await form.close()
+    if not data:
+        raise HTTPException(400, "empty upload")
+    return upload.filename or "upload", data
+
+
+def create_app(models_dir: str | Path | None = None, settings: Settings | None = None,
+               models: Models | None = None) -> FastAPI:
+    """The ASGI app; loads the models from ``models_dir`` unless ``models`` is given."""
+    settings = settings or Settings()
+    models = models if models is not None else load_models(models_dir, settings.detector, settings.warmup)
+    workers = Workers(settings)
+    uploads_in_flight = [0]  # only touched on the event loop, so a plain counter is safe
+    stream_config = StreamConfig(
+        max_message_bytes=settings.max_message_bytes, silence_rms=settings.silence_rms,
+        silence_seconds=settings.silence_seconds, audio_window_seconds=settings.audio_window_seconds,
+        min_audio_seconds=settings.min_audio_seconds, face_weight=settings.face_weight,
+        voice_weight=settings.voice_weight, fresh_seconds=settings.fresh_seconds,
+        voice_interval_seconds=settings.voice_interval_seconds, max_frame_side=settings.max_frame_side,
+        full_detect_every=settings.full_detect_every, track_pad=settings.track_pad)
+    connections: set[StreamSession] = set()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        workers.start()  # again after a previous shutdown: the same app can be served again
+        yield
+        workers.stop()
+
+    # No /docs or /redoc: FastAPI's UIs load their scripts from a CDN; the OpenAPI JSON is at /openapi.json.
+    app = FastAPI(title="Emotion recognition server", version="1.0", docs_url=None, redoc_url=None,
+                  description="Seven emotions from voice, face and both; live over a WebSocket at /ws/stream "
+                              "(message schema at /api/schema/stream).", lifespan=lifespan)
+    app.state.models, app.state.settings, app.state.connections = models, settings, connections
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A model or decoder bug answers this request with 500 and a reason; the server keeps serving.
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    def limits() -> dict[str, Any]:
+        return {"max_upload_bytes": settings.max_upload_bytes, "max_message_bytes": settings.max_message_bytes,
+                "max_connections": settings.max_connections, "max_video_seconds": settings.max_video_seconds}
+
+    async def predict_upload(request: Request, family: str, func) -> dict[str, Any]:
+        """Read the upload, then run ``func(name, data)`` in the upload pool.
+
+        The slot is taken before the body is read, so at most (workers + waiting) uploads are held
+        in memory; beyond that 503 rather than an unbounded queue.
+        """
+        if uploads_in_flight[0] >= settings.upload_workers + settings.max_waiting_uploads:
+            raise HTTPException(503, "server busy with other uploads; retry later")
+        uploads_in_flight[0] += 1
+        try:
+            name, data = await read_upload(request, family, settings.max_upload_bytes)
+            return await asyncio.get_running_loop().run_in_executor(workers.upload, func, name, data)
+        except media.MediaError as exc:
+            raise HTTPException(400, str(exc)) from None
+        except ModelUnavailable as exc:
+            raise HTTPException(503, str(exc)) from None
+        finally:
+            uploads_in_flight[0] -= 1
+
+    def require(slot_name: str) -> None:
+        slot = models.slots[slot_name]
+        if not slot.loaded:
+            raise HTTPException(503, f"no {slot_name} model is loaded: {slot.error}")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/health", response_model=Health, summary="Loaded models, their classes, limits")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "emotions": list(EMOTIONS), "models": models.info(), "limits": limits(),
+                "fusion": {"face_weight": settings.face_weight, "voice_weight": settings.voice_weight,
+                           "fresh_seconds": settings.fresh_seconds, "method": "weighted_average"},
+                "connections": len(connections)}
+
+    @app.get("/api/schema/stream", summary="JSON Schema of the /ws/stream messages")
+    async def schema_stream() -> dict[str, Any]:
+        return stream_schema()
+
+    @app.post("/api/predict/audio", response_model=AudioPrediction, responses=ERRORS,
+              openapi_extra=_upload_doc("audio"), summary="Emotion of a speech recording")
+    async def predict_audio(request: Request) -> dict[str, Any]:
+        require("ser")
+
+        def work(name: str, data: bytes) -> dict[str, Any]:
+            probs = models.predict_voice(media.decode_audio(data, name), media.SAMPLE_RATE)
+            return {"path": name, "label": top_label(probs), "probabilities": probs}
+
+        return await predict_upload(request, "audio", work)
+
+    @app.post("/api/predict/image", response_model=ImagePrediction, responses=ERRORS,
+              openapi_extra=_upload_doc("image"), summary="Faces and their emotions in a photo")
+    async def predict_image(request: Request) -> dict[str, Any]:
+        require("fer")
+
+        def work(name: str, data: bytes) -> dict[str, Any]:
+            return {"path": name, "faces": models.predict_faces(media.decode_image(data))}
+
+        return await predict_upload(request, "image", work)
+
+    @app.post("/api/predict/video", response_model=VideoPrediction, responses=ERRORS,
+              openapi_extra=_upload_doc("video"), summary="Emotion of a video clip (face, voice and fused)")
+    async def predict_video(request: Request) -> dict[str, Any]:
+        if not (models.face.loaded or models.voice.loaded or models.fusion.loaded):
+            raise HTTPException(503, "no face, voice or fusion model is loaded")
+        return await predict_upload(request, "video",
+                                    lambda name, data: predict_video_bytes(models, settings, name, data))
+
+    @app.websocket("/ws/stream")
+    async def stream(ws: WebSocket) -> None:
+        await ws.accept()
+        if len(connections) >= settings.max_connections:
+            await ws.close(code=CLOSE_BUSY, reason=f"server busy: {settings.max_connections} streams are open "
+                                                   "(the limit); retry later")
+            return
+        session = StreamSession(ws, models, workers.face, workers.voice, stream_config)
+        connections.add(session)
+        try:
+            hello = StreamHello(session=session.id, server_time=_now_ms(), emotions=list(EMOTIONS),
+                                models=models.info(), limits=limits())
+            await session.send(hello.model_dump())
+            await session.run()
+        finally:
+            connections.discard(session)
+
+    return app
+
+
+def predict_video_bytes(models: Models, settings: Settings, name: str, data: bytes) -> dict[str, Any]:
+    """Video upload -> face (mean over sampled frames), voice (audio track) and their fusion."""
+    from ser.audio import AudioError, load_audio
+
+    with media.temp_file(data, name) as path:
+        frames, duration = media.sample_video(path, settings.video_frames, settings.max_video_seconds)
+        face = voice = None
+        with_face = 0
+        if models.face.loaded:
+            per_frame = [faces[0]["probabilities"] for faces in map(models.predict_faces, frames) if faces]
+            with_face = len(per_frame)
+            if per_frame:
+                mean = {e: round(float(np.mean([p[e] for p in per_frame])), PRECISION) for e in EMOTIONS}
+                face = {"label": top_label(mean), "probabilities": mean}
+        if models.voice.loaded:
+            try:
+                y = load_audio(path, sr=media.SAMPLE_RATE)[: int(settings.max_video_seconds * media.SAMPLE_RATE)]
+            except AudioError as exc:  # no audio track or a silent one: the face alone decides
+                log.info("%s: no usable audio (%s)", name, exc)
+            else:
+                probs = models.predict_voice(y, media.SAMPLE_RATE)
+                voice = {"label": top_label(probs), "probabilities": probs}
+        method, fused = "weighted_average", None
+        if models.fusion.loaded:
+            try:
+                probs = models.predict_fusion_file(str(path))
+                fused, method = {"label": top_label(probs), "probabilities": probs}, "fusion_model"
+            except Exception as exc:  # the clip may not suit the joint model (no speech, say): fall back
+                log.warning("%s: fusion model failed (%s); using the weighted average", name, exc)
+        if fused is None:
+            fused = fuse(face and face["probabilities"], voice and voice["probabilities"],
+                         settings.face_weight, settings.voice_weight)
+    return {"path": name, "label": fused["label"] if fused else None,
+            "probabilities": fused["probabilities"] if fused else None, "method": method,
+            "face": face, "voice": voice, "frames_sampled": len(frames), "frames_with_face": with_face,
+            "duration_seconds": round(float(duration), 3)}

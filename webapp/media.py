@@ -1,0 +1,149 @@
+"""Turn uploaded bytes and stream messages into arrays, with a specific MediaError for each failure.
+
+Everything here runs in worker threads, never on the event loop. Sizes are checked from the
+header before decoding, so a tiny file that claims to be a huge image is refused cheaply.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+SAMPLE_RATE = 16_000
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_PROCESS_SIDE = 640  # frames are downscaled to this longer side before face detection
+
+
+class MediaError(ValueError):
+    """Bytes that cannot be used as the media the request claims; the message says why."""
+
+
+def safe_suffix(filename: str | None) -> str:
+    """A short extension for a temp file (decoders sniff content, the suffix only helps FFmpeg guess)."""
+    match = re.search(r"\.([A-Za-z0-9]{1,5})$", filename or "")
+    return f".{match.group(1).lower()}" if match else ""
+
+
+@contextmanager
+def temp_file(data: bytes, filename: str | None) -> Iterator[Path]:
+    """The upload in a private temp file (PyAV and libsndfile read paths), removed afterwards."""
+    fd, name = tempfile.mkstemp(prefix="webapp-upload-", suffix=safe_suffix(filename))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        yield Path(name)
+    finally:
+        os.remove(name)
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """BGR uint8 image from JPEG/PNG/WebP/BMP bytes."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise MediaError("empty image")
+    try:
+        with Image.open(io.BytesIO(data)) as header:  # reads the header only
+            width, height = header.size
+    except UnidentifiedImageError:
+        raise MediaError("not a readable image (expected JPEG, PNG, WebP, BMP or TIFF data)") from None
+    except (OSError, ValueError) as exc:
+        raise MediaError(f"not a readable image ({exc})") from None
+    if width * height > max_pixels:
+        raise MediaError(f"image is {width}x{height}; at most {max_pixels} pixels are accepted")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise MediaError("image header is valid but the pixel data cannot be decoded (truncated or corrupt)")
+    return image
+
+
+def downscale(image: np.ndarray, max_side: int = MAX_PROCESS_SIDE) -> tuple[np.ndarray, float]:
+    """Image with its longer side at most ``max_side``, and the factor to map boxes back."""
+    height, width = image.shape[:2]
+    scale = max(height, width) / max_side
+    if scale <= 1.0:
+        return image, 1.0
+    size = (max(1, round(width / scale)), max(1, round(height / scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+
+def scale_faces(faces: list[dict], scale: float) -> list[dict]:
+    if scale == 1.0:
+        return faces
+    return [f | {"box": [int(round(v * scale)) for v in f["box"]]} for f in faces]
+
+
+def decode_audio(data: bytes, filename: str | None) -> np.ndarray:
+    """16 kHz mono float32 from any audio file ser.audio reads; MediaError with the reason otherwise."""
+    from ser.audio import AudioError, load_audio
+
+    if not data:
+        raise MediaError("empty audio upload")
+    with temp_file(data, filename) as path:
+        try:
+            return load_audio(path, sr=SAMPLE_RATE)
+        except AudioError as exc:
+            # The reason names our temp file; the client only knows its own file name.
+            raise MediaError(str(exc).replace(str(path), filename or "upload")) from None
+
+
+def pcm_samples(payload: bytes, fmt: str) -> np.ndarray:
+    """Little-endian mono PCM bytes -> float32 in [-1, 1]."""
+    width = 2 if fmt == "int16" else 4
+    if len(payload) == 0 or len(payload) % width:
+        raise MediaError(f"{fmt} PCM needs a positive multiple of {width} bytes, got {len(payload)}")
+    if fmt == "int16":
+        return np.frombuffer(payload, "<i2").astype(np.float32) / 32768.0
+    samples = np.frombuffer(payload, "<f4").astype(np.float32)
+    if not np.all(np.isfinite(samples)):
+        raise MediaError("float32 PCM contains NaN or infinite samples")
+    return np.clip(samples, -1.0, 1.0)
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
+
+
+def sample_video(path: str | os.PathLike, n_frames: int, max_seconds: float) -> tuple[list[np.ndarray], float]:
+    """About ``n_frames`` BGR frames spread over the first ``max_seconds``, and the duration read."""
+    import av
+
+    def reason(exc: Exception) -> str:  # FFmpeg names our private temp file; the client never saw it
+        return str(exc).replace(f": '{path}'", "").replace(str(path), "upload")
+
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise MediaError(f"not a readable video ({reason(exc)})") from None
+    with container:
+        if not container.streams.video:
+            raise MediaError("the file has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        duration = (container.duration / av.time_base) if container.duration else 0.0
+        span = min(duration, max_seconds) if duration > 0 else max_seconds
+        step = max(span / max(n_frames, 1), 1e-3)
+        frames: list[np.ndarray] = []
+        next_t, last_t = 0.0, 0.0
+        try:
+            for frame in container.decode(stream):
+                t = float(frame.time or 0.0)
+                last_t = max(last_t, t)
+                if t > max_seconds or len(frames) >= n_frames:
+                    break
+                if t + 1e-6 >= next_t:
+                    frames.append(downscale(frame.to_ndarray(format="bgr24"))[0])
+                    next_t = t + step
+        except av.error.FFmpegError as exc:
+            if not frames:
+                raise MediaError(f"video frames cannot be decoded ({reason(exc)})") from None
+    if not frames:
+        raise MediaError("the video stream holds no decodable frames")
+    return frames, duration or last_t

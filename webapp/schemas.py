@@ -1,0 +1,181 @@
+"""The JSON the server speaks: HTTP responses (in the OpenAPI document) and WebSocket messages.
+
+Every ``probabilities`` object maps each emotion to a float, in ``core.labels.EMOTIONS``
+order, like the CLIs' ``--json`` output. Field names here are the stable API: add fields,
+never rename or remove them.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Probabilities = dict[str, float]
+
+FaceState = Literal["face", "no_face", "no_model", "unknown"]
+VoiceState = Literal["voice", "silence", "no_model", "unknown"]
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="Why the request was refused, in words.")
+
+
+class ModelInfo(BaseModel):
+    loaded: bool
+    classes: list[str] = Field(default_factory=list, description="Output classes in order; empty when not loaded.")
+    error: str | None = Field(None, description="Why the model did not load (absent folder, bad file).")
+
+
+class Limits(BaseModel):
+    max_upload_bytes: int
+    max_message_bytes: int
+    max_connections: int
+    max_video_seconds: float
+
+
+class FusionInfo(BaseModel):
+    face_weight: float
+    voice_weight: float
+    fresh_seconds: float
+    method: str = "weighted_average"
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    emotions: list[str]
+    models: dict[str, ModelInfo] = Field(description="One entry per modality: ser, fer, fusion.")
+    limits: Limits
+    fusion: FusionInfo
+    connections: int = Field(description="Open WebSocket streams now.")
+
+
+class AudioPrediction(BaseModel):
+    """Same object as ``python -m ser.predict --json``."""
+    path: str
+    label: str
+    probabilities: Probabilities
+
+
+class Face(BaseModel):
+    box: list[int] = Field(description="[x, y, width, height] in pixels of the image that was sent.")
+    label: str
+    probabilities: Probabilities
+
+
+class ImagePrediction(BaseModel):
+    """Same object as ``python -m fer.predict --json``."""
+    path: str
+    faces: list[Face]
+
+
+class ModalityResult(BaseModel):
+    label: str
+    probabilities: Probabilities
+
+
+class VideoPrediction(BaseModel):
+    path: str
+    label: str | None = Field(description="Fused label; null when neither a face nor a voice was found.")
+    probabilities: Probabilities | None
+    method: str = Field(description="'fusion_model' when the fusion model answered, else 'weighted_average'.")
+    face: ModalityResult | None = Field(description="Mean face probabilities over sampled frames with a face.")
+    voice: ModalityResult | None = Field(description="Voice probabilities of the audio track.")
+    frames_sampled: int
+    frames_with_face: int
+    duration_seconds: float
+
+
+# ---- WebSocket /ws/stream -------------------------------------------------------------------
+
+class FusedResult(ModalityResult):
+    sources: list[Literal["face", "voice"]] = Field(description="Modalities that entered the weighted average.")
+
+
+class StreamStats(BaseModel):
+    frames_received: int = 0
+    frames_processed: int = 0
+    frames_dropped: int = Field(0, description="Frames replaced by a newer one before the server got to them.")
+    audio_received: int = 0
+    audio_processed: int = 0
+    errors: int = 0
+
+
+class StreamHello(BaseModel):
+    type: Literal["hello"] = "hello"
+    session: str
+    server_time: float = Field(description="Server clock, milliseconds since the Unix epoch.")
+    emotions: list[str]
+    models: dict[str, ModelInfo]
+    limits: Limits
+    audio_sample_rate: int = 16000
+
+
+class StreamResult(BaseModel):
+    type: Literal["result"] = "result"
+    kind: Literal["frame", "audio"]
+    id: int | None = Field(description="Echo of the id of the message this answers (for round-trip time).")
+    t: float | None = Field(description="Echo of the client's timestamp of that message.")
+    server_time: float
+    processing_ms: float = Field(description="Server time from receipt to reply for this message.")
+    predicted: bool = Field(description="True when this reply carries a new prediction for its kind; false for "
+                                        "immediate answers (silence, no model, voice estimate not due yet).")
+    face_state: FaceState
+    voice_state: VoiceState
+    faces: list[Face] = Field(description="Faces in this frame (empty for audio replies).")
+    image_size: list[int] | None = Field(None, description="[width, height] of the decoded frame.")
+    face: Probabilities | None = Field(description="Latest fresh face probabilities (largest face).")
+    voice: Probabilities | None = Field(description="Latest fresh voice probabilities.")
+    fused: FusedResult | None
+    stats: StreamStats
+
+
+class StreamPong(BaseModel):
+    type: Literal["pong"] = "pong"
+    id: int | None
+    t: float | None
+    server_time: float
+
+
+class StreamError(BaseModel):
+    type: Literal["error"] = "error"
+    code: Literal["too_large", "malformed", "unsupported", "bad_media", "no_model", "internal"]
+    detail: str
+    id: int | None = None
+
+
+class StreamFrameIn(BaseModel):
+    """A camera frame as JSON (the page sends the binary form instead)."""
+    type: Literal["frame"]
+    id: int | None = None
+    t: float | None = None
+    data: str = Field(description="Base64 JPEG or PNG.")
+
+
+class StreamAudioIn(BaseModel):
+    """A window of microphone samples as JSON (the page sends the binary form instead)."""
+    type: Literal["audio"]
+    id: int | None = None
+    t: float | None = None
+    format: Literal["int16", "float32"] = "int16"
+    sample_rate: Literal[16000] = 16000
+    data: str = Field(description="Base64 little-endian mono PCM samples.")
+
+
+class StreamPingIn(BaseModel):
+    type: Literal["ping"]
+    id: int | None = None
+    t: float | None = None
+
+
+def stream_schema() -> dict:
+    """JSON Schema of every WebSocket message, served at /api/schema/stream."""
+    incoming = [StreamFrameIn, StreamAudioIn, StreamPingIn]
+    outgoing = [StreamHello, StreamResult, StreamPong, StreamError]
+    return {
+        "binary_messages": {
+            "layout": "byte 0 kind | bytes 1-4 id (uint32 LE) | bytes 5-12 client time ms (float64 LE) | payload",
+            "kinds": {"1": "JPEG/PNG frame", "2": "PCM int16 mono 16 kHz", "3": "PCM float32 mono 16 kHz"},
+        },
+        "client_to_server": {m.__name__: m.model_json_schema() for m in incoming},
+        "server_to_client": {m.__name__: m.model_json_schema() for m in outgoing},
+    }
