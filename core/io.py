@@ -28,6 +28,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], suffix:
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,49 @@
+"""Copy a trained run into ``saved_models/<task>/`` with its model card (the shipped defaults).
+
+    python bench/ship.py --task ser --run runs/ser_ensemble --title "..." --data "..." --split "..." \
+        --licence "..." --command "python -m ser.train ..." --command "..."
+
+Only what inference, evaluation and the card need is copied (no checkpoints, no history backups).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+KEEP = ("model.keras", "config.json", "normalization.npz", "metrics.json", "val_metrics.json",
+        "confusion_matrix.png", "split.csv", "data_report.json", "export.json", "model_float16.tflite",
+        "model_int8.tflite", "curve_loss.png", "curve_accuracy.png", "history.csv", "late_fusion.json")
+
+
+def main() -> None:
+    from core.model_card import write_model_card
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, choices=["ser", "fer", "fusion"])
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--title", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--split", required=True)
+    parser.add_argument("--licence", required=True)
+    parser.add_argument("--command", action="append", default=[])
+    parser.add_argument("--row", action="append", default=[], help="extra card row 'name=value'")
+    parser.add_argument("--notes", default="")
+    args = parser.parse_args()
+    run, dest = Path(args.run), REPO / "saved_models" / args.task
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in KEEP:
+        if (run / name).exists():
+            shutil.copy2(run / name, dest / name)
+    rows = dict(r.split("=", 1) for r in args.row)
+    card = write_model_card(dest, args.title, args.data, args.split, args.licence, args.command, rows, args.notes)
+    total = sum(p.stat().st_size for p in dest.iterdir()) / 1024
+    print(f"shipped {run} -> {dest} ({total:.0f} KB); card {card}")
+
+
+if __name__ == "__main__":
+    main()
