@@ -1,0 +1,156 @@
+"""Emotion of video clips from speech and face together.
+
+    python -m fusion.predict clip.mp4 more_clips/ --json
+    python -m fusion.predict clip.mp4 --model-dir runs/fusion
+    python -m fusion.predict clip.mp4 --mode late --ser-model-dir saved_models/ser --fer-model-dir saved_models/fer \\
+        --late-weights runs/fusion_late/late_fusion.json
+
+Per clip: the fused label and probabilities, plus each modality's own (``modalities``: the joint model's
+auxiliary heads ``audio`` / ``frame`` / ``face``, or in late mode the SER and FER models). ``--json`` prints
+one object per line. Clips that cannot be used (corrupt, no audio track for the joint model) are reported
+on stderr and skipped; the exit code is then 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from core.io import read_json
+from core.labels import EMOTIONS
+from fusion.media import MediaError, NoAudioError
+from fusion.pipeline import batch_inputs, clip_seconds, input_keys, to_model_inputs, window
+from fusion.preprocess import PreprocessConfig, preprocess_file
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_DIR = REPO_ROOT / "saved_models" / "fusion"
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+MAX_CLIP_SECONDS = 60.0
+
+
+class FusionPredictor:
+    """A trained ``fusion.train`` run folder (model.keras + config.json) ready for inference."""
+
+    def __init__(self, model_dir: str | os.PathLike | None = None):
+        import tensorflow as tf
+
+        from fusion.models import load_model
+
+        self.model_dir = Path(model_dir or DEFAULT_MODEL_DIR)
+        config_path = self.model_dir / "config.json"
+        if not config_path.is_file() or not (self.model_dir / "model.keras").is_file():
+            raise FileNotFoundError(f"no fusion model in {self.model_dir} (model.keras / config.json missing); "
+                                    "train one with `python -m fusion.train --output DIR` and pass --model-dir DIR")
+        self.config = read_json(config_path)
+        if self.config.get("task") != "fusion":
+            raise ValueError(f"{config_path} is not a fusion run (task={self.config.get('task')!r})")
+        self.class_names: list[str] = self.config["class_names"]
+        self.modalities: list[str] = self.config["modalities"]
+        self.preprocess = PreprocessConfig(**self.config["preprocess"])
+        self.max_seconds = float(self.config["max_seconds"])
+        self.model = load_model(self.model_dir / "model.keras")
+        self.keys = input_keys(self.modalities)
+        specs = {k: tf.TensorSpec([None, *v.shape[1:]], v.dtype) for k, v in self.model.input.items()}
+        # One traced graph with open batch/time axes: no retracing per clip length, no model.predict overhead.
+        self._forward = tf.function(lambda x: self.model(x, training=False), input_signature=[specs])
+
+    def windows(self, arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Cut a clip longer than the training cap into windows of ``max_seconds`` (the last one end-aligned)."""
+        total = clip_seconds(arrays, self.preprocess)
+        if total <= self.max_seconds:
+            return [arrays]
+        count = int(np.ceil(total / self.max_seconds))
+        starts = np.linspace(0.0, total - self.max_seconds, count)
+        return [window(arrays, self.preprocess, self.max_seconds, float(s)) for s in starts]
+
+    def predict_arrays(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Probabilities per output for one preprocessed clip, averaged over its windows."""
+        items = [to_model_inputs(w, self.modalities) for w in self.windows(arrays)]
+        outputs = self._forward(batch_inputs(items))
+        return {k: np.asarray(v).mean(axis=0) for k, v in outputs.items()}
+
+    def predict_clip(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Fused and per-modality predictions; raises FileNotFoundError / MediaError with the reason."""
+        try:
+            arrays = preprocess_file(path, self.preprocess, max_seconds=MAX_CLIP_SECONDS)
+        except NoAudioError as exc:
+            raise NoAudioError(f"{exc}; the joint model needs speech: use --mode late for face-only "
+                               "prediction") from exc
+        probs = self.predict_arrays(arrays)
+        result = {"path": str(path), "mode": "joint", **as_result(probs["emotion"], self.class_names),
+                  "modalities": {k: as_result(v, self.class_names) for k, v in probs.items() if k != "emotion"},
+                  "seconds": round(clip_seconds(arrays, self.preprocess), 3)}
+        if "face_mask" in arrays:
+            result["face_frames"] = int(arrays["face_mask"].sum())
+            result["frames"] = int(len(arrays["face_mask"]))
+        return result
+
+
+def as_result(probs: np.ndarray, class_names: Sequence[str] = EMOTIONS) -> dict:
+    return {"label": class_names[int(np.argmax(probs))],
+            "probabilities": {name: round(float(p), 6) for name, p in zip(class_names, probs)}}
+
+
+def expand_paths(paths: Sequence[str]) -> list[Path]:
+    """Files as given; folders expanded to the video files below them."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in VIDEO_EXTENSIONS and f.is_file()))
+        else:
+            out.append(p)
+    return out
+
+
+def format_text(result: dict) -> str:
+    own = "  ".join(f"{m}: {r['label']}" for m, r in result["modalities"].items())
+    return f"{result['path']}: {result['label']} ({result['probabilities'][result['label']]:.2f})  [{own}]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Emotion of video clips from speech and faces.")
+    parser.add_argument("paths", nargs="+", metavar="CLIP", help="video files (with audio) or folders")
+    parser.add_argument("--mode", choices=("joint", "late"), default="joint",
+                        help="joint: the fusion.train model; late: saved ser + fer models combined")
+    parser.add_argument("--model-dir", default=None, help=f"fusion run folder (default: {DEFAULT_MODEL_DIR})")
+    parser.add_argument("--ser-model-dir", default=None, help="late mode: SER run folder (default saved_models/ser)")
+    parser.add_argument("--fer-model-dir", default=None, help="late mode: FER run folder (default saved_models/fer)")
+    parser.add_argument("--late-weights", default=None,
+                        help="late mode: late_fusion.json (from python -m fusion.late) or 'audio=0.6,face=0.4'")
+    parser.add_argument("--detector", default="haar", help="late mode face detector: haar | mtcnn")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.mode == "joint":
+            predictor: Any = FusionPredictor(args.model_dir)
+        else:
+            from fusion.late import LateFusion
+
+            predictor = LateFusion(args.ser_model_dir, args.fer_model_dir, args.late_weights, detector=args.detector)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failures = 0
+    for path in expand_paths(args.paths):
+        try:
+            result = predictor.predict_clip(path)
+        except (MediaError, FileNotFoundError, ValueError) as exc:
+            failures += 1
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        print(json.dumps(result) if args.json else format_text(result), flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

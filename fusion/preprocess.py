@@ -1,0 +1,233 @@
+"""Clip -> model inputs: full frames, face crops with a found-face mask, and a log-mel spectrogram.
+
+One ``.npz`` per clip in a cache folder keyed by the preprocessing settings:
+``frames`` (T, S, S, 3) uint8 RGB, ``faces`` (T, F, F) uint8 gray, ``face_mask`` (T,) uint8,
+``mel`` (M, n_mels) float16. Files are written atomically, clips already cached (or already known
+to be bad, recorded in ``*.err.json``) are skipped on the next run, and clips are processed in
+parallel worker processes. Faces come from ``fer.faces`` (the same detector and crop as the face model).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from core.io import atomic_write, write_json
+from fusion.media import Clip, CorruptMediaError, MediaError, NoAudioError, decode_clip
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = Path("cache") / "fusion"
+LOG_FLOOR = 1e-6
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    fps: float = 10.0
+    sample_rate: int = 16_000
+    image_size: int = 112       # full frame, resized to a square
+    face_size: int = 112        # face crop side
+    n_mels: int = 64
+    n_fft: int = 512
+    win_length: int = 400       # 25 ms
+    hop_length: int = 160       # 10 ms -> 100 spectrogram frames per second
+    max_seconds: float = 10.0   # longest span cached per clip; the input pipeline cuts further
+    detector: str = "haar"
+    face_margin: float = 0.2
+    detect_every: int = 2       # run the detector on every n-th frame, reuse the box in between
+    detect_side: int = 320      # detect on a copy scaled to this longer side (Haar cost grows with pixels)
+    min_face_fraction: float = 0.1  # smallest face searched, as a fraction of the shorter side
+
+    @property
+    def mel_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def log_mel(audio: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """(frames, n_mels) float32 log-mel, standardised per clip and mel band (per-utterance CMVN)."""
+    import librosa
+
+    if audio.size < cfg.n_fft:
+        audio = np.pad(audio, (0, cfg.n_fft - audio.size))
+    power = librosa.feature.melspectrogram(y=audio, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                                           win_length=cfg.win_length, n_mels=cfg.n_mels)
+    mel = np.log(power + LOG_FLOOR).T
+    # Loudness differs wildly between recordings; per-clip statistics remove the channel, keep the shape.
+    return ((mel - mel.mean(axis=0)) / (mel.std(axis=0) + 1e-3)).astype(np.float32)
+
+
+def face_track(frames: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Largest face per RGB frame as a gray crop; frames without a face get a blank crop and mask 0."""
+    import cv2
+
+    from fer.faces import crop_face, detect_faces
+
+    crops = np.zeros((len(frames), cfg.face_size, cfg.face_size), np.uint8)
+    mask = np.zeros(len(frames), np.uint8)
+    box = None
+    for i, rgb in enumerate(frames):
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        if i % max(1, cfg.detect_every) == 0:
+            box = _largest_face(bgr, cfg, detect_faces)
+        if box is not None:
+            crops[i] = crop_face(bgr, box, size=cfg.face_size, margin=cfg.face_margin)
+            mask[i] = 1
+    return crops, mask
+
+
+def _largest_face(bgr: np.ndarray, cfg: PreprocessConfig, detect_faces) -> tuple[int, int, int, int] | None:
+    """Detect on a downscaled copy, return the largest box in ``bgr``'s pixel coordinates."""
+    import cv2
+
+    height, width = bgr.shape[:2]
+    scale = min(1.0, cfg.detect_side / max(height, width)) if cfg.detect_side else 1.0
+    small = cv2.resize(bgr, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA) \
+        if scale < 1.0 else bgr
+    min_size = max(20, int(cfg.min_face_fraction * min(small.shape[:2])))
+    boxes = detect_faces(small, method=cfg.detector, min_size=min_size)
+    if not boxes:
+        return None
+    return tuple(int(round(v / scale)) for v in boxes[0])  # type: ignore[return-value]
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    out = np.empty((len(frames), size, size, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        out[i] = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def clip_features(clip: Clip, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
+    """The cached arrays for one decoded clip."""
+    faces, face_mask = face_track(clip.frames, cfg)
+    return {
+        "frames": resize_frames(clip.frames, cfg.image_size),
+        "faces": faces,
+        "face_mask": face_mask,
+        "mel": log_mel(clip.audio, cfg).astype(np.float16),
+    }
+
+
+def preprocess_file(path: str | os.PathLike, cfg: PreprocessConfig = PreprocessConfig(),
+                    max_seconds: float | None = None) -> dict[str, np.ndarray]:
+    """Decode and featurise one clip; raises ``MediaError`` subclasses / ``FileNotFoundError``."""
+    clip = decode_clip(path, fps=cfg.fps, sample_rate=cfg.sample_rate, max_seconds=max_seconds or cfg.max_seconds)
+    return clip_features(clip, cfg)
+
+
+def cache_folder(cache_dir: str | os.PathLike, corpus: str, cfg: PreprocessConfig) -> Path:
+    """Settings-specific subfolder, so changing e.g. the image size never mixes old and new arrays."""
+    return Path(cache_dir) / f"{corpus}-{cfg.key()}"
+
+
+def cache_name(relpath: str) -> str:
+    return relpath.replace("\\", "/").replace("/", "__").rsplit(".", 1)[0] + ".npz"
+
+
+def _error_path(npz: Path) -> Path:
+    return npz.with_suffix(".err.json")
+
+
+def load_cached(npz: str | os.PathLike) -> dict[str, np.ndarray]:
+    with np.load(npz) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _status_of(exc: BaseException) -> str:
+    if isinstance(exc, NoAudioError):
+        return "no_audio"
+    if isinstance(exc, FileNotFoundError):
+        return "missing"
+    if isinstance(exc, (CorruptMediaError, MediaError)):
+        return "corrupt"
+    return "error"
+
+
+def _process_one(args: tuple[str, str, PreprocessConfig]) -> dict[str, Any]:
+    """Worker: cache one clip, or record why it cannot be used. Never raises for bad media."""
+    src, dst, cfg = args
+    npz = Path(dst)
+    if npz.exists():
+        return {"path": src, "cache": dst, "status": "cached"}
+    err = _error_path(npz)
+    if err.exists():
+        info = json.loads(err.read_text(encoding="utf-8"))
+        return {"path": src, "cache": dst, "status": info["status"], "reason": info["reason"], "known": True}
+    try:
+        arrays = preprocess_file(src, cfg)
+    except (MediaError, FileNotFoundError) as exc:
+        status = _status_of(exc)
+        if status != "missing":  # a missing file may still arrive; do not remember it
+            write_json(err, {"status": status, "reason": str(exc)})
+        return {"path": src, "cache": dst, "status": status, "reason": str(exc)}
+    atomic_write(npz, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")
+    return {"path": src, "cache": dst, "status": "ok", "frames": int(len(arrays["frames"])),
+            "mel_frames": int(len(arrays["mel"]))}
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
+
+
+def preprocess_clips(paths: Sequence[str | os.PathLike], relpaths: Sequence[str], cache_dir: str | os.PathLike,
+                     cfg: PreprocessConfig = PreprocessConfig(), workers: int = 1,
+                     progress: bool = False) -> list[dict[str, Any]]:
+    """Cache every clip (parallel, resumable); one status dict per clip in input order.
+
+    Status is ``ok`` (computed now), ``cached`` (already there), ``no_audio``, ``corrupt`` or ``missing``;
+    bad clips carry a ``reason`` and are logged, never raised.
+    """
+    folder = Path(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "preprocess.json", asdict(cfg))
+    jobs = [(str(p), str(folder / cache_name(r)), cfg) for p, r in zip(paths, relpaths)]
+    todo = [j for j in jobs if not Path(j[1]).exists()]
+    results: dict[str, dict[str, Any]] = {j[1]: {"path": j[0], "cache": j[1], "status": "cached"}
+                                          for j in jobs if Path(j[1]).exists()}
+    iterator: Iterable[dict[str, Any]]
+    if workers > 1 and len(todo) > 1:
+        # spawn, not fork: the parent may already hold TensorFlow's threads.
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker)
+        iterator = pool.map(_process_one, todo, chunksize=max(1, min(16, len(todo) // (4 * workers))))
+    else:
+        pool, iterator = None, map(_process_one, todo)
+    try:
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(iterator, total=len(todo), desc="preprocess", unit="clip")
+        for result in iterator:
+            results[result["cache"]] = result
+            if result["status"] not in ("ok", "cached") and not result.get("known"):
+                log.warning("skipping %s: %s", result["path"], result["reason"])
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return [results[j[1]] for j in jobs]
+
+
+def summarize(statuses: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Counts per status, e.g. ``{"ok": 10, "cached": 90, "no_audio": 2, "corrupt": 1}``."""
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    return counts
+
+
+def cache_size_bytes(statuses: Sequence[dict[str, Any]]) -> int:
+    return sum(Path(s["cache"]).stat().st_size for s in statuses if s["status"] in ("ok", "cached"))

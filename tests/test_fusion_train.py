@@ -1,0 +1,213 @@
+"""fusion.train end to end on synthetic RAVDESS-layout clips, then fusion.predict (joint and late), fusion.late,
+the notebook, and the real RAVDESS clip. One tiny staged run (frozen backbone, then fine-tuned) is shared."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.io import read_json
+from core.labels import EMOTIONS
+from tests.synth_video import make_ravdess, make_tiny_fer, make_tiny_ser
+
+TINY_ARGS = ["--corpus", "ravdess", "--workers", "1", "--fps", "5", "--image-size", "32", "--face-size", "32",
+             "--n-mels", "16", "--alpha", "0.35", "--lstm-units", "8", "--audio-filters", "4",
+             "--audio-lstm-units", "8", "--dense-units", "8", "--batch-size", "4", "--max-seconds", "2",
+             "--val-actors", "3", "--test-actors", "4", "--patience", "0", "--epochs", "2", "--frozen-epochs", "1"]
+RUN_FILES = ("model.keras", "config.json", "metrics.json", "val_metrics.json", "confusion_matrix.png",
+             "val_confusion_matrix.png", "curve_loss.png", "curve_accuracy.png", "history.csv", "split.csv",
+             "data_report.json")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ravdess_video")
+    make_ravdess(root, actors=(1, 2, 3, 4), seconds=0.6, size=(64, 64), no_audio=1, corrupt=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    """A 2-epoch staged run with a local MobileNetV2 weights file (the --weights PATH route)."""
+    import keras
+
+    from fusion.train import main
+
+    base = tmp_path_factory.mktemp("fusion_run")
+    weights = base / "mobilenet_v2_0.35_32.weights.h5"
+    keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None,
+                                   pooling="avg").save_weights(weights)
+    out = base / "run"
+    args = TINY_ARGS + ["--data-dir", str(corpus), "--cache-dir", str(base / "cache"), "--output", str(out),
+                        "--weights", str(weights)]
+    assert main(args) == 0
+    return out
+
+
+def test_run_writes_every_artifact_and_counts_bad_clips(trained):
+    for name in RUN_FILES:
+        assert (trained / name).is_file(), name
+    config = read_json(trained / "config.json")
+    assert config["task"] == "fusion" and config["modalities"] == ["frame", "face", "audio"]
+    assert config["strategy"] == "MirroredStrategy" and config["replicas"] == 1
+    # Staged: one frozen epoch, one fine-tuning epoch (14 training clips, batch 4 -> 4 steps each).
+    assert config["optimizer_steps"] == {"frozen": 4, "tune": 4}
+    history = pd.read_csv(trained / "history.csv")
+    assert history["epoch"].tolist() == [0, 1] and np.isfinite(history["loss"]).all()
+    assert history["learning_rate"].iloc[1] < history["learning_rate"].iloc[0]
+    report = read_json(trained / "data_report.json")
+    assert report["skipped"]["no_audio"] == 1 and report["skipped"]["corrupt"] == 1
+    assert report["split"] == "speaker-independent by RAVDESS actor"
+    assert report["groups"]["test"] == ["actor_04"] and report["cache_mb_per_1000_clips"] > 0
+    metrics = read_json(trained / "metrics.json")
+    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "f1_micro", "per_class"):
+        assert key in metrics
+    assert metrics["n"] == 7 and set(metrics["f1_macro_per_modality_head"]) == {"frame", "face", "audio"}
+    split = pd.read_csv(trained / "split.csv")
+    assert split.groupby("group")["split"].nunique().max() == 1
+
+
+@pytest.fixture(scope="module")
+def predictor(trained):
+    from fusion.predict import FusionPredictor
+
+    return FusionPredictor(trained)
+
+
+def test_saved_model_reproduces_the_test_metrics(trained, predictor):
+    """Load model.keras through the predictor and re-predict the test clips from the video files."""
+    split = pd.read_csv(trained / "split.csv")
+    test = split[(split["split"] == "test") & split["status"].isin(["ok", "cached"])]
+    predicted = [EMOTIONS.index(predictor.predict_clip(p)["label"]) for p in test["path"]]
+    accuracy = float(np.mean(np.array(predicted) == test["label"].to_numpy()))
+    assert accuracy == pytest.approx(read_json(trained / "metrics.json")["accuracy"])
+
+
+def test_predict_cli_joint_json_and_bad_clips(trained, corpus, capsys):
+    from fusion.predict import main
+
+    good = sorted((corpus / "Actor_01").glob("*.mp4"))[:2]
+    bad = sorted((corpus / "Actor_04").glob("01-01-01-02-*.mp4"))  # the no-audio and the corrupt clip
+    rc = main([*map(str, good), *map(str, bad), str(corpus / "missing.mp4"), "--json", "--model-dir", str(trained)])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [r["path"] for r in lines] == [str(p) for p in good]
+    for result in lines:
+        assert result["mode"] == "joint" and result["label"] in EMOTIONS
+        assert list(result["probabilities"]) == list(EMOTIONS)
+        assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert set(result["modalities"]) == {"frame", "face", "audio"}
+    assert "no audio track" in err and "cannot decode" in err and "missing.mp4" in err
+
+
+def test_predict_errors_for_single_bad_clips(trained, corpus, predictor):
+    from fusion.media import CorruptMediaError, NoAudioError
+    from fusion.predict import FusionPredictor
+
+    no_audio, corrupt = sorted((corpus / "Actor_04").glob("01-01-01-02-*.mp4"))
+    with pytest.raises(NoAudioError, match="--mode late"):
+        predictor.predict_clip(no_audio)
+    with pytest.raises(CorruptMediaError, match="cannot decode"):
+        predictor.predict_clip(corrupt)
+    with pytest.raises(FileNotFoundError, match="fusion.train"):
+        FusionPredictor(trained.parent / "nowhere")
+
+
+@pytest.fixture(scope="module")
+def ser_fer(tmp_path_factory):
+    base = tmp_path_factory.mktemp("late_models")
+    return make_tiny_ser(base / "ser"), make_tiny_fer(base / "fer")
+
+
+def test_late_fusion_predicts_and_falls_back_to_one_modality(ser_fer, corpus):
+    from fusion.late import LateFusion
+    from fusion.media import CorruptMediaError
+
+    late = LateFusion(*ser_fer, weights="audio=0.7,face=0.3")
+    clip = sorted((corpus / "Actor_01").glob("*.mp4"))[0]
+    result = late.predict_clip(clip)
+    audio, face = (np.array(list(result["modalities"][m]["probabilities"].values())) for m in ("audio", "face"))
+    fused = np.array(list(result["probabilities"].values()))
+    np.testing.assert_allclose(fused, 0.7 * audio + 0.3 * face, atol=1e-5)
+    assert result["face_frames"] > 0 and result["label"] == EMOTIONS[int(np.argmax(fused))]
+    no_audio, corrupt = sorted((corpus / "Actor_04").glob("01-01-01-02-*.mp4"))
+    alone = late.predict_clip(no_audio)
+    assert alone["audio_missing"] == "no audio track" and list(alone["modalities"]) == ["face"]
+    with pytest.raises(CorruptMediaError):
+        late.predict_clip(corrupt)
+
+
+def test_fit_weights_finds_the_informative_modality():
+    from fusion.late import fit_weights, fuse, load_weights
+
+    rng = np.random.default_rng(0)
+    y = np.arange(28) % 7
+    probs = []
+    for label in y:
+        audio = np.full(7, 0.1)
+        audio[label] = 0.4  # audio is right (and confident)
+        face = rng.dirichlet(np.ones(7))  # face is noise
+        probs.append({"audio": audio / audio.sum(), "face": face})
+    weights, score, curve = fit_weights(probs, y)
+    assert weights["audio"] > weights["face"] and score == pytest.approx(1.0)
+    assert len(curve) == 21
+    assert np.allclose(fuse({"audio": None, "face": probs[0]["face"]}, weights), probs[0]["face"])
+    with pytest.raises(ValueError):
+        load_weights("audio=x")
+
+
+def test_late_cli_fit_and_predict(trained, ser_fer, capsys):
+    from fusion.late import main as fit_main
+    from fusion.predict import main as predict_main
+
+    out = trained.parent / "late"
+    assert fit_main(["--ser-model-dir", str(ser_fer[0]), "--fer-model-dir", str(ser_fer[1]),
+                     "--split-csv", str(trained / "split.csv"), "--split", "val", "--output", str(out)]) == 0
+    fitted = read_json(out / "late_fusion.json")
+    assert fitted["weights"]["audio"] + fitted["weights"]["face"] == pytest.approx(1.0) and fitted["clips"] == 7
+    assert (out / "late_metrics.json").is_file() and (out / "late_confusion_matrix.png").is_file()
+    capsys.readouterr()
+    clip = pd.read_csv(trained / "split.csv")["path"].iloc[0]
+    rc = predict_main([clip, "--mode", "late", "--json", "--ser-model-dir", str(ser_fer[0]),
+                       "--fer-model-dir", str(ser_fer[1]), "--late-weights", str(out)])
+    result = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert rc == 0 and result["mode"] == "late" and result["weights"] == fitted["weights"]
+
+
+def test_notebook_runs_headless_on_a_synthetic_clip(trained, corpus, repo_root):
+    import nbclient
+    import nbformat
+
+    clip = sorted((corpus / "Actor_02").glob("*.mp4"))[0]
+    env = {"FUSION_NB_CLIP": str(clip), "FUSION_NB_MODEL_DIR": str(trained),
+           "FUSION_NB_SER_DIR": str(trained / "none"), "FUSION_NB_FER_DIR": str(trained / "none")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        notebook = nbformat.read(repo_root / "notebooks" / "fusion.ipynb", as_version=4)
+        nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(repo_root / "notebooks")}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    assert "face found in" in text and '"mode": "joint"' in text
+
+
+@pytest.mark.realdata
+def test_real_ravdess_clip_decodes_and_predicts(shared_data, predictor):
+    from fusion.media import decode_clip
+
+    clip_path = shared_data / "ravdess_video" / "Actor_01" / "01-01-01-01-01-01-01.mp4"
+    clip = decode_clip(clip_path, fps=10.0)
+    assert len(clip.frames) == pytest.approx(33, abs=1)  # 3.3 s at 10 fps
+    assert clip.audio.size / 16_000 == pytest.approx(3.3, abs=0.1)
+    result = predictor.predict_clip(clip_path)
+    assert result["label"] in EMOTIONS and result["face_frames"] >= 0.8 * result["frames"]
