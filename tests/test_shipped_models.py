@@ -37,3 +37,41 @@ def test_shipped_ser_tflite_agrees_with_keras(mode, repo_root):
         y = synth.tone(emotion, seconds=2.0, seed=5)
         a, b = keras_p.predict_waveform(y, 16_000), tflite_p.predict_waveform(y, 16_000)
         assert np.abs(a - b).max() < 0.05
+
+
+def test_shipped_fer_model_loads_and_is_deterministic(repo_root):
+    from fer.predict import DEFAULT_MODEL_DIR, FERPredictor
+
+    assert DEFAULT_MODEL_DIR == repo_root / "saved_models" / "fer"
+    predictor = FERPredictor()
+    assert tuple(predictor.class_names) == EMOTIONS
+    assert predictor.model.input_shape[1:] == (48, 48, 1)
+    face = np.random.default_rng(3).integers(0, 256, (2, 48, 48), dtype=np.uint8)
+    first = predictor.predict_crops(face)
+    assert first.shape == (2, 7) and np.allclose(first.sum(axis=1), 1, atol=1e-4)
+    assert np.array_equal(predictor.predict_crops(face), first)
+    assert "FER2013" in (repo_root / "saved_models" / "fer" / "MODEL_CARD.md").read_text()
+
+
+@pytest.mark.parametrize("mode", ["float16", "int8"])
+def test_shipped_fer_tflite_agrees_with_keras(mode, repo_root):
+    from fer.predict import FERPredictor
+
+    faces = np.random.default_rng(4).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    a = FERPredictor().predict_crops(faces)
+    b = FERPredictor(tflite=mode).predict_crops(faces)
+    assert b.shape == (3, 7) and np.abs(a - b).max() < 0.1
+    report = json.loads((repo_root / "saved_models" / "fer" / "export.json").read_text())
+    assert abs(report["exports"][mode]["accuracy_change"]) < 0.05
+
+
+def test_fer_export_cli_round_trip_without_data(tmp_path, repo_root):
+    import shutil
+
+    from fer import export
+
+    for name in ("model.keras", "config.json"):
+        shutil.copy(repo_root / "saved_models" / "fer" / name, tmp_path / name)
+    assert export.main(["--model-dir", str(tmp_path), "--data-dir", str(tmp_path / "nowhere"), "--modes", "int8"]) == 0
+    assert (tmp_path / "model_int8.tflite").stat().st_size > 100_000
+    assert "exports" in json.loads((tmp_path / "export.json").read_text())

@@ -1,0 +1,73 @@
+"""JAFFE: 213 TIFFs of 10 Japanese female subjects, ``KA.AN1.39.tiff`` = subject KA, label AN, take 1, index 39.
+
+The photos are 256x256 head-and-shoulders shots, so the face is found and cropped like a user's photo
+(FER2013 faces are tight crops). Some files are palette-mode TIFFs: they are converted to grayscale.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from core.datasets import resolve_corpus_dir
+from core.labels import UnknownLabelError, map_label
+from fer.data import FaceSet, SkipLog, build_faceset, read_gray
+from fer.faces import FACE_MARGIN, crop_face, detect_faces
+
+CORPUS = "jaffe"
+NAME_PATTERN = re.compile(r"^(?P<subject>[A-Za-z]{2,3})\.(?P<label>[A-Za-z]{2})\d*\.(?P<index>\d+)\.tiff?$", re.I)
+# Where JAFFE's face sits when the detector finds none: the centre of the 256x256 frame.
+CENTRE_BOX_FRACTION = 0.55
+
+
+def parse_name(name: str) -> tuple[str, str] | None:
+    """(subject, raw label) from a JAFFE file name, or None when the name does not follow the scheme."""
+    match = NAME_PATTERN.match(name)
+    return (match["subject"].upper(), match["label"].upper()) if match else None
+
+
+def load_jaffe(data_dir: str | os.PathLike | None = None, size: int = 48, detector: str = "haar",
+               slug: str | None = None) -> FaceSet:
+    """``detector``: 'haar' / 'mtcnn' crop the face; 'none' keeps the whole frame (resized)."""
+    root = resolve_corpus_dir(CORPUS, data_dir, slug)
+    skips = SkipLog(CORPUS)
+    items = []
+    fallbacks = 0
+    paths = sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in (".tif", ".tiff"))
+    for path in paths:
+        parsed = parse_name(path.name)
+        if parsed is None:
+            skips.skip("file name not SUBJECT.LABELn.INDEX.tiff", str(path))
+            continue
+        subject, raw = parsed
+        try:
+            label = map_label(CORPUS, raw)
+        except UnknownLabelError:
+            skips.skip("unknown label code", str(path))
+            continue
+        if label is None:
+            skips.drop(raw)
+            continue
+        image = read_gray(path)
+        if image is None:
+            skips.skip("unreadable image", str(path))
+            continue
+        if detector != "none":
+            boxes = detect_faces(image, method=detector)
+            if boxes:
+                image = crop_face(image, boxes[0], size=size, margin=FACE_MARGIN)
+            else:
+                fallbacks += 1
+                image = crop_face(image, _centre_box(image.shape), size=size, margin=0.0)
+        items.append((image, label, str(path), subject, None))
+    data = build_faceset(CORPUS, items, skips, root, size)
+    if detector != "none":
+        data.notes.append(f"faces cropped with the {detector} detector; {fallbacks} image(s) without a detected "
+                          "face use a centre crop")
+    return data
+
+
+def _centre_box(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    height, width = shape[:2]
+    side = int(min(height, width) * CENTRE_BOX_FRACTION)
+    return (width - side) // 2, (height - side) // 2, side, side

@@ -1,0 +1,160 @@
+"""The two face models. Both take raw gray pixels (float 0..255, shape (h, w, 1)) and scale inside the
+model, so a saved ``model.keras`` needs no separate preprocessing code at inference time.
+
+- ``cnn``: the seed's Conv2D 64 -> 128 -> 256 stacks with batch norm, pooling and dropout, dense 512.
+- ``resnet50``: keras.applications ResNet50 base (frozen), gray -> 3 channels and resized inside the model,
+  global average pooling + dense head. Optionally the top of the base is unfrozen for a second stage.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Sequence
+
+import keras
+from keras import layers
+
+from core.labels import NUM_CLASSES
+
+INPUT_SHAPE = (48, 48, 1)
+CNN_FILTERS = (64, 128, 256)
+CNN_DENSE_UNITS = 512
+RESNET_IMAGE_SIZE = 96  # ResNet50 needs >= 32 px; 96 keeps CPU training affordable (224 is ~5x slower)
+RESNET_DENSE_UNITS = 256
+# Keras' default 0.99 leaves the moving statistics far behind the weights in short CPU runs (a few hundred
+# steps): validation then collapses onto one class. 0.9 tracks them within ~20 steps.
+BN_MOMENTUM = 0.9
+# Caffe-style ImageNet preprocessing of keras.applications.resnet50 (BGR means; gray is the same in all 3).
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+WEIGHTS_HOST = ("storage.googleapis.com", 443)
+NETWORK_TIMEOUT_S = 3.0
+RESNET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+MODELS = ("cnn", "resnet50")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights cannot be downloaded or found."""
+
+
+def build_cnn(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_CLASSES,
+              filters: Sequence[int] = CNN_FILTERS, dense_units: int = CNN_DENSE_UNITS,
+              dropout: float = 0.5) -> keras.Model:
+    """Conv stacks (two 3x3 conv + BN + ReLU, max-pool, dropout) per width in ``filters``, then dense."""
+    inputs = keras.Input(shape=tuple(input_shape), name="face")
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    for block, width in enumerate(filters, start=1):
+        for conv in (1, 2):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv{conv}")(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block}_bn{conv}")(x)
+            x = layers.Activation("relu", name=f"block{block}_relu{conv}")(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        x = layers.Dropout(0.25, name=f"block{block}_dropout")(x)
+    x = layers.Flatten(name="features")(x)
+    x = layers.Dense(dense_units, use_bias=False, name="fc")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="fc_bn")(x)
+    x = layers.Activation("relu", name="fc_relu")(x)
+    x = layers.Dropout(dropout, name="fc_dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="emotion")(x)
+    return keras.Model(inputs, outputs, name="fer_cnn")
+
+
+def build_resnet50(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_CLASSES,
+                   weights: str | os.PathLike | None = "imagenet", image_size: int = RESNET_IMAGE_SIZE,
+                   dense_units: int = RESNET_DENSE_UNITS, dropout: float = 0.5,
+                   freeze_base: bool | None = None) -> keras.Model:
+    """Transfer model on a ResNet50 base.
+
+    ``weights``: "imagenet" (Keras download + cache), None / "none" (random init), or a path to a local
+    ResNet50 no-top weights file (``.h5`` / ``.weights.h5``). ``freeze_base`` defaults to freezing when
+    weights are pretrained; a randomly initialised base is trained (frozen random features are useless).
+    """
+    if image_size < 32:
+        raise ValueError(f"ResNet50 needs an input of at least 32x32 pixels, got image_size={image_size}")
+    weights = resolve_weights(weights)
+    if freeze_base is None:
+        freeze_base = weights is not None
+    inputs = keras.Input(shape=tuple(input_shape), name="face")
+    x = layers.Resizing(image_size, image_size, name="resize")(inputs)
+    if input_shape[-1] == 1:
+        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    x = layers.Normalization(mean=IMAGENET_BGR_MEAN, variance=(1.0, 1.0, 1.0), name="imagenet_preprocess")(x)
+    try:
+        base = keras.applications.ResNet50(include_top=False, weights=weights,
+                                           input_shape=(image_size, image_size, 3), name="resnet50")
+    except Exception as exc:  # urllib / HTTP / h5py errors surface with little context
+        raise WeightsUnavailableError(f"could not load ResNet50 weights {weights!r}: {exc}. {_WEIGHTS_HINT}") from exc
+    base.trainable = not freeze_base
+    if not freeze_base:
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = BN_MOMENTUM
+    # A pretrained base runs with training=False, so its batch-norm statistics stay fixed, also when the top is
+    # unfrozen for fine-tuning. A base trained from scratch needs its batch norm to learn.
+    x = base(x, training=False) if freeze_base else base(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="gap_dropout")(x)
+    x = layers.Dense(dense_units, activation="relu", name="fc")(x)
+    x = layers.Dropout(dropout, name="fc_dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="emotion")(x)
+    return keras.Model(inputs, outputs, name="fer_resnet50")
+
+
+_WEIGHTS_HINT = (f"Pass --weights PATH with a local ResNet50 no-top weights file (e.g. {RESNET_NOTOP_FILE} "
+                 "copied from ~/.keras/models on a machine with internet), or --weights none to train from scratch.")
+
+
+def resolve_weights(weights: str | os.PathLike | None) -> str | None:
+    """None, "imagenet" (checked to be downloadable or cached) or an existing file path."""
+    if weights is None or str(weights).lower() in ("none", "", "null"):
+        return None
+    if str(weights).lower() == "imagenet":
+        cached = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / RESNET_NOTOP_FILE
+        if not cached.is_file() and not _reachable(WEIGHTS_HOST):
+            raise WeightsUnavailableError(
+                f"ImageNet weights for ResNet50 are not cached ({cached}) and cannot be downloaded: "
+                f"no network connection to {WEIGHTS_HOST[0]}. {_WEIGHTS_HINT}")
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(f"weights file {path} does not exist. {_WEIGHTS_HINT}")
+    return str(path)
+
+
+def _reachable(host: tuple[str, int]) -> bool:
+    # Keras' download retries for minutes without a network; probe first to fail in seconds.
+    try:
+        with socket.create_connection(host, timeout=NETWORK_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def unfreeze_top(model: keras.Model, num_layers: int) -> int:
+    """Make the last ``num_layers`` layers of the ResNet50 base trainable (batch norm stays frozen).
+
+    Returns the number of layers unfrozen. Recompile afterwards (at a low learning rate).
+    """
+    base = model.get_layer("resnet50")
+    base.trainable = True
+    unfrozen = 0
+    for i, layer in enumerate(base.layers):
+        trainable = i >= len(base.layers) - num_layers and not isinstance(layer, layers.BatchNormalization)
+        layer.trainable = trainable
+        unfrozen += int(trainable and bool(layer.weights))
+    return unfrozen
+
+
+def build_model(name: str, input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_CLASSES,
+                **kwargs) -> keras.Model:
+    if name == "cnn":
+        return build_cnn(input_shape, num_classes, **kwargs)
+    if name == "resnet50":
+        return build_resnet50(input_shape, num_classes, **kwargs)
+    raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model

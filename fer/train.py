@@ -1,0 +1,261 @@
+"""Train a facial expression model and write a complete run folder.
+
+    python -m fer.train --model cnn --dataset fer2013 --data-dir ../shared/data --epochs 30 --output runs/fer_cnn
+
+Run folder: model.keras, config.json, metrics.json (test split), val_metrics.json, confusion_matrix.png,
+val_confusion_matrix.png, curve_*.png, history.csv, split.csv, data_report.json. Re-running the same
+command after an interruption resumes from run_dir/checkpoints.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from core.config import parse_config, to_dict
+from core.datasets import DatasetNotFoundError
+from core.io import atomic_write, read_json, save_model, write_json
+from core.labels import EMOTIONS, NUM_CLASSES
+
+log = logging.getLogger("fer.train")
+
+STAGE1_FILE = "stage1.keras"  # the finished first stage of a two-stage resnet50 run (for resume)
+STAGE1_INFO = "stage1.json"
+
+
+@dataclass
+class TrainConfig:
+    model: str = "cnn"
+    dataset: str = "fer2013"
+    data_dir: str | None = None
+    output: str = "runs/fer"
+    weights: str = "imagenet"
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    image_size: int = 48
+    filters: str = "64,128,256"
+    dense_units: int = 512
+    dropout: float = 0.5
+    resnet_size: int = 96
+    fine_tune_epochs: int = 0
+    fine_tune_layers: int = 30
+    fine_tune_lr: float = 1e-5
+    augment: bool = True
+    class_weighting: bool = True
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    val_subjects: str = ""
+    test_subjects: str = ""
+    max_per_class: int = 0
+    max_train_per_class: int = 0
+    detector: str = "haar"
+    patience: int = 8
+    lr_patience: int = 3
+    seed: int = 42
+    threads: int = 0
+    slug: str | None = None
+
+
+HELP = {
+    "model": "cnn or resnet50",
+    "dataset": "fer2013, jaffe or ckplus",
+    "data_dir": "folder holding the corpus (or a root with fer2013/ jaffe/ ckplus48/), or a fer2013.csv file; "
+                "default $EMOTION_DATA_DIR, else a kagglehub download",
+    "output": "run folder",
+    "weights": "resnet50 base weights: imagenet, none, or PATH to a local ResNet50 no-top .h5 file",
+    "image_size": "face size in pixels (FER2013 is 48)",
+    "filters": "cnn conv widths, comma separated",
+    "dense_units": "units of the dense layer before the classifier (cnn; resnet50 uses half)",
+    "resnet_size": "size faces are resized to inside the resnet50 model (>= 32)",
+    "fine_tune_epochs": "resnet50 stage 2: epochs with the top of the base unfrozen (0 = no stage 2)",
+    "fine_tune_layers": "resnet50 stage 2: number of base layers unfrozen",
+    "fine_tune_lr": "resnet50 stage 2 learning rate",
+    "augment": "random flip / rotation / zoom / brightness on the training split",
+    "class_weighting": "weight the loss by inverse class frequency",
+    "val_fraction": "validation fraction (of subjects for jaffe/ckplus) when the corpus has no validation part",
+    "test_fraction": "test fraction (of subjects for jaffe/ckplus) when the corpus has no test part",
+    "val_subjects": "jaffe/ckplus: comma-separated subjects for validation (e.g. KA,KL)",
+    "test_subjects": "jaffe/ckplus: comma-separated subjects for test",
+    "max_per_class": "load at most this many images per class (and split); 0 = all",
+    "max_train_per_class": "train on at most this many images per class (validation and test keep their "
+                           "natural distribution); 0 = all",
+    "detector": "jaffe: face detector used to crop the full-frame photos: haar, mtcnn or none",
+    "threads": "TensorFlow intra-op threads; 0 = all cores",
+    "slug": "Kaggle dataset slug overriding the default download",
+}
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    if cfg.model == "cnn":
+        return {"filters": [int(f) for f in _csv(cfg.filters)], "dense_units": cfg.dense_units,
+                "dropout": cfg.dropout}
+    return {"weights": cfg.weights, "image_size": cfg.resnet_size, "dense_units": max(1, cfg.dense_units // 2),
+            "dropout": cfg.dropout}
+
+
+def load_split(cfg: TrainConfig):
+    """The corpus as a FaceSet and the split of each item."""
+    from fer.data import cap_split, load_corpus, split_faceset
+
+    data = load_corpus(cfg.dataset, cfg.data_dir, size=cfg.image_size, max_per_class=cfg.max_per_class,
+                       seed=cfg.seed, detector=cfg.detector, slug=cfg.slug)
+    splits = split_faceset(data, cfg.val_fraction, cfg.test_fraction, cfg.seed,
+                           _csv(cfg.val_subjects), _csv(cfg.test_subjects))
+    if cfg.max_train_per_class:
+        splits = cap_split(data.labels, splits, "train", cfg.max_train_per_class, cfg.seed)
+    return data, splits
+
+
+def write_split_csv(path: Path, data, splits: np.ndarray) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"file": data.sources, "subject": data.subjects,
+                          "label": [EMOTIONS[i] for i in data.labels], "split": splits})
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def predict_labels(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    probs = model.predict(images[..., None].astype(np.float32), batch_size=batch_size, verbose=0)
+    return np.argmax(probs, axis=1)
+
+
+def _fit(model, cfg: TrainConfig, run_dir: Path, train_ds, val_ds, weights, epochs: int, initial_epoch: int = 0):
+    from core.training import make_callbacks
+
+    callbacks = make_callbacks(run_dir, patience=cfg.patience, lr_patience=cfg.lr_patience, monitor="val_accuracy")
+    return model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+                     class_weight=weights, callbacks=callbacks, shuffle=False, verbose=2)  # tf.data shuffles
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train, evaluate on the test split, write the run folder; returns the test metrics."""
+    if cfg.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
+    import keras
+
+    from core.reports import format_summary, plot_history, write_report
+    from core.training import class_weights, read_history, set_seed
+    from fer.data import make_augmenter, make_dataset
+    from fer.faces import FACE_MARGIN
+    from fer.models import MODELS, build_model, compile_model, resolve_weights, unfreeze_top
+
+    if cfg.model not in MODELS:
+        raise ValueError(f"unknown model {cfg.model!r}; choose one of {MODELS}")
+    if cfg.model == "resnet50":
+        resolve_weights(cfg.weights)  # fail before loading data when the weights are unavailable
+    set_seed(cfg.seed)
+    run_dir = Path(cfg.output)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    data, splits = load_split(cfg)
+    write_json(run_dir / "data_report.json", data.report() | {
+        "split_counts": {str(s): int(c) for s, c in zip(*np.unique(splits, return_counts=True))}})
+    write_split_csv(run_dir / "split.csv", data, splits)
+    x = {s: data.images[splits == s] for s in ("train", "val", "test")}
+    y = {s: data.labels[splits == s] for s in ("train", "val", "test")}
+    if len(y["train"]) == 0 or len(y["val"]) == 0:
+        raise ValueError(f"{cfg.dataset}: empty train or validation split "
+                         f"(train {len(y['train'])}, val {len(y['val'])}); adjust --val-fraction / subjects")
+    log.info("split: train %d, val %d, test %d", len(y["train"]), len(y["val"]), len(y["test"]))
+
+    input_shape = (cfg.image_size, cfg.image_size, 1)
+    config_out = to_dict(cfg) | {"class_names": list(EMOTIONS), "input_shape": list(input_shape),
+                                 "face_margin": FACE_MARGIN, "keras_version": keras.__version__}
+    write_json(run_dir / "config.json", config_out)
+
+    augmenter = make_augmenter(cfg.seed) if cfg.augment else None
+    train_ds = make_dataset(x["train"], y["train"], cfg.batch_size, training=True, augmenter=augmenter, seed=cfg.seed)
+    val_ds = make_dataset(x["val"], y["val"], cfg.batch_size)
+    weights = class_weights(y["train"], NUM_CLASSES) if cfg.class_weighting else None
+
+    stage1_path, stage1_info = run_dir / STAGE1_FILE, run_dir / STAGE1_INFO
+    two_stage = cfg.model == "resnet50" and cfg.fine_tune_epochs > 0
+    if not (run_dir / "checkpoints").exists() and not stage1_path.exists():
+        # Nothing to resume: a fresh run must not append to the curves of an earlier run in this folder.
+        (run_dir / "history.csv").unlink(missing_ok=True)
+    if two_stage and stage1_path.exists():
+        log.info("resuming: stage 1 already done (%s)", stage1_path)
+        model = keras.models.load_model(stage1_path)
+        done = int(read_json(stage1_info)["epochs"])
+    else:
+        model = compile_model(build_model(cfg.model, input_shape, NUM_CLASSES, **model_kwargs(cfg)),
+                              cfg.learning_rate)
+        history = _fit(model, cfg, run_dir, train_ds, val_ds, weights, cfg.epochs)
+        # Absolute epoch numbers (a resumed fit starts at the restored epoch); early stopping may end sooner.
+        done = max(history.epoch) + 1 if history.epoch else cfg.epochs
+        model = _best_or(model, run_dir)
+        if two_stage:
+            write_json(stage1_info, {"epochs": done})
+            save_model(inference_model(model), stage1_path)
+    if two_stage:
+        n = unfreeze_top(model, cfg.fine_tune_layers)
+        log.info("stage 2: %d base layers unfrozen, learning rate %g", n, cfg.fine_tune_lr)
+        compile_model(model, cfg.fine_tune_lr)
+        _fit(model, cfg, run_dir, train_ds, val_ds, weights, done + cfg.fine_tune_epochs, initial_epoch=done)
+        model = _best_or(model, run_dir)
+
+    save_model(inference_model(model), run_dir / "model.keras")
+    plot_history(read_history(run_dir), run_dir)
+    extra = {"dataset": cfg.dataset, "model": cfg.model, "params": int(model.count_params())}
+    val_metrics = write_report(run_dir, y["val"], predict_labels(model, x["val"]), extra=extra | {"split": "val"},
+                               prefix="val_")
+    print(f"validation: {format_summary(val_metrics)}")
+    if len(y["test"]):
+        metrics = write_report(run_dir, y["test"], predict_labels(model, x["test"]), extra=extra | {"split": "test"})
+        print(f"test: {format_summary(metrics)}")
+    else:
+        log.warning("no test split: metrics.json holds the validation metrics")
+        metrics = write_report(run_dir, y["val"], predict_labels(model, x["val"]), extra=extra | {"split": "val"})
+    stage1_path.unlink(missing_ok=True)
+    stage1_info.unlink(missing_ok=True)
+    print(f"run folder: {run_dir}")
+    return metrics
+
+
+def inference_model(model):
+    """The same layers without the optimizer: model.keras is for inference (resume uses checkpoints/), and the
+    Adam state would triple the file."""
+    import keras
+
+    return keras.Model(model.inputs, model.outputs, name=model.name)
+
+
+def _best_or(model, run_dir: Path):
+    """The best-validation checkpoint of the last fit (EarlyStopping only restores when it stopped early)."""
+    import keras
+
+    best = run_dir / "best.keras"
+    if best.exists():
+        model.set_weights(keras.models.load_model(best, compile=False).get_weights())
+        best.unlink()
+    return model
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = parse_config(TrainConfig, argv, "Train a facial expression recognition model.", HELP)
+    from fer.data import FaceDataError
+    from fer.models import WeightsUnavailableError
+
+    try:
+        train(cfg)
+    except (DatasetNotFoundError, FaceDataError, WeightsUnavailableError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

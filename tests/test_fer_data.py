@@ -1,0 +1,162 @@
+"""FER corpus loaders on synthetic files in the real layouts: parsing, label mapping, skips, splits."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from core.datasets import DatasetNotFoundError
+from core.labels import EMOTIONS, EMOTION_INDEX
+from fer.ckplus import load_ckplus, subject_of
+from fer.data import FaceDataError, load_corpus, make_augmenter, make_dataset, split_faceset
+from fer.fer2013 import load_csv, load_fer2013, parse_pixels
+from fer.jaffe import load_jaffe, parse_name
+from synth_faces import write_ckplus, write_fer2013_csv, write_fer2013_folders, write_jaffe
+
+
+def test_fer2013_csv_skips_and_counts_bad_rows(tmp_path, caplog):
+    expected = write_fer2013_csv(tmp_path / "fer2013" / "fer2013.csv", per_class=4)
+    with caplog.at_level(logging.WARNING):
+        data = load_fer2013(tmp_path)  # a root holding fer2013/
+    assert len(data) == expected["loaded"] == 28
+    assert data.images.shape == (28, 48, 48) and data.images.dtype == np.uint8
+    report = data.report()
+    assert report["skipped_total"] == 2
+    assert any("wrong pixel count" in r for r in report["skipped"])
+    assert any("malformed row" in r for r in report["skipped"])
+    assert "skipped 1 item(s)" in caplog.text
+    # Codes map onto the schema: 0 angry ... 6 neutral, 4 per class.
+    assert report["per_class"] == {e: 4 for e in EMOTIONS}
+    # Usage becomes the split: Training x2, PublicTest, PrivateTest per class.
+    assert sorted(set(data.splits)) == ["test", "train", "val"]
+    assert (data.splits == "train").sum() == 14
+    assert split_faceset(data, 0.1, 0.2, 0).tolist() == data.splits.tolist()
+
+
+def test_fer2013_csv_without_usage_is_held_out_stratified(tmp_path):
+    write_fer2013_csv(tmp_path / "fer2013.csv", per_class=10, usage=False)
+    data = load_fer2013(tmp_path / "fer2013.csv")  # the CSV file itself
+    assert data.splits is None and len(data) == 70
+    splits = split_faceset(data, 0.2, 0.2, seed=1)
+    assert (splits == "test").sum() == 14 and (splits == "val").sum() == 14
+    # Stratified: each class is held out twice per part.
+    for part in ("val", "test"):
+        assert np.bincount(data.labels[splits == part], minlength=7).tolist() == [2] * 7
+
+
+def test_parse_pixels_reasons():
+    assert parse_pixels(" ".join(["7"] * 2304)).shape == (48, 48)
+    assert "wrong pixel count" in parse_pixels("1 2 3")
+    assert "non-numeric" in parse_pixels("a " * 2304)
+    assert "outside" in parse_pixels(" ".join(["300"] * 2304))
+
+
+def test_fer2013_csv_missing_columns(tmp_path):
+    (tmp_path / "x.csv").write_text("label,image\n1,2\n")
+    with pytest.raises(FaceDataError, match="missing column"):
+        load_csv(tmp_path / "x.csv")
+
+
+def test_fer2013_folders_with_test_split_and_unreadable_file(tmp_path, caplog):
+    expected = write_fer2013_folders(tmp_path / "fer2013", per_class=5)
+    (tmp_path / "fer2013" / "train" / "contempt").mkdir()  # not a FER2013 class
+    with caplog.at_level(logging.WARNING):
+        data = load_corpus("fer2013", tmp_path)
+    assert len(data) == expected["loaded"] == 70
+    report = data.report()
+    assert report["skipped"] == {"unreadable image": 1, "unknown emotion folder": 1}
+    assert "unreadable image" in caplog.text
+    happy = EMOTION_INDEX["happy"]
+    assert np.sum((data.labels == happy) & (data.splits == "test")) == 5
+    splits = split_faceset(data, val_fraction=0.1, test_fraction=0.2, seed=0)
+    assert (splits == "test").sum() == 35  # the corpus' own test/ folder is kept
+    assert (splits == "val").sum() == 7  # 10 % of the whole set, out of train
+    assert not set(np.flatnonzero(splits == "val")) & set(np.flatnonzero(data.splits == "test"))
+
+
+def test_fer2013_folders_cap_per_class(tmp_path):
+    write_fer2013_folders(tmp_path, per_class=5, splits=("train",))
+    data = load_fer2013(tmp_path, max_per_class=2)
+    assert np.bincount(data.labels).tolist() == [2] * 7
+
+
+def test_fer2013_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        load_fer2013(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FaceDataError, match="no FER2013 data"):
+        load_fer2013(tmp_path / "empty")
+
+
+def test_jaffe_names_palette_tiff_and_subject_split(tmp_path):
+    assert parse_name("KA.AN1.39.tiff") == ("KA", "AN")
+    assert parse_name("NA.SU2.79.TIFF") == ("NA", "SU")
+    assert parse_name("KA_AN1_39.tiff") is None
+    expected = write_jaffe(tmp_path / "jaffe", takes=1)
+    data = load_jaffe(tmp_path)
+    assert len(data) == expected["loaded"] == 35
+    assert data.images.shape[1:] == (48, 48)
+    report = data.report()
+    assert report["skipped_total"] == expected["bad_name"]
+    assert report["subjects"] == 5 and report["per_class"] == {e: 5 for e in EMOTIONS}
+    # The palette-mode file became a real gray face, not palette indices.
+    first = data.sources.index(str(tmp_path / "jaffe" / "KA.NE1.1.tiff"))
+    assert data.images[first].mean() > 60
+    splits = split_faceset(data, 0.2, 0.2, seed=0, test_subjects=["KA"])
+    for part in ("train", "val", "test"):
+        subjects = {s for s, p in zip(data.subjects, splits) if p == part}
+        assert subjects, part
+        assert not subjects & {s for s, p in zip(data.subjects, splits) if p != part}
+    assert {s for s, p in zip(data.subjects, splits) if p == "test"} == {"KA"}
+
+
+def test_jaffe_without_detector_keeps_whole_frame(tmp_path):
+    write_jaffe(tmp_path, subjects=("KA", "KL"))
+    data = load_jaffe(tmp_path, detector="none", size=32)
+    assert data.images.shape == (14, 32, 32)
+
+
+def test_ckplus_drops_contempt_and_splits_by_subject(tmp_path, caplog):
+    assert subject_of("S010_004_00000017.png") == "S010"
+    expected = write_ckplus(tmp_path / "CK+48")
+    with caplog.at_level(logging.INFO):
+        data = load_ckplus(tmp_path)
+    assert len(data) == expected["loaded"] == 72
+    report = data.report()
+    assert report["dropped"] == {"contempt": 3} and report["skipped_total"] == 0
+    assert report["per_class"]["neutral"] == 0 and report["per_class"]["sad"] == 12
+    assert "contempt" in caplog.text
+    splits = split_faceset(data, 0.2, 0.2, seed=3)
+    by_subject = {}
+    for subject, part in zip(data.subjects, splits):
+        by_subject.setdefault(subject, set()).add(part)
+    assert all(len(parts) == 1 for parts in by_subject.values())
+    assert {p for parts in by_subject.values() for p in parts} == {"train", "val", "test"}
+
+
+def test_unknown_corpus():
+    with pytest.raises(FaceDataError, match="unknown dataset"):
+        load_corpus("affectnet", ".")
+
+
+def test_pipeline_augments_training_split_only():
+    images = np.tile(np.arange(48, dtype=np.uint8), (8, 48, 1))  # a left-to-right ramp
+    labels = np.arange(8) % 7
+    plain = next(iter(make_dataset(images, labels, batch_size=8)))[0].numpy()
+    assert plain.shape == (8, 48, 48, 1) and plain.dtype == np.float32
+    np.testing.assert_array_equal(plain[..., 0], images.astype(np.float32))
+    augmented = next(iter(make_dataset(images, labels, 8, training=True, augmenter=make_augmenter(seed=1))))
+    x, y = augmented[0].numpy(), augmented[1].numpy()
+    assert x.shape == (8, 48, 48, 1) and sorted(y.tolist()) == sorted(labels.tolist())
+    assert not np.allclose(np.sort(x, axis=0), np.sort(plain, axis=0))
+
+
+def test_cap_split_caps_training_only():
+    from fer.data import cap_split
+
+    labels = np.repeat(np.arange(3), 10)
+    splits = np.array((["train"] * 8 + ["test"] * 2) * 3)
+    capped = cap_split(labels, splits, "train", 3, seed=0)
+    assert (capped == "train").sum() == 9 and (capped == "test").sum() == 6 and (capped == "unused").sum() == 15
+    assert np.bincount(labels[capped == "train"]).tolist() == [3, 3, 3]

@@ -1,0 +1,119 @@
+"""Both face model builders: output shape, one training step, save/load round trip, weights handling."""
+from __future__ import annotations
+
+import re
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from fer.models import (WeightsUnavailableError, build_cnn, build_model, build_resnet50, compile_model,
+                        unfreeze_top)
+
+AUTO_NAME = re.compile(r"^(conv2d|dense|dropout|batch_normalization|activation|max_pooling2d|flatten|"
+                       r"rescaling|resizing|concatenate|normalization|global_average_pooling2d|functional)(_\d+)?$")
+RESNET_SIZE = 32  # the smallest input ResNet50 accepts: keeps the tests fast
+
+
+def _batch(n: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (n, 48, 48, 1)).astype(np.float32), rng.integers(0, 7, n)
+
+
+def _assert_named(model: keras.Model) -> None:
+    unnamed = [layer.name for layer in model.layers if AUTO_NAME.match(layer.name)]
+    assert not unnamed, f"layers left with automatic names: {unnamed}"
+
+
+def _one_step_changes_weights(model: keras.Model) -> None:
+    x, y = _batch()
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    loss = model.train_on_batch(x, y)
+    loss = loss[0] if isinstance(loss, (list, tuple)) else loss
+    assert np.isfinite(loss)
+    assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
+
+
+def _round_trip(model: keras.Model, path) -> None:
+    x, _ = _batch(3, seed=1)
+    expected = model.predict_on_batch(x)
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict_on_batch(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_cnn_shape_step_and_round_trip(tmp_path):
+    model = compile_model(build_cnn((48, 48, 1), 7, filters=(8, 16, 32), dense_units=32), 1e-3)
+    x, _ = _batch()
+    probs = model.predict_on_batch(x)
+    assert probs.shape == (4, 7)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert [model.get_layer(f"block{i}_conv1").filters for i in (1, 2, 3)] == [8, 16, 32]
+    _assert_named(model)
+    _one_step_changes_weights(model)
+    _round_trip(model, tmp_path / "cnn.keras")
+
+
+def test_cnn_default_is_the_seed_architecture():
+    model = build_cnn()
+    assert [model.get_layer(f"block{i}_conv2").filters for i in (1, 2, 3)] == [64, 128, 256]
+    assert model.get_layer("fc").units == 512
+    assert model.output_shape == (None, 7)
+
+
+def test_resnet50_random_init_and_local_weights_file(tmp_path):
+    # One test for both weight sources: every ResNet50 build, train-step compile and 100 MB save costs seconds.
+    random_init = build_resnet50((48, 48, 1), 7, weights=None, image_size=RESNET_SIZE)
+    assert random_init.output_shape == (None, 7)
+    assert random_init.get_layer("resnet50").trainable  # frozen random features would be useless
+    assert random_init.get_layer("resize").output.shape[1:3] == (RESNET_SIZE, RESNET_SIZE)
+    assert random_init.get_layer("gray_to_rgb").output.shape[-1] == 3
+    _assert_named(random_init)
+    # A local weights file, written here from the random-init base, loads without any network.
+    weights_file = tmp_path / "resnet50_notop.weights.h5"
+    random_init.get_layer("resnet50").save_weights(weights_file)
+    model = compile_model(build_model("resnet50", weights=str(weights_file), image_size=RESNET_SIZE), 1e-3)
+    base = model.get_layer("resnet50")
+    for expected, got in zip(random_init.get_layer("resnet50").get_weights(), base.get_weights()):
+        np.testing.assert_array_equal(expected, got)
+    assert not base.trainable
+    assert len(model.trainable_weights) == 4  # dense + classifier kernels and biases
+    frozen = [w.copy() for w in base.get_weights()]
+    _one_step_changes_weights(model)
+    assert all(np.array_equal(a, b) for a, b in zip(frozen, base.get_weights()))
+    _round_trip(model, tmp_path / "resnet.keras")
+    unfrozen = unfreeze_top(model, 10)
+    assert 0 < unfrozen <= 10
+    assert len(model.trainable_weights) > 4
+    assert not any(layer.trainable for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization))
+
+
+def test_imagenet_offline_is_a_fast_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached weights
+    monkeypatch.setattr("fer.models._reachable", lambda host: False)
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError, match="--weights PATH"):
+        build_resnet50(weights="imagenet")
+    assert time.perf_counter() - start < 5
+
+
+def test_failed_download_is_wrapped(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr("fer.models._reachable", lambda host: True)
+
+    def refuse(*args, **kwargs):
+        raise OSError("URL fetch failure: connection refused")
+
+    monkeypatch.setattr("keras.src.applications.resnet.file_utils.get_file", refuse)
+    with pytest.raises(WeightsUnavailableError, match="connection refused.*--weights PATH"):
+        build_resnet50(weights="imagenet", image_size=RESNET_SIZE)
+
+
+def test_bad_weights_path_and_size(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        build_resnet50(weights=tmp_path / "missing.h5")
+    with pytest.raises(ValueError, match="at least 32"):
+        build_resnet50(weights=None, image_size=16)
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("vgg")

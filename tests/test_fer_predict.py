@@ -1,0 +1,131 @@
+"""FERPredictor and the fer.predict CLI: detection on a real photo, no-face images, --no-detect, --json, --annotate."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from core.io import write_json
+from core.labels import EMOTIONS
+from fer import predict as fer_predict
+from fer.models import build_cnn
+from fer.predict import FERPredictor, ModelNotFoundError
+from synth_faces import face
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """An untrained tiny model in a run folder: predictions need not be right, only well formed."""
+    run = tmp_path_factory.mktemp("fer_model")
+    keras.utils.set_random_seed(0)
+    build_cnn((48, 48, 1), 7, filters=(4, 8), dense_units=16).save(run / "model.keras")
+    write_json(run / "config.json", {"class_names": list(EMOTIONS), "face_margin": 0.2, "dataset": "fer2013"})
+    return run
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir):
+    return FERPredictor(model_dir)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("images")
+    cv2.imwrite(str(folder / "astronaut.jpg"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "blank.png"), np.full((120, 160, 3), 200, np.uint8))
+    (folder / "crops").mkdir()
+    for emotion in ("happy", "sad"):
+        cv2.imwrite(str(folder / "crops" / f"{emotion}.png"), face(emotion))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    return folder
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_predict_crops_matches_the_model(predictor):
+    crops = np.stack([face(e, seed=i) for i, e in enumerate(EMOTIONS)])
+    probs = predictor.predict_crops(crops)
+    assert probs.shape == (7, 7)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    expected = predictor.model.predict_on_batch(crops[..., None].astype(np.float32))
+    np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(predictor.predict_crops(crops[0]), probs[:1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(predictor.predict_crops(crops[..., None]), probs, rtol=1e-4, atol=1e-6)
+    assert predictor.predict_crops(np.stack([cv2.resize(c, (96, 96)) for c in crops])).shape == (7, 7)
+    assert predictor.predict_crops(np.zeros((0, 48, 48), np.uint8)).shape == (0, 7)
+
+
+def test_predict_image_finds_the_astronaut_and_nothing_in_a_blank(predictor, images):
+    faces = predictor.predict_image(cv2.imread(str(images / "astronaut.jpg")))
+    assert len(faces) >= 1
+    first = faces[0]
+    assert len(first["box"]) == 4 and first["label"] in EMOTIONS
+    assert list(first["probabilities"]) == list(EMOTIONS)
+    assert first["label"] == max(first["probabilities"], key=first["probabilities"].get)
+    json.dumps(faces)  # plain Python types only
+    assert predictor.predict_image(cv2.imread(str(images / "blank.png"))) == []
+
+
+def test_mtcnn_detector(model_dir, images):
+    faces = FERPredictor(model_dir, detector="mtcnn").predict_image(cv2.imread(str(images / "astronaut.jpg")))
+    assert len(faces) >= 1
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(ModelNotFoundError, match="--model-dir"):
+        FERPredictor(tmp_path)
+    assert fer_predict.main([str(tmp_path), "--model-dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "fer.train" in err and "--model-dir" in err
+
+
+def test_cli_json_with_detection(model_dir, images, capsys):
+    rc = fer_predict.main([str(images / "astronaut.jpg"), str(images / "blank.png"), "--json",
+                           "--model-dir", str(model_dir)])
+    assert rc == 0
+    out = capsys.readouterr()
+    astronaut, blank = _json_lines(out.out)
+    assert astronaut["path"].endswith("astronaut.jpg") and len(astronaut["faces"]) >= 1
+    assert set(astronaut["faces"][0]) == {"box", "label", "probabilities"}
+    assert list(astronaut["faces"][0]["probabilities"]) == list(EMOTIONS)
+    assert blank["faces"] == []
+    assert "blank.png: no face found" in out.err
+
+
+def test_cli_no_detect_on_a_folder(model_dir, images, capsys):
+    rc = fer_predict.main([str(images / "crops"), "--no-detect", "--json", "--model-dir", str(model_dir)])
+    assert rc == 0
+    lines = _json_lines(capsys.readouterr().out)
+    assert [line["path"].rsplit("/", 1)[-1] for line in lines] == ["happy.png", "sad.png"]
+    for line in lines:
+        assert set(line) == {"path", "label", "probabilities"}
+        assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_cli_bad_files_are_reported_and_the_rest_continue(model_dir, images, capsys):
+    rc = fer_predict.main([str(images / "broken.jpg"), str(images / "missing.png"), str(images / "blank.png"),
+                           "--model-dir", str(model_dir)])
+    assert rc == 1
+    out = capsys.readouterr()
+    assert "cannot read image" in out.err and "no such file" in out.err
+    assert "blank.png: 0 face(s)" in out.out
+
+
+def test_cli_annotate(model_dir, images, tmp_path, capsys):
+    out_dir = tmp_path / "annotated"
+    rc = fer_predict.main([str(images / "astronaut.jpg"), str(images / "crops"), "--annotate", str(out_dir),
+                           "--model-dir", str(model_dir)])
+    assert rc == 0
+    drawn = cv2.imread(str(out_dir / "astronaut.jpg"))
+    original = cv2.imread(str(images / "astronaut.jpg"))
+    assert drawn.shape == original.shape
+    assert np.abs(drawn.astype(int) - original.astype(int)).max() > 100  # a box was drawn
+    assert (out_dir / "happy.png").is_file() and (out_dir / "sad.png").is_file()
+    assert "face(s)" in capsys.readouterr().out

@@ -1,0 +1,173 @@
+"""fer.train end to end on tiny synthetic corpora: every run artifact, resume, subject splits, evaluation."""
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.io import read_json
+from fer import evaluate as fer_evaluate
+from fer import train as fer_train
+from synth_faces import write_ckplus, write_fer2013_csv
+
+TINY = ["--filters", "4,8", "--dense-units", "16", "--batch-size", "16", "--patience", "5"]
+ARTIFACTS = ("model.keras", "config.json", "metrics.json", "val_metrics.json", "confusion_matrix.png",
+             "val_confusion_matrix.png", "curve_loss.png", "curve_accuracy.png", "history.csv", "split.csv",
+             "data_report.json")
+
+
+@pytest.fixture(scope="module")
+def fer_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fer_data")
+    write_fer2013_csv(root / "fer2013" / "fer2013.csv", per_class=8)
+    write_ckplus(root / "ckplus48")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cnn_run(fer_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "cnn"
+    rc = fer_train.main(["--model", "cnn", "--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "2",
+                         "--output", str(run), *TINY])
+    assert rc == 0
+    return run
+
+
+def test_train_writes_every_artifact(cnn_run):
+    for name in ARTIFACTS:
+        assert (cnn_run / name).is_file(), name
+        assert (cnn_run / name).stat().st_size > 0, name
+    assert not (cnn_run / "checkpoints").exists()  # backups are removed once a run finishes
+    metrics = read_json(cnn_run / "metrics.json")
+    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "f1_micro", "per_class",
+                "confusion_matrix"):
+        assert key in metrics
+    assert metrics["split"] == "test" and metrics["n"] == 14  # the PrivateTest rows
+    assert np.sum(metrics["confusion_matrix"]) == 14
+    assert read_json(cnn_run / "val_metrics.json")["split"] == "val"
+    config = read_json(cnn_run / "config.json")
+    assert config["model"] == "cnn" and config["epochs"] == 2 and config["class_names"][0] == "neutral"
+    report = read_json(cnn_run / "data_report.json")
+    assert report["skipped_total"] == 2 and report["loaded"] == 56
+    assert report["split_counts"] == {"train": 28, "val": 14, "test": 14}
+    split = pd.read_csv(cnn_run / "split.csv")
+    assert list(split.columns) == ["file", "subject", "label", "split"] and len(split) == 56
+    assert len(pd.read_csv(cnn_run / "history.csv")) == 2
+    model = keras.models.load_model(cnn_run / "model.keras")
+    assert model.output_shape == (None, 7)
+
+
+def test_interrupted_run_resumes(fer_data, tmp_path, monkeypatch):
+    import core.training
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt("simulated crash after epoch 2")
+
+    original = core.training.make_callbacks
+    monkeypatch.setattr(core.training, "make_callbacks", lambda *a, **k: original(*a, **k) + [Interrupt()])
+    base = ["--dataset", "fer2013", "--data-dir", str(fer_data), "--output", str(tmp_path), *TINY]
+    args = [*base, "--epochs", "3"]
+    with pytest.raises(KeyboardInterrupt):
+        fer_train.main(args)
+    assert (tmp_path / "checkpoints").is_dir() and not (tmp_path / "model.keras").exists()
+    monkeypatch.setattr(core.training, "make_callbacks", original)
+    assert fer_train.main(args) == 0
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2]  # the third epoch only, not a restart
+    # A finished run leaves nothing to resume: running again starts fresh curves.
+    assert fer_train.main([*base, "--epochs", "1"]) == 0
+    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [0]
+
+
+def test_ckplus_run_splits_by_subject(fer_data, tmp_path):
+    rc = fer_train.main(["--dataset", "ckplus", "--data-dir", str(fer_data), "--epochs", "1", "--output",
+                         str(tmp_path), "--test-subjects", "S005,S010", "--augment", "false", *TINY])
+    assert rc == 0
+    split = pd.read_csv(tmp_path / "split.csv")
+    assert split.groupby("subject")["split"].nunique().max() == 1
+    assert set(split.loc[split["split"] == "test", "subject"]) == {"S005", "S010"}
+    assert read_json(tmp_path / "data_report.json")["dropped"] == {"contempt": 3}
+
+
+def _tiny_resnet50(include_top=False, weights=None, input_shape=None, name="resnet50"):
+    # Stands in for the 24M-parameter base: this test is about the two-stage orchestration, the real ResNet50
+    # builder is covered in test_fer_models.py.
+    inputs = keras.Input(shape=input_shape, name="base_input")
+    x = keras.layers.Conv2D(4, 3, strides=2, name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="conv1_bn")(x)
+    x = keras.layers.Conv2D(8, 3, strides=2, name="conv2")(x)
+    model = keras.Model(inputs, x, name=name)
+    if weights:
+        model.load_weights(weights)
+    return model
+
+
+def test_resnet50_two_stage_from_local_weights_resumes_in_stage_2(fer_data, tmp_path, monkeypatch):
+    import core.training
+
+    monkeypatch.setattr(keras.applications, "ResNet50", _tiny_resnet50)
+    weights = tmp_path / "notop.weights.h5"
+    _tiny_resnet50(input_shape=(32, 32, 3)).save_weights(weights)
+    run = tmp_path / "run"
+    args = ["--model", "resnet50", "--weights", str(weights), "--resnet-size", "32", "--dataset", "ckplus",
+            "--data-dir", str(fer_data), "--epochs", "2", "--fine-tune-epochs", "2", "--fine-tune-layers", "2",
+            "--max-per-class", "6", "--output", str(run), *TINY]
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:  # the first fine-tuning epoch
+                raise KeyboardInterrupt("simulated crash in stage 2")
+
+    original = core.training.make_callbacks
+    monkeypatch.setattr(core.training, "make_callbacks", lambda *a, **k: original(*a, **k) + [Interrupt()])
+    with pytest.raises(KeyboardInterrupt):
+        fer_train.main(args)
+    assert (run / "stage1.keras").exists()
+    monkeypatch.setattr(core.training, "make_callbacks", original)
+    assert fer_train.main(args) == 0
+    history = pd.read_csv(run / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3]  # two frozen epochs, then two fine-tuning epochs
+    assert history["learning_rate"].iloc[-1] == pytest.approx(1e-5)
+    assert not (run / "stage1.keras").exists() and not (run / "stage1.json").exists()
+    assert read_json(run / "metrics.json")["model"] == "resnet50"
+    model = keras.models.load_model(run / "model.keras")
+    assert model.get_layer("resnet50").get_layer("conv2").trainable  # unfrozen top
+    assert not model.get_layer("resnet50").get_layer("conv1").trainable
+
+
+def test_offline_imagenet_fails_before_loading_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr("fer.models._reachable", lambda host: False)
+    rc = fer_train.main(["--model", "resnet50", "--weights", "imagenet", "--dataset", "jaffe", "--data-dir",
+                         str(tmp_path / "no-data"), "--output", str(tmp_path / "run")])
+    assert rc == 2
+    assert "--weights PATH" in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    rc = fer_train.main(["--dataset", "jaffe", "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path)])
+    assert rc == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_reproduces_the_test_metrics(cnn_run, fer_data, tmp_path):
+    out = tmp_path / "eval"
+    assert fer_evaluate.main(["--model-dir", str(cnn_run), "--dataset", "fer2013", "--data-dir", str(fer_data),
+                              "--split", "test", "--output", str(out)]) == 0
+    got, trained = read_json(out / "metrics.json"), read_json(cnn_run / "metrics.json")
+    assert got["n"] == trained["n"]
+    assert got["confusion_matrix"] == trained["confusion_matrix"]
+    for name in ("confusion_matrix.png", "data_report.json", "predictions.csv"):
+        assert (out / name).is_file()
+    # Cross-dataset: every usable CK+ image.
+    out2 = tmp_path / "eval_ck"
+    assert fer_evaluate.main(["--model-dir", str(cnn_run), "--dataset", "ckplus", "--data-dir", str(fer_data),
+                              "--output", str(out2)]) == 0
+    assert read_json(out2 / "metrics.json")["n"] == 72
+    assert len(pd.read_csv(out2 / "predictions.csv")) == 72
+    assert json.loads((out2 / "metrics.json").read_text())["trained_on"] == "fer2013"
