@@ -48,7 +48,7 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset is neither on disk nor downloadable."""
 
 
-def _network_reachable(host: tuple[str, int] = KAGGLE_HOST, timeout: float = NETWORK_TIMEOUT_S) -> bool:
+def network_reachable(host: tuple[str, int] = KAGGLE_HOST, timeout: float = NETWORK_TIMEOUT_S) -> bool:
     # kagglehub can retry for a long time without a network; probe first so we fail in seconds.
     try:
         with socket.create_connection(host, timeout=timeout):
@@ -64,7 +64,7 @@ def download(corpus: str, slug: str | None = None) -> Path:
         raise DatasetNotFoundError(f"{corpus}: no Kaggle slug known; pass --data-dir PATH")
     hint = (f"Pass --data-dir PATH (a folder holding '{corpus}/' or the corpus itself) "
             f"or set {DATA_DIR_ENV}.")
-    if not _network_reachable():
+    if not network_reachable():
         raise DatasetNotFoundError(
             f"{corpus}: cannot download '{slug}' with kagglehub: no network connection to kaggle.com. {hint}")
     try:

@@ -8,14 +8,14 @@ model, so a saved ``model.keras`` needs no separate preprocessing code at infere
 from __future__ import annotations
 
 import os
-import socket
-from pathlib import Path
 from typing import Sequence
 
 import keras
 from keras import layers
 
+from core import weights as core_weights
 from core.labels import NUM_CLASSES
+from core.weights import WeightsUnavailableError
 
 INPUT_SHAPE = (48, 48, 1)
 CNN_FILTERS = (64, 128, 256)
@@ -27,14 +27,10 @@ RESNET_DENSE_UNITS = 256
 BN_MOMENTUM = 0.9
 # Caffe-style ImageNet preprocessing of keras.applications.resnet50 (BGR means; gray is the same in all 3).
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
-WEIGHTS_HOST = ("storage.googleapis.com", 443)
-NETWORK_TIMEOUT_S = 3.0
 RESNET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 MODELS = ("cnn", "resnet50")
 
 
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights cannot be downloaded or found."""
 
 
 def build_cnn(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_CLASSES,
@@ -106,28 +102,7 @@ _WEIGHTS_HINT = (f"Pass --weights PATH with a local ResNet50 no-top weights file
 
 def resolve_weights(weights: str | os.PathLike | None) -> str | None:
     """None, "imagenet" (checked to be downloadable or cached) or an existing file path."""
-    if weights is None or str(weights).lower() in ("none", "", "null"):
-        return None
-    if str(weights).lower() == "imagenet":
-        cached = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / RESNET_NOTOP_FILE
-        if not cached.is_file() and not _reachable(WEIGHTS_HOST):
-            raise WeightsUnavailableError(
-                f"ImageNet weights for ResNet50 are not cached ({cached}) and cannot be downloaded: "
-                f"no network connection to {WEIGHTS_HOST[0]}. {_WEIGHTS_HINT}")
-        return "imagenet"
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise WeightsUnavailableError(f"weights file {path} does not exist. {_WEIGHTS_HINT}")
-    return str(path)
-
-
-def _reachable(host: tuple[str, int]) -> bool:
-    # Keras' download retries for minutes without a network; probe first to fail in seconds.
-    try:
-        with socket.create_connection(host, timeout=NETWORK_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
+    return core_weights.resolve_weights(weights, RESNET_NOTOP_FILE, "ResNet50", _WEIGHTS_HINT)
 
 
 def unfreeze_top(model: keras.Model, num_layers: int) -> int:

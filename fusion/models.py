@@ -12,26 +12,22 @@ weight, they keep every branch informative and give each modality's own predicti
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import keras
 from keras import layers, ops
 
+from core import weights as core_weights
 from core.labels import NUM_CLASSES
+from core.weights import WeightsUnavailableError
 
 MODALITIES = ("frame", "face", "audio")
 BACKBONES = {"frame": "frame_backbone", "face": "face_backbone"}
-WEIGHTS_HOST = ("storage.googleapis.com", 443)
-NETWORK_TIMEOUT_S = 3.0
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained backbone weights can be neither downloaded nor found on disk."""
 
 
 @dataclass
@@ -130,15 +126,6 @@ class PerFrame(layers.TimeDistributed):
         return ops.reshape(out, (shape[0], shape[1], *out.shape[1:]))
 
 
-def _reachable(host: tuple[str, int]) -> bool:
-    # Keras' download retries for minutes without a network; probe first to fail in seconds.
-    try:
-        with socket.create_connection(host, timeout=NETWORK_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
-
-
 def imagenet_file(alpha: float, size: int) -> str:
     rows = size if size in IMAGENET_SIZES else 224  # Keras loads the 224 file for other sizes
     return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}_no_top.h5"
@@ -155,16 +142,7 @@ def resolve_weights(weights: str | os.PathLike | None, alpha: float, size: int) 
         if alpha not in IMAGENET_ALPHAS:
             raise WeightsUnavailableError(f"no ImageNet MobileNetV2 weights for alpha={alpha}; "
                                           f"choose one of {IMAGENET_ALPHAS} or --weights none")
-        cached = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / filename
-        if not cached.is_file() and not _reachable(WEIGHTS_HOST):
-            raise WeightsUnavailableError(
-                f"ImageNet weights for MobileNetV2 are not cached ({cached}) and cannot be downloaded: "
-                f"no network connection to {WEIGHTS_HOST[0]}. {hint}")
-        return "imagenet"
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise WeightsUnavailableError(f"weights file {path} does not exist. {hint}")
-    return str(path)
+    return core_weights.resolve_weights(weights, filename, "MobileNetV2", hint)
 
 
 def build_backbone(size: int, alpha: float, weights: str | None, name: str) -> keras.Model:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from core.export import MODES, TFLiteModel, to_tflite
+from core.export import TFLiteModel, to_tflite
 from core.io import atomic_write, write_json
 
 REPRESENTATIVE_CLIPS = 200
@@ -24,7 +24,6 @@ def split_arrays(predictor, data_dir: str | None, which: str) -> tuple[np.ndarra
     """Normalised features and labels of one split of the model's own split.csv, or None without data."""
     import pandas as pd
 
-    from core.labels import EMOTION_INDEX
     from ser.corpora import clip_key, load_clips, parse_corpus_list
     from ser.dataset import extract_clips, to_arrays
 

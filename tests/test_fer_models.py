@@ -91,7 +91,7 @@ def test_resnet50_random_init_and_local_weights_file(tmp_path):
 
 def test_imagenet_offline_is_a_fast_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached weights
-    monkeypatch.setattr("fer.models._reachable", lambda host: False)
+    monkeypatch.setattr("core.datasets.network_reachable", lambda *a, **k: False)
     start = time.perf_counter()
     with pytest.raises(WeightsUnavailableError, match="--weights PATH"):
         build_resnet50(weights="imagenet")
@@ -100,7 +100,7 @@ def test_imagenet_offline_is_a_fast_clear_error(tmp_path, monkeypatch):
 
 def test_failed_download_is_wrapped(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr("fer.models._reachable", lambda host: True)
+    monkeypatch.setattr("core.datasets.network_reachable", lambda *a, **k: True)
 
     def refuse(*args, **kwargs):
         raise OSError("URL fetch failure: connection refused")

@@ -142,7 +142,7 @@ def test_resnet50_two_stage_from_local_weights_resumes_in_stage_2(fer_data, tmp_
 
 def test_offline_imagenet_fails_before_loading_data(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr("fer.models._reachable", lambda host: False)
+    monkeypatch.setattr("core.datasets.network_reachable", lambda *a, **k: False)
     rc = fer_train.main(["--model", "resnet50", "--weights", "imagenet", "--dataset", "jaffe", "--data-dir",
                          str(tmp_path / "no-data"), "--output", str(tmp_path / "run")])
     assert rc == 2

@@ -67,7 +67,7 @@ def test_ravdess_names_and_speaker_independent_split(ravdess_dir):
 def test_corpus_root_offline_error_names_data_dir(monkeypatch):
     import core.datasets
 
-    monkeypatch.setattr(core.datasets, "_network_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(core.datasets, "network_reachable", lambda *a, **k: False)
     with pytest.raises(core.datasets.DatasetNotFoundError, match="--data-dir"):
         corpus_root("meld")
 

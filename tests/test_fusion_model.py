@@ -98,7 +98,7 @@ def test_backbones_freeze_and_unfreeze():
 def test_weights_errors_name_the_local_alternative(tmp_path, monkeypatch):
     import fusion.models as models
 
-    monkeypatch.setattr(models, "_reachable", lambda host: False)
+    monkeypatch.setattr("core.datasets.network_reachable", lambda *a, **k: False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     with pytest.raises(models.WeightsUnavailableError, match="--weights PATH"):
         models.resolve_weights("imagenet", 0.35, 112)
