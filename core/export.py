@@ -67,3 +67,30 @@ class TFLiteModel:
             self.interpreter.invoke()
             out.append(self.interpreter.get_tensor(self.output["index"])[0].astype(np.float32))
         return np.stack(out)
+
+
+def export_model_dir(model, model_dir: str | os.PathLike, modes: Iterable[str], representative: np.ndarray,
+                     test: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Write ``model_<mode>.tflite`` files and ``export.json`` (sizes; accuracy change on ``test`` when given)."""
+    from core.io import atomic_write, write_json
+
+    model_dir = Path(model_dir)
+    report: dict = {"keras_size_kb": round((model_dir / "model.keras").stat().st_size / 1024, 1), "exports": {}}
+    if test is not None:
+        x_test, y_test = test
+        keras_pred = model.predict(x_test, batch_size=256, verbose=0).argmax(1)
+        report.update(test_n=len(y_test), keras_accuracy=float((keras_pred == y_test).mean()))
+    for mode in modes:
+        path = model_dir / f"model_{mode}.tflite"
+        data = to_tflite(model, mode, representative)
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+        entry = {"file": path.name, "size_kb": round(len(data) / 1024, 1)}
+        if test is not None:
+            pred = TFLiteModel(path)(x_test).argmax(1)
+            accuracy = float((pred == y_test).mean())
+            entry.update(accuracy=accuracy, accuracy_change=accuracy - report["keras_accuracy"],
+                         agreement_with_keras=float((pred == keras_pred).mean()))
+        report["exports"][mode] = entry
+        print(f"{mode}: {entry}")
+    write_json(model_dir / "export.json", report)
+    return report

@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from core.export import TFLiteModel, to_tflite
-from core.io import atomic_write, write_json
+from core.export import export_model_dir
 
 REPRESENTATIVE_FACES = 300
 MAX_TEST_FACES = 2000  # TFLite runs one face per call: cap the accuracy check
@@ -61,25 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             0, 256, (REPRESENTATIVE_FACES, predictor.face_size, predictor.face_size, 1)).astype(np.float32)
     else:
         representative = sets["train"][0]
-    report: dict = {"keras_size_kb": round((predictor.model_dir / "model.keras").stat().st_size / 1024, 1),
-                    "exports": {}}
-    if sets:
-        x_test, y_test = sets["test"]
-        keras_pred = predictor.model.predict(x_test, batch_size=256, verbose=0).argmax(1)
-        report.update(test_n=len(y_test), keras_accuracy=float((keras_pred == y_test).mean()))
-    for mode in args.modes.split(","):
-        path = predictor.model_dir / f"model_{mode}.tflite"
-        data = to_tflite(predictor.model, mode, representative)
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-        entry = {"file": path.name, "size_kb": round(len(data) / 1024, 1)}
-        if sets:
-            pred = TFLiteModel(path)(x_test).argmax(1)
-            entry.update(accuracy=float((pred == y_test).mean()),
-                         accuracy_change=float((pred == y_test).mean()) - report["keras_accuracy"],
-                         agreement_with_keras=float((pred == keras_pred).mean()))
-        report["exports"][mode] = entry
-        print(f"{mode}: {entry}")
-    write_json(predictor.model_dir / "export.json", report)
+    export_model_dir(predictor.model, predictor.model_dir, args.modes.split(","), representative,
+                     sets.get("test"))
     return 0
 
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from core.export import TFLiteModel, to_tflite
-from core.io import atomic_write, write_json
+from core.export import export_model_dir
 
 REPRESENTATIVE_CLIPS = 200
 
@@ -58,25 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:  # normalised features are ~N(0, 1): a usable stand-in when no data is at hand
         print("warning: no training data found; calibrating int8 on random normal features", file=sys.stderr)
         representative = rng.standard_normal((REPRESENTATIVE_CLIPS, *predictor.model.input_shape[1:]), np.float32)
-    report: dict = {"model_dir": str(predictor.model_dir), "keras_size_kb":
-                    round((predictor.model_dir / "model.keras").stat().st_size / 1024, 1), "exports": {}}
-    if test is not None:
-        keras_pred = predictor.model.predict(test[0], verbose=0).argmax(1)
-        report["test_n"] = len(test[1])
-        report["keras_accuracy"] = float((keras_pred == test[1]).mean())
-    for mode in args.modes.split(","):
-        path = predictor.model_dir / f"model_{mode}.tflite"
-        data = to_tflite(predictor.model, mode, representative)
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-        entry = {"file": path.name, "size_kb": round(len(data) / 1024, 1)}
-        if test is not None:
-            pred = TFLiteModel(path)(test[0]).argmax(1)
-            entry["accuracy"] = float((pred == test[1]).mean())
-            entry["accuracy_change"] = entry["accuracy"] - report["keras_accuracy"]
-            entry["agreement_with_keras"] = float((pred == keras_pred).mean())
-        report["exports"][mode] = entry
-        print(f"{mode}: {entry}")
-    write_json(predictor.model_dir / "export.json", report)
+    export_model_dir(predictor.model, predictor.model_dir, args.modes.split(","), representative, test)
     return 0
 
 
