@@ -139,7 +139,8 @@ def test_bulk_extraction_skips_and_counts_bad_files_and_caches(corpora, tmp_path
     again, _ = extract_many(paths, cfg, tmp_path / "cache", n_jobs=1)
     assert all((a is None and b is None) or np.array_equal(a, b) for a, b in zip(feats, again))
     augmented, _ = extract_many(paths[:2], cfg, tmp_path / "cache", variant=1, n_jobs=1)
-    assert not np.allclose(augmented[0], feats[0])
+    # time stretch may change the length; either way the augmented copy must differ
+    assert augmented[0].shape != feats[0].shape or not np.allclose(augmented[0], feats[0])
 
 
 def test_speaker_split_holds_out_whole_speakers_per_corpus(corpora):
