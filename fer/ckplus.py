@@ -10,7 +10,7 @@ from pathlib import Path
 
 from core.datasets import resolve_corpus_dir
 from core.labels import UnknownLabelError, map_label
-from fer.data import FaceSet, SkipLog, build_faceset, cap_per_class, list_images, read_gray
+from fer.data import FaceSet, SkipLog, build_faceset, cap_per_class, images_by_emotion_folder, read_gray
 
 CORPUS = "ckplus"
 
@@ -28,18 +28,7 @@ def load_ckplus(data_dir: str | os.PathLike | None = None, size: int = 48, max_p
         nested = [d for d in root.iterdir() if d.is_dir() and any(_is_label_dir(c) for c in d.iterdir() if c.is_dir())]
         root = nested[0] if nested else root
     skips = SkipLog(CORPUS)
-    files = []
-    for class_dir in sorted(d for d in root.iterdir() if d.is_dir()):
-        try:
-            label = map_label(CORPUS, class_dir.name)
-        except UnknownLabelError:
-            skips.skip("unknown emotion folder", str(class_dir))
-            continue
-        for path in list_images(class_dir):
-            if label is None:
-                skips.drop(class_dir.name)
-            else:
-                files.append((path, label))
+    files = images_by_emotion_folder(CORPUS, root, skips)
     files = cap_per_class(files, lambda f: f[1], max_per_class, seed)
     items = []
     for path, label in files:

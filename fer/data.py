@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from core.labels import EMOTIONS, EMOTION_INDEX
+from core.labels import EMOTIONS, EMOTION_INDEX, UnknownLabelError, map_label
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,23 @@ def read_gray(path: str | os.PathLike) -> np.ndarray | None:
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                   and not p.name.startswith("."))
+
+
+def images_by_emotion_folder(corpus: str, folder: Path, skips: "SkipLog") -> list[tuple[Path, str]]:
+    """(image, schema label) below ``folder/<emotion>/``; unknown folders skipped, dropped classes counted."""
+    files = []
+    for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
+        try:
+            label = map_label(corpus, class_dir.name)
+        except UnknownLabelError:
+            skips.skip("unknown emotion folder", str(class_dir))
+            continue
+        for path in list_images(class_dir):
+            if label is None:
+                skips.drop(class_dir.name)
+            else:
+                files.append((path, label))
+    return files
 
 
 def cap_per_class(items: list, label_of, max_per_class: int, seed: int) -> list:

@@ -17,7 +17,8 @@ import numpy as np
 
 from core.datasets import resolve_corpus_dir
 from core.labels import UnknownLabelError, map_label
-from fer.data import FaceDataError, FaceSet, SkipLog, build_faceset, cap_per_class, list_images, read_gray
+from fer.data import (FaceDataError, FaceSet, SkipLog, build_faceset, cap_per_class, images_by_emotion_folder,
+                      read_gray)
 
 CORPUS = "fer2013"
 PIXELS = 48 * 48
@@ -119,17 +120,7 @@ def load_folders(root: Path, size: int = 48, max_per_class: int = 0, seed: int =
     groups = [(d, FOLDER_SPLITS[d.name.lower()]) for d in split_dirs] or [(root, None)]
     files: list[tuple[Path, str, str | None]] = []
     for folder, split in groups:
-        for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
-            try:
-                label = map_label(CORPUS, class_dir.name)
-            except UnknownLabelError:
-                skips.skip("unknown emotion folder", str(class_dir))
-                continue
-            for path in list_images(class_dir):
-                if label is None:
-                    skips.drop(class_dir.name)
-                else:
-                    files.append((path, label, split))
+        files.extend((path, label, split) for path, label in images_by_emotion_folder(CORPUS, folder, skips))
     if not files and not skips.skipped:
         raise FaceDataError(f"{root}: no FER2013 data found: expected fer2013.csv or train/<emotion>/*.jpg folders")
     # Cap per split and class so a capped run still has a test part.
