@@ -241,8 +241,10 @@ def _stratified_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def make_augmenter(seed: int = 42, flip: bool = True, rotation: float = 0.05, zoom: float = 0.1,
-                   brightness: float = 0.1):
-    """Random flip / rotation / zoom / brightness as Keras preprocessing layers (used in tf.data)."""
+                   brightness: float = 0.1, shift: float = 0.0, erasing: float = 0.0):
+    """Random flip / rotation / zoom / brightness (and optionally shift and erasing) as Keras preprocessing
+    layers, used in tf.data. ``shift`` is a fraction of the side (a random-crop equivalent); ``erasing`` is
+    the probability of blanking one random rectangle (Zhong et al. 2017)."""
     import keras
     from keras import layers
 
@@ -255,6 +257,11 @@ def make_augmenter(seed: int = 42, flip: bool = True, rotation: float = 0.05, zo
         steps.append(layers.RandomZoom(zoom, fill_mode="nearest", seed=seed, name="aug_zoom"))
     if brightness:
         steps.append(layers.RandomBrightness(brightness, value_range=(0.0, 255.0), seed=seed, name="aug_brightness"))
+    if shift:
+        steps.append(layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed, name="aug_shift"))
+    if erasing:
+        steps.append(layers.RandomErasing(factor=erasing, scale=(0.02, 0.2), value_range=(0.0, 255.0), seed=seed,
+                                          name="aug_erasing"))
     return keras.Sequential(steps, name="augment")
 
 

@@ -2,6 +2,7 @@
 model, so a saved ``model.keras`` needs no separate preprocessing code at inference time.
 
 - ``cnn``: the seed's Conv2D 64 -> 128 -> 256 stacks with batch norm, pooling and dropout, dense 512.
+- ``tiny``: a mini-Xception (residual depthwise-separable blocks, global pooling, no dense layer) under 1 MB.
 - ``resnet50``: keras.applications ResNet50 base (frozen), gray -> 3 channels and resized inside the model,
   global average pooling + dense head. Optionally the top of the base is unfrozen for a second stage.
 """
@@ -28,10 +29,8 @@ BN_MOMENTUM = 0.9
 # Caffe-style ImageNet preprocessing of keras.applications.resnet50 (BGR means; gray is the same in all 3).
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 RESNET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-MODELS = ("cnn", "resnet50")
-
-
-
+TINY_FILTERS = (16, 32, 64, 128)
+MODELS = ("cnn", "tiny", "resnet50")
 
 def build_cnn(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_CLASSES,
               filters: Sequence[int] = CNN_FILTERS, dense_units: int = CNN_DENSE_UNITS,
@@ -53,6 +52,35 @@ def build_cnn(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_C
     x = layers.Dropout(dropout, name="fc_dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="emotion")(x)
     return keras.Model(inputs, outputs, name="fer_cnn")
+
+
+def build_tiny(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_CLASSES,
+               filters: Sequence[int] = TINY_FILTERS, dropout: float = 0.0) -> keras.Model:
+    """Mini-Xception (Arriaga et al. 2017): two plain convs, then one residual block per width in ``filters``
+    (two separable 3x3 convs + stride-2 max-pool, a strided 1x1 conv on the shortcut), a 3x3 conv to the
+    classes and global average pooling. About 60k parameters with the default widths."""
+    inputs = keras.Input(shape=tuple(input_shape), name="face")
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    for conv in (1, 2):
+        x = layers.Conv2D(8, 3, use_bias=False, name=f"stem_conv{conv}")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"stem_bn{conv}")(x)
+        x = layers.Activation("relu", name=f"stem_relu{conv}")(x)
+    for block, width in enumerate(filters, start=1):
+        shortcut = layers.Conv2D(width, 1, strides=2, padding="same", use_bias=False, name=f"block{block}_shortcut")(x)
+        shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block}_shortcut_bn")(shortcut)
+        x = layers.SeparableConv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_sepconv1")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block}_bn1")(x)
+        x = layers.Activation("relu", name=f"block{block}_relu1")(x)
+        x = layers.SeparableConv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_sepconv2")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block}_bn2")(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"block{block}_pool")(x)
+        x = layers.Add(name=f"block{block}_add")([x, shortcut])
+    if dropout:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Conv2D(num_classes, 3, padding="same", name="head_conv")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Activation("softmax", name="emotion")(x)
+    return keras.Model(inputs, outputs, name="fer_tiny")
 
 
 def build_resnet50(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_CLASSES,
@@ -124,12 +152,36 @@ def build_model(name: str, input_shape: Sequence[int] = INPUT_SHAPE, num_classes
                 **kwargs) -> keras.Model:
     if name == "cnn":
         return build_cnn(input_shape, num_classes, **kwargs)
+    if name == "tiny":
+        return build_tiny(input_shape, num_classes, **kwargs)
     if name == "resnet50":
         return build_resnet50(input_shape, num_classes, **kwargs)
     raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def compile_model(model: keras.Model, learning_rate: float, label_smoothing: float = 0.0) -> keras.Model:
+    """Adam + cross-entropy on integer labels; label smoothing (which needs one-hot targets) is applied
+    inside the loss so the datasets stay integer-labelled."""
+    loss = (SmoothedSparseCrossentropy(label_smoothing) if label_smoothing
+            else keras.losses.SparseCategoricalCrossentropy())
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
     return model
+
+
+@keras.saving.register_keras_serializable(package="fer")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Categorical cross-entropy with label smoothing on integer labels."""
+
+    def __init__(self, label_smoothing: float = 0.1, name: str = "smoothed_sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        from keras import ops
+
+        depth = ops.shape(y_pred)[-1]
+        one_hot = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), depth)
+        return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"label_smoothing": self.label_smoothing}

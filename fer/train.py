@@ -46,6 +46,10 @@ class TrainConfig:
     fine_tune_layers: int = 30
     fine_tune_lr: float = 1e-5
     augment: bool = True
+    shift: float = 0.1
+    erasing: float = 0.0
+    label_smoothing: float = 0.0
+    init_from: str = ""
     class_weighting: bool = True
     val_fraction: float = 0.1
     test_fraction: float = 0.2
@@ -62,20 +66,24 @@ class TrainConfig:
 
 
 HELP = {
-    "model": "cnn or resnet50",
+    "model": "cnn, tiny (mini-Xception, < 1 MB) or resnet50",
     "dataset": "fer2013, jaffe or ckplus",
     "data_dir": "folder holding the corpus (or a root with fer2013/ jaffe/ ckplus48/), or a fer2013.csv file; "
                 "default $EMOTION_DATA_DIR, else a kagglehub download",
     "output": "run folder",
     "weights": "resnet50 base weights: imagenet, none, or PATH to a local ResNet50 no-top .h5 file",
     "image_size": "face size in pixels (FER2013 is 48)",
-    "filters": "cnn conv widths, comma separated",
+    "filters": "cnn / tiny conv widths, comma separated (tiny default 16,32,64,128)",
     "dense_units": "units of the dense layer before the classifier (cnn; resnet50 uses half)",
     "resnet_size": "size faces are resized to inside the resnet50 model (>= 32)",
     "fine_tune_epochs": "resnet50 stage 2: epochs with the top of the base unfrozen (0 = no stage 2)",
     "fine_tune_layers": "resnet50 stage 2: number of base layers unfrozen",
     "fine_tune_lr": "resnet50 stage 2 learning rate",
-    "augment": "random flip / rotation / zoom / brightness on the training split",
+    "augment": "random flip / rotation / zoom / brightness / shift on the training split",
+    "shift": "augmentation: random shift as a fraction of the side (0 = off)",
+    "erasing": "augmentation: probability of erasing one random rectangle (0 = off)",
+    "label_smoothing": "label smoothing of the cross-entropy (0 = off)",
+    "init_from": "warm start: a model.keras to continue training from (same architecture; a fresh optimizer)",
     "class_weighting": "weight the loss by inverse class frequency",
     "val_fraction": "validation fraction (of subjects for jaffe/ckplus) when the corpus has no validation part",
     "test_fraction": "test fraction (of subjects for jaffe/ckplus) when the corpus has no test part",
@@ -98,6 +106,11 @@ def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.model == "cnn":
         return {"filters": [int(f) for f in _csv(cfg.filters)], "dense_units": cfg.dense_units,
                 "dropout": cfg.dropout}
+    if cfg.model == "tiny":
+        from fer.models import TINY_FILTERS
+
+        filters = cfg.filters if cfg.filters != TrainConfig.filters else ",".join(map(str, TINY_FILTERS))
+        return {"filters": [int(f) for f in _csv(filters)], "dropout": cfg.dropout}
     return {"weights": cfg.weights, "image_size": cfg.resnet_size, "dense_units": max(1, cfg.dense_units // 2),
             "dropout": cfg.dropout}
 
@@ -175,7 +188,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                  "face_margin": FACE_MARGIN, "keras_version": keras.__version__}
     write_json(run_dir / "config.json", config_out)
 
-    augmenter = make_augmenter(cfg.seed) if cfg.augment else None
+    augmenter = make_augmenter(cfg.seed, shift=cfg.shift, erasing=cfg.erasing) if cfg.augment else None
     train_ds = make_dataset(x["train"], y["train"], cfg.batch_size, training=True, augmenter=augmenter, seed=cfg.seed)
     val_ds = make_dataset(x["val"], y["val"], cfg.batch_size)
     weights = class_weights(y["train"], NUM_CLASSES) if cfg.class_weighting else None
@@ -190,8 +203,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = keras.models.load_model(stage1_path)
         done = int(read_json(stage1_info)["epochs"])
     else:
-        model = compile_model(build_model(cfg.model, input_shape, NUM_CLASSES, **model_kwargs(cfg)),
-                              cfg.learning_rate)
+        if cfg.init_from:
+            log.info("warm start from %s", cfg.init_from)
+            model = keras.models.load_model(cfg.init_from, compile=False)
+        else:
+            model = build_model(cfg.model, input_shape, NUM_CLASSES, **model_kwargs(cfg))
+        compile_model(model, cfg.learning_rate, cfg.label_smoothing)
         history = _fit(model, cfg, run_dir, train_ds, val_ds, weights, cfg.epochs)
         # Absolute epoch numbers (a resumed fit starts at the restored epoch); early stopping may end sooner.
         done = max(history.epoch) + 1 if history.epoch else cfg.epochs
@@ -202,7 +219,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if two_stage:
         n = unfreeze_top(model, cfg.fine_tune_layers)
         log.info("stage 2: %d base layers unfrozen, learning rate %g", n, cfg.fine_tune_lr)
-        compile_model(model, cfg.fine_tune_lr)
+        compile_model(model, cfg.fine_tune_lr, cfg.label_smoothing)
         _fit(model, cfg, run_dir, train_ds, val_ds, weights, done + cfg.fine_tune_epochs, initial_epoch=done)
         model = _best_or(model, run_dir)
 

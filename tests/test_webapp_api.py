@@ -540,3 +540,43 @@ def test_command_line_options_reach_the_settings():
     settings = from_args(Settings, args)
     assert (args.port, args.models) == (9001, "elsewhere")
     assert (settings.max_connections, settings.face_weight, settings.warmup) == (5, 0.5, False)
+
+
+def test_late_fusion_file_sets_the_live_fusion_weights(tmp_path):
+    from webapp.app import with_late_fusion_weights
+
+    path = tmp_path / "late_fusion.json"
+    path.write_text(json.dumps({"weights": {"audio": 0.3, "face": 0.9}}))
+    settings = with_late_fusion_weights(Settings(), path)
+    assert settings.voice_weight == pytest.approx(0.25) and settings.face_weight == pytest.approx(0.75)
+    assert Settings().face_weight == 0.6  # the defaults are not mutated
+    with pytest.raises(FileNotFoundError):
+        with_late_fusion_weights(Settings(), tmp_path / "missing.json")
+    path.write_text(json.dumps({"weights": {"audio": 0.0, "face": 0.0}}))
+    with pytest.raises(ValueError):
+        with_late_fusion_weights(Settings(), path)
+
+
+def test_server_reads_late_fusion_json_from_the_models_folder(tmp_path, monkeypatch):
+    import uvicorn
+
+    import webapp.__main__ as cli
+    import webapp.app as app_module
+
+    (tmp_path / "late_fusion.json").write_text(json.dumps({"weights": {"audio": 0.8, "face": 0.2}}))
+    seen = {}
+
+    def fake_create_app(models_dir, settings):
+        seen["settings"] = settings
+        return create_app(models_dir, settings, models=Models())
+
+    monkeypatch.setattr(app_module, "create_app", fake_create_app)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    assert cli.main(["--models", str(tmp_path), "--warmup", "false"]) == 0
+    assert (seen["settings"].voice_weight, seen["settings"].face_weight) == pytest.approx((0.8, 0.2))
+    # weights given on the command line win over the file in the models folder
+    assert cli.main(["--models", str(tmp_path), "--face-weight", "0.5", "--voice-weight", "0.5"]) == 0
+    assert seen["settings"].face_weight == 0.5
+    # a broken file named explicitly is an error, not a silent default
+    (tmp_path / "bad.json").write_text("{}")
+    assert cli.main(["--models", str(tmp_path), "--late-fusion", str(tmp_path / "bad.json")]) == 2

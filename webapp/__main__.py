@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from core.config import add_dataclass_args, from_args  # noqa: E402
 
-from webapp.app import Settings  # noqa: E402
+from webapp.app import Settings, with_late_fusion_weights  # noqa: E402
 
 WS_SIZE_SLACK = 4  # the protocol layer drops messages over 4x the app limit; the app answers the rest
 HELP = {
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     parser.add_argument("--models", default="saved_models", help="folder holding ser/, fer/, fusion/ "
                         "(each model.keras + config.json) (default: saved_models)")
+    parser.add_argument("--late-fusion", default=None, help="late_fusion.json written by python -m fusion.late: "
+                        "its audio/face weights set --voice-weight/--face-weight (default: <models>/late_fusion.json "
+                        "when present and no weight is given on the command line)")
     parser.add_argument("--ssl-certfile", default=None, help="serve HTTPS (browsers only give camera access "
                         "to pages on localhost or HTTPS)")
     parser.add_argument("--ssl-keyfile", default=None)
@@ -57,6 +60,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from webapp.app import create_app
 
     settings = from_args(Settings, args)
+    late = args.late_fusion or os.path.join(args.models, "late_fusion.json")
+    weights_given = (settings.face_weight, settings.voice_weight) != (Settings.face_weight, Settings.voice_weight)
+    if args.late_fusion or (os.path.isfile(late) and not weights_given):
+        try:
+            settings = with_late_fusion_weights(settings, late)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"error: --late-fusion {late}: {exc}", file=sys.stderr)
+            return 2
+        logging.info("fusion weights from %s: face %.2f, voice %.2f", late, settings.face_weight,
+                     settings.voice_weight)
     if not os.path.isdir(args.models):
         logging.warning("models folder %s does not exist; the server starts with no models", args.models)
     app = create_app(args.models, settings)

@@ -60,6 +60,21 @@ class Settings:
     warmup: bool = True
 
 
+def with_late_fusion_weights(settings: Settings, path: str | Path) -> Settings:
+    """``settings`` with face/voice weights from a ``late_fusion.json`` (``{"weights": {"audio": a, "face": f}}``)."""
+    from dataclasses import replace
+
+    from fusion.late import load_weights
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    weights = load_weights(path)
+    voice, face = float(weights.get("audio", 0.0)), float(weights.get("face", 0.0))
+    if min(voice, face) < 0 or voice + face <= 0:
+        raise ValueError(f"weights must be non-negative and not both zero, got audio={voice}, face={face}")
+    return replace(settings, face_weight=face / (voice + face), voice_weight=voice / (voice + face))
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in (
         (400, "Undecodable or unusable media; 'detail' says why."),
