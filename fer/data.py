@@ -260,7 +260,8 @@ def make_augmenter(seed: int = 42, flip: bool = True, rotation: float = 0.05, zo
     if shift:
         steps.append(layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed, name="aug_shift"))
     if erasing:
-        steps.append(layers.RandomErasing(factor=erasing, scale=(0.02, 0.2), value_range=(0.0, 255.0), seed=seed,
+        # A single float would make Keras draw each image's probability from [0, erasing]: pass a fixed range.
+        steps.append(layers.RandomErasing(factor=(erasing, erasing), scale=(0.02, 0.2), value_range=(0.0, 255.0), seed=seed,
                                           name="aug_erasing"))
     return keras.Sequential(steps, name="augment")
 

@@ -152,6 +152,21 @@ def test_pipeline_augments_training_split_only():
     assert not np.allclose(np.sort(x, axis=0), np.sort(plain, axis=0))
 
 
+def test_erasing_blanks_a_rectangle_and_shift_moves_the_face():
+    import keras
+
+    images = np.full((4, 48, 48, 1), 200.0, np.float32)
+    erased = make_augmenter(seed=3, flip=False, rotation=0, zoom=0, brightness=0, erasing=1.0)(images, training=True)
+    changed = np.asarray(erased) != 200.0
+    assert changed.any(axis=(1, 2, 3)).all() and changed.mean() < 0.5  # every image, never most of it
+    ramp = np.tile(np.arange(48, dtype=np.float32), (4, 48, 1))[..., None]
+    shifted = make_augmenter(seed=3, flip=False, rotation=0, zoom=0, brightness=0, shift=0.2)(ramp, training=True)
+    assert not np.allclose(np.asarray(shifted), ramp)
+    names = [layer.name for layer in make_augmenter(shift=0.1, erasing=0.5).layers]
+    assert "aug_shift" in names and "aug_erasing" in names
+    assert isinstance(make_augmenter(), keras.Sequential)
+
+
 def test_cap_split_caps_training_only():
     from fer.data import cap_split
 

@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from fer.models import (WeightsUnavailableError, build_cnn, build_model, build_resnet50, compile_model,
-                        unfreeze_top)
+from fer.models import (SmoothedSparseCrossentropy, WeightsUnavailableError, build_cnn, build_model, build_resnet50,
+                        build_tiny, compile_model, unfreeze_top)
 
 AUTO_NAME = re.compile(r"^(conv2d|dense|dropout|batch_normalization|activation|max_pooling2d|flatten|"
-                       r"rescaling|resizing|concatenate|normalization|global_average_pooling2d|functional)(_\d+)?$")
+                       r"rescaling|resizing|concatenate|normalization|global_average_pooling2d|functional|separable_conv2d|add)(_\d+)?$")
 RESNET_SIZE = 32  # the smallest input ResNet50 accepts: keeps the tests fast
 
 
@@ -53,6 +53,32 @@ def test_cnn_shape_step_and_round_trip(tmp_path):
     _assert_named(model)
     _one_step_changes_weights(model)
     _round_trip(model, tmp_path / "cnn.keras")
+
+
+def test_tiny_is_under_one_megabyte_trains_and_round_trips(tmp_path):
+    model = build_tiny()
+    assert model.output_shape == (None, 7)
+    assert model.count_params() * 4 < 1_000_000  # float32 weights under 1 MB
+    assert [model.get_layer(f"block{i}_sepconv2").filters for i in (1, 2, 3, 4)] == [16, 32, 64, 128]
+    _assert_named(model)
+    compile_model(model, 1e-3, label_smoothing=0.1)
+    _one_step_changes_weights(model)
+    _round_trip(model, tmp_path / "tiny.keras")
+    assert (tmp_path / "tiny.keras").stat().st_size < 1_000_000
+    assert build_model("tiny", filters=(8, 16)).get_layer("block2_sepconv1").filters == 16
+
+
+def test_label_smoothing_matches_keras_on_one_hot_labels():
+    y_true = np.array([0, 3, 6])
+    y_pred = np.full((3, 7), 0.02, np.float32)
+    y_pred[np.arange(3), [0, 1, 6]] = 0.88
+    ours = SmoothedSparseCrossentropy(0.1)(y_true, y_pred)
+    reference = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(np.eye(7)[y_true], y_pred)
+    np.testing.assert_allclose(float(ours), float(reference), rtol=1e-5)
+    plain = keras.losses.SparseCategoricalCrossentropy()(y_true, y_pred)
+    assert float(ours) != pytest.approx(float(plain))  # smoothing changes the loss
+    restored = SmoothedSparseCrossentropy.from_config(SmoothedSparseCrossentropy(0.2).get_config())
+    assert restored.label_smoothing == 0.2
 
 
 def test_cnn_default_is_the_seed_architecture():

@@ -171,3 +171,26 @@ def test_evaluate_reproduces_the_test_metrics(cnn_run, fer_data, tmp_path):
     assert read_json(out2 / "metrics.json")["n"] == 72
     assert len(pd.read_csv(out2 / "predictions.csv")) == 72
     assert json.loads((out2 / "metrics.json").read_text())["trained_on"] == "fer2013"
+
+
+def test_warm_start_continues_from_a_trained_model(cnn_run, fer_data, tmp_path):
+    run = tmp_path / "warm"
+    start = keras.models.load_model(cnn_run / "model.keras")
+    rc = fer_train.main(["--model", "cnn", "--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "1",
+                         "--output", str(run), "--init-from", str(cnn_run / "model.keras"), "--learning-rate", "0.01",
+                         "--label-smoothing", "0.1", "--erasing", "0.5", *TINY])
+    assert rc == 0
+    warm = keras.models.load_model(run / "model.keras")
+    assert [w.shape for w in warm.get_weights()] == [w.shape for w in start.get_weights()]
+    assert any(not np.allclose(a, b) for a, b in zip(warm.get_weights(), start.get_weights()))
+    assert read_json(run / "config.json")["init_from"] == str(cnn_run / "model.keras")
+
+
+def test_tiny_model_trains_end_to_end(fer_data, tmp_path):
+    run = tmp_path / "tiny"
+    rc = fer_train.main(["--model", "tiny", "--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "1",
+                         "--output", str(run), "--batch-size", "16"])
+    assert rc == 0
+    model = keras.models.load_model(run / "model.keras")
+    assert model.name == "fer_tiny" and model.count_params() < 250_000
+    assert read_json(run / "metrics.json")["n"] == 14
