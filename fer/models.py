@@ -12,7 +12,7 @@ import os
 from typing import Sequence
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from core import weights as core_weights
 from core.labels import NUM_CLASSES
@@ -177,11 +177,31 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
         self.label_smoothing = label_smoothing
 
     def call(self, y_true, y_pred):
-        from keras import ops
-
         depth = ops.shape(y_pred)[-1]
         one_hot = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), depth)
         return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=self.label_smoothing)
 
     def get_config(self) -> dict:
         return super().get_config() | {"label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable(package="fer")
+class HorizontalFlip(keras.layers.Layer):
+    """Mirror images left-right (NHWC), at training and inference alike."""
+
+    def call(self, inputs):
+        return ops.flip(inputs, axis=2)
+
+
+def with_flip_average(model: keras.Model) -> keras.Model:
+    """A model with the same input and output whose output is the mean of ``model`` on x and on flipped x."""
+    inputs = keras.Input(model.input_shape[1:], name="face")
+    flipped = HorizontalFlip(name="flip")(inputs)
+    views = [model(inputs), model(flipped)]
+    views = [v[0] if isinstance(v, (list, tuple)) else v for v in views]  # a reloaded model returns a list
+    outputs = layers.Average(name="flip_average")(views)
+    return keras.Model(inputs, outputs, name=f"{model.name}_flip_tta")
+
+
+def is_flip_averaged(model: keras.Model) -> bool:
+    return any(isinstance(layer, HorizontalFlip) for layer in model.layers)

@@ -42,6 +42,8 @@ class FERPredictor:
         import keras
         import tensorflow as tf
 
+        import fer.models  # noqa: F401  registers the custom layers a saved model may hold (HorizontalFlip)
+
         if detector not in DETECTORS:
             raise ValueError(f"unknown face detector {detector!r}; choose one of {DETECTORS}")
         self.model_dir = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fer.models import (SmoothedSparseCrossentropy, WeightsUnavailableError, build_cnn, build_model, build_resnet50,
-                        build_tiny, compile_model, unfreeze_top)
+                        build_tiny, compile_model, is_flip_averaged, unfreeze_top, with_flip_average)
 
 AUTO_NAME = re.compile(r"^(conv2d|dense|dropout|batch_normalization|activation|max_pooling2d|flatten|"
                        r"rescaling|resizing|concatenate|normalization|global_average_pooling2d|functional|separable_conv2d|add)(_\d+)?$")
@@ -143,3 +143,15 @@ def test_bad_weights_path_and_size(tmp_path):
         build_resnet50(weights=None, image_size=16)
     with pytest.raises(ValueError, match="unknown model"):
         build_model("vgg")
+
+
+def test_flip_average_is_the_mean_of_both_views_and_round_trips(tmp_path):
+    model = build_cnn((48, 48, 1), 7, filters=(4, 8), dense_units=8)
+    x, _ = _batch(3, seed=2)
+    tta = with_flip_average(model)
+    expected = (model.predict_on_batch(x) + model.predict_on_batch(x[:, :, ::-1])) / 2
+    np.testing.assert_allclose(tta.predict_on_batch(x), expected, rtol=1e-5, atol=1e-6)
+    # a mirrored face gets exactly the same answer
+    np.testing.assert_allclose(tta.predict_on_batch(x[:, :, ::-1]), tta.predict_on_batch(x), rtol=1e-5, atol=1e-6)
+    assert is_flip_averaged(tta) and not is_flip_averaged(model)
+    _round_trip(tta, tmp_path / "tta.keras")

@@ -194,3 +194,35 @@ def test_tiny_model_trains_end_to_end(fer_data, tmp_path):
     model = keras.models.load_model(run / "model.keras")
     assert model.name == "fer_tiny" and model.count_params() < 250_000
     assert read_json(run / "metrics.json")["n"] == 14
+
+
+def test_flip_tta_is_decided_on_validation_and_rewrites_the_run(cnn_run, fer_data, tmp_path):
+    import shutil
+
+    from fer import tta
+    from fer.models import is_flip_averaged
+
+    run = tmp_path / "run"
+    shutil.copytree(cnn_run, run)
+    plain = keras.models.load_model(run / "model.keras")
+    # a gain no model can reach: the plain model stays
+    assert tta.main(["--model-dir", str(run), "--data-dir", str(fer_data), "--min-gain", "1.0"]) == 0
+    config = read_json(run / "config.json")
+    assert config["flip_tta"] is False and not (run / tta.PLAIN_FILE).exists()
+    assert not is_flip_averaged(keras.models.load_model(run / "model.keras"))
+    # any result keeps it: model.keras becomes the averaging model, reports are rewritten for it
+    shutil.rmtree(run)
+    shutil.copytree(cnn_run, run)
+    assert tta.main(["--model-dir", str(run), "--data-dir", str(fer_data), "--min-gain", "-1"]) == 0
+    averaged = keras.models.load_model(run / "model.keras")
+    assert is_flip_averaged(averaged) and (run / tta.PLAIN_FILE).is_file()
+    x = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 1)).astype(np.float32)
+    np.testing.assert_allclose(averaged.predict_on_batch(x),
+                               (plain.predict_on_batch(x) + plain.predict_on_batch(x[:, :, ::-1])) / 2, atol=1e-5)
+    assert read_json(run / "metrics.json")["flip_tta"] is True
+    assert read_json(run / "config.json")["flip_tta_validation"]["kept"] is True
+    # applying twice is refused
+    assert tta.main(["--model-dir", str(run), "--data-dir", str(fer_data)]) == 2
+    from fer.predict import FERPredictor
+
+    assert FERPredictor(run).predict_crops(x[..., 0]).shape == (2, 7)
