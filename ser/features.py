@@ -1,8 +1,10 @@
-"""MFCC + zero-crossing rate + RMS energy frame sequences, cached on disk and extracted in parallel.
+"""MFCC + zero-crossing rate + RMS energy frame sequences (or log-mel spectrograms), cached on disk and
+extracted in parallel.
 
 Shapes: a clip of ``max_seconds`` at ``sample_rate`` gives ``max_frames = 1 + max_seconds *
 sample_rate // hop_length`` frames (3 s at 16 kHz, hop 256 -> 188 frames) of
-``n_mfcc + 2`` features (40 MFCC, ZCR, RMS -> 42), or ``3 * (n_mfcc + 2)`` with deltas.
+``n_mfcc + 2`` features (40 MFCC, ZCR, RMS -> 42), or ``3 * (n_mfcc + 2)`` with deltas; with
+``kind="logmel"``, ``n_mels`` log-mel bands (64) instead.
 Leading/trailing silence is trimmed first; longer clips are cut to the first
 ``max_seconds``, shorter ones zero-padded at the end (after normalisation, so padding
 equals the training mean).
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = Path(os.environ.get("EMOTION_CACHE_DIR", Path.home() / ".cache" / "emotion-toolkit")) / "ser-features"
 
 
+FEATURE_KINDS = ("mfcc", "logmel")
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     sample_rate: int = 16_000
@@ -36,6 +41,8 @@ class FeatureConfig:
     trim_db: float = 30.0    # librosa.effects.trim threshold; 0 disables trimming
     deltas: bool = False     # append first and second derivatives
     utterance_norm: bool = False  # per-clip mean/variance normalisation: removes speaker and channel offsets
+    kind: str = "mfcc"       # mfcc (MFCC + ZCR + RMS) | logmel (log-mel spectrogram, for 2-D CNNs)
+    n_mels: int = 64
 
     @property
     def max_frames(self) -> int:
@@ -43,10 +50,18 @@ class FeatureConfig:
 
     @property
     def n_features(self) -> int:
-        return (self.n_mfcc + 2) * (3 if self.deltas else 1)
+        base = self.n_mels if self.kind == "logmel" else self.n_mfcc + 2
+        return base * (3 if self.deltas else 1)
+
+    def __post_init__(self) -> None:
+        if self.kind not in FEATURE_KINDS:
+            raise ValueError(f"unknown feature kind {self.kind!r}; choose one of {FEATURE_KINDS}")
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        fields = asdict(self)
+        if self.kind == "mfcc":  # MFCC caches written before log-mel existed stay valid
+            del fields["kind"], fields["n_mels"]
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def frames_from_waveform(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
@@ -59,10 +74,16 @@ def frames_from_waveform(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     y = y[: int(cfg.max_seconds * cfg.sample_rate)]
     if y.size < cfg.n_fft:
         y = np.pad(y, (0, cfg.n_fft - y.size))
-    mfcc = librosa.feature.mfcc(y=y, sr=cfg.sample_rate, n_mfcc=cfg.n_mfcc, n_fft=cfg.n_fft, hop_length=cfg.hop_length)
-    zcr = librosa.feature.zero_crossing_rate(y, frame_length=cfg.n_fft, hop_length=cfg.hop_length)
-    rms = librosa.feature.rms(y=y, frame_length=cfg.n_fft, hop_length=cfg.hop_length)
-    feats = np.vstack([mfcc, zcr, rms])
+    if cfg.kind == "logmel":
+        mel = librosa.feature.melspectrogram(y=y, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                                             n_mels=cfg.n_mels)
+        feats = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=80.0)
+    else:
+        mfcc = librosa.feature.mfcc(y=y, sr=cfg.sample_rate, n_mfcc=cfg.n_mfcc, n_fft=cfg.n_fft,
+                                    hop_length=cfg.hop_length)
+        zcr = librosa.feature.zero_crossing_rate(y, frame_length=cfg.n_fft, hop_length=cfg.hop_length)
+        rms = librosa.feature.rms(y=y, frame_length=cfg.n_fft, hop_length=cfg.hop_length)
+        feats = np.vstack([mfcc, zcr, rms])
     if cfg.deltas:
         width = min(9, feats.shape[1] - (1 - feats.shape[1] % 2))
         if width >= 3:

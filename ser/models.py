@@ -14,6 +14,7 @@ from core.labels import NUM_CLASSES
 from ser.layers import FeatureMasking
 
 CONV_FILTERS = (64, 128)
+CONV2D_FILTERS = (32, 64, 128, 128)
 KERNEL_SIZE = 5
 DROPOUT = 0.3
 
@@ -90,12 +91,29 @@ def build_attention(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES
     return keras.Model(inputs, classifier_head(x, num_classes), name="ser_attention")
 
 
+def build_cnn2d(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES,
+                spec_augment: bool = False) -> keras.Model:
+    """2-D CNN over the (time, feature) plane, for log-mel input: its filters slide along frequency too, so a
+    pattern is recognised at any pitch (voices differ in pitch more than in emotion cues)."""
+    inputs, x = model_input(input_shape, spec_augment)
+    x = layers.Reshape((*input_shape, 1), name="to_image")(x)
+    for i, f in enumerate(CONV2D_FILTERS, start=1):
+        x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"conv{i}_bn")(x)
+        x = layers.Activation("relu", name=f"conv{i}_relu")(x)
+        x = layers.MaxPooling2D(2, padding="same", name=f"conv{i}_pool")(x)  # "same": short inputs never shrink to 0
+        x = layers.SpatialDropout2D(0.1, name=f"conv{i}_dropout")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, classifier_head(x, num_classes), name="ser_cnn2d")
+
+
 MODELS: dict[str, Callable[..., keras.Model]] = {
     "cnn": build_cnn,
     "lstm": build_lstm,
     "bilstm": build_bilstm,
     "gru": build_gru,
     "attention": build_attention,
+    "cnn2d": build_cnn2d,
 }
 
 

@@ -114,6 +114,20 @@ def test_feature_shapes_and_padding():
     assert frames_from_waveform(synth.tone("sad"), deltas).shape[1] == deltas.n_features == 126
 
 
+def test_logmel_features_follow_the_spectrum_and_keep_mfcc_cache_keys():
+    cfg = FeatureConfig(max_seconds=1.0, kind="logmel", n_mels=32)
+    sr = cfg.sample_rate
+    t = np.arange(sr) / sr
+    low = frames_from_waveform((0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), cfg)
+    high = frames_from_waveform((0.3 * np.sin(2 * np.pi * 4000 * t)).astype(np.float32), cfg)
+    assert low.shape == (cfg.max_frames, 32) == (cfg.max_frames, cfg.n_features)
+    assert np.argmax(low.mean(axis=0)) < np.argmax(high.mean(axis=0))  # the energy moves up the mel bands
+    assert FeatureConfig().key() != FeatureConfig(kind="logmel").key()
+    assert FeatureConfig().key() == FeatureConfig(n_mels=32).key()  # n_mels is ignored for MFCC
+    with pytest.raises(ValueError, match="logmel"):
+        FeatureConfig(kind="cqt")
+
+
 def test_normalizer_uses_valid_frames_only(tmp_path):
     x = np.zeros((2, 4, 1), np.float32)
     x[0, :2, 0] = [1, 3]
