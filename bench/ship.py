@@ -26,6 +26,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True, choices=["ser", "fer", "fusion"])
     parser.add_argument("--run", required=True)
+    parser.add_argument("--name", default=None, help="folder under saved_models/ (default: the task, e.g. fer_tiny "
+                        "for a second face model)")
     parser.add_argument("--title", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", required=True)
@@ -34,7 +36,7 @@ def main() -> None:
     parser.add_argument("--row", action="append", default=[], help="extra card row 'name=value'")
     parser.add_argument("--notes", default="")
     args = parser.parse_args()
-    run, dest = Path(args.run), REPO / "saved_models" / args.task
+    run, dest = Path(args.run), REPO / "saved_models" / (args.name or args.task)
     dest.mkdir(parents=True, exist_ok=True)
     for name in KEEP:
         if (run / name).exists():
