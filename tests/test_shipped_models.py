@@ -39,29 +39,38 @@ def test_shipped_ser_tflite_agrees_with_keras(mode, repo_root):
         assert np.abs(a - b).max() < 0.05
 
 
-def test_shipped_fer_model_loads_and_is_deterministic(repo_root):
+FER_MODELS = ("fer", "fer_tiny")
+
+
+@pytest.mark.parametrize("name", FER_MODELS)
+def test_shipped_fer_model_loads_and_is_deterministic(name, repo_root):
     from fer.predict import DEFAULT_MODEL_DIR, FERPredictor
 
     assert DEFAULT_MODEL_DIR == repo_root / "saved_models" / "fer"
-    predictor = FERPredictor()
+    predictor = FERPredictor(repo_root / "saved_models" / name)
     assert tuple(predictor.class_names) == EMOTIONS
     assert predictor.model.input_shape[1:] == (48, 48, 1)
     face = np.random.default_rng(3).integers(0, 256, (2, 48, 48), dtype=np.uint8)
     first = predictor.predict_crops(face)
     assert first.shape == (2, 7) and np.allclose(first.sum(axis=1), 1, atol=1e-4)
     assert np.array_equal(predictor.predict_crops(face), first)
-    assert "FER2013" in (repo_root / "saved_models" / "fer" / "MODEL_CARD.md").read_text()
+    assert "FER2013" in (repo_root / "saved_models" / name / "MODEL_CARD.md").read_text()
 
 
+def test_shipped_tiny_fer_model_is_under_one_megabyte(repo_root):
+    assert (repo_root / "saved_models" / "fer_tiny" / "model.keras").stat().st_size < 1024 * 1024
+
+
+@pytest.mark.parametrize("name", FER_MODELS)
 @pytest.mark.parametrize("mode", ["float16", "int8"])
-def test_shipped_fer_tflite_agrees_with_keras(mode, repo_root):
+def test_shipped_fer_tflite_agrees_with_keras(mode, name, repo_root):
     from fer.predict import FERPredictor
 
     faces = np.random.default_rng(4).integers(0, 256, (3, 48, 48), dtype=np.uint8)
-    a = FERPredictor().predict_crops(faces)
-    b = FERPredictor(tflite=mode).predict_crops(faces)
+    a = FERPredictor(repo_root / "saved_models" / name).predict_crops(faces)
+    b = FERPredictor(repo_root / "saved_models" / name, tflite=mode).predict_crops(faces)
     assert b.shape == (3, 7) and np.abs(a - b).max() < 0.1
-    report = json.loads((repo_root / "saved_models" / "fer" / "export.json").read_text())
+    report = json.loads((repo_root / "saved_models" / name / "export.json").read_text())
     assert abs(report["exports"][mode]["accuracy_change"]) < 0.05
 
 
