@@ -42,7 +42,8 @@ def main() -> None:
         if (run / name).exists():
             shutil.copy2(run / name, dest / name)
     rows = dict(r.split("=", 1) for r in args.row)
-    card = write_model_card(dest, args.title, args.data, args.split, args.licence, args.command, rows, args.notes)
+    card = write_model_card(dest, args.title, args.data, args.split, args.licence, args.command, rows, args.notes,
+                            task=args.task)
     total = sum(p.stat().st_size for p in dest.iterdir()) / 1024
     print(f"shipped {run} -> {dest} ({total:.0f} KB); card {card}")
 

@@ -8,19 +8,27 @@ from typing import Mapping, Sequence
 from core.io import atomic_write, read_json
 
 
+def _parameters(model_dir: Path, config: Mapping) -> int:
+    if config.get("parameters"):
+        return int(config["parameters"])
+    import keras
+
+    return int(keras.models.load_model(model_dir / "model.keras", compile=False).count_params())
+
+
 def write_model_card(model_dir: str | os.PathLike, title: str, data: str, split: str, licence: str,
                      commands: Sequence[str], extra_rows: Mapping[str, str] | None = None,
-                     notes: str = "") -> Path:
+                     notes: str = "", task: str = "") -> Path:
     model_dir = Path(model_dir)
     config = read_json(model_dir / "config.json")
     metrics = read_json(model_dir / "metrics.json")
     size_kb = sum(p.stat().st_size for p in model_dir.glob("model.keras")) / 1024
     rows = {
-        "task": config.get("task", ""),
+        "task": config.get("task", task),
         "architecture": config.get("model", ""),
         "classes": ", ".join(config["class_names"]),
         "input": str(config.get("input_shape")),
-        "parameters": f"{config.get('parameters', 0):,}",
+        "parameters": f"{_parameters(model_dir, config):,}",
         "file size (model.keras)": f"{size_kb:.0f} KB",
         "training data": data,
         "split": split,

@@ -111,3 +111,23 @@ def test_ci_runs_the_readme_test_command(repo_root):
     command = "python -m pytest -q"
     assert command in (repo_root / "README.md").read_text()
     assert (repo_root / ".ci" / "run").read_text().strip().splitlines()[-1] == command
+
+
+def test_model_card_counts_parameters_and_names_the_task(tmp_path):
+    import keras
+
+    from core.io import write_json
+    from core.labels import EMOTIONS
+    from core.model_card import write_model_card
+
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(7, name="out")(inputs)).save(tmp_path / "model.keras")  # 35 weights
+    write_json(tmp_path / "config.json", {"model": "cnn", "class_names": list(EMOTIONS), "input_shape": [4]})
+    per_class = {e: {"precision": 0.5, "recall": 0.5, "f1-score": 0.5, "support": 2} for e in EMOTIONS}
+    write_json(tmp_path / "metrics.json", {"accuracy": 0.5, "n": 14, "f1_macro": 0.4, "f1_weighted": 0.45,
+                                           "per_class": per_class})
+    card = write_model_card(tmp_path, "Title", "some data", "a split", "CC0", ["python -m x"], {"extra": "1"},
+                            task="fer").read_text()
+    assert "| task | fer |" in card and "| parameters | 35 |" in card
+    assert "| test accuracy (a split) | 0.500 (n = 14) |" in card and "| extra | 1 |" in card
+    assert "python -m x" in card and "| neutral | 0.500 |" in card
