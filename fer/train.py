@@ -185,6 +185,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     input_shape = (cfg.image_size, cfg.image_size, 1)
     config_out = to_dict(cfg) | {"class_names": list(EMOTIONS), "input_shape": list(input_shape),
+                                 "built_with": model_kwargs(cfg),  # the builder's arguments after defaults
                                  "face_margin": FACE_MARGIN, "keras_version": keras.__version__}
     write_json(run_dir / "config.json", config_out)
 

@@ -193,6 +193,7 @@ def test_tiny_model_trains_end_to_end(fer_data, tmp_path):
     assert rc == 0
     model = keras.models.load_model(run / "model.keras")
     assert model.name == "fer_tiny" and model.count_params() < 250_000
+    assert read_json(run / "config.json")["built_with"]["filters"] == [16, 32, 64, 128]
     assert read_json(run / "metrics.json")["n"] == 14
 
 
