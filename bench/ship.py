@@ -21,6 +21,8 @@ KEEP = ("model.keras", "config.json", "normalization.npz", "metrics.json", "val_
 
 
 def main() -> None:
+    import importlib
+
     from core.model_card import write_model_card
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,6 +38,7 @@ def main() -> None:
     parser.add_argument("--row", action="append", default=[], help="extra card row 'name=value'")
     parser.add_argument("--notes", default="")
     args = parser.parse_args()
+    importlib.import_module(f"{args.task}.models")  # registers custom layers, so the card can count parameters
     run, dest = Path(args.run), REPO / "saved_models" / (args.name or args.task)
     dest.mkdir(parents=True, exist_ok=True)
     for name in KEEP:
