@@ -212,6 +212,35 @@ def split_faceset(data: FaceSet, val_fraction: float, test_fraction: float, seed
     return splits.astype(str)
 
 
+def drop_duplicates(images: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    """Mark exact-duplicate training images 'unused'; returns the new splits and what was dropped.
+
+    FER2013 holds byte-identical faces, some under different labels. A training copy of a validation or
+    test image leaks it into training; identical training images with different labels teach nothing but
+    noise; further copies with the same label only re-weight. Validation and test are never changed.
+    """
+    import hashlib
+
+    splits = np.array(splits, dtype=object)
+    digests = [hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest() for img in images]
+    held_out = {d for d, s in zip(digests, splits) if s in ("val", "test")}
+    labels_of: dict[str, set[int]] = {}
+    for d, label, s in zip(digests, labels, splits):
+        if s == "train":
+            labels_of.setdefault(d, set()).add(int(label))
+    report = {"copy_of_held_out": 0, "conflicting_labels": 0, "repeated": 0}
+    seen: set[str] = set()
+    for i in np.flatnonzero(splits == "train"):
+        d = digests[i]
+        reason = ("copy_of_held_out" if d in held_out else "conflicting_labels" if len(labels_of[d]) > 1
+                  else "repeated" if d in seen else None)
+        seen.add(d)
+        if reason:
+            splits[i] = "unused"
+            report[reason] += 1
+    return splits.astype(str), report
+
+
 def cap_split(labels: np.ndarray, splits: np.ndarray, part: str, max_per_class: int, seed: int) -> np.ndarray:
     """Keep at most ``max_per_class`` items per class in ``part``; the rest become 'unused'.
 

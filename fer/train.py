@@ -50,6 +50,7 @@ class TrainConfig:
     erasing: float = 0.0
     label_smoothing: float = 0.0
     init_from: str = ""
+    dedupe: bool = False
     class_weighting: bool = True
     val_fraction: float = 0.1
     test_fraction: float = 0.2
@@ -83,6 +84,8 @@ HELP = {
     "shift": "augmentation: random shift as a fraction of the side (0 = off)",
     "erasing": "augmentation: probability of erasing one random rectangle (0 = off)",
     "label_smoothing": "label smoothing of the cross-entropy (0 = off)",
+    "dedupe": "drop exact-duplicate training images: copies of validation/test images, copies with conflicting "
+              "labels, repeats (counted in data_report.json)",
     "init_from": "warm start: a model.keras to continue training from (same architecture; a fresh optimizer)",
     "class_weighting": "weight the loss by inverse class frequency",
     "val_fraction": "validation fraction (of subjects for jaffe/ckplus) when the corpus has no validation part",
@@ -117,12 +120,16 @@ def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
 
 def load_split(cfg: TrainConfig):
     """The corpus as a FaceSet and the split of each item."""
-    from fer.data import cap_split, load_corpus, split_faceset
+    from fer.data import cap_split, drop_duplicates, load_corpus, split_faceset
 
     data = load_corpus(cfg.dataset, cfg.data_dir, size=cfg.image_size, max_per_class=cfg.max_per_class,
                        seed=cfg.seed, detector=cfg.detector, slug=cfg.slug)
     splits = split_faceset(data, cfg.val_fraction, cfg.test_fraction, cfg.seed,
                            _csv(cfg.val_subjects), _csv(cfg.test_subjects))
+    if cfg.dedupe:
+        splits, dropped = drop_duplicates(data.images, data.labels, splits)
+        data.notes.append(f"duplicates dropped from training: {dropped}")
+        log.info("duplicates dropped from training: %s", dropped)
     if cfg.max_train_per_class:
         splits = cap_split(data.labels, splits, "train", cfg.max_train_per_class, cfg.seed)
     return data, splits

@@ -167,6 +167,25 @@ def test_erasing_blanks_a_rectangle_and_shift_moves_the_face():
     assert isinstance(make_augmenter(), keras.Sequential)
 
 
+def test_drop_duplicates_removes_leaks_conflicts_and_repeats_from_training_only():
+    from fer.data import drop_duplicates
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 48, 48), dtype=np.uint8)
+    images[1] = images[6]              # a training copy of a test image
+    images[3] = images[2]              # the same face twice in training, different labels
+    images[5] = images[4]              # the same face twice in training, same label
+    images[7] = images[6]              # a duplicate inside the test split stays
+    labels = np.array([0, 1, 2, 3, 4, 4, 5, 5])
+    splits = np.array(["train"] * 6 + ["test", "test"])
+    out, report = drop_duplicates(images, labels, splits)
+    assert out.tolist() == ["train", "unused", "unused", "unused", "train", "unused", "test", "test"]
+    assert report == {"copy_of_held_out": 1, "conflicting_labels": 2, "repeated": 1}
+    clean = rng.integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    assert drop_duplicates(clean, np.arange(3), np.array(["train", "val", "test"]))[0].tolist() == [
+        "train", "val", "test"]
+
+
 def test_cap_split_caps_training_only():
     from fer.data import cap_split
 

@@ -178,12 +178,13 @@ def test_warm_start_continues_from_a_trained_model(cnn_run, fer_data, tmp_path):
     start = keras.models.load_model(cnn_run / "model.keras")
     rc = fer_train.main(["--model", "cnn", "--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "1",
                          "--output", str(run), "--init-from", str(cnn_run / "model.keras"), "--learning-rate", "0.01",
-                         "--label-smoothing", "0.1", "--erasing", "0.5", *TINY])
+                         "--label-smoothing", "0.1", "--erasing", "0.5", "--dedupe", "true", *TINY])
     assert rc == 0
     warm = keras.models.load_model(run / "model.keras")
     assert [w.shape for w in warm.get_weights()] == [w.shape for w in start.get_weights()]
     assert any(not np.allclose(a, b) for a, b in zip(warm.get_weights(), start.get_weights()))
     assert read_json(run / "config.json")["init_from"] == str(cnn_run / "model.keras")
+    assert any("duplicates dropped from training" in note for note in read_json(run / "data_report.json")["notes"])
 
 
 def test_tiny_model_trains_end_to_end(fer_data, tmp_path):
