@@ -1,0 +1,25 @@
+"""The peer adapter of bench/bench_fer_peer.py: input scaling and the FER2013 -> schema label order."""
+import sys
+
+import keras
+import numpy as np
+
+from core.labels import EMOTION_INDEX
+
+
+def test_peer_adapter_rescales_resizes_and_reorders_labels(tmp_path, repo_root):
+    sys.path.insert(0, str(repo_root / "bench"))
+    import bench_fer_peer as bench
+
+    # A stand-in peer: 64x64x1 in [-1, 1]; its logits favour FER2013 class 3 (happy) for bright faces
+    # and class 0 (angry) for dark ones.
+    inputs = keras.Input((64, 64, 1))
+    mean = keras.layers.GlobalAveragePooling2D()(inputs)
+    logits = keras.layers.Dense(7, kernel_initializer=keras.initializers.Constant(
+        np.array([[-20, 0, 0, 20, 0, 0, 0]], np.float32)), bias_initializer="zeros")(mean)
+    keras.Model(inputs, keras.layers.Softmax()(logits)).save(tmp_path / "peer.keras")
+    peer = bench.Peer(str(tmp_path / "peer.keras"))
+    faces = np.stack([np.full((48, 48), 250, np.uint8), np.full((48, 48), 5, np.uint8)])
+    probs = peer.predict(faces)
+    assert probs.shape == (2, 7) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert probs[0].argmax() == EMOTION_INDEX["happy"] and probs[1].argmax() == EMOTION_INDEX["angry"]
