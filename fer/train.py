@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -116,6 +116,16 @@ def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         return {"filters": [int(f) for f in _csv(filters)], "dropout": cfg.dropout}
     return {"weights": cfg.weights, "image_size": cfg.resnet_size, "dense_units": max(1, cfg.dense_units // 2),
             "dropout": cfg.dropout}
+
+
+def run_config(config: dict[str, Any], data_dir: str | None = None) -> TrainConfig:
+    """The TrainConfig of a finished run, from its config.json (extra keys ignored), optionally with the data
+    somewhere else: ``load_split(run_config(...))`` re-creates the run's exact split."""
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in config.items() if k in known})
+    if data_dir:
+        cfg.data_dir = data_dir
+    return cfg
 
 
 def load_split(cfg: TrainConfig):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,16 +44,10 @@ HELP = {
 }
 
 
-def _accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int) -> tuple[float, np.ndarray]:
-    probs = model.predict(images[..., None].astype(np.float32), batch_size=batch_size, verbose=0)
-    predicted = probs.argmax(axis=1)
-    return float(np.mean(predicted == labels)), predicted
-
-
 def apply(cfg: TTAConfig) -> dict[str, Any]:
     """Decide on validation; returns {"val_plain", "val_flip", "kept", ...}."""
     from core.reports import format_summary, write_report
-    from fer.train import TrainConfig, load_split
+    from fer.train import load_split, predict_labels, run_config
 
     run_dir = Path(cfg.model_dir)
     if not (run_dir / "model.keras").is_file() or not (run_dir / "config.json").is_file():
@@ -62,15 +56,14 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
     if is_flip_averaged(model) or config.get("flip_tta"):
         raise ValueError(f"{run_dir}/model.keras already averages flips")
-    known = {f.name for f in fields(TrainConfig)}
-    train_cfg = TrainConfig(**{k: v for k, v in config.items() if k in known})
-    if cfg.data_dir:
-        train_cfg.data_dir = cfg.data_dir
+    train_cfg = run_config(config, cfg.data_dir)
     data, splits = load_split(train_cfg)
     val, test = splits == "val", splits == "test"
     flip_model = with_flip_average(model)
-    val_plain, _ = _accuracy(model, data.images[val], data.labels[val], cfg.batch_size)
-    val_flip, _ = _accuracy(flip_model, data.images[val], data.labels[val], cfg.batch_size)
+    val_pred_plain = predict_labels(model, data.images[val], cfg.batch_size)
+    val_pred_flip = predict_labels(flip_model, data.images[val], cfg.batch_size)
+    val_plain = float(np.mean(val_pred_plain == data.labels[val]))
+    val_flip = float(np.mean(val_pred_flip == data.labels[val]))
     kept = val_flip > val_plain + cfg.min_gain
     result = {"val_accuracy_plain": val_plain, "val_accuracy_flip": val_flip, "kept": bool(kept)}
     print(f"validation accuracy: plain {val_plain:.4f}, flip-averaged {val_flip:.4f} -> "
@@ -80,10 +73,9 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
         save_model(flip_model, run_dir / "model.keras")
         extra = {"dataset": train_cfg.dataset, "model": train_cfg.model, "params": int(model.count_params()),
                  "flip_tta": True}
-        _, predicted = _accuracy(flip_model, data.images[val], data.labels[val], cfg.batch_size)
-        write_report(run_dir, data.labels[val], predicted, extra=extra | {"split": "val"}, prefix="val_")
+        write_report(run_dir, data.labels[val], val_pred_flip, extra=extra | {"split": "val"}, prefix="val_")
         if test.any():
-            _, predicted = _accuracy(flip_model, data.images[test], data.labels[test], cfg.batch_size)
+            predicted = predict_labels(flip_model, data.images[test], cfg.batch_size)
             metrics = write_report(run_dir, data.labels[test], predicted, extra=extra | {"split": "test"})
             print(f"test (flip-averaged): {format_summary(metrics)}")
     write_json(run_dir / "config.json", config | {"flip_tta": bool(kept), "flip_tta_validation": result})
