@@ -72,11 +72,15 @@ def random_split(labels: Sequence[int], val_fraction: float, test_fraction: floa
 
 
 def make_callbacks(run_dir: str | os.PathLike, patience: int = 10, lr_patience: int = 4,
-                   monitor: str = "val_accuracy", reduce_lr: bool = True) -> list:
-    """Checkpoint best model, back up every epoch for resume, stop early, lower LR on plateau, log CSV."""
+                   monitor: str = "val_accuracy", reduce_lr: bool = True, validation: bool = True) -> list:
+    """Checkpoint best model, back up every epoch for resume, stop early, lower LR on plateau, log CSV.
+    Without ``validation`` (a final fit on all the data) only the resume backup and the CSV log remain."""
     import keras
 
     run_dir = Path(run_dir)
+    if not validation:
+        return [keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints"), delete_checkpoint=True),
+                keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)]
     mode = "max" if "acc" in monitor else "min"
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints"), delete_checkpoint=True),

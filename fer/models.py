@@ -160,8 +160,9 @@ def build_model(name: str, input_shape: Sequence[int] = INPUT_SHAPE, num_classes
     raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
 
 
-def compile_model(model: keras.Model, learning_rate: float, label_smoothing: float = 0.0) -> keras.Model:
-    """Adam + cross-entropy on integer labels; label smoothing (which needs one-hot targets) is applied
+def compile_model(model: keras.Model, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+                  label_smoothing: float = 0.0) -> keras.Model:
+    """Adam (a fixed rate or a schedule) + cross-entropy on integer labels; label smoothing (which needs one-hot targets) is applied
     inside the loss so the datasets stay integer-labelled."""
     loss = (SmoothedSparseCrossentropy(label_smoothing) if label_smoothing
             else keras.losses.SparseCategoricalCrossentropy())

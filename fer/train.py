@@ -25,6 +25,7 @@ log = logging.getLogger("fer.train")
 
 STAGE1_FILE = "stage1.keras"  # the finished first stage of a two-stage resnet50 run (for resume)
 STAGE1_INFO = "stage1.json"
+SCHEDULES = ("plateau", "cosine")
 
 
 @dataclass
@@ -49,6 +50,7 @@ class TrainConfig:
     shift: float = 0.1
     erasing: float = 0.0
     label_smoothing: float = 0.0
+    schedule: str = "plateau"
     init_from: str = ""
     dedupe: bool = False
     class_weighting: bool = True
@@ -84,6 +86,8 @@ HELP = {
     "shift": "augmentation: random shift as a fraction of the side (0 = off)",
     "erasing": "augmentation: probability of erasing one random rectangle (0 = off)",
     "label_smoothing": "label smoothing of the cross-entropy (0 = off)",
+    "schedule": "learning rate: plateau (halve when validation loss stalls) or cosine (decay to 0 over --epochs; "
+                "raise --patience to run them all)",
     "dedupe": "drop exact-duplicate training images: copies of validation/test images, copies with conflicting "
               "labels, repeats (counted in data_report.json)",
     "init_from": "warm start: a model.keras to continue training from (same architecture; a fresh optimizer)",
@@ -158,10 +162,22 @@ def predict_labels(model, images: np.ndarray, batch_size: int = 256) -> np.ndarr
     return np.argmax(probs, axis=1)
 
 
+def learning_rate(cfg: TrainConfig, base: float, steps_per_epoch: int, epochs: int):
+    """A float for the plateau schedule (ReduceLROnPlateau owns it), else a cosine decay over ``epochs``."""
+    import keras
+
+    if cfg.schedule == "plateau":
+        return base
+    if cfg.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(base, max(1, epochs * steps_per_epoch))
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
+
+
 def _fit(model, cfg: TrainConfig, run_dir: Path, train_ds, val_ds, weights, epochs: int, initial_epoch: int = 0):
     from core.training import make_callbacks
 
-    callbacks = make_callbacks(run_dir, patience=cfg.patience, lr_patience=cfg.lr_patience, monitor="val_accuracy")
+    callbacks = make_callbacks(run_dir, patience=cfg.patience, lr_patience=cfg.lr_patience, monitor="val_accuracy",
+                               reduce_lr=cfg.schedule == "plateau")
     return model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
                      class_weight=weights, callbacks=callbacks, shuffle=False, verbose=2)  # tf.data shuffles
 
@@ -183,6 +199,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; choose one of {MODELS}")
+    if cfg.schedule not in SCHEDULES:  # fail before loading the data
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
     if cfg.model == "resnet50":
         resolve_weights(cfg.weights)  # fail before loading data when the weights are unavailable
     set_seed(cfg.seed)
@@ -226,7 +244,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             model = keras.models.load_model(cfg.init_from, compile=False)
         else:
             model = build_model(cfg.model, input_shape, NUM_CLASSES, **model_kwargs(cfg))
-        compile_model(model, cfg.learning_rate, cfg.label_smoothing)
+        compile_model(model, learning_rate(cfg, cfg.learning_rate, len(train_ds), cfg.epochs), cfg.label_smoothing)
         history = _fit(model, cfg, run_dir, train_ds, val_ds, weights, cfg.epochs)
         # Absolute epoch numbers (a resumed fit starts at the restored epoch); early stopping may end sooner.
         done = max(history.epoch) + 1 if history.epoch else cfg.epochs
@@ -237,7 +255,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if two_stage:
         n = unfreeze_top(model, cfg.fine_tune_layers)
         log.info("stage 2: %d base layers unfrozen, learning rate %g", n, cfg.fine_tune_lr)
-        compile_model(model, cfg.fine_tune_lr, cfg.label_smoothing)
+        compile_model(model, learning_rate(cfg, cfg.fine_tune_lr, len(train_ds), cfg.fine_tune_epochs),
+                      cfg.label_smoothing)
         _fit(model, cfg, run_dir, train_ds, val_ds, weights, done + cfg.fine_tune_epochs, initial_epoch=done)
         model = _best_or(model, run_dir)
 

@@ -46,6 +46,7 @@ class TrainConfig:
     spec_augment: bool = False       # SpecAugment-style time/feature masking in the model (training only)
     patience: int = 12
     augment: int = 1                 # augmented copies of each training clip (noise, pitch, stretch)
+    refit: bool = False              # final fit: validation speakers join training, last weights kept
     seed: int = 42
     output: str = "runs/ser"
     cache_dir: str = str(DEFAULT_CACHE_DIR)  # "" disables the feature cache
@@ -74,6 +75,8 @@ HELP = {
     "data_dir": "folder holding the corpora (or one corpus); default $EMOTION_DATA_DIR, else kagglehub",
     "split": "speaker (whole speakers held out) or random (leaks speakers)",
     "output": "run folder; re-running with the same folder resumes",
+    "refit": "final fit once the recipe is chosen on validation: the validation speakers join training, all "
+             "--epochs run and the last weights are kept (needs --schedule cosine); test speakers stay held out",
 }
 
 
@@ -108,9 +111,13 @@ def run(cfg: TrainConfig) -> dict:
         raise RuntimeError("no readable clips: every file failed to load (see warnings)")
     splits = split_clips(clips, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.seed,
                          _csv(cfg.val_speakers), _csv(cfg.test_speakers))
+    if cfg.refit:
+        if cfg.schedule != "cosine":
+            raise ValueError("--refit has no validation split to stop on or lower the rate by: use --schedule cosine")
+        splits = np.where(splits == "val", "train", splits)
     _write_split(out, clips, splits, corpus_reports)
     part = {name: [i for i, s in enumerate(splits) if s == name] for name in ("train", "val", "test")}
-    if not part["train"] or not part["val"]:
+    if not part["train"] or not (part["val"] or cfg.refit):
         raise RuntimeError(f"empty train or validation split: {({k: len(v) for k, v in part.items()})}")
 
     train_clips = [clips[i] for i in part["train"]]
@@ -126,8 +133,8 @@ def run(cfg: TrainConfig) -> dict:
         aug_y.append(ay)
     x_train, y_train = np.concatenate(aug_x), np.concatenate(aug_y)
     sets = {name: to_arrays([feats[i] for i in part[name]], [clips[i] for i in part[name]], fcfg, normalizer)
-            for name in ("val", "test")}
-    x_val, y_val, _ = sets["val"]
+            for name in ("val", "test") if part[name]}
+    validation = (sets["val"][0], keras.utils.to_categorical(sets["val"][1], NUM_CLASSES)) if "val" in sets else None
 
     model = build_model(cfg.model, (fcfg.max_frames, fcfg.n_features), NUM_CLASSES, cfg.spec_augment)
     train_data = training_dataset(x_train, y_train, cfg)
@@ -140,11 +147,10 @@ def run(cfg: TrainConfig) -> dict:
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                   metrics=["accuracy"])
     log.info("%s: %d parameters; train %d (with augmentation), val %d, test %d",
-             cfg.model, model.count_params(), len(x_train), len(x_val), len(part["test"]))
-    model.fit(train_data, validation_data=(x_val, keras.utils.to_categorical(y_val, NUM_CLASSES)),
-              epochs=cfg.epochs, verbose=2,
+             cfg.model, model.count_params(), len(x_train), len(part["val"]), len(part["test"]))
+    model.fit(train_data, validation_data=validation, epochs=cfg.epochs, verbose=2,
               callbacks=make_callbacks(out, cfg.patience, max(2, cfg.patience // 3),
-                                       reduce_lr=cfg.schedule == "plateau"))
+                                       reduce_lr=cfg.schedule == "plateau", validation=validation is not None))
 
     save_model(model, out / "model.keras")
     normalizer.save(out / "normalization.npz")
@@ -158,9 +164,9 @@ def run(cfg: TrainConfig) -> dict:
     plot_history(read_history(out), out)
     results = {}
     for name, prefix in (("val", "val_"), ("test", "")):
-        x, y, _ = sets[name]
-        if len(y) == 0:
+        if name not in sets:
             continue
+        x, y, _ = sets[name]
         pred = np.argmax(model.predict(x, batch_size=256, verbose=0), axis=1)
         results[name] = write_report(out, y, pred, extra={"split": f"{cfg.split} ({name})", "model": cfg.model,
                                                           "corpora": cfg.corpora}, prefix=prefix)

@@ -228,3 +228,20 @@ def test_flip_tta_is_decided_on_validation_and_rewrites_the_run(cnn_run, fer_dat
     from fer.predict import FERPredictor
 
     assert FERPredictor(run).predict_crops(x[..., 0]).shape == (2, 7)
+
+
+def test_cosine_schedule_decays_over_the_run_and_unknown_schedules_fail(fer_data, tmp_path, capsys):
+    cfg = fer_train.TrainConfig(schedule="cosine")
+    rate = fer_train.learning_rate(cfg, 0.01, steps_per_epoch=10, epochs=3)
+    assert float(rate(0)) == pytest.approx(0.01) and float(rate(15)) == pytest.approx(0.005, rel=1e-3)
+    assert float(rate(30)) == pytest.approx(0.0, abs=1e-7)
+    assert fer_train.learning_rate(fer_train.TrainConfig(), 0.01, 10, 3) == 0.01  # plateau: a plain rate
+
+    run = tmp_path / "cosine"
+    rc = fer_train.main(["--model", "cnn", "--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "2",
+                         "--output", str(run), "--schedule", "cosine", *TINY])
+    assert rc == 0 and read_json(run / "config.json")["schedule"] == "cosine"
+    assert "learning_rate" not in pd.read_csv(run / "history.csv")  # no ReduceLROnPlateau fighting the schedule
+    rc = fer_train.main(["--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "1", "--output",
+                         str(tmp_path / "bad"), "--schedule", "step", *TINY])
+    assert rc == 2 and "unknown schedule" in capsys.readouterr().err

@@ -95,6 +95,28 @@ def test_train_with_mixup_cosine_masking_and_utterance_norm(trained, tmp_path):
     assert ser_predict.SERPredictor(out).predict_waveform(synth.tone("sad"), 16_000).shape == (7,)
 
 
+def test_refit_trains_on_validation_speakers_and_keeps_test_held_out(trained, tmp_path):
+    root, first, _ = trained
+    out = tmp_path / "refit"
+    argv = _argv(root, out, tmp_path / "cache", "--epochs", "2", "--augment", "0", "--schedule", "cosine",
+                 "--refit", "true")
+    assert ser_train.main(argv) == 0
+    split, before = pd.read_csv(out / "split.csv"), pd.read_csv(first / "split.csv")
+    assert set(split["split"]) == {"train", "test"}
+    was_val = before["split"] == "val"
+    assert was_val.any() and (split.loc[was_val, "split"] == "train").all()
+    assert split.loc[before["split"] == "test", "split"].eq("test").all()
+    assert not (out / "val_metrics.json").exists() and (out / "metrics.json").exists()
+    assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0, 1]  # no early stop: every epoch ran
+
+
+def test_refit_needs_a_fixed_schedule(trained, tmp_path, capsys):
+    root, _, _ = trained
+    argv = _argv(root, tmp_path / "r", tmp_path / "cache", "--refit", "true")
+    assert ser_train.main(argv) == 2
+    assert "--schedule cosine" in capsys.readouterr().err
+
+
 def test_train_reports_missing_data_folder(tmp_path, capsys):
     assert ser_train.main(["--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
