@@ -195,14 +195,51 @@ class HorizontalFlip(keras.layers.Layer):
         return ops.flip(inputs, axis=2)
 
 
-def with_flip_average(model: keras.Model) -> keras.Model:
-    """A model with the same input and output whose output is the mean of ``model`` on x and on flipped x."""
+@keras.saving.register_keras_serializable(package="fer")
+class Shift(keras.layers.Layer):
+    """Move images (NHWC) by ``dx`` / ``dy`` pixels, mirroring the border into the gap: a shifted crop."""
+
+    def __init__(self, dx: int = 0, dy: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.dx, self.dy = int(dx), int(dy)
+
+    def call(self, inputs):
+        m = max(abs(self.dx), abs(self.dy))
+        if m == 0:
+            return inputs
+        padded = ops.pad(inputs, [[0, 0], [m, m], [m, m], [0, 0]], mode="symmetric")
+        h, w = ops.shape(inputs)[1], ops.shape(inputs)[2]
+        return padded[:, m - self.dy:m - self.dy + h, m - self.dx:m - self.dx + w, :]
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"dx": self.dx, "dy": self.dy}
+
+
+def tta_offsets(shift: int) -> list[tuple[int, int]]:
+    """The centre, and with ``shift`` > 0 the four crops moved that many pixels left, right, up and down."""
+    if shift < 0:
+        raise ValueError(f"shift must be >= 0 pixels, got {shift}")
+    return [(0, 0)] + ([(shift, 0), (-shift, 0), (0, shift), (0, -shift)] if shift else [])
+
+
+def with_tta(model: keras.Model, shift: int = 0) -> keras.Model:
+    """A model with the same input and output whose output is the mean of ``model`` over the face and its
+    mirror image, each at the centre and (``shift`` > 0) moved ``shift`` pixels in four directions."""
     inputs = keras.Input(model.input_shape[1:], name="face")
     flipped = HorizontalFlip(name="flip")(inputs)
-    views = [model(inputs), model(flipped)]
+    views = []
+    for dx, dy in tta_offsets(shift):
+        for source, tag in ((inputs, ""), (flipped, "flip_")):
+            moved = Shift(dx, dy, name=f"{tag}shift_{dx}_{dy}")(source) if (dx, dy) != (0, 0) else source
+            views.append(model(moved))
     views = [v[0] if isinstance(v, (list, tuple)) else v for v in views]  # a reloaded model returns a list
-    outputs = layers.Average(name="flip_average")(views)
-    return keras.Model(inputs, outputs, name=f"{model.name}_flip_tta")
+    outputs = layers.Average(name="flip_average" if not shift else "tta_average")(views)
+    return keras.Model(inputs, outputs, name=f"{model.name}_flip_tta" if not shift else f"{model.name}_tta")
+
+
+def with_flip_average(model: keras.Model) -> keras.Model:
+    """A model with the same input and output whose output is the mean of ``model`` on x and on flipped x."""
+    return with_tta(model, shift=0)
 
 
 def is_flip_averaged(model: keras.Model) -> bool:

@@ -1,12 +1,14 @@
-"""Test-time flip averaging: a face model that averages its predictions for the face and its mirror image.
+"""Test-time augmentation: a face model that averages its predictions over the face and its mirror image,
+and optionally over crops moved a few pixels.
 
-    python -m fer.tta --model-dir runs/fer_cnn --data-dir ../shared/data
+    python -m fer.tta --model-dir runs/fer_cnn --data-dir ../shared/data            # flips
+    python -m fer.tta --model-dir runs/fer_tiny --data-dir ../shared/data --shift 2  # flips, or flips x 5 crops
 
-Faces are (nearly) left-right symmetric and the models are trained with random flips, so averaging both
-views removes some of the noise of one view for twice the compute. The CLI scores the run's validation split
-with and without flipping and, only when flipping is better on validation, replaces ``model.keras`` by the
-averaging model (the plain one is kept as ``model_plain.keras``) and rewrites the run's reports. The test
-split is reported, never used to decide.
+Faces are (nearly) left-right symmetric and the models are trained with random flips and shifts, so
+averaging views removes some of the noise of one view, for 2 (flips) or 10 (flips x 5 crops) times the
+compute. The CLI scores the run's validation split plain and with each candidate and, only when the best
+candidate beats the plain model on validation, replaces ``model.keras`` by it (the plain one is kept as
+``model_plain.keras``) and rewrites the run's reports. The test split is reported, never used to decide.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 from core.config import parse_config
 from core.datasets import DatasetNotFoundError
 from core.io import read_json, save_model, write_json
-from fer.models import is_flip_averaged, with_flip_average
+from fer.models import is_flip_averaged, with_tta
 
 log = logging.getLogger("fer.tta")
 
@@ -35,17 +37,20 @@ class TTAConfig:
     data_dir: str | None = None
     batch_size: int = 256
     min_gain: float = 0.0
+    shift: int = 0
 
 
 HELP = {
     "model_dir": "a finished fer.train run folder (model.keras, config.json)",
     "data_dir": "the corpus the run was trained on (as for fer.train)",
-    "min_gain": "keep flip averaging only when it raises validation accuracy by more than this",
+    "min_gain": "keep test-time averaging only when it raises validation accuracy by more than this",
+    "shift": "also try averaging 5 crops (centre, and moved this many pixels left/right/up/down) of both flips; "
+             "0 = flips only",
 }
 
 
 def apply(cfg: TTAConfig) -> dict[str, Any]:
-    """Decide on validation; returns {"val_plain", "val_flip", "kept", ...}."""
+    """Decide on validation; returns {"val_accuracy_plain", "val_accuracy_flip", ..., "kept", "shift"}."""
     from core.reports import format_summary, write_report
     from fer.train import load_split, predict_labels, run_config
 
@@ -56,36 +61,48 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
     if is_flip_averaged(model) or config.get("flip_tta"):
         raise ValueError(f"{run_dir}/model.keras already averages flips")
+    if cfg.shift < 0:
+        raise ValueError(f"--shift must be >= 0 pixels, got {cfg.shift}")
     train_cfg = run_config(config, cfg.data_dir)
     data, splits = load_split(train_cfg)
     val, test = splits == "val", splits == "test"
-    flip_model = with_flip_average(model)
     val_pred_plain = predict_labels(model, data.images[val], cfg.batch_size)
-    val_pred_flip = predict_labels(flip_model, data.images[val], cfg.batch_size)
     val_plain = float(np.mean(val_pred_plain == data.labels[val]))
-    val_flip = float(np.mean(val_pred_flip == data.labels[val]))
-    kept = val_flip > val_plain + cfg.min_gain
-    result = {"val_accuracy_plain": val_plain, "val_accuracy_flip": val_flip, "kept": bool(kept)}
-    print(f"validation accuracy: plain {val_plain:.4f}, flip-averaged {val_flip:.4f} -> "
-          f"{'flip averaging kept' if kept else 'plain model kept'}")
+    result: dict[str, Any] = {"val_accuracy_plain": val_plain}
+    best = None  # (accuracy, shift, model, validation predictions)
+    for shift in sorted({0, cfg.shift}):
+        candidate = with_tta(model, shift)
+        predicted = predict_labels(candidate, data.images[val], cfg.batch_size)
+        accuracy = float(np.mean(predicted == data.labels[val]))
+        result["val_accuracy_flip" if shift == 0 else f"val_accuracy_flip_shift{shift}"] = accuracy
+        if best is None or accuracy > best[0]:
+            best = (accuracy, shift, candidate, predicted)
+    kept = best[0] > val_plain + cfg.min_gain
+    result |= {"kept": bool(kept), "shift": best[1] if kept else None}
+    scores = ", ".join(f"{k.removeprefix('val_accuracy_')} {v:.4f}" for k, v in result.items()
+                       if k.startswith("val_accuracy_"))
+    choice = (f"flips x 5 crops (shift {best[1]}) kept" if best[1] else "flips kept") if kept else "plain model kept"
+    print(f"validation accuracy: {scores} -> {choice}")
     if kept:
+        _, shift, tta_model, val_predicted = best
         save_model(model, run_dir / PLAIN_FILE)
-        save_model(flip_model, run_dir / "model.keras")
+        save_model(tta_model, run_dir / "model.keras")
         extra = {"dataset": train_cfg.dataset, "model": train_cfg.model, "params": int(model.count_params()),
-                 "flip_tta": True}
-        write_report(run_dir, data.labels[val], val_pred_flip, extra=extra | {"split": "val"}, prefix="val_")
+                 "flip_tta": True, "tta_shift": shift}
+        write_report(run_dir, data.labels[val], val_predicted, extra=extra | {"split": "val"}, prefix="val_")
         if test.any():
-            predicted = predict_labels(flip_model, data.images[test], cfg.batch_size)
+            predicted = predict_labels(tta_model, data.images[test], cfg.batch_size)
             metrics = write_report(run_dir, data.labels[test], predicted, extra=extra | {"split": "test"})
-            print(f"test (flip-averaged): {format_summary(metrics)}")
-    write_json(run_dir / "config.json", config | {"flip_tta": bool(kept), "flip_tta_validation": result})
+            print(f"test (test-time averaged): {format_summary(metrics)}")
+    write_json(run_dir / "config.json", config | {"flip_tta": bool(kept), "tta_shift": result["shift"],
+                                                  "flip_tta_validation": result})
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = parse_config(TTAConfig, argv, "Add test-time flip averaging to a trained face model if validation "
-                                        "says it helps.", HELP)
+    cfg = parse_config(TTAConfig, argv, "Add test-time flip (and crop) averaging to a trained face model if "
+                                        "validation says it helps.", HELP)
     from fer.data import FaceDataError
 
     try:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fer.models import (SmoothedSparseCrossentropy, WeightsUnavailableError, build_cnn, build_model, build_resnet50,
-                        build_tiny, compile_model, is_flip_averaged, unfreeze_top, with_flip_average)
+                        build_tiny, compile_model, is_flip_averaged, unfreeze_top, with_flip_average,
+                        with_tta, Shift)
 
 AUTO_NAME = re.compile(r"^(conv2d|dense|dropout|batch_normalization|activation|max_pooling2d|flatten|"
                        r"rescaling|resizing|concatenate|normalization|global_average_pooling2d|functional|separable_conv2d|add)(_\d+)?$")
@@ -155,3 +156,29 @@ def test_flip_average_is_the_mean_of_both_views_and_round_trips(tmp_path):
     np.testing.assert_allclose(tta.predict_on_batch(x[:, :, ::-1]), tta.predict_on_batch(x), rtol=1e-5, atol=1e-6)
     assert is_flip_averaged(tta) and not is_flip_averaged(model)
     _round_trip(tta, tmp_path / "tta.keras")
+
+
+def test_shift_moves_the_face_and_mirrors_the_border():
+    x = np.arange(2 * 6 * 6, dtype=np.float32).reshape(2, 6, 6, 1)
+    right = keras.ops.convert_to_numpy(Shift(2, 0)(x))
+    np.testing.assert_array_equal(right[:, :, 2:], x[:, :, :4])      # content moved 2 pixels right
+    np.testing.assert_array_equal(right[:, :, :2], x[:, :, 1::-1])   # gap filled with the mirrored border
+    up = keras.ops.convert_to_numpy(Shift(0, -1)(x))
+    np.testing.assert_array_equal(up[:, :5], x[:, 1:])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(Shift(0, 0)(x)), x)
+    assert Shift.from_config(Shift(1, -2).get_config()).dy == -2
+
+
+def test_crop_tta_averages_ten_views_and_round_trips(tmp_path):
+    model = build_cnn((48, 48, 1), 7, filters=(4, 8), dense_units=8)
+    x, _ = _batch(3, seed=4)
+    tta = with_tta(model, shift=2)
+    views = []
+    for dx, dy in [(0, 0), (2, 0), (-2, 0), (0, 2), (0, -2)]:
+        for image in (x, x[:, :, ::-1]):
+            views.append(model.predict_on_batch(keras.ops.convert_to_numpy(Shift(dx, dy)(image))))
+    np.testing.assert_allclose(tta.predict_on_batch(x), np.mean(views, axis=0), rtol=1e-5, atol=1e-6)
+    assert is_flip_averaged(tta)
+    _round_trip(tta, tmp_path / "tta.keras")
+    with pytest.raises(ValueError, match=">= 0"):
+        with_tta(model, shift=-1)

@@ -245,3 +245,22 @@ def test_cosine_schedule_decays_over_the_run_and_unknown_schedules_fail(fer_data
     rc = fer_train.main(["--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "1", "--output",
                          str(tmp_path / "bad"), "--schedule", "step", *TINY])
     assert rc == 2 and "unknown schedule" in capsys.readouterr().err
+
+
+def test_crop_tta_candidate_is_scored_on_validation(cnn_run, fer_data, tmp_path, capsys):
+    import shutil
+
+    from fer import tta
+
+    run = tmp_path / "run"
+    shutil.copytree(cnn_run, run)
+    assert tta.main(["--model-dir", str(run), "--data-dir", str(fer_data), "--shift", "2", "--min-gain", "-1"]) == 0
+    result = read_json(run / "config.json")["flip_tta_validation"]
+    assert {"val_accuracy_plain", "val_accuracy_flip", "val_accuracy_flip_shift2"} <= set(result)
+    best = max(result["val_accuracy_flip"], result["val_accuracy_flip_shift2"])
+    assert result["kept"] and result[f"val_accuracy_flip{'_shift2' if result['shift'] else ''}"] == best
+    layers = {layer.name for layer in keras.models.load_model(run / "model.keras").layers}
+    assert ("shift_2_0" in layers) == (result["shift"] == 2)
+    shutil.copytree(cnn_run, tmp_path / "negative")
+    assert tta.main(["--model-dir", str(tmp_path / "negative"), "--data-dir", str(fer_data), "--shift", "-1"]) == 2
+    assert "--shift must be >= 0" in capsys.readouterr().err
