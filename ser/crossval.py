@@ -37,12 +37,15 @@ class CrossValConfig(TrainConfig):
     fold_corpus: str = "ravdess"   # whose speakers rotate through the test fold
     output: str = "runs/ser_cv"
     schedule: str = "cosine"
+    fold: int = -1                 # run only this fold (0-based), e.g. one per machine; -1 = all, then pool
 
 
 HELP = TRAIN_HELP | {
     "folds": "number of folds; the fold corpus's speakers are split into this many groups of neighbours",
     "fold_corpus": "the corpus whose speakers take turns as test speakers (the others always train)",
     "output": "folder for fold<k>/ runs and the pooled report; re-running resumes",
+    "fold": "run only this fold (0-based) and stop, e.g. folds in parallel on several machines sharing --output; "
+            "a later run without --fold trains what is missing and pools",
 }
 
 
@@ -96,8 +99,12 @@ def run(cfg: CrossValConfig) -> dict[str, Any]:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     plan = fold_configs(cfg)
+    if cfg.fold >= len(plan):
+        raise ValueError(f"--fold {cfg.fold} does not exist: there are {len(plan)} folds (0-based)")
     fold_metrics = []
     for k, (speakers, fold_cfg) in enumerate(plan):
+        if cfg.fold >= 0 and k != cfg.fold:
+            continue
         done = Path(fold_cfg.output) / "metrics.json"
         if done.exists() and read_json(Path(fold_cfg.output) / "config.json")["train"] == asdict(fold_cfg):
             log.info("fold %d/%d already finished: %s", k + 1, len(plan), done)
@@ -105,6 +112,9 @@ def run(cfg: CrossValConfig) -> dict[str, Any]:
             log.info("fold %d/%d: test speakers %s", k + 1, len(plan), ", ".join(speakers))
             train_run(fold_cfg)
         fold_metrics.append(read_json(done))
+    if cfg.fold >= 0:
+        print(f"fold {cfg.fold}: {format_summary(fold_metrics[0])}; run without --fold to pool all folds")
+        return {"fold": cfg.fold, "metrics": fold_metrics[0]}
     y_true, y_pred = pooled_predictions(fold_metrics)
     pooled = write_report(out, y_true, y_pred, extra={
         "split": f"speaker-independent {len(plan)}-fold cross-validation over {cfg.fold_corpus} speakers (pooled)",

@@ -40,7 +40,10 @@ def test_pooled_predictions_rebuild_every_clip_from_confusion_matrices():
 
 def test_every_ravdess_clip_is_tested_once_and_rerun_skips_finished_folds(corpora, tmp_path, monkeypatch):
     out = tmp_path / "cv"
-    assert crossval.main(_argv(corpora, out, tmp_path / "cache")) == 0
+    assert crossval.main(_argv(corpora, out, tmp_path / "cache", "--fold", "1")) == 0  # one fold alone
+    assert (out / "fold1" / "metrics.json").is_file() and not (out / "fold0").exists()
+    assert not (out / "crossval.json").exists()
+    assert crossval.main(_argv(corpora, out, tmp_path / "cache")) == 0  # trains fold 0, reuses fold 1, pools
     summary = read_json(out / "crossval.json")
     tested = [s for fold in summary["folds"] for s in fold["test_speakers"]]
     assert sorted(tested) == [f"ravdess_{i:02d}" for i in range(1, 5)] and len(set(tested)) == 4
@@ -69,3 +72,5 @@ def test_bad_settings_are_clear_errors(corpora, tmp_path, capsys):
     assert "between 2 and the number of speakers (4)" in capsys.readouterr().err
     assert crossval.main(_argv(corpora, tmp_path / "d", tmp_path / "c", "--fold-corpus", "savee")) == 2
     assert "not among --corpora" in capsys.readouterr().err
+    assert crossval.main(_argv(corpora, tmp_path / "e", tmp_path / "c", "--fold", "2")) == 2
+    assert "--fold 2 does not exist" in capsys.readouterr().err
