@@ -180,5 +180,9 @@ def test_crop_tta_averages_ten_views_and_round_trips(tmp_path):
     np.testing.assert_allclose(tta.predict_on_batch(x), np.mean(views, axis=0), rtol=1e-5, atol=1e-6)
     assert is_flip_averaged(tta)
     _round_trip(tta, tmp_path / "tta.keras")
+    from core.export import TFLiteModel, to_tflite
+
+    (tmp_path / "tta.tflite").write_bytes(to_tflite(tta, "float16"))  # the mirrored padding converts too
+    np.testing.assert_allclose(TFLiteModel(tmp_path / "tta.tflite")(x), tta.predict_on_batch(x), atol=5e-3)
     with pytest.raises(ValueError, match=">= 0"):
         with_tta(model, shift=-1)
