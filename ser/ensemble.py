@@ -23,14 +23,10 @@ def build_ensemble(run_dirs: Sequence[Path]):
     """One Keras model whose output is the mean of the runs' softmax outputs."""
     import keras
 
+    from core.ensemble import average_models
+
     models = [keras.saving.load_model(Path(d) / "model.keras", compile=False) for d in run_dirs]
-    inputs = keras.Input(models[0].input_shape[1:], name="features")
-    outputs = []
-    for i, model in enumerate(models):
-        model.name = f"member{i}_{model.name}"
-        outputs.append(model(inputs))
-    averaged = keras.layers.Average(name="emotion")(outputs)
-    return keras.Model(inputs, averaged, name="ser_ensemble")
+    return average_models(models, "features", "ser_ensemble")
 
 
 def check_compatible(run_dirs: Sequence[Path]) -> None:

@@ -264,3 +264,34 @@ def test_crop_tta_candidate_is_scored_on_validation(cnn_run, fer_data, tmp_path,
     shutil.copytree(cnn_run, tmp_path / "negative")
     assert tta.main(["--model-dir", str(tmp_path / "negative"), "--data-dir", str(fer_data), "--shift", "-1"]) == 2
     assert "--shift must be >= 0" in capsys.readouterr().err
+
+
+def test_ensemble_averages_members_with_flips_and_checks_held_out_images(cnn_run, fer_data, tmp_path, capsys):
+    import shutil
+
+    from fer import ensemble
+    from fer.models import is_flip_averaged
+    from fer.predict import FERPredictor
+
+    twin = tmp_path / "twin"
+    shutil.copytree(cnn_run, twin)
+    out = tmp_path / "ens"
+    assert ensemble.main([str(cnn_run), str(twin), "--output", str(out), "--data-dir", str(fer_data)]) == 0
+    model = keras.models.load_model(out / "model.keras")
+    plain = keras.models.load_model(cnn_run / "model.keras")
+    x = np.random.default_rng(1).uniform(0, 255, (2, 48, 48, 1)).astype(np.float32)
+    # two identical members average to the member itself, flip-averaged
+    np.testing.assert_allclose(model.predict_on_batch(x),
+                               (plain.predict_on_batch(x) + plain.predict_on_batch(x[:, :, ::-1])) / 2, atol=1e-5)
+    config = read_json(out / "config.json")
+    assert is_flip_averaged(model) and config["model"] == "ensemble(cnn+cnn)" and config["flip_tta"] is True
+    assert read_json(out / "metrics.json")["n"] == read_json(cnn_run / "metrics.json")["n"]
+    assert FERPredictor(out).predict_crops(x[..., 0]).shape == (2, 7)
+
+    split = pd.read_csv(twin / "split.csv")
+    split.loc[split.index[split["split"] == "val"][0], "split"] = "train"
+    split.to_csv(twin / "split.csv", index=False)
+    assert ensemble.main([str(cnn_run), str(twin), "--output", str(tmp_path / "bad")]) == 2
+    assert "validation/test images differ" in capsys.readouterr().err
+    assert ensemble.main([str(cnn_run), "--output", str(tmp_path / "one")]) == 2
+    assert "at least two runs" in capsys.readouterr().err
