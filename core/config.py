@@ -8,7 +8,7 @@ from typing import Any, Sequence, TypeVar
 T = TypeVar("T")
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off"):
@@ -25,7 +25,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, help_texts: d
         flag = "--" + field.name.replace("_", "-")
         text = help_texts.get(field.name, "") + f" (default: {default})"
         if kind is bool:
-            parser.add_argument(flag, type=_parse_bool, default=default, metavar="BOOL", help=text)
+            parser.add_argument(flag, type=parse_bool, default=default, metavar="BOOL", help=text)
         elif default is None:
             parser.add_argument(flag, default=None, help=text)
         else:

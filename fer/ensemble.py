@@ -105,7 +105,7 @@ def make(run_dirs: Sequence[Path], output: Path, data_dir: str | None, flip: boo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from core.config import _parse_bool
+    from core.config import parse_bool
     from core.datasets import DatasetNotFoundError
     from fer.data import FaceDataError
 
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="run folders written by fer.train")
     parser.add_argument("--output", required=True)
     parser.add_argument("--data-dir", default=None, help="the corpus, to score the ensemble on the held-out images")
-    parser.add_argument("--flip", type=_parse_bool, default=True, metavar="BOOL",
+    parser.add_argument("--flip", type=parse_bool, default=True, metavar="BOOL",
                         help="average each face with its mirror image (default: true)")
     parser.add_argument("--shift", type=int, default=0, help="also average 5 crops moved this many pixels (0 = off)")
     args = parser.parse_args(argv)
