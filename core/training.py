@@ -71,6 +71,21 @@ def random_split(labels: Sequence[int], val_fraction: float, test_fraction: floa
     return out.astype(str)
 
 
+SCHEDULES = ("plateau", "cosine")
+
+
+def learning_rate(schedule: str, base: float, total_steps: int):
+    """``base`` as a float for ``plateau`` (ReduceLROnPlateau owns the rate), else a cosine decay to zero over
+    ``total_steps`` optimizer steps."""
+    import keras
+
+    if schedule == "plateau":
+        return base
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(base, max(1, total_steps))
+    raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+
+
 def make_callbacks(run_dir: str | os.PathLike, patience: int = 10, lr_patience: int = 4,
                    monitor: str = "val_accuracy", reduce_lr: bool = True, validation: bool = True) -> list:
     """Checkpoint best model, back up every epoch for resume, stop early, lower LR on plateau, log CSV.

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-
 from core.io import read_json, save_model, write_json
 
 HELD_OUT = ("val", "test")
@@ -55,9 +54,8 @@ def check_compatible(run_dirs: Sequence[Path]) -> None:
 def build(run_dirs: Sequence[Path], flip: bool = True, shift: int = 0):
     import keras
 
-    import fer.models  # noqa: F401  registers the custom layers a member may hold
     from core.ensemble import average_models
-    from fer.models import with_tta
+    from fer.models import with_tta  # importing fer.models registers the custom layers a member may hold
 
     members = [keras.models.load_model(member_model_file(d), compile=False) for d in run_dirs]
     model = average_models(members, "face", "fer_ensemble")

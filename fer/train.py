@@ -25,7 +25,6 @@ log = logging.getLogger("fer.train")
 
 STAGE1_FILE = "stage1.keras"  # the finished first stage of a two-stage resnet50 run (for resume)
 STAGE1_INFO = "stage1.json"
-SCHEDULES = ("plateau", "cosine")
 
 
 @dataclass
@@ -163,14 +162,10 @@ def predict_labels(model, images: np.ndarray, batch_size: int = 256) -> np.ndarr
 
 
 def learning_rate(cfg: TrainConfig, base: float, steps_per_epoch: int, epochs: int):
-    """A float for the plateau schedule (ReduceLROnPlateau owns it), else a cosine decay over ``epochs``."""
-    import keras
+    """The run's schedule (``core.training.learning_rate``) over ``epochs`` of ``steps_per_epoch``."""
+    from core.training import learning_rate as schedule_rate
 
-    if cfg.schedule == "plateau":
-        return base
-    if cfg.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(base, max(1, epochs * steps_per_epoch))
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
+    return schedule_rate(cfg.schedule, base, epochs * steps_per_epoch)
 
 
 def _fit(model, cfg: TrainConfig, run_dir: Path, train_ds, val_ds, weights, epochs: int, initial_epoch: int = 0):
@@ -199,6 +194,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; choose one of {MODELS}")
+    from core.training import SCHEDULES
+
     if cfg.schedule not in SCHEDULES:  # fail before loading the data
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
     if cfg.model == "resnet50":

@@ -20,7 +20,7 @@ from core.config import parse_config
 from core.io import save_model, write_json
 from core.labels import EMOTIONS, NUM_CLASSES
 from core.reports import format_summary, plot_history, write_report
-from core.training import class_weights, make_callbacks, read_history, set_seed
+from core.training import class_weights, learning_rate, make_callbacks, read_history, set_seed
 from ser.features import DEFAULT_CACHE_DIR
 
 log = logging.getLogger("ser.train")
@@ -138,12 +138,8 @@ def run(cfg: TrainConfig) -> dict:
 
     model = build_model(cfg.model, (fcfg.max_frames, fcfg.n_features), NUM_CLASSES, cfg.spec_augment)
     train_data = training_dataset(x_train, y_train, cfg)
-    learning_rate = cfg.learning_rate
-    if cfg.schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * len(train_data))
-    elif cfg.schedule != "plateau":
-        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose plateau or cosine")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate(cfg.schedule, cfg.learning_rate,
+                                                              cfg.epochs * len(train_data))),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                   metrics=["accuracy"])
     log.info("%s: %d parameters; train %d (with augmentation), val %d, test %d",
