@@ -1,4 +1,11 @@
-"""Predict emotions of audio files: ``python -m ser.predict clip.wav more/ --json``."""
+"""Predict emotions of audio files: ``python -m ser.predict clip.wav more/ --json``.
+
+Models see ``max_seconds`` of speech (3 s for the shipped one). A longer recording is trimmed of
+silence at both ends and cut into windows of that length every ``hop`` seconds (the last one flush
+with the end); windows with no sound above the trim threshold are dropped, and the recording's
+probabilities are the mean over the rest. ``--segments`` prints each window's own result. A recording
+no longer than one window goes through the model exactly as clips do in training and ``ser.evaluate``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +24,35 @@ from ser.features import FeatureConfig, Normalizer, frames_from_waveform, pad
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "saved_models" / "ser"
+DEFAULT_HOP_SECONDS = 1.5
+
+
+def speech_windows(y: np.ndarray, cfg: FeatureConfig, hop_seconds: float = DEFAULT_HOP_SECONDS
+                   ) -> list[tuple[float, float, np.ndarray]]:
+    """``(start_s, end_s, samples)`` windows of a mono waveform at ``cfg.sample_rate``.
+
+    Times are seconds in the original recording. A recording no longer than ``cfg.max_seconds`` after
+    trimming comes back whole and untrimmed, so its features are exactly those of training.
+    """
+    import librosa
+
+    if hop_seconds <= 0:
+        raise ValueError(f"hop must be > 0 seconds, got {hop_seconds}")
+    sr, size = cfg.sample_rate, int(cfg.max_seconds * cfg.sample_rate)
+    start, end = 0, y.size
+    if cfg.trim_db > 0:
+        start, end = librosa.effects.trim(y, top_db=cfg.trim_db)[1]
+    if end - start <= size:
+        return [(0.0, y.size / sr, y)]
+    hop = max(1, int(hop_seconds * sr))
+    starts = list(range(start, end - size + 1, hop))
+    if starts[-1] + size < end:
+        starts.append(end - size)
+    # A pause longer than a window would otherwise be classified like speech.
+    floor = np.abs(y[start:end]).max() * 10 ** (-cfg.trim_db / 20) if cfg.trim_db > 0 else 0.0
+    windows = [(s / sr, (s + size) / sr, y[s:s + size]) for s in starts]
+    voiced = [w for w in windows if np.abs(w[2]).max() > floor]
+    return voiced or windows[:1]
 
 
 class SERPredictor:
@@ -49,18 +85,37 @@ class SERPredictor:
         self._infer = lambda x: graph(x).numpy()
 
     def features_of(self, y: np.ndarray, sr: int) -> np.ndarray:
+        """Normalised model input (1, frames, features) for the first window of a waveform."""
         y = resample(check_signal(np.asarray(y, np.float32)), sr, self.features.sample_rate)
         x, lengths = pad([frames_from_waveform(y, self.features)], self.features.max_frames)
         return self.normalizer.transform(x, lengths)
 
-    def predict_waveform(self, y: np.ndarray, sr: int) -> np.ndarray:
-        """Probabilities (7,) for a mono waveform; raises AudioError for empty or silent input."""
-        return np.asarray(self._infer(self.features_of(y, sr)))[0]
+    def predict_segments(self, y: np.ndarray, sr: int, hop_seconds: float = DEFAULT_HOP_SECONDS
+                         ) -> list[tuple[float, float, np.ndarray]]:
+        """``(start_s, end_s, probabilities)`` for each window of a waveform (see ``speech_windows``)."""
+        y = resample(check_signal(np.asarray(y, np.float32)), sr, self.features.sample_rate)
+        windows = speech_windows(y, self.features, hop_seconds)
+        x, lengths = pad([frames_from_waveform(w, self.features) for _, _, w in windows], self.features.max_frames)
+        probs = np.asarray(self._infer(self.normalizer.transform(x, lengths)))
+        return [(start, end, p) for (start, end, _), p in zip(windows, probs)]
 
-    def predict_file(self, path: str | os.PathLike) -> dict:
+    def predict_waveform(self, y: np.ndarray, sr: int, hop_seconds: float = DEFAULT_HOP_SECONDS) -> np.ndarray:
+        """Probabilities (7,) for a mono waveform, averaged over its windows; AudioError if empty or silent."""
+        return np.mean([p for _, _, p in self.predict_segments(y, sr, hop_seconds)], axis=0)
+
+    def predict_file(self, path: str | os.PathLike, hop_seconds: float = DEFAULT_HOP_SECONDS,
+                     segments: bool = False) -> dict:
+        """``result()`` of a file; with ``segments`` it also lists every window's start, end and label."""
         y, sr = decode(path)
         check_signal(y, str(path))
-        return self.result(str(path), self.predict_waveform(y, sr))
+        parts = self.predict_segments(y, sr, hop_seconds)
+        out = self.result(str(path), np.mean([p for _, _, p in parts], axis=0))
+        if segments:
+            out["segments"] = [{"start": round(start, 3), "end": round(end, 3), **self.result(str(path), p)}
+                               for start, end, p in parts]
+            for seg in out["segments"]:
+                del seg["path"]
+        return out
 
     def result(self, path: str, probs: np.ndarray) -> dict:
         return {"path": path, "label": self.class_names[int(np.argmax(probs))],
@@ -82,7 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per line: path, label, probabilities")
     parser.add_argument("--tflite", choices=["float16", "int8"], default=None,
                         help="run the exported TFLite file instead of the Keras model (see ser.export)")
+    parser.add_argument("--hop", type=float, default=DEFAULT_HOP_SECONDS,
+                        help="seconds between the windows of a recording longer than the model's window")
+    parser.add_argument("--segments", action="store_true", help="also show each window's own result")
     args = parser.parse_args(argv)
+    if args.hop <= 0:
+        parser.error(f"--hop must be > 0 seconds, got {args.hop}")
     try:
         predictor = SERPredictor(args.model_dir, tflite=args.tflite)
     except FileNotFoundError as exc:
@@ -95,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures = 0
     for path in files:
         try:
-            result = predictor.predict_file(path)
+            result = predictor.predict_file(path, args.hop, args.segments)
         except (AudioError, FileNotFoundError) as exc:
             failures += 1
             print(f"error: {exc}", file=sys.stderr)
@@ -105,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             probs = "  ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items())
             print(f"{path}: {result['label']}  [{probs}]", flush=True)
+            for seg in result.get("segments", []):
+                print(f"  {seg['start']:7.2f}-{seg['end']:7.2f} s  {seg['label']}", flush=True)
     return 1 if failures else 0
 
 

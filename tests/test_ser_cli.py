@@ -2,6 +2,7 @@
 import json
 
 import keras
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -9,6 +10,7 @@ from core.io import read_json
 from ser import predict as ser_predict
 from ser import train as ser_train
 from ser.evaluate import main as evaluate_main
+from ser.features import FeatureConfig
 from tests import synth_audio as synth
 
 ARTIFACTS = ["model.keras", "config.json", "normalization.npz", "metrics.json", "val_metrics.json",
@@ -179,3 +181,48 @@ def test_evaluate_writes_metrics_for_test_split(trained, tmp_path):
     assert metrics["n"] == train_metrics["n"]
     assert metrics["accuracy"] == pytest.approx(train_metrics["accuracy"])
     assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "predictions.csv").is_file()
+
+
+def _speech_with_pause(pause_seconds: float) -> np.ndarray:
+    silence = np.zeros(8_000, np.float32)  # 0.5 s at both ends, trimmed away
+    pause = np.zeros(int(pause_seconds * 16_000), np.float32)
+    return np.concatenate([silence, synth.tone("happy", seconds=2.0), pause,
+                           synth.tone("sad", seconds=2.0, seed=1), silence])
+
+
+def test_long_recording_is_cut_into_voiced_windows():
+    cfg = FeatureConfig(max_seconds=1.0)
+    short = synth.tone("angry", seconds=0.9)
+    [(start, end, samples)] = ser_predict.speech_windows(short, cfg)
+    assert (start, samples is short) == (0.0, True) and end == pytest.approx(0.9)
+
+    windows = ser_predict.speech_windows(_speech_with_pause(3.0), cfg, hop_seconds=0.5)
+    starts = [w[0] for w in windows]
+    assert all(w[2].size == 16_000 and w[1] - w[0] == pytest.approx(1.0) for w in windows)
+    # speech spans 0.5-7.5 s (trimming works on 2048-sample frames, hence the tolerance)
+    assert 0.35 <= starts[0] <= 0.6 and 7.4 <= windows[-1][1] <= 7.65
+    assert starts == sorted(starts) and np.allclose(np.diff([s for s in starts if s < 2.0]), 0.5)
+    assert any(s < 2.0 for s in starts) and any(s > 5.5 for s in starts)
+    assert not any(2.6 <= s and s + 1.0 <= 5.4 for s in starts)  # windows inside the 3 s pause are dropped
+    with pytest.raises(ValueError, match="hop"):
+        ser_predict.speech_windows(short, cfg, hop_seconds=0)
+
+
+def test_long_recording_averages_its_windows(trained, tmp_path, capsys):
+    _, out, _ = trained
+    predictor = ser_predict.SERPredictor(out)
+    short = synth.tone("angry", seed=3)[:12_000]
+    assert np.allclose(predictor.predict_waveform(short, 16_000),
+                       predictor._infer(predictor.features_of(short, 16_000))[0])
+
+    y = _speech_with_pause(3.0)
+    parts = predictor.predict_segments(y, 16_000, hop_seconds=0.5)
+    assert len(parts) >= 6
+    assert np.allclose(predictor.predict_waveform(y, 16_000, 0.5), np.mean([p for _, _, p in parts], axis=0))
+    path = synth.write(tmp_path / "long.wav", y)
+    assert ser_predict.main(["--model-dir", str(out), "--json", "--segments", "--hop", "0.5", str(path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(s["start"], s["end"]) for s in result["segments"]] == [(round(a, 3), round(b, 3)) for a, b, _ in parts]
+    assert all(set(s) == {"start", "end", "label", "probabilities"} for s in result["segments"])
+    with pytest.raises(SystemExit):
+        ser_predict.main(["--model-dir", str(out), "--hop", "0", str(path)])
