@@ -111,15 +111,16 @@ class SERPredictor:
         parts = self.predict_segments(y, sr, hop_seconds)
         out = self.result(str(path), np.mean([p for _, _, p in parts], axis=0))
         if segments:
-            out["segments"] = [{"start": round(start, 3), "end": round(end, 3), **self.result(str(path), p)}
+            out["segments"] = [{"start": round(start, 3), "end": round(end, 3), **self.scores(p)}
                                for start, end, p in parts]
-            for seg in out["segments"]:
-                del seg["path"]
         return out
 
-    def result(self, path: str, probs: np.ndarray) -> dict:
-        return {"path": path, "label": self.class_names[int(np.argmax(probs))],
+    def scores(self, probs: np.ndarray) -> dict:
+        return {"label": self.class_names[int(np.argmax(probs))],
                 "probabilities": {name: round(float(p), 6) for name, p in zip(self.class_names, probs)}}
+
+    def result(self, path: str, probs: np.ndarray) -> dict:
+        return {"path": path, **self.scores(probs)}
 
 
 def expand_paths(paths: Sequence[str]) -> list[Path]:
