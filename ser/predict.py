@@ -39,6 +39,8 @@ def speech_windows(y: np.ndarray, cfg: FeatureConfig, hop_seconds: float = DEFAU
     if hop_seconds <= 0:
         raise ValueError(f"hop must be > 0 seconds, got {hop_seconds}")
     sr, size = cfg.sample_rate, int(cfg.max_seconds * cfg.sample_rate)
+    if y.size <= size:  # live-page chunks and corpus clips: no second trim, frames_from_waveform trims
+        return [(0.0, y.size / sr, y)]
     start, end = 0, y.size
     if cfg.trim_db > 0:
         start, end = librosa.effects.trim(y, top_db=cfg.trim_db)[1]
