@@ -59,18 +59,20 @@ class TrainConfig:
     utterance_norm: bool = False
     features: str = "mfcc"           # mfcc | logmel
     n_mels: int = 64
+    pitch: bool = False
 
     def feature_config(self):
         from ser.features import FeatureConfig
 
         return FeatureConfig(n_mfcc=self.n_mfcc, max_seconds=self.max_seconds, trim_db=self.trim_db,
                              deltas=self.deltas, utterance_norm=self.utterance_norm, kind=self.features,
-                             n_mels=self.n_mels)
+                             n_mels=self.n_mels, pitch=self.pitch)
 
 
 HELP = {
     "model": "cnn | lstm | bilstm | gru | attention | cnn2d",
     "features": "mfcc (40 MFCC + ZCR + RMS per frame) or logmel (n_mels log-mel bands; pairs well with cnn2d)",
+    "pitch": "mfcc features: append F0 per frame (YIN), absolute and relative to the clip's median",
     "corpora": "comma-separated: ravdess, crema_d, tess, savee",
     "data_dir": "folder holding the corpora (or one corpus); default $EMOTION_DATA_DIR, else kagglehub",
     "split": "speaker (whole speakers held out) or random (leaks speakers)",

@@ -128,6 +128,26 @@ def test_logmel_features_follow_the_spectrum_and_keep_mfcc_cache_keys():
         FeatureConfig(kind="cqt")
 
 
+def test_pitch_features_track_f0_absolute_and_relative_to_the_clip():
+    cfg = FeatureConfig(max_seconds=1.0, pitch=True)
+    sr = cfg.sample_rate
+    t = np.arange(sr) / sr
+    steady = frames_from_waveform((0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), cfg)
+    assert steady.shape == (cfg.max_frames, 44) == (cfg.max_frames, cfg.n_features)
+    assert np.median(steady[:, 42]) == pytest.approx(12.0, abs=0.3)  # 200 Hz is an octave above 100 Hz
+    assert np.abs(steady[:, 43]).max() < 0.5                           # no intonation in a steady tone
+    hz = np.geomspace(150, 300, sr)                                   # one octave up over the clip
+    rising = frames_from_waveform((0.3 * np.sin(2 * np.pi * np.cumsum(hz) / sr)).astype(np.float32), cfg)
+    first, last = 5, len(rising) - 5
+    expected = 12 * np.log2(hz[last * cfg.hop_length] / hz[first * cfg.hop_length])
+    assert rising[last, 43] - rising[first, 43] == pytest.approx(expected, abs=1.0)
+    plain = frames_from_waveform((0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), FeatureConfig(max_seconds=1.0))
+    assert np.allclose(steady[:, :42], plain)                          # the first 42 columns are unchanged
+    assert FeatureConfig().key() != cfg.key()
+    with pytest.raises(ValueError, match="pitch"):
+        FeatureConfig(kind="logmel", pitch=True)
+
+
 def test_normalizer_uses_valid_frames_only(tmp_path):
     x = np.zeros((2, 4, 1), np.float32)
     x[0, :2, 0] = [1, 3]
