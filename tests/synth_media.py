@@ -140,6 +140,11 @@ class FakeVoice:
         z = np.array([1.0, 8 * loud, 4 * zcr, 2 * loud, zcr, 0.5, 10 * loud * zcr])
         return _softmax(z)
 
+    def predict_segments(self, y: np.ndarray, sr: int) -> list[tuple[float, float, np.ndarray]]:
+        """Back-to-back 1 s windows (the real model: 3 s windows of speech every 1.5 s)."""
+        starts = range(0, max(len(y) - sr, 0) + 1, sr)
+        return [(s / sr, min(s + sr, len(y)) / sr, self.predict_waveform(y[s:s + sr], sr)) for s in starts]
+
 
 class FakeFusion:
     """fusion.predict.FusionPredictor stand-in: a fixed answer, or the joint model's no-speech refusal."""

@@ -143,6 +143,21 @@ def test_predict_audio_multipart_and_raw(client, media):
     assert raw.json()["probabilities"] == pytest.approx(result.probabilities)
 
 
+def test_predict_audio_segments_give_a_timeline_that_averages_to_the_answer(client):
+    wav = sm.wav_bytes(np.concatenate([sm.voice(2.0), 0.05 * sm.voice(2.0)]))
+    plain = client.post("/api/predict/audio", content=wav, headers={"content-type": "audio/wav"})
+    assert plain.status_code == 200 and "segments" not in plain.json()
+    response = client.post("/api/predict/audio?segments=true", content=wav, headers={"content-type": "audio/wav"})
+    assert response.status_code == 200, response.text
+    result = AudioPrediction.model_validate(response.json())
+    assert [(s.start, s.end) for s in result.segments] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]
+    assert result.segments[0].probabilities != result.segments[-1].probabilities  # loud half vs quiet half
+    for segment in result.segments:
+        assert segment.label == max(segment.probabilities, key=segment.probabilities.get)
+    mean = {e: np.mean([s.probabilities[e] for s in result.segments]) for e in EMOTIONS}
+    assert result.probabilities == pytest.approx(mean, abs=1e-5)
+
+
 def test_predict_image_finds_the_face(client, media):
     response = client.post("/api/predict/image", files={"file": ("astronaut.jpg", media["jpeg"], "image/jpeg")})
     assert response.status_code == 200, response.text

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi import FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
@@ -246,14 +246,20 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
     async def schema_stream() -> dict[str, Any]:
         return stream_schema()
 
-    @app.post("/api/predict/audio", response_model=AudioPrediction, responses=ERRORS,
-              openapi_extra=_upload_doc("audio"), summary="Emotion of a speech recording")
-    async def predict_audio(request: Request) -> dict[str, Any]:
+    @app.post("/api/predict/audio", response_model=AudioPrediction, response_model_exclude_none=True,
+              responses=ERRORS, openapi_extra=_upload_doc("audio"), summary="Emotion of a speech recording")
+    async def predict_audio(request: Request, segments: bool = Query(
+            False, description="also return each 3 s window's emotion (a timeline of a long recording)")
+    ) -> dict[str, Any]:
         require("ser")
 
         def work(name: str, data: bytes) -> dict[str, Any]:
-            probs = models.predict_voice(media.decode_audio(data, name), media.SAMPLE_RATE)
-            return {"path": name, "label": top_label(probs), "probabilities": probs}
+            y = media.decode_audio(data, name)
+            if not segments:
+                probs = models.predict_voice(y, media.SAMPLE_RATE)
+                return {"path": name, "label": top_label(probs), "probabilities": probs}
+            probs, parts = models.predict_voice_segments(y, media.SAMPLE_RATE)
+            return {"path": name, "label": top_label(probs), "probabilities": probs, "segments": parts}
 
         return await predict_upload(request, "audio", work)
 

@@ -30,6 +30,8 @@ PRECISION = 6  # decimals of every probability, as the CLIs print them
 class VoiceModel(Protocol):
     def predict_waveform(self, y: np.ndarray, sr: int) -> np.ndarray: ...
 
+    def predict_segments(self, y: np.ndarray, sr: int) -> list[tuple[float, float, np.ndarray]]: ...
+
 
 class FaceModel(Protocol):
     def predict_image(self, image_bgr: np.ndarray) -> list[dict]: ...
@@ -110,6 +112,19 @@ class Models:
         with slot.lock:
             scores = slot.predictor.predict_waveform(y, sr)
         return to_probabilities(scores, slot.classes)
+
+    def predict_voice_segments(self, y: np.ndarray, sr: int) -> tuple[dict[str, float], list[dict]]:
+        """The recording's probabilities (the mean over its windows, as ``predict_voice``) and each window's
+        ``start``, ``end`` (seconds), ``label`` and ``probabilities``."""
+        slot = self._require(self.voice, "voice")
+        with slot.lock:
+            parts = slot.predictor.predict_segments(y, sr)
+        segments = []
+        for start, end, scores in parts:
+            probs = to_probabilities(scores, slot.classes)
+            segments.append({"start": round(float(start), 3), "end": round(float(end), 3),
+                             "label": top_label(probs), "probabilities": probs})
+        return to_probabilities(np.mean([scores for _, _, scores in parts], axis=0), slot.classes), segments
 
     def predict_faces(self, image_bgr: np.ndarray) -> list[dict]:
         """FERPredictor.predict_image faces, probabilities in EMOTIONS order, largest face first."""

@@ -49,11 +49,21 @@ class Health(BaseModel):
     connections: int = Field(description="Open WebSocket streams now.")
 
 
+class AudioSegment(BaseModel):
+    start: float = Field(description="Window start, seconds into the recording.")
+    end: float = Field(description="Window end, seconds.")
+    label: str
+    probabilities: Probabilities
+
+
 class AudioPrediction(BaseModel):
-    """Same object as ``python -m ser.predict --json``."""
+    """Same object as ``python -m ser.predict --json`` (``--segments`` adds ``segments``)."""
     path: str
     label: str
     probabilities: Probabilities
+    segments: list[AudioSegment] | None = Field(
+        default=None, description="Only with ?segments=true: each 3 s window of speech the recording's "
+                                  "probabilities average, in time order.")
 
 
 class Face(BaseModel):
