@@ -86,14 +86,16 @@ def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0, 1, 2]
 
 
-def test_train_with_mixup_cosine_masking_and_utterance_norm(trained, tmp_path):
+def test_train_with_mixup_cosine_masking_utterance_norm_and_pitch(trained, tmp_path):
     root, _, _ = trained
     out = tmp_path / "run"
     argv = _argv(root, out, tmp_path / "cache", "--epochs", "1", "--augment", "0", "--mixup", "0.2",
-                 "--schedule", "cosine", "--spec-augment", "true", "--utterance-norm", "true", "--deltas", "true")
+                 "--schedule", "cosine", "--spec-augment", "true", "--utterance-norm", "true", "--deltas", "true",
+                 "--pitch", "true")
     assert ser_train.main(argv) == 0
     config = read_json(out / "config.json")
-    assert config["features"]["utterance_norm"] and config["input_shape"][1] == 126
+    assert config["features"]["utterance_norm"] and config["features"]["pitch"]
+    assert config["input_shape"][1] == 3 * (40 + 2 + 2)
     assert ser_predict.SERPredictor(out).predict_waveform(synth.tone("sad"), 16_000).shape == (7,)
 
 
