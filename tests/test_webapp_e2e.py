@@ -255,3 +255,48 @@ def test_page_shows_live_emotions_in_chromium(tmp_path, live_models):
             browser.close()
     finally:
         server.stop()
+
+
+@needs_chromium
+def test_page_analyses_uploaded_files(tmp_path, live_models):
+    from playwright.sync_api import sync_playwright
+
+    speech = sm.voice(5.0)
+    _, expected = live_models.predict_voice_segments(speech, sm.SAMPLE_RATE)
+    assert len(expected) >= 2
+    server = ServerThread(create_app(settings=Settings(warmup=False), models=live_models), free_port()).start()
+    try:
+        with sync_playwright() as p:
+            browser = launch_browser(p, tmp_path, sm.write_y4m(tmp_path / "face.y4m", n_frames=5, fps=15),
+                                     sm.write_wav(tmp_path / "voice.wav", sm.voice(1.0)))
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.port}/?camera=off&mic=off")
+
+            def upload(name: str, mime: str, data: bytes) -> list[dict]:
+                page.evaluate("document.querySelector('#file-state').dataset.state = 'idle'")
+                page.set_input_files("#file-input", files=[{"name": name, "mimeType": mime, "buffer": data}])
+                page.wait_for_function("['done', 'error'].includes(document.querySelector('#file-state').dataset.state)",
+                                       timeout=WAIT_MS)
+                return page.eval_on_selector_all("#file-result .file-row", "rows => rows.map(r => "
+                                                 "({label: r.dataset.label || '', text: r.textContent}))")
+
+            # A recording: its label, then one row per 3 s window, as the API's segments.
+            rows = upload("talk.wav", "audio/wav", sm.wav_bytes(speech))
+            assert page.get_attribute("#file-state", "data-state") == "done"
+            assert rows[0]["text"].startswith("talk.wav: ") and rows[0]["label"] in EMOTIONS
+            assert [r["label"] for r in rows[1:]] == [s["label"] for s in expected]
+            assert rows[1]["text"].startswith(f"{expected[0]['start']:.1f}–{expected[0]['end']:.1f} s")
+
+            # A photo: one row per face.
+            rows = upload("me.jpg", "image/jpeg", sm.jpeg_bytes(sm.face_image()))
+            assert rows and rows[0]["text"].startswith("face 1 at (") and rows[0]["label"] in EMOTIONS
+
+            # A broken recording shows the server's reason; a text file never leaves the page.
+            rows = upload("broken.wav", "audio/wav", b"RIFF" + bytes(40))
+            assert page.get_attribute("#file-state", "data-state") == "error" and not rows
+            assert "broken.wav: " in page.text_content("#file-state")
+            rows = upload("notes.txt", "text/plain", b"hello")
+            assert "not an audio, image or video file" in page.text_content("#file-state") and not rows
+            browser.close()
+    finally:
+        server.stop()
