@@ -261,8 +261,10 @@ def test_page_shows_live_emotions_in_chromium(tmp_path, live_models):
 def test_page_analyses_uploaded_files(tmp_path, live_models):
     from playwright.sync_api import sync_playwright
 
-    speech = sm.voice(5.0)
-    _, expected = live_models.predict_voice_segments(speech, sm.SAMPLE_RATE)
+    from webapp.media import SAMPLE_RATE, decode_audio
+
+    speech = sm.wav_bytes(sm.voice(5.0))  # expected from the same 16-bit samples the server will decode
+    _, expected = live_models.predict_voice_segments(decode_audio(speech, "talk.wav"), SAMPLE_RATE)
     assert len(expected) >= 2
     server = ServerThread(create_app(settings=Settings(warmup=False), models=live_models), free_port()).start()
     try:
@@ -281,7 +283,7 @@ def test_page_analyses_uploaded_files(tmp_path, live_models):
                                                  "({label: r.dataset.label || '', text: r.textContent}))")
 
             # A recording: its label, then one row per 3 s window, as the API's segments.
-            rows = upload("talk.wav", "audio/wav", sm.wav_bytes(speech))
+            rows = upload("talk.wav", "audio/wav", speech)
             assert page.get_attribute("#file-state", "data-state") == "done"
             assert rows[0]["text"].startswith("talk.wav: ") and rows[0]["label"] in EMOTIONS
             assert [r["label"] for r in rows[1:]] == [s["label"] for s in expected]
