@@ -140,9 +140,11 @@ def augment_waveform(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.nda
 
 
 # ---------------------------------------------------------------- cached, parallel extraction
-def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: int) -> Path:
+def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: int, seed: int = 0) -> Path:
     stat = os.stat(path)
     ident = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{variant}"
+    if variant:  # an augmented copy depends on the seed too (plain features keep their old keys)
+        ident += f"|seed={seed}"
     digest = hashlib.sha1(ident.encode()).hexdigest()
     return cache_dir / cfg.key() / digest[:2] / f"{digest}.npy"
 
@@ -150,7 +152,7 @@ def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: int) ->
 def extract_file(path: str, cfg: FeatureConfig, cache_dir: Path | None = None, variant: int = 0,
                  seed: int = 0) -> np.ndarray:
     """Features of one file (``variant`` > 0: an augmented copy, reproducible from ``seed``)."""
-    cached = _cache_path(cache_dir, cfg, path, variant) if cache_dir else None
+    cached = _cache_path(cache_dir, cfg, path, variant, seed) if cache_dir else None
     if cached is not None and cached.exists():
         return np.load(cached)
     y = load_audio(path, cfg.sample_rate)

@@ -175,6 +175,11 @@ def test_bulk_extraction_skips_and_counts_bad_files_and_caches(corpora, tmp_path
     augmented, _ = extract_many(paths[:2], cfg, tmp_path / "cache", variant=1, n_jobs=1)
     # time stretch may change the length; either way the augmented copy must differ
     assert augmented[0].shape != feats[0].shape or not np.allclose(augmented[0], feats[0])
+    # another seed gives another augmented copy, not the cached one of the first seed
+    reseeded, _ = extract_many(paths[:2], cfg, tmp_path / "cache", variant=1, seed=1, n_jobs=1)
+    uncached, _ = extract_many(paths[:2], cfg, None, variant=1, seed=1, n_jobs=1)
+    assert all(np.array_equal(a, b) for a, b in zip(reseeded, uncached))
+    assert any(a.shape != b.shape or not np.allclose(a, b) for a, b in zip(reseeded, augmented))
 
 
 def test_speaker_split_holds_out_whole_speakers_per_corpus(corpora):
