@@ -116,8 +116,7 @@ def pitch_features(y: np.ndarray, rms: np.ndarray, cfg: FeatureConfig) -> list[n
     f0 = librosa.yin(y, fmin=PITCH_RANGE_HZ[0], fmax=PITCH_RANGE_HZ[1], sr=cfg.sample_rate,
                      frame_length=cfg.n_fft, hop_length=cfg.hop_length)[: rms.size]
     semitones = 12.0 * np.log2(f0 / 100.0)
-    loud = rms >= np.median(rms)
-    reference = np.median(semitones[loud]) if loud.any() else np.median(semitones)
+    reference = np.median(semitones[rms >= np.median(rms)])  # never empty: the median frame itself qualifies
     return [semitones[None, :], (semitones - reference)[None, :]]
 
 
@@ -140,7 +139,7 @@ def augment_waveform(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.nda
 
 
 # ---------------------------------------------------------------- cached, parallel extraction
-def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: int, seed: int = 0) -> Path:
+def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: int, seed: int) -> Path:
     stat = os.stat(path)
     ident = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{variant}"
     if variant:  # an augmented copy depends on the seed too (plain features keep their old keys)

@@ -362,25 +362,23 @@ function fileRow(text, emotion, headline) {
   return row;
 }
 
-const percent = (probs, label) => Math.round(100 * (probs[label] || 0)) + ' %';
+// "angry 82 %" for anything the API answers with {label, probabilities}
+const verdict = (x) => `${x.label} ${Math.round(100 * (x.probabilities[x.label] || 0))} %`;
 
 function fileRows(kind, r) {
   if (kind === 'image') {
     if (!r.faces.length) return [fileRow(`${r.path}: no face found`, '', true)];
-    return r.faces.map((f, i) => fileRow(`face ${i + 1} at (${f.box[0]}, ${f.box[1]}): ${f.label} ` +
-                                         percent(f.probabilities, f.label), f.label, i === 0));
+    return r.faces.map((f, i) => fileRow(`face ${i + 1} at (${f.box[0]}, ${f.box[1]}): ${verdict(f)}`, f.label, i === 0));
   }
   if (!r.label) return [fileRow(`${r.path}: neither a face nor a voice found`, '', true)];
-  const rows = [fileRow(`${r.path}: ${r.label} ${percent(r.probabilities, r.label)}`, r.label, true)];
+  const rows = [fileRow(`${r.path}: ${verdict(r)}`, r.label, true)];
   if (kind === 'video') {
     for (const side of ['face', 'voice']) {
-      if (r[side]) rows.push(fileRow(`${side}: ${r[side].label} ${percent(r[side].probabilities, r[side].label)}`,
-                                     r[side].label));
+      if (r[side]) rows.push(fileRow(`${side}: ${verdict(r[side])}`, r[side].label));
     }
   }
   for (const seg of r.segments || []) {
-    rows.push(fileRow(`${seg.start.toFixed(1)}–${seg.end.toFixed(1)} s: ${seg.label} ` +
-                      percent(seg.probabilities, seg.label), seg.label));
+    rows.push(fileRow(`${seg.start.toFixed(1)}–${seg.end.toFixed(1)} s: ${verdict(seg)}`, seg.label));
   }
   return rows;
 }
