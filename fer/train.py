@@ -51,6 +51,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     schedule: str = "plateau"
     init_from: str = ""
+    refit: bool = False
     dedupe: bool = False
     class_weighting: bool = True
     val_fraction: float = 0.1
@@ -89,6 +90,8 @@ HELP = {
                 "raise --patience to run them all)",
     "dedupe": "drop exact-duplicate training images: copies of validation/test images, copies with conflicting "
               "labels, repeats (counted in data_report.json)",
+    "refit": "final fit once the recipe is chosen on validation: the validation images join training, all "
+             "--epochs run and the last weights are kept (needs --schedule cosine); only the test split is scored",
     "init_from": "warm start: a model.keras to continue training from (same architecture; a fresh optimizer)",
     "class_weighting": "weight the loss by inverse class frequency",
     "val_fraction": "validation fraction (of subjects for jaffe/ckplus) when the corpus has no validation part",
@@ -139,6 +142,8 @@ def load_split(cfg: TrainConfig):
                        seed=cfg.seed, detector=cfg.detector, slug=cfg.slug)
     splits = split_faceset(data, cfg.val_fraction, cfg.test_fraction, cfg.seed,
                            _csv(cfg.val_subjects), _csv(cfg.test_subjects))
+    if cfg.refit:  # the test images stay exactly those of the runs the recipe was chosen with
+        splits = np.where(splits == "val", "train", splits)
     if cfg.dedupe:
         splits, dropped = drop_duplicates(data.images, data.labels, splits)
         data.notes.append(f"duplicates dropped from training: {dropped}")
@@ -172,7 +177,7 @@ def _fit(model, cfg: TrainConfig, run_dir: Path, train_ds, val_ds, weights, epoc
     from core.training import make_callbacks
 
     callbacks = make_callbacks(run_dir, patience=cfg.patience, lr_patience=cfg.lr_patience, monitor="val_accuracy",
-                               reduce_lr=cfg.schedule == "plateau")
+                               reduce_lr=cfg.schedule == "plateau", validation=val_ds is not None)
     return model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
                      class_weight=weights, callbacks=callbacks, shuffle=False, verbose=2)  # tf.data shuffles
 
@@ -198,6 +203,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     if cfg.schedule not in SCHEDULES:  # fail before loading the data
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
+    if cfg.refit and cfg.schedule != "cosine":
+        raise ValueError("--refit has no validation split to stop on or lower the rate by: use --schedule cosine")
     if cfg.model == "resnet50":
         resolve_weights(cfg.weights)  # fail before loading data when the weights are unavailable
     set_seed(cfg.seed)
@@ -210,7 +217,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     write_split_csv(run_dir / "split.csv", data, splits)
     x = {s: data.images[splits == s] for s in ("train", "val", "test")}
     y = {s: data.labels[splits == s] for s in ("train", "val", "test")}
-    if len(y["train"]) == 0 or len(y["val"]) == 0:
+    if len(y["train"]) == 0 or (len(y["val"]) == 0 and not cfg.refit):
         raise ValueError(f"{cfg.dataset}: empty train or validation split "
                          f"(train {len(y['train'])}, val {len(y['val'])}); adjust --val-fraction / subjects")
     log.info("split: train %d, val %d, test %d", len(y["train"]), len(y["val"]), len(y["test"]))
@@ -223,7 +230,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     augmenter = make_augmenter(cfg.seed, shift=cfg.shift, erasing=cfg.erasing) if cfg.augment else None
     train_ds = make_dataset(x["train"], y["train"], cfg.batch_size, training=True, augmenter=augmenter, seed=cfg.seed)
-    val_ds = make_dataset(x["val"], y["val"], cfg.batch_size)
+    val_ds = None if cfg.refit else make_dataset(x["val"], y["val"], cfg.batch_size)
     weights = class_weights(y["train"], NUM_CLASSES) if cfg.class_weighting else None
 
     stage1_path, stage1_info = run_dir / STAGE1_FILE, run_dir / STAGE1_INFO
@@ -260,12 +267,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     save_model(inference_model(model), run_dir / "model.keras")
     plot_history(read_history(run_dir), run_dir)
     extra = {"dataset": cfg.dataset, "model": cfg.model, "params": int(model.count_params())}
-    val_metrics = write_report(run_dir, y["val"], predict_labels(model, x["val"]), extra=extra | {"split": "val"},
-                               prefix="val_")
-    print(f"validation: {format_summary(val_metrics)}")
+    if len(y["val"]):
+        val_metrics = write_report(run_dir, y["val"], predict_labels(model, x["val"]),
+                                   extra=extra | {"split": "val"}, prefix="val_")
+        print(f"validation: {format_summary(val_metrics)}")
     if len(y["test"]):
         metrics = write_report(run_dir, y["test"], predict_labels(model, x["test"]), extra=extra | {"split": "test"})
         print(f"test: {format_summary(metrics)}")
+    elif not len(y["val"]):
+        log.warning("--refit without a test split: no held-out images, no metrics")
+        metrics = {}
     else:
         log.warning("no test split: metrics.json holds the validation metrics")
         metrics = write_report(run_dir, y["val"], predict_labels(model, x["val"]), extra=extra | {"split": "val"})

@@ -295,3 +295,33 @@ def test_ensemble_averages_members_with_flips_and_checks_held_out_images(cnn_run
     assert "validation/test images differ" in capsys.readouterr().err
     assert ensemble.main([str(cnn_run), "--output", str(tmp_path / "one")]) == 2
     assert "at least two runs" in capsys.readouterr().err
+
+
+def test_refit_trains_on_validation_images_and_keeps_the_test_images(cnn_run, fer_data, tmp_path, capsys):
+    from fer import ensemble
+
+    run = tmp_path / "refit"
+    args = ["--model", "cnn", "--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "2", *TINY]
+    assert fer_train.main([*args, "--output", str(run), "--refit", "true"]) == 2  # plateau needs validation
+    assert "use --schedule cosine" in capsys.readouterr().err
+    assert fer_train.main([*args, "--output", str(run), "--refit", "true", "--schedule", "cosine"]) == 0
+
+    before, after = pd.read_csv(cnn_run / "split.csv"), pd.read_csv(run / "split.csv")
+    assert (after["split"] != "val").all()
+    assert after.loc[before["split"] == "val", "split"].eq("train").all()
+    assert after["split"].eq("test").equals(before["split"].eq("test"))
+    assert len(pd.read_csv(run / "history.csv")) == 2  # every epoch ran: nothing to stop early on
+    assert not (run / "val_metrics.json").exists()
+    assert read_json(run / "metrics.json")["n"] == read_json(cnn_run / "metrics.json")["n"]
+
+    out = tmp_path / "eval"
+    assert fer_evaluate.main(["--model-dir", str(run), "--dataset", "fer2013", "--data-dir", str(fer_data),
+                              "--split", "val", "--output", str(out)]) == 2
+    assert "refit on its validation images" in capsys.readouterr().err
+    twin = tmp_path / "twin"
+    assert fer_train.main([*args, "--output", str(twin), "--refit", "true", "--schedule", "cosine",
+                           "--erasing", "0.5"]) == 0
+    ens = tmp_path / "ens"
+    assert ensemble.main([str(run), str(twin), "--output", str(ens), "--data-dir", str(fer_data)]) == 0
+    assert read_json(ens / "metrics.json")["n"] == read_json(run / "metrics.json")["n"]
+    assert not (ens / "val_metrics.json").exists()
