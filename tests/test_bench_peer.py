@@ -23,3 +23,15 @@ def test_peer_adapter_rescales_resizes_and_reorders_labels(tmp_path, repo_root):
     probs = peer.predict(faces)
     assert probs.shape == (2, 7) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
     assert probs[0].argmax() == EMOTION_INDEX["happy"] and probs[1].argmax() == EMOTION_INDEX["angry"]
+
+
+def test_hold_out_images_with_a_copy_elsewhere_are_flagged(repo_root):
+    sys.path.insert(0, str(repo_root / "bench"))
+    import bench_fer_peer as bench
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    images[4] = images[0]  # a test image repeated in training
+    images[5] = images[3]  # a training image repeated in training only
+    part = np.array([True, True, False, False, False, False])
+    np.testing.assert_array_equal(bench.has_copy_outside(images, part), [True, False, False, False, False, False])
