@@ -63,6 +63,9 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
         raise ValueError(f"{run_dir}/model.keras already averages flips")
     if cfg.shift < 0:
         raise ValueError(f"--shift must be >= 0 pixels, got {cfg.shift}")
+    if config.get("refit"):
+        raise ValueError(f"{run_dir} was refit on its validation images: nothing is left to decide on; decide on "
+                         "the run before the refit (fer.ensemble adds flip averaging to refit members)")
     train_cfg = run_config(config, cfg.data_dir)
     data, splits = load_split(train_cfg)
     val, test = splits == "val", splits == "test"

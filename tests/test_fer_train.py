@@ -318,6 +318,10 @@ def test_refit_trains_on_validation_images_and_keeps_the_test_images(cnn_run, fe
     assert fer_evaluate.main(["--model-dir", str(run), "--dataset", "fer2013", "--data-dir", str(fer_data),
                               "--split", "val", "--output", str(out)]) == 2
     assert "refit on its validation images" in capsys.readouterr().err
+    from fer import tta
+
+    assert tta.main(["--model-dir", str(run), "--data-dir", str(fer_data)]) == 2
+    assert "refit on its validation images" in capsys.readouterr().err
     twin = tmp_path / "twin"
     assert fer_train.main([*args, "--output", str(twin), "--refit", "true", "--schedule", "cosine",
                            "--erasing", "0.5"]) == 0
