@@ -108,9 +108,9 @@ def corpora(data_root: Path) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
 
 def has_copy_outside(images: np.ndarray, part: np.ndarray) -> np.ndarray:
     """True for items of ``part`` whose exact pixels also occur outside it (FER2013 repeats faces)."""
-    import hashlib
+    from fer.data import image_digests
 
-    digests = np.array([hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest() for img in images])
+    digests = np.array(image_digests(images))
     outside = set(digests[~part])
     return part & np.array([d in outside for d in digests])
 

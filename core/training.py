@@ -74,6 +74,12 @@ def random_split(labels: Sequence[int], val_fraction: float, test_fraction: floa
 SCHEDULES = ("plateau", "cosine")
 
 
+def check_refit(refit: bool, schedule: str) -> None:
+    """A refit has no validation data to stop early on or lower the rate by, so only a fixed schedule fits."""
+    if refit and schedule != "cosine":
+        raise ValueError("--refit has no validation split to stop on or lower the rate by: use --schedule cosine")
+
+
 def learning_rate(schedule: str, base: float, total_steps: int):
     """``base`` as a float for ``plateau`` (ReduceLROnPlateau owns the rate), else a cosine decay to zero over
     ``total_steps`` optimizer steps."""

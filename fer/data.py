@@ -212,6 +212,13 @@ def split_faceset(data: FaceSet, val_fraction: float, test_fraction: float, seed
     return splits.astype(str)
 
 
+def image_digests(images: np.ndarray) -> list[str]:
+    """SHA-1 of each image's pixels: equal digests mean byte-identical faces."""
+    import hashlib
+
+    return [hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest() for img in images]
+
+
 def drop_duplicates(images: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
     """Mark exact-duplicate training images 'unused'; returns the new splits and what was dropped.
 
@@ -219,10 +226,8 @@ def drop_duplicates(images: np.ndarray, labels: np.ndarray, splits: np.ndarray) 
     test image leaks it into training; identical training images with different labels teach nothing but
     noise; further copies with the same label only re-weight. Validation and test are never changed.
     """
-    import hashlib
-
     splits = np.array(splits, dtype=object)
-    digests = [hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest() for img in images]
+    digests = image_digests(images)
     held_out = {d for d, s in zip(digests, splits) if s in ("val", "test")}
     labels_of: dict[str, set[int]] = {}
     for d, label, s in zip(digests, labels, splits):

@@ -62,11 +62,11 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         raise ValueError(f"unknown split {cfg.split!r}; choose one of {SPLIT_CHOICES}")
     predictor = FERPredictor(cfg.model_dir)
     train_cfg = predictor.config
+    if cfg.split == "val" and train_cfg.get("refit"):
+        raise ValueError(f"{predictor.model_dir} was refit on its validation images: --split val is training data")
     seed = int(train_cfg.get("seed", 42))
     data = load_corpus(cfg.dataset, cfg.data_dir, size=predictor.face_size, max_per_class=cfg.max_per_class,
                        seed=seed, detector=cfg.detector, slug=cfg.slug)
-    if cfg.split == "val" and train_cfg.get("refit"):
-        raise ValueError(f"{predictor.model_dir} was refit on its validation images: --split val is training data")
     if cfg.split != "all":
         if train_cfg.get("dataset") not in (None, cfg.dataset):
             log.warning("the model was trained on %s: the %s split of %s is not its held-out data",

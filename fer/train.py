@@ -199,12 +199,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; choose one of {MODELS}")
-    from core.training import SCHEDULES
+    from core.training import SCHEDULES, check_refit
 
     if cfg.schedule not in SCHEDULES:  # fail before loading the data
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
-    if cfg.refit and cfg.schedule != "cosine":
-        raise ValueError("--refit has no validation split to stop on or lower the rate by: use --schedule cosine")
+    check_refit(cfg.refit, cfg.schedule)
     if cfg.model == "resnet50":
         resolve_weights(cfg.weights)  # fail before loading data when the weights are unavailable
     set_seed(cfg.seed)

@@ -58,14 +58,14 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
     if not (run_dir / "model.keras").is_file() or not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished fer.train run (model.keras + config.json)")
     config = read_json(run_dir / "config.json")
+    if config.get("refit"):
+        raise ValueError(f"{run_dir} was refit on its validation images: nothing is left to decide on; decide on "
+                         "the run before the refit (fer.ensemble adds flip averaging to refit members)")
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
     if is_flip_averaged(model) or config.get("flip_tta"):
         raise ValueError(f"{run_dir}/model.keras already averages flips")
     if cfg.shift < 0:
         raise ValueError(f"--shift must be >= 0 pixels, got {cfg.shift}")
-    if config.get("refit"):
-        raise ValueError(f"{run_dir} was refit on its validation images: nothing is left to decide on; decide on "
-                         "the run before the refit (fer.ensemble adds flip averaging to refit members)")
     train_cfg = run_config(config, cfg.data_dir)
     data, splits = load_split(train_cfg)
     val, test = splits == "val", splits == "test"

@@ -20,7 +20,7 @@ from core.config import parse_config
 from core.io import save_model, write_json
 from core.labels import EMOTIONS, NUM_CLASSES
 from core.reports import format_summary, plot_history, write_report
-from core.training import class_weights, learning_rate, make_callbacks, read_history, set_seed
+from core.training import check_refit, class_weights, learning_rate, make_callbacks, read_history, set_seed
 from ser.features import DEFAULT_CACHE_DIR
 
 log = logging.getLogger("ser.train")
@@ -101,6 +101,7 @@ def run(cfg: TrainConfig) -> dict:
     from ser.features import Normalizer
     from ser.models import build_model
 
+    check_refit(cfg.refit, cfg.schedule)  # before minutes of feature extraction
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
@@ -114,8 +115,6 @@ def run(cfg: TrainConfig) -> dict:
     splits = split_clips(clips, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.seed,
                          _csv(cfg.val_speakers), _csv(cfg.test_speakers))
     if cfg.refit:
-        if cfg.schedule != "cosine":
-            raise ValueError("--refit has no validation split to stop on or lower the rate by: use --schedule cosine")
         splits = np.where(splits == "val", "train", splits)
     _write_split(out, clips, splits, corpus_reports)
     part = {name: [i for i, s in enumerate(splits) if s == name] for name in ("train", "val", "test")}
