@@ -23,9 +23,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+
+from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "results"
@@ -35,25 +36,35 @@ N_FRAMES = 20
 FACE_REPEATS = 200
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-root", default=os.environ.get("EMOTION_SHARED_DATA", str(DEFAULT_DATA)))
-    p.add_argument("--cnn-epochs", type=int, default=4)
-    p.add_argument("--resnet-epochs", type=int, default=2)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python bench/bench_fer.py", description=__doc__.split("\n")[0])
+    p.add_argument("--data-root", default=os.environ.get("EMOTION_SHARED_DATA", str(DEFAULT_DATA)),
+                   help="folder holding fer2013/, jaffe/, ckplus48/ ($EMOTION_SHARED_DATA, default: %(default)s)")
+    p.add_argument("--cnn-epochs", type=int, default=4, help="epochs of the cnn model (default: %(default)s)")
+    p.add_argument("--resnet-epochs", type=int, default=2, help="epochs of the resnet50 model (default: %(default)s)")
     p.add_argument("--max-train-per-class", type=int, default=500,
                    help="training images per class (0 = all 25k); validation / test stay complete")
-    p.add_argument("--resnet-max-train-per-class", type=int, default=200)
+    p.add_argument("--resnet-max-train-per-class", type=int, default=200,
+                   help="resnet50: training images per class (0 = all; default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="small batches: more steps for a short budget")
-    p.add_argument("--resnet-size", type=int, default=48)
+    p.add_argument("--resnet-size", type=int, default=48,
+                   help="size faces are resized to inside resnet50 (default: %(default)s)")
     p.add_argument("--resnet-weights", default="imagenet",
                    help="imagenet, none or a local .h5; imagenet falls back to none when it cannot be fetched")
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--test-fraction", type=float, default=0.1)
-    p.add_argument("--models", default="cnn,resnet50")
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="stratified part of FER2013 train held out for validation (default: %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=0.1,
+                   help="stratified part of FER2013 train held out for testing (default: %(default)s)")
+    p.add_argument("--models", default="cnn,resnet50", help="comma-separated fer.train models (default: %(default)s)")
     p.add_argument("--skip-training", action="store_true", help="reuse the run folders in runs/bench_fer/")
     p.add_argument("--latency", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # internal: one-core subprocess
     p.add_argument("--latency-out", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    add_verbose_flag(p)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- one-core latency (subprocess)
@@ -279,4 +290,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_tensorflow()
     sys.exit(main())

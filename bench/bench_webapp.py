@@ -29,6 +29,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
 from core.io import atomic_write, write_json  # noqa: E402
 from tests.synth_media import face_image, jpeg_bytes, voice  # noqa: E402
 from webapp.stream import BINARY_HEADER  # noqa: E402
@@ -292,17 +293,23 @@ def markdown(r: dict) -> str:
     ] + ([f"Errors seen: {', '.join(r['error_examples'])}", ""] if r["error_examples"] else []))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python bench/bench_webapp.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="saved_models", help="models folder for the server it starts")
     parser.add_argument("--url", default=None, help="ws://host:port/ws/stream of a running server instead")
     parser.add_argument("--pid", type=int, default=None, help="pid of that server, for its memory")
-    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=20, help="simulated browsers (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of streaming")
     parser.add_argument("--fps", type=float, default=5.0, help="frames per second per client")
     parser.add_argument("--chunk-ms", type=int, default=250, help="audio window length and period")
     parser.add_argument("--out", default=str(RESULTS_DIR / "webapp"), help="writes OUT.json and OUT.md")
-    args = parser.parse_args(argv)
+    add_verbose_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     import urllib.request
 
@@ -337,5 +344,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     sys.exit(main())

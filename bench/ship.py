@@ -15,9 +15,30 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
+
 KEEP = ("model.keras", "config.json", "normalization.npz", "metrics.json", "val_metrics.json",
         "confusion_matrix.png", "split.csv", "data_report.json", "export.json", "model_float16.tflite",
         "model_int8.tflite", "curve_loss.png", "curve_accuracy.png", "history.csv", "late_fusion.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python bench/ship.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, choices=["ser", "fer", "fusion"], help="which kind of model")
+    parser.add_argument("--run", required=True, help="the finished run folder to ship")
+    parser.add_argument("--name", default=None, help="folder under saved_models/ (default: the task, e.g. fer_tiny "
+                        "for a second face model)")
+    parser.add_argument("--title", required=True, help="the model card's title")
+    parser.add_argument("--data", required=True, help="model card: the training data")
+    parser.add_argument("--split", required=True, help="model card: the split every number refers to")
+    parser.add_argument("--licence", required=True, help="model card: licence of the training data")
+    parser.add_argument("--command", action="append", default=[],
+                        help="model card: one command to reproduce the model (repeatable, in order)")
+    parser.add_argument("--row", action="append", default=[], help="extra card row 'name=value'")
+    parser.add_argument("--notes", default="", help="model card: free-text notes (targets met or not, caveats)")
+    add_verbose_flag(parser)
+    return parser
 
 
 def main() -> None:
@@ -25,19 +46,7 @@ def main() -> None:
 
     from core.model_card import write_model_card
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=["ser", "fer", "fusion"])
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--name", default=None, help="folder under saved_models/ (default: the task, e.g. fer_tiny "
-                        "for a second face model)")
-    parser.add_argument("--title", required=True)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--split", required=True)
-    parser.add_argument("--licence", required=True)
-    parser.add_argument("--command", action="append", default=[])
-    parser.add_argument("--row", action="append", default=[], help="extra card row 'name=value'")
-    parser.add_argument("--notes", default="")
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     importlib.import_module(f"{args.task}.models")  # registers custom layers, so the card can count parameters
     run, dest = Path(args.run), REPO / "saved_models" / (args.name or args.task)
     dest.mkdir(parents=True, exist_ok=True)
@@ -54,4 +63,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    quiet_tensorflow()
     main()

@@ -1,11 +1,55 @@
-"""Hyperparameters live in one dataclass per recipe; this turns it into a CLI with overrides."""
+"""Hyperparameters live in one dataclass per recipe; this turns it into a CLI with overrides.
+
+    parser = config_parser(TrainConfig, "Train ...", HELP, advanced={"mixup"})   # usage: python -m ser.train
+    cfg = parse_config(TrainConfig, argv, "Train ...", HELP, advanced={"mixup"})
+
+Every field becomes ``--field-name``; its help comes from the recipe's HELP dict, else from
+:data:`COMMON_HELP` (fields most recipes share). Fields named in ``advanced`` are listed in a separate
+"advanced options" group after the main ones: settings that exist for experiments and measured no gain
+(docs/results.md), so a new user can skip them.
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any, Sequence, TypeVar
+from typing import Any, Collection, Sequence, TypeVar
+
+from core.cli import add_verbose_flag, module_prog, quiet_tensorflow
 
 T = TypeVar("T")
+
+ADVANCED_TITLE = "advanced options"
+ADVANCED_DESCRIPTION = "kept for experiments; they measured no gain here (docs/results.md)"
+
+# Help for fields that mean the same in every recipe; a recipe's own HELP entry wins.
+COMMON_HELP: dict[str, str] = {
+    "data_dir": "folder holding the corpus (or a root with one folder per corpus); default $EMOTION_DATA_DIR, "
+                "else a kagglehub download",
+    "output": "run folder; re-running with the same folder resumes",
+    "epochs": "training epochs (early stopping may end sooner)",
+    "batch_size": "examples per training step",
+    "learning_rate": "initial learning rate (Adam)",
+    "label_smoothing": "label smoothing of the cross-entropy (0 = off)",
+    "schedule": "learning rate: plateau (halve when validation loss stalls) or cosine (decay to 0 over --epochs)",
+    "patience": "epochs without validation improvement before early stopping",
+    "lr_patience": "epochs without validation improvement before the learning rate is halved (plateau)",
+    "seed": "random seed (splits, initial weights, augmentation)",
+    "val_fraction": "fraction held out for validation (by speaker / subject where the corpus has them)",
+    "test_fraction": "fraction held out for testing (by speaker / subject where the corpus has them)",
+    "dropout": "dropout rate before the classifier",
+    "slug": "Kaggle dataset slug overriding the default download",
+    "slugs": "kagglehub overrides per corpus, e.g. ravdess=me/my-ravdess,tess=me/tess",
+    "cache_dir": "feature / preprocessing cache folder ('' disables it)",
+    "n_jobs": "worker processes for feature extraction (-1 = all cores)",
+    "threads": "TensorFlow intra-op threads; 0 = all cores",
+    "model_dir": "trained run folder (model.keras + config.json)",
+    "detector": "face detector: haar, mtcnn (or none where faces are already cropped)",
+    "refit": "final fit once the recipe is chosen: validation data joins training, all --epochs run, the last "
+             "weights are kept (needs --schedule cosine); only the test split is scored",
+    "max_seconds": "seconds of each clip the model sees",
+    "n_mels": "log-mel bands",
+    "fps": "video frames sampled per second",
+}
 
 
 def parse_bool(text: str) -> bool:
@@ -16,20 +60,39 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, help_texts: dict[str, str] | None = None) -> None:
-    """One ``--field-name`` option per dataclass field, defaulting to the field's default."""
-    help_texts = help_texts or {}
+def field_help(name: str, help_texts: dict[str, str] | None = None) -> str:
+    """The help line of one field: the recipe's own text, else the shared one, else ''."""
+    return (help_texts or {}).get(name) or COMMON_HELP.get(name, "")
+
+
+def missing_help(cls: type, help_texts: dict[str, str] | None = None) -> list[str]:
+    """Fields of ``cls`` that would get no help line (tests fail on these)."""
+    return [f.name for f in dataclasses.fields(cls) if not field_help(f.name, help_texts)]
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, help_texts: dict[str, str] | None = None,
+                       advanced: Collection[str] = ()) -> None:
+    """One ``--field-name`` option per dataclass field, defaulting to the field's default.
+
+    Fields in ``advanced`` go to a separate group, printed after the main options by ``--help``.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(advanced) - names
+    if unknown:  # a renamed field would otherwise silently move back into the main group
+        raise ValueError(f"advanced options {sorted(unknown)} are not fields of {cls.__name__}")
+    group = parser.add_argument_group(ADVANCED_TITLE, ADVANCED_DESCRIPTION) if advanced else None
     for field in dataclasses.fields(cls):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         kind = type(default)
         flag = "--" + field.name.replace("_", "-")
-        text = help_texts.get(field.name, "") + f" (default: {default})"
+        text = (field_help(field.name, help_texts) + f" (default: {default})").strip()
+        target = group if field.name in advanced else parser
         if kind is bool:
-            parser.add_argument(flag, type=parse_bool, default=default, metavar="BOOL", help=text)
+            target.add_argument(flag, type=parse_bool, default=default, metavar="BOOL", help=text)
         elif default is None:
-            parser.add_argument(flag, default=None, help=text)
+            target.add_argument(flag, default=None, help=text)
         else:
-            parser.add_argument(flag, type=kind, default=default, help=text)
+            target.add_argument(flag, type=kind, default=default, help=text)
 
 
 def from_args(cls: type[T], args: argparse.Namespace) -> T:
@@ -37,11 +100,26 @@ def from_args(cls: type[T], args: argparse.Namespace) -> T:
     return cls(**values)
 
 
+def config_parser(cls: type, description: str, help_texts: dict[str, str] | None = None, *,
+                  prog: str | None = None, advanced: Collection[str] = ()) -> argparse.ArgumentParser:
+    """The parser of a dataclass recipe, named after the recipe's module (``usage: python -m ser.train``)."""
+    parser = argparse.ArgumentParser(prog=prog or module_prog(cls.__module__), description=description)
+    add_dataclass_args(parser, cls, help_texts, advanced)
+    add_verbose_flag(parser)
+    return parser
+
+
 def parse_config(cls: type[T], argv: Sequence[str] | None, description: str,
-                 help_texts: dict[str, str] | None = None) -> T:
-    parser = argparse.ArgumentParser(description=description)
-    add_dataclass_args(parser, cls, help_texts)
-    return from_args(cls, parser.parse_args(argv))
+                 help_texts: dict[str, str] | None = None, *, prog: str | None = None,
+                 advanced: Collection[str] = ()) -> T:
+    parser = config_parser(cls, description, help_texts, prog=prog, advanced=advanced)
+    args = parser.parse_args(argv)
+    if argv is None:
+        # The real command line: quiet TensorFlow here too, for CLIs whose __main__ block does not (yet) call
+        # core.cli.quiet_tensorflow. Recipes import TensorFlow lazily, after parsing, so this is in time.
+        # Tests pass argv and keep their own logging.
+        quiet_tensorflow(args.verbose)
+    return from_args(cls, args)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def label_to_index(label: str) -> int:
 
 
 def mapping_markdown() -> str:
-    """The mapping table as Markdown (the README's copy is generated from this)."""
+    """The mapping table as Markdown (docs/datasets.md holds a copy; tests/test_docs.py keeps it in sync)."""
     lines = ["| corpus | raw label → schema label |", "|---|---|"]
     for corpus, table in CORPUS_LABELS.items():
         pairs = ", ".join(f"`{raw}` → {label or '*dropped*'}" for raw, label in table.items())

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from core.cli import add_verbose_flag, module_prog, quiet_tensorflow
+from core.config import parse_bool
 from core.io import read_json, save_model, write_json
 
 HELD_OUT = ("val", "test")
@@ -102,19 +104,23 @@ def make(run_dirs: Sequence[Path], output: Path, data_dir: str | None, flip: boo
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from core.config import parse_bool
-    from core.datasets import DatasetNotFoundError
-    from fer.data import FaceDataError
-
-    parser = argparse.ArgumentParser(description="Average trained face models into one.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=module_prog(__name__), description="Average trained face models into one.")
     parser.add_argument("runs", nargs="+", help="run folders written by fer.train")
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output", required=True, help="run folder for the ensemble")
     parser.add_argument("--data-dir", default=None, help="the corpus, to score the ensemble on the held-out images")
     parser.add_argument("--flip", type=parse_bool, default=True, metavar="BOOL",
                         help="average each face with its mirror image (default: true)")
     parser.add_argument("--shift", type=int, default=0, help="also average 5 crops moved this many pixels (0 = off)")
-    args = parser.parse_args(argv)
+    add_verbose_flag(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from core.datasets import DatasetNotFoundError
+    from fer.data import FaceDataError
+
+    args = build_parser().parse_args(argv)
     try:
         make([Path(r) for r in args.runs], Path(args.output), args.data_dir, args.flip, args.shift)
     except (DatasetNotFoundError, FaceDataError, FileNotFoundError, ValueError) as exc:
@@ -124,4 +130,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_tensorflow()
     sys.exit(main())

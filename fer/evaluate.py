@@ -9,6 +9,7 @@ Writes metrics.json, confusion_matrix.png, data_report.json and predictions.csv 
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.config import parse_config
+from core.cli import progress, quiet_tensorflow
+from core.config import config_parser, parse_config
 from core.datasets import DatasetNotFoundError
 from core.io import atomic_write, write_json
 from core.labels import EMOTIONS
@@ -41,6 +43,7 @@ class EvaluateConfig:
 
 
 HELP = {
+    "batch_size": "faces per prediction batch (memory only; results do not change)",
     "model_dir": "trained run folder with model.keras (default saved_models/fer)",
     "dataset": "fer2013, jaffe or ckplus",
     "data_dir": "corpus folder, a root holding it, or a fer2013.csv file",
@@ -49,6 +52,13 @@ HELP = {
     "detector": "jaffe: face detector used to crop the photos (haar, mtcnn, none)",
     "max_per_class": "use at most this many images per class; 0 = all",
 }
+
+
+DESCRIPTION = "Evaluate a facial expression model on a corpus."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return config_parser(EvaluateConfig, DESCRIPTION, HELP)
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -78,8 +88,9 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         data = data.subset(splits == cfg.split)
         if not len(data):
             raise ValueError(f"{cfg.dataset}: the {cfg.split} split is empty")
+    starts = range(0, len(data), cfg.batch_size)
     probs = np.concatenate([predictor.predict_crops(data.images[i:i + cfg.batch_size])
-                            for i in range(0, len(data), cfg.batch_size)])
+                            for i in progress(starts, desc="predict", unit="batch")])
     predicted = probs.argmax(axis=1)
     out_dir = Path(cfg.output)
     extra = {"split": cfg.split, "dataset": cfg.dataset, "model_dir": str(predictor.model_dir),
@@ -96,7 +107,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = parse_config(EvaluateConfig, argv, "Evaluate a facial expression model on a corpus.", HELP)
+    cfg = parse_config(EvaluateConfig, argv, DESCRIPTION, HELP)
     from fer.data import FaceDataError
     from fer.predict import ModelNotFoundError
 
@@ -109,4 +120,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_tensorflow()
     sys.exit(main())

@@ -7,12 +7,12 @@ test split. ``python -m fer.predict --tflite int8`` runs them.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
 import numpy as np
 
+from core.cli import add_verbose_flag, module_prog, quiet_tensorflow
 from core.export import export_model_dir
 
 REPRESENTATIVE_FACES = 300
@@ -42,15 +42,27 @@ def split_faces(predictor, data_dir: str | None, max_test: int) -> tuple[dict, s
     return out, None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from fer.predict import DEFAULT_MODEL_DIR, FERPredictor
+def build_parser() -> argparse.ArgumentParser:
+    from fer.predict import DEFAULT_MODEL_DIR
 
-    parser = argparse.ArgumentParser(description="Export a facial expression model to TFLite (float16, int8).")
-    parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    parser = argparse.ArgumentParser(prog=module_prog(__name__),
+                                     description="Export a facial expression model to TFLite (float16, int8).")
+    parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR),
+                        help="run folder to export; the .tflite files and export.json are written next to "
+                             "model.keras (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, help="corpus for calibration and the accuracy check")
-    parser.add_argument("--modes", default="float16,int8")
-    parser.add_argument("--max-test", type=int, default=MAX_TEST_FACES, help="test faces scored (0 = all)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--modes", default="float16,int8",
+                        help="comma-separated TFLite variants: float16, int8 (default: %(default)s)")
+    parser.add_argument("--max-test", type=int, default=MAX_TEST_FACES,
+                        help="test faces scored (0 = all; default: %(default)s)")
+    add_verbose_flag(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from fer.predict import FERPredictor
+
+    args = build_parser().parse_args(argv)
     predictor = FERPredictor(args.model_dir)
     sets, problem = split_faces(predictor, args.data_dir, args.max_test)
     if problem:
@@ -65,5 +77,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     sys.exit(main())

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 import cv2
 import numpy as np
 
+from core.cli import add_verbose_flag, echo, module_prog, progress, quiet_tensorflow
 from core.io import read_json
 from core.labels import EMOTIONS
 from fer.data import IMAGE_EXTENSIONS, list_images
@@ -153,7 +154,8 @@ def _format_faces(path: Path, faces: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Facial expression of every face in images (files or folders).")
+    parser = argparse.ArgumentParser(prog=module_prog(__name__),
+                                     description="Facial expression of every face in images (files or folders).")
     parser.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     parser.add_argument("--model-dir", default=None, help=f"trained run folder (default: {DEFAULT_MODEL_DIR})")
     parser.add_argument("--detector", choices=DETECTORS, default="haar",
@@ -165,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--margin", type=float, default=None, help="extra border around each face box (fraction)")
     parser.add_argument("--tflite", choices=["float16", "int8"], default=None,
                         help="run the exported TFLite file instead of the Keras model (see fer.export)")
+    add_verbose_flag(parser)
     return parser
 
 
@@ -178,15 +181,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = Path(args.annotate) if args.annotate else None
     used: set[Path] = set()
     failures = 0
-    for path, folder, problem in iter_inputs(args.paths):
+    inputs = list(iter_inputs(args.paths))  # listed first, so the progress bar knows the total
+    for path, folder, problem in progress(inputs, desc="images", unit="image"):
         if problem:
-            print(f"error: {problem}", file=sys.stderr)
+            echo(f"error: {problem}", err=True)
             failures += 1
             continue
         try:
             image = read_image(path)
         except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            echo(f"error: {exc}", err=True)
             failures += 1
             continue
         if args.no_detect:
@@ -198,13 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = {"path": str(path), "faces": faces}
             text = _format_faces(path, faces)
             if not faces:
-                print(f"{path}: no face found", file=sys.stderr)
-        print(json.dumps(result) if args.json else text, flush=True)
+                echo(f"{path}: no face found", err=True)
+        echo(json.dumps(result) if args.json else text)
         if out_dir is not None:
             target = annotation_path(out_dir, path, folder, used)
             target.parent.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(target), draw_faces(to_bgr(image), faces)):
-                print(f"error: could not write {target}", file=sys.stderr)
+                echo(f"error: could not write {target}", err=True)
                 failures += 1
     if failures:
         print(f"{failures} input(s) failed", file=sys.stderr)
@@ -212,4 +216,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_tensorflow()
     sys.exit(main())

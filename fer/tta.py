@@ -12,19 +12,19 @@ candidate beats the plain model on validation, replaces ``model.keras`` by it (t
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import keras
 import numpy as np
 
-from core.config import parse_config
+from core.cli import quiet_tensorflow
+from core.config import config_parser, parse_config
 from core.datasets import DatasetNotFoundError
 from core.io import read_json, save_model, write_json
-from fer.models import is_flip_averaged, with_tta
 
 log = logging.getLogger("fer.tta")
 
@@ -41,6 +41,7 @@ class TTAConfig:
 
 
 HELP = {
+    "batch_size": "faces per prediction batch (memory only; results do not change)",
     "model_dir": "a finished fer.train run folder (model.keras, config.json)",
     "data_dir": "the corpus the run was trained on (as for fer.train)",
     "min_gain": "keep test-time averaging only when it raises validation accuracy by more than this",
@@ -49,8 +50,18 @@ HELP = {
 }
 
 
+DESCRIPTION = "Add test-time flip (and crop) averaging to a trained face model if validation says it helps."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return config_parser(TTAConfig, DESCRIPTION, HELP)
+
+
 def apply(cfg: TTAConfig) -> dict[str, Any]:
     """Decide on validation; returns {"val_accuracy_plain", "val_accuracy_flip", ..., "kept", "shift"}."""
+    import keras  # here, not at the top: `python -m fer.tta` must quiet TensorFlow before it loads
+
+    from fer.models import is_flip_averaged, with_tta
     from core.reports import format_summary, write_report
     from fer.train import load_split, predict_labels, run_config
 
@@ -104,8 +115,7 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = parse_config(TTAConfig, argv, "Add test-time flip (and crop) averaging to a trained face model if "
-                                        "validation says it helps.", HELP)
+    cfg = parse_config(TTAConfig, argv, DESCRIPTION, HELP)
     from fer.data import FaceDataError
 
     try:
@@ -117,4 +127,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_tensorflow()
     sys.exit(main())

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from core.cli import add_verbose_flag, module_prog, progress, quiet_tensorflow
 from core.io import read_json, write_json
 from core.labels import EMOTIONS
 from core.reports import compute_metrics, format_summary, write_report
@@ -176,24 +177,36 @@ def _validation_clips(args: argparse.Namespace) -> tuple[list[str], np.ndarray]:
     return frame["path"].tolist(), frame["label"].to_numpy(int)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Fit late-fusion weights of saved SER and FER models on "
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=module_prog(__name__),
+                                     description="Fit late-fusion weights of saved SER and FER models on "
                                                  "validation videos (grid search maximising macro-F1).")
-    parser.add_argument("--ser-model-dir", default=None)
-    parser.add_argument("--fer-model-dir", default=None)
+    parser.add_argument("--ser-model-dir", default=None, help="SER run folder (default: saved_models/ser)")
+    parser.add_argument("--fer-model-dir", default=None, help="FER run folder (default: saved_models/fer)")
     parser.add_argument("--split-csv", default=None, help="split.csv of a fusion.train run (path,label,split)")
     parser.add_argument("--corpus", default="ravdess", help="meld | ravdess (when no --split-csv)")
-    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--data-dir", default=None, help="folder holding the corpus (when no --split-csv); "
+                        "default $EMOTION_DATA_DIR, else a kagglehub download")
     parser.add_argument("--split", default="val", help="which split to fit on (val) or only evaluate (test)")
-    parser.add_argument("--val-fraction", type=float, default=0.15)
-    parser.add_argument("--test-fraction", type=float, default=0.15)
-    parser.add_argument("--val-actors", default="")
-    parser.add_argument("--test-actors", default="")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--fps", type=float, default=LATE_FPS)
-    parser.add_argument("--detector", default="haar")
+    parser.add_argument("--val-fraction", type=float, default=0.15,
+                        help="RAVDESS without --split-csv: fraction of the actors held out for validation")
+    parser.add_argument("--test-fraction", type=float, default=0.15,
+                        help="RAVDESS without --split-csv: fraction of the actors held out for testing")
+    parser.add_argument("--val-actors", default="", help="RAVDESS: validation actors, e.g. 19,20 "
+                        "(overrides --val-fraction)")
+    parser.add_argument("--test-actors", default="", help="RAVDESS: test actors, e.g. 21,22,23,24 "
+                        "(overrides --test-fraction)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the split by actor (default: 42)")
+    parser.add_argument("--fps", type=float, default=LATE_FPS,
+                        help="frames per second searched for faces (default: %(default)s)")
+    parser.add_argument("--detector", default="haar", help="face detector: haar | mtcnn")
     parser.add_argument("--output", default="runs/fusion_late", help="writes late_fusion.json and metrics here")
-    args = parser.parse_args(argv)
+    add_verbose_flag(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         late = LateFusion(args.ser_model_dir, args.fer_model_dir, fps=args.fps, detector=args.detector)
@@ -202,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     probs, kept, skipped = [], [], []
-    for path, label in zip(paths, labels):
+    for path, label in progress(list(zip(paths, labels)), desc="clips", unit="clip"):
         try:
             p, _ = late.modality_probs(path)
         except (MediaError, FileNotFoundError) as exc:
@@ -232,5 +245,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     sys.exit(main())

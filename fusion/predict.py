@@ -21,10 +21,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from core.cli import add_verbose_flag, echo, module_prog, progress, quiet_tensorflow
 from core.io import read_json
 from core.labels import EMOTIONS
 from fusion.media import MediaError, NoAudioError
-from fusion.pipeline import batch_inputs, clip_seconds, input_keys, to_model_inputs, window
 from fusion.preprocess import PreprocessConfig, preprocess_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +40,7 @@ class FusionPredictor:
         import tensorflow as tf
 
         from fusion.models import load_model
+        from fusion.pipeline import input_keys
 
         self.model_dir = Path(model_dir or DEFAULT_MODEL_DIR)
         config_path = self.model_dir / "config.json"
@@ -61,6 +62,9 @@ class FusionPredictor:
 
     def windows(self, arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Cut a clip longer than the training cap into windows of ``max_seconds`` (the last one end-aligned)."""
+        # fusion.pipeline imports TensorFlow: imported here so `python -m fusion.predict` can quiet it first.
+        from fusion.pipeline import clip_seconds, window
+
         total = clip_seconds(arrays, self.preprocess)
         if total <= self.max_seconds:
             return [arrays]
@@ -70,12 +74,16 @@ class FusionPredictor:
 
     def predict_arrays(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Probabilities per output for one preprocessed clip, averaged over its windows."""
+        from fusion.pipeline import batch_inputs, to_model_inputs
+
         items = [to_model_inputs(w, self.modalities) for w in self.windows(arrays)]
         outputs = self._forward(batch_inputs(items))
         return {k: np.asarray(v).mean(axis=0) for k, v in outputs.items()}
 
     def predict_clip(self, path: str | os.PathLike) -> dict[str, Any]:
         """Fused and per-modality predictions; raises FileNotFoundError / MediaError with the reason."""
+        from fusion.pipeline import clip_seconds
+
         try:
             arrays = preprocess_file(path, self.preprocess, max_seconds=MAX_CLIP_SECONDS)
         except NoAudioError as exc:
@@ -113,7 +121,8 @@ def format_text(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Emotion of video clips from speech and faces.")
+    parser = argparse.ArgumentParser(prog=module_prog(__name__),
+                                     description="Emotion of video clips from speech and faces.")
     parser.add_argument("paths", nargs="+", metavar="CLIP", help="video files (with audio) or folders")
     parser.add_argument("--mode", choices=("joint", "late"), default="joint",
                         help="joint: the fusion.train model; late: saved ser + fer models combined")
@@ -124,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="late mode: late_fusion.json (from python -m fusion.late) or 'audio=0.6,face=0.4'")
     parser.add_argument("--detector", default="haar", help="late mode face detector: haar | mtcnn")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_verbose_flag(parser)
     return parser
 
 
@@ -140,17 +150,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failures = 0
-    for path in expand_paths(args.paths):
+    paths = expand_paths(args.paths)
+    for path in progress(paths, desc="clips", unit="clip"):
         try:
             result = predictor.predict_clip(path)
         except (MediaError, FileNotFoundError, ValueError) as exc:
             failures += 1
-            print(f"error: {exc}", file=sys.stderr)
+            echo(f"error: {exc}", err=True)
             continue
-        print(json.dumps(result) if args.json else format_text(result), flush=True)
+        echo(json.dumps(result) if args.json else format_text(result))
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     sys.exit(main())

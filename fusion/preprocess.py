@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from core.cli import progress as progress_bar
 from core.io import atomic_write, write_json
 from fusion.media import Clip, CorruptMediaError, MediaError, NoAudioError, decode_clip
 
@@ -186,8 +187,10 @@ def _init_worker() -> None:
 
 def preprocess_clips(paths: Sequence[str | os.PathLike], relpaths: Sequence[str], cache_dir: str | os.PathLike,
                      cfg: PreprocessConfig = PreprocessConfig(), workers: int = 1,
-                     progress: bool = False) -> list[dict[str, Any]]:
+                     progress: bool = True) -> list[dict[str, Any]]:
     """Cache every clip (parallel, resumable); one status dict per clip in input order.
+
+    ``progress``: a progress bar on stderr, shown only when stderr is a terminal.
 
     Status is ``ok`` (computed now), ``cached`` (already there), ``no_audio``, ``corrupt`` or ``missing``;
     bad clips carry a ``reason`` and are logged, never raised.
@@ -208,9 +211,7 @@ def preprocess_clips(paths: Sequence[str | os.PathLike], relpaths: Sequence[str]
         pool, iterator = None, map(_process_one, todo)
     try:
         if progress:
-            from tqdm import tqdm
-
-            iterator = tqdm(iterator, total=len(todo), desc="preprocess", unit="clip")
+            iterator = progress_bar(iterator, total=len(todo), desc="preprocess", unit="clip")
         for result in iterator:
             results[result["cache"]] = result
             if result["status"] not in ("ok", "cached") and not result.get("known"):

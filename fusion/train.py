@@ -13,6 +13,7 @@ checkpoints/.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -25,7 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.config import parse_config
+from core.cli import quiet_tensorflow
+from core.config import config_parser, parse_config
 from core.io import atomic_write, save_model, write_json
 from core.labels import EMOTIONS, NUM_CLASSES
 from core.reports import compute_metrics, format_summary, plot_history, write_report
@@ -107,6 +109,9 @@ HELP = {
                 "else kagglehub",
     "slug": "Kaggle slug to download instead of the default",
     "train_folder": "MELD clip folder of the train split (relative to the corpus root, or absolute)",
+    "dev_folder": "MELD clip folder of the dev split, used for validation (relative to the corpus root, or absolute)",
+    "test_folder": "MELD clip folder of the test split (relative to the corpus root, or absolute)",
+    "include_song": "RAVDESS: also use the sung clips (vocal channel 02)",
     "val_actors": "RAVDESS actors held out for validation, e.g. 19,20 (default: a fraction, by actor)",
     "test_actors": "RAVDESS actors held out for testing, e.g. 21,22,23,24",
     "limit": "at most this many clips per split (quick experiments); 0 = all",
@@ -114,16 +119,39 @@ HELP = {
     "cache_dir": "preprocessing cache (one .npz per clip; reused and resumable)",
     "workers": "preprocessing processes",
     "cache_seconds": "longest span of a clip that is cached",
+    "fps": "video frames sampled per second",
+    "sample_rate": "audio is resampled to this rate (Hz)",
+    "image_size": "full frames are resized to this many pixels square",
+    "face_size": "face crops are resized to this many pixels square",
+    "n_mels": "log-mel bands of the audio branch",
+    "detect_every": "run the face detector on every n-th sampled frame and reuse the box in between",
+    "detector": "face detector: haar or mtcnn",
     "max_seconds": "clips are cut to this many seconds in the input pipeline (random window when training)",
     "modalities": "comma-separated subset of frame,face,audio",
     "weights": "imagenet | none | PATH to MobileNetV2 no-top weights (.h5)",
+    "alpha": "MobileNetV2 width multiplier (0.35, 0.5, 0.75, 1.0, ...; ImageNet weights exist for the usual ones)",
+    "lstm_units": "units of the LSTMs over the frame and face embeddings",
+    "audio_filters": "filters of the first conv block of the audio CNN (doubled in the second)",
+    "audio_lstm_units": "units of the LSTM over the audio CNN's output",
+    "dense_units": "units of the dense layer after the three embeddings are joined",
+    "dropout": "dropout before the classifier",
     "aux_weight": "loss weight of the per-modality auxiliary heads",
     "frozen_epochs": "epochs with frozen pretrained backbones before fine-tuning (ignored with --weights none)",
     "batch_size": "per replica; the global batch is this times the number of replicas",
+    "learning_rate": "learning rate (Adam) while the pretrained backbones are frozen, or throughout with --weights none",
+    "fine_tune_learning_rate": "learning rate once the pretrained backbones are unfrozen",
+    "clipnorm": "gradients are clipped to this global norm",
     "steps_per_epoch": "0 = one pass over the training clips",
     "devices": "MirroredStrategy devices, e.g. /gpu:0,/gpu:1 (default: all GPUs, else the CPU)",
     "save_all_workers": "non-chief workers also save their final model under OUTPUT/worker_N/ (consistency checks)",
 }
+
+
+DESCRIPTION = "Train the audio-visual emotion model (MELD or RAVDESS video)."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return config_parser(TrainConfig, DESCRIPTION, HELP)
 
 
 # ---------------------------------------------------------------- distribution
@@ -491,7 +519,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = parse_config(TrainConfig, argv, "Train the audio-visual emotion model (MELD or RAVDESS video).", HELP)
+    cfg = parse_config(TrainConfig, argv, DESCRIPTION, HELP)
     from fusion.models import WeightsUnavailableError
 
     try:
@@ -503,5 +531,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     sys.exit(main())

@@ -6,16 +6,34 @@ Writes metrics.json, confusion_matrix.png and predictions.csv to ``--output``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from core.cli import add_verbose_flag, module_prog, quiet_tensorflow
 from core.io import write_json
 from core.labels import EMOTION_INDEX
 from core.reports import format_summary, write_report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=module_prog(__name__),
+                                     description="Evaluate a speech emotion model on labelled corpora.")
+    parser.add_argument("--model-dir", default=None, help="trained run folder (default: saved_models/ser)")
+    parser.add_argument("--corpora", default="ravdess,tess",
+                        help="comma-separated: ravdess, crema_d, tess, savee (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help="folder holding the corpora (or one corpus); "
+                        "default $EMOTION_DATA_DIR, else kagglehub")
+    parser.add_argument("--split", default="all", choices=["all", "train", "val", "test"],
+                        help="all files, or one split of the model's own split.csv")
+    parser.add_argument("--output", default="runs/ser-eval",
+                        help="folder for metrics.json, confusion_matrix.png, data_report.json, predictions.csv")
+    parser.add_argument("--n-jobs", type=int, default=-1,
+                        help="worker processes for feature extraction (-1 = all cores)")
+    add_verbose_flag(parser)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,17 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ser.corpora import clip_key, load_clips, parse_corpus_list
     from ser.dataset import extract_clips
     from ser.features import pad
-    from ser.predict import DEFAULT_MODEL_DIR, SERPredictor
+    from ser.predict import SERPredictor
 
-    parser = argparse.ArgumentParser(description="Evaluate a speech emotion model on labelled corpora.")
-    parser.add_argument("--model-dir", default=None, help=f"trained run folder (default: {DEFAULT_MODEL_DIR})")
-    parser.add_argument("--corpora", default="ravdess,tess")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--split", default="all", choices=["all", "train", "val", "test"],
-                        help="all files, or one split of the model's own split.csv")
-    parser.add_argument("--output", default="runs/ser-eval")
-    parser.add_argument("--n-jobs", type=int, default=-1)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         predictor = SERPredictor(args.model_dir)
         clips, reports = load_clips(parse_corpus_list(args.corpora), args.data_dir)
@@ -64,5 +74,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     sys.exit(main())

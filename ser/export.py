@@ -7,12 +7,12 @@ run's own test split (when the data is found). ``python -m ser.predict --tflite 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
 import numpy as np
 
+from core.cli import add_verbose_flag, module_prog, quiet_tensorflow
 from core.export import export_model_dir
 
 REPRESENTATIVE_CLIPS = 200
@@ -39,14 +39,25 @@ def split_arrays(predictor, data_dir: str | None, which: str) -> tuple[np.ndarra
     return x, y
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from ser.predict import DEFAULT_MODEL_DIR, SERPredictor
+def build_parser() -> argparse.ArgumentParser:
+    from ser.predict import DEFAULT_MODEL_DIR
 
-    parser = argparse.ArgumentParser(description="Export a speech emotion model to TFLite (float16, int8).")
-    parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    parser = argparse.ArgumentParser(prog=module_prog(__name__),
+                                     description="Export a speech emotion model to TFLite (float16, int8).")
+    parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR),
+                        help="run folder to export; the .tflite files and export.json are written next to "
+                             "model.keras (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, help="corpora for calibration and the accuracy check")
-    parser.add_argument("--modes", default="float16,int8")
-    args = parser.parse_args(argv)
+    parser.add_argument("--modes", default="float16,int8",
+                        help="comma-separated TFLite variants: float16, int8 (default: %(default)s)")
+    add_verbose_flag(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ser.predict import SERPredictor
+
+    args = build_parser().parse_args(argv)
     predictor = SERPredictor(args.model_dir)
     train = split_arrays(predictor, args.data_dir, "train")
     test = split_arrays(predictor, args.data_dir, "test")
@@ -61,5 +72,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     sys.exit(main())

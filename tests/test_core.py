@@ -101,12 +101,6 @@ def test_class_weights_balance_counts():
     assert w[2] == 1.0
 
 
-def test_readme_mapping_table_matches_code(repo_root):
-    text = (repo_root / "README.md").read_text()
-    start = text.index("<!-- mapping-table:start -->") + len("<!-- mapping-table:start -->")
-    assert text[start:text.index("<!-- mapping-table:end -->")].strip() == labels.mapping_markdown()
-
-
 def test_ci_runs_the_readme_test_command(repo_root):
     command = "python -m pytest -q"
     assert command in (repo_root / "README.md").read_text()

@@ -7,11 +7,9 @@ import os
 import sys
 from typing import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from core.config import add_dataclass_args, from_args  # noqa: E402
-
-from webapp.app import Settings, with_late_fusion_weights  # noqa: E402
+from core.cli import add_verbose_flag, quiet_tensorflow
+from core.config import add_dataclass_args, from_args
+from webapp.app import Settings, with_late_fusion_weights
 
 WS_SIZE_SLACK = 4  # the protocol layer drops messages over 4x the app limit; the app answers the rest
 HELP = {
@@ -24,12 +22,16 @@ HELP = {
     "max_waiting_uploads": "uploads queued beyond those; more get 503",
     "max_queued_voice": "voice estimates waiting for the voice thread (all streams); more are skipped",
     "silence_rms": "RMS below which the last silence-seconds of audio count as silence",
+    "silence_seconds": "seconds of the latest audio whose RMS decides silence",
     "audio_window_seconds": "seconds of audio the voice model sees",
+    "min_audio_seconds": "no voice estimate until the rolling audio window holds this many seconds",
     "voice_interval_seconds": "at most one new voice estimate per stream this often",
     "face_weight": "weight of the face in the fused probabilities",
     "voice_weight": "weight of the voice in the fused probabilities",
     "fresh_seconds": "how long a face or voice estimate stays in the fusion",
+    "max_frame_side": "live frames larger than this (pixels, longer side) are downscaled before face detection",
     "full_detect_every": "live frames: search the whole frame every Nth frame, near the last face otherwise",
+    "track_pad": "live frames: the search region is the last face box grown by this many box sizes",
     "detector": "face detector: haar or mtcnn",
     "warmup": "run each model once at start-up so the first request is fast",
 }
@@ -46,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "when present and no weight is given on the command line)")
     parser.add_argument("--ssl-certfile", default=None, help="serve HTTPS (browsers only give camera access "
                         "to pages on localhost or HTTPS)")
-    parser.add_argument("--ssl-keyfile", default=None)
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--ssl-keyfile", default=None, help="private key of --ssl-certfile")
+    parser.add_argument("--log-level", default="info", help="server log level: debug, info, warning, error "
+                        "(default: info)")
     add_dataclass_args(parser, Settings, HELP)
+    add_verbose_flag(parser)
     return parser
 
 
@@ -84,4 +88,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_tensorflow()
     sys.exit(main())

@@ -1,0 +1,181 @@
+"""What every command-line tool of the project shares: a quiet start, ``--verbose``, its name, progress bars.
+
+Each CLI calls :func:`quiet_tensorflow` in its ``if __name__ == "__main__":`` block, before anything imports
+TensorFlow (its start-up notices are printed while it loads):
+
+    if __name__ == "__main__":
+        quiet_tensorflow()
+        sys.exit(main())
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.abc
+import logging
+import os
+import re
+import sys
+import tempfile
+import warnings
+from typing import Any, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+VERBOSE_FLAG = "--verbose"
+VERBOSE_HELP = "show TensorFlow's start-up logs and library warnings (hidden by default)"
+
+# Loggers of the libraries whose chatter is not the user's business unless something breaks.
+_NOISY_LOGGERS = ("tensorflow", "absl", "keras", "h5py", "numba")
+# Python warnings these libraries raise about their own internals (deprecations inside TF/Keras and the like).
+_NOISY_MODULES = r"(tensorflow|tf_keras|keras|absl|h5py|google\.protobuf|tensorboard)(\.|$)"
+# What TensorFlow's shared libraries print while they load: absl-formatted lines ("I0000 00:00:1796359590.208
+# 9290 port.cc:153] oneDNN custom operations are on ..."; before absl is initialised the seconds are epoch seconds), absl's note about its own initialisation, and the
+# second line of the CPU-instructions notice.
+_STARTUP_NOISE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |WARNING: All log messages before "
+                            r"absl::InitializeLog|To enable the following instructions: .* rebuild TensorFlow)")
+
+
+def quiet_tensorflow(verbose: bool | None = None) -> None:
+    """Hide TensorFlow / absl / oneDNN start-up logs and library warnings, unless ``verbose``.
+
+    ``verbose=None`` reads the command line: ``--verbose`` keeps everything. Call it before TensorFlow is
+    imported; afterwards only the Python-side loggers and warnings are still affected.
+
+    ``TF_CPP_MIN_LOG_LEVEL=3`` silences TensorFlow's C++ logs once it runs, but not the notices its libraries
+    print while loading (TF 2.21 writes them through absl before the level is applied). Those are filtered
+    out of stderr during the one ``import tensorflow``; anything else printed then still shows.
+
+    oneDNN stays on (``TF_ENABLE_ONEDNN_OPTS`` is left alone): switching it off makes the face models 1.5-2x
+    slower on CPU and moves results in the 7th digit, and a logging flag must never change a prediction.
+    """
+    if verbose is None:
+        verbose = VERBOSE_FLAG in sys.argv[1:]
+    if verbose:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImport())
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:  # absl is a TensorFlow dependency; absent only in a broken install
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:
+        pass
+    warnings.filterwarnings("ignore", module=_NOISY_MODULES)
+
+
+@contextlib.contextmanager
+def _without_startup_noise() -> Iterator[None]:
+    """Capture file descriptor 2 (C++ libraries write there directly), then pass on all but the notices."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not _STARTUP_NOISE.match(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+class _QuietLoader(importlib.abc.Loader):
+    """Runs the real loader of the ``tensorflow`` package with the start-up notices filtered out."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        with _without_startup_noise():
+            self._loader.exec_module(module)
+
+    def __getattr__(self, name: str) -> Any:  # get_resource_reader, get_code, ...: the real loader's
+        return getattr(self._loader, name)
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` with the other finders and hands back its spec with a :class:`_QuietLoader`.
+
+    An import hook, because TensorFlow is imported lazily deep inside the packages: wrapping each call
+    site would miss some. It acts once and removes itself.
+    """
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "tensorflow":
+            return None
+        sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(fullname, path, target) if find else None
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _QuietLoader(spec.loader)
+                return spec
+        return None
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """``--verbose``: the switch :func:`quiet_tensorflow` looks for (added here so ``--help`` lists it)."""
+    parser.add_argument(VERBOSE_FLAG, action="store_true", help=VERBOSE_HELP)
+
+
+def module_prog(module: str) -> str:
+    """``python -m ser.train`` for a module name, also when the module runs as ``__main__``.
+
+    argparse's default would be the file name (``usage: train.py``), which is not how the tools are run.
+    """
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is None:  # started as a script: python path/to/file.py
+            return f"python {sys.argv[0]}"
+        module = spec.name.removesuffix(".__main__")
+    return f"python -m {module}"
+
+
+def progress(items: Iterable[T], total: int | None = None, desc: str | None = None,
+             unit: str = "it") -> Iterable[T]:
+    """A tqdm progress bar on stderr that only shows on a terminal (``disable=None``): logs and CI stay clean."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, total=total, desc=desc, unit=unit, leave=False, disable=None, dynamic_ncols=True)
+
+
+def echo(text: str, err: bool = False) -> None:
+    """Print a line (stdout, or stderr with ``err``) without tearing an active :func:`progress` bar."""
+    from tqdm.auto import tqdm
+
+    stream = sys.stderr if err else sys.stdout
+    tqdm.write(text, file=stream)
+    stream.flush()  # results stream line by line into pipes (e.g. `... --json | jq`)
+
+
+_DEFAULT_NOTE = re.compile(r"\s*\(default: .*\)\s*$", re.DOTALL)
+
+
+def flags_without_help(parser: argparse.ArgumentParser) -> list[str]:
+    """Option strings of every optional argument whose help says nothing (a bare "(default: X)" counts)."""
+    missing = []
+    for action in parser._actions:  # argparse keeps no public list of its actions
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        text = _DEFAULT_NOTE.sub("", action.help or "").replace("%(default)s", "").strip()
+        if not text:
+            missing.append(max(action.option_strings, key=len))
+    return missing
+
+
+def parser_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string (``--model-dir``, ``-h``, ...) the parser accepts."""
+    return {flag for action in parser._actions for flag in action.option_strings}

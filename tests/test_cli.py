@@ -1,0 +1,156 @@
+"""What every command-line tool shares (core.cli, core.config): a quiet start, --verbose, its own name in
+``usage:``, a help line per option, advanced options last, progress bars that stay off logs."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from core import cli
+from core.config import COMMON_HELP, config_parser, missing_help, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+# What TensorFlow, absl and oneDNN print while loading when nobody asks them not to.
+NOISE = ("oneDNN", "cuda", "absl", "WARNING: All log messages", "cpu_feature_guard", "I0000", "W0000", "E0000")
+
+
+@dataclass
+class Recipe:
+    model: str = "cnn"
+    epochs: int = 3
+    mixup: float = 0.0
+    pitch: bool = False
+
+
+HELP = {"model": "which network", "mixup": "mixup alpha", "pitch": "add F0"}
+
+
+def clean_env() -> dict[str, str]:
+    """The environment a user's shell would give: no log level preset by the test suite."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def test_config_parser_names_the_module_and_groups_advanced_options():
+    parser = config_parser(Recipe, "Train it.", HELP, advanced={"mixup", "pitch"})
+    assert parser.prog == f"python -m {__name__}"
+    text = parser.format_help()
+    main, advanced = text.split("advanced options:")
+    assert "--model" in main and "--epochs" in main and "--verbose" in main
+    assert "--mixup" in advanced and "--pitch" in advanced and "--model" not in advanced
+    assert "training epochs" in main  # from COMMON_HELP: a recipe's HELP need not repeat shared fields
+
+
+def test_advanced_names_must_be_fields():
+    with pytest.raises(ValueError, match="mixupp"):
+        config_parser(Recipe, "", HELP, advanced={"mixupp"})
+
+
+def test_parse_config_reads_values_and_ignores_verbose():
+    cfg = parse_config(Recipe, ["--epochs", "5", "--pitch", "true", "--verbose"], "", HELP, advanced={"pitch"})
+    assert cfg == Recipe(epochs=5, pitch=True)
+
+
+def test_missing_help_lists_fields_without_their_own_or_a_shared_text():
+    assert missing_help(Recipe, HELP) == []
+    assert missing_help(Recipe, {}) == ["model", "mixup", "pitch"]
+    assert "epochs" in COMMON_HELP
+
+
+def test_flags_without_help_sees_through_a_bare_default_note():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--good", default=1, help="explained (default: 1)")
+    parser.add_argument("--bare", default=2, help=" (default: 2)")
+    parser.add_argument("--none", default=3)
+    parser.add_argument("--hidden", help=argparse.SUPPRESS)
+    parser.add_argument("paths", nargs="*")
+    assert cli.flags_without_help(parser) == ["--bare", "--none"]
+
+
+def test_module_prog():
+    assert cli.module_prog("fer.predict") == "python -m fer.predict"
+
+
+def test_quiet_tensorflow_sets_the_log_level_and_verbose_changes_nothing(monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    cli.quiet_tensorflow(verbose=True)
+    assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    import absl.logging
+
+    levels = {name: logging.getLogger(name).level for name in cli._NOISY_LOGGERS}
+    absl_level, meta_path = absl.logging.get_verbosity(), list(sys.meta_path)
+    try:
+        with warnings.catch_warnings():
+            cli.quiet_tensorflow(verbose=False)
+            assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+            # oneDNN stays as it is: turning it off would slow the models and change results in the last digits.
+            assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ or os.environ["TF_ENABLE_ONEDNN_OPTS"] != "0"
+            assert logging.getLogger("tensorflow").level == logging.ERROR
+    finally:  # leave the rest of the test session as it was
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        absl.logging.set_verbosity(absl_level)
+        sys.meta_path[:] = meta_path
+
+
+def test_startup_notices_are_filtered_from_stderr_and_the_rest_passes(capfd):
+    noise = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+             "I0000 00:00:1796359590.208438    9290 port.cc:153] oneDNN custom operations are on.\n"
+             "E0000 00:00:1796359590.2 9290 cuda_dnn.cc:8579] Unable to register cuDNN factory\n"
+             "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the "
+             "appropriate compiler flags.\n")
+    with cli._without_startup_noise():
+        os.write(2, noise.encode())
+        os.write(2, b"error: a real problem\n")
+        print("python-level warning", file=sys.stderr)
+    # (under capfd, sys.stderr is not fd 2, so the two kept lines may come in either order)
+    assert sorted(capfd.readouterr().err.splitlines()) == ["error: a real problem", "python-level warning"]
+
+
+def test_progress_is_silent_off_a_terminal(capsys):
+    assert list(cli.progress(range(5), total=5, desc="x")) == [0, 1, 2, 3, 4]
+    cli.echo("result line")
+    out, err = capsys.readouterr()
+    assert out == "result line\n" and err == ""
+
+
+@pytest.mark.parametrize("module", ["ser.train", "fer.train", "fusion.predict"])
+def test_help_names_the_command_and_is_quiet(module):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, env=clean_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: python -m {module} ")
+    assert proc.stderr == ""
+
+
+def test_cli_modules_do_not_load_tensorflow_on_import():
+    # Each CLI quiets TensorFlow in its __main__ block, which runs after the module's imports.
+    modules = ["ser.train", "ser.crossval", "ser.evaluate", "ser.export", "fer.train", "fer.tta", "fer.evaluate",
+               "fer.predict", "fer.ensemble", "fer.export", "fusion.train", "fusion.late", "fusion.predict",
+               "webapp.__main__"]
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('tensorflow' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=clean_env(), capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_a_prediction_prints_no_tensorflow_logs(tmp_path):
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), np.full((48, 48), 128, np.uint8))
+    proc = subprocess.run([sys.executable, "-m", "fer.predict", "--no-detect", "--json", str(face)], cwd=REPO,
+                          env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert '"label"' in proc.stdout
+    noisy = [line for line in proc.stderr.splitlines() if any(n in line for n in NOISE)]
+    assert not noisy, proc.stderr
