@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core.cli import progress
 from core.datasets import resolve_corpus_dir
 from core.labels import UnknownLabelError, map_label
 from fer.data import FaceSet, SkipLog, build_faceset, cap_per_class, images_by_emotion_folder, read_gray
@@ -31,7 +32,7 @@ def load_ckplus(data_dir: str | os.PathLike | None = None, size: int = 48, max_p
     files = images_by_emotion_folder(CORPUS, root, skips)
     files = cap_per_class(files, lambda f: f[1], max_per_class, seed)
     items = []
-    for path, label in files:
+    for path, label in progress(files, desc="ckplus images", unit="image"):
         image = read_gray(path)
         if image is None:
             skips.skip("unreadable image", str(path))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.cli import progress
 from core.datasets import resolve_corpus_dir
 from core.labels import UnknownLabelError, map_label
 from fer.data import (FaceDataError, FaceSet, SkipLog, build_faceset, cap_per_class, images_by_emotion_folder,
@@ -126,7 +127,7 @@ def load_folders(root: Path, size: int = 48, max_per_class: int = 0, seed: int =
     # Cap per split and class so a capped run still has a test part.
     files = cap_per_class(files, lambda f: (f[2], f[1]), max_per_class, seed)
     items = []
-    for path, label, split in files:
+    for path, label, split in progress(files, desc="fer2013 images", unit="image"):
         image = read_gray(path)
         if image is None:
             skips.skip("unreadable image", str(path))

@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+from core.cli import progress
 from core.datasets import resolve_corpus_dir
 from core.labels import UnknownLabelError, map_label
 from fer.data import FaceSet, SkipLog, build_faceset, read_gray
@@ -34,7 +35,7 @@ def load_jaffe(data_dir: str | os.PathLike | None = None, size: int = 48, detect
     items = []
     fallbacks = 0
     paths = sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in (".tif", ".tiff"))
-    for path in paths:
+    for path in progress(paths, desc="jaffe faces", unit="image"):
         parsed = parse_name(path.name)
         if parsed is None:
             skips.skip("file name not SUBJECT.LABELn.INDEX.tiff", str(path))

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.cli import quiet_tensorflow
+from core.cli import progress, quiet_tensorflow
 from core.config import config_parser, parse_config
 from core.io import atomic_write, save_model, write_json
 from core.labels import EMOTIONS, NUM_CLASSES
@@ -377,7 +377,7 @@ class Trainer:
                          len(self.model.trainable_variables))
             step = self._train_step(stage)
             started, loss_sum, correct, seen = time.time(), 0.0, 0.0, 0.0
-            for _ in range(steps_per_epoch):
+            for _ in progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step"):
                 loss, c, n = step(iterator)
                 loss_sum, correct, seen = loss_sum + float(loss), correct + float(c), seen + float(n)
             self.predict = self.predict or predict_function(self.model, val_ds)
