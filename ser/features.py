@@ -46,6 +46,7 @@ class FeatureConfig:
     kind: str = "mfcc"       # mfcc (MFCC + ZCR + RMS) | logmel (log-mel spectrogram, for 2-D CNNs)
     n_mels: int = 64
     pitch: bool = False      # mfcc kind: append F0 (YIN) as absolute and clip-relative semitones
+    level_norm: bool = True  # remove DC and scale the active part to ser.frontend.LEVEL_TARGET_DBFS
 
     @property
     def max_frames(self) -> int:
@@ -68,6 +69,12 @@ class FeatureConfig:
             del fields["kind"], fields["n_mels"]
         if not self.pitch:  # nor those written before pitch existed
             del fields["pitch"]
+        if self.level_norm:  # the target level is part of what the features are
+            from ser.frontend import LEVEL_TARGET_DBFS
+
+            fields["level_target_dbfs"] = LEVEL_TARGET_DBFS
+        else:  # nor those written before level normalisation existed
+            del fields["level_norm"]
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -75,6 +82,14 @@ def frames_from_waveform(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """(n_frames, n_features) float32 for a mono waveform at ``cfg.sample_rate``; not padded."""
     import librosa
 
+    if cfg.level_norm:
+        from ser.frontend import normalize_level
+
+        # Before the trim, not after: librosa squares float32 samples, which overflows for absurd levels
+        # (1e30) and sees a DC offset as sound. The trim and the level's gates are both relative to the
+        # loudest part, so normalising first keeps the same samples and gives the trimmed clip the target
+        # level (up to a block at the edges).
+        y = normalize_level(y)
     if cfg.trim_db > 0:
         trimmed, _ = librosa.effects.trim(y, top_db=cfg.trim_db)
         y = trimmed if trimmed.size >= cfg.n_fft else y
@@ -121,11 +136,14 @@ def pitch_features(y: np.ndarray, rms: np.ndarray, cfg: FeatureConfig) -> list[n
 
 
 # ---------------------------------------------------------------- augmentation (training split only)
-AUGMENTATIONS = ("noise", "pitch", "stretch")
+AUGMENTATIONS = ("noise", "pitch", "stretch", "gain")
+AUGMENT_GAIN_DB = 20.0  # +- random level change of an augmented copy
 
 
 def augment_waveform(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """One random mix of additive noise (15-30 dB SNR), pitch shift (+-2 semitones), time stretch (0.85-1.15)."""
+    """One random mix of additive noise (15-30 dB SNR), pitch shift (+-2 semitones), time stretch (0.85-1.15)
+    and a level change (+-20 dB: the level-dependent parts, the added noise floor and configs without
+    level normalisation, must not depend on how loud the corpus was recorded)."""
     import librosa
 
     if rng.random() < 0.5:
@@ -135,6 +153,7 @@ def augment_waveform(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.nda
     snr_db = rng.uniform(15, 30)
     power = float(np.mean(y ** 2)) + 1e-12
     y = y + rng.normal(0, np.sqrt(power / 10 ** (snr_db / 10)), size=y.shape)
+    y = y * 10 ** (rng.uniform(-AUGMENT_GAIN_DB, AUGMENT_GAIN_DB) / 20)
     return y.astype(np.float32)
 
 
@@ -142,8 +161,8 @@ def augment_waveform(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.nda
 def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: int, seed: int) -> Path:
     stat = os.stat(path)
     ident = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{variant}"
-    if variant:  # an augmented copy depends on the seed too (plain features keep their old keys)
-        ident += f"|seed={seed}"
+    if variant:  # an augmented copy depends on the seed and the recipe too (plain features keep their old keys)
+        ident += f"|seed={seed}|gain={AUGMENT_GAIN_DB}"
     digest = hashlib.sha1(ident.encode()).hexdigest()
     return cache_dir / cfg.key() / digest[:2] / f"{digest}.npy"
 

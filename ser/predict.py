@@ -5,6 +5,14 @@ silence at both ends and cut into windows of that length every ``hop`` seconds (
 with the end); windows with no sound above the trim threshold are dropped, and the recording's
 probabilities are the mean over the rest. ``--segments`` prints each window's own result. A recording
 no longer than one window goes through the model exactly as clips do in training and ``ser.evaluate``.
+
+Every window must hold speech (``ser.frontend.speech_check``): windows of hum, a steady tone, noise or
+DC are dropped, and a file with none left is reported as "no speech" (a warning on stderr; with
+``--json`` a line ``{"path": ..., "label": null, "probabilities": null, "no_speech": "<reason>"}``)
+instead of an emotion.
+
+Exit status: 0 every file got an emotion; 1 some file was unreadable or held no speech (the others
+are still printed); 2 usage error (no model, no audio files).
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ from core.io import read_json
 from ser.audio import AudioError, check_signal, decode, resample
 from ser.corpora import AUDIO_EXTENSIONS, audio_files
 from ser.features import FeatureConfig, Normalizer, frames_from_waveform, pad
+from ser.frontend import NoSpeechError, speech_check
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "saved_models" / "ser"
@@ -72,7 +81,8 @@ class SERPredictor:
                                     f"`python -m ser.train --output DIR` and pass --model-dir DIR")
         self.config = read_json(config_path)
         self.class_names: list[str] = self.config["class_names"]
-        self.features = FeatureConfig(**self.config["features"])
+        # Runs saved before level normalisation existed were trained without it.
+        self.features = FeatureConfig(**{"level_norm": False, **self.config["features"]})
         self.normalizer = Normalizer.load(self.model_dir / "normalization.npz")
         if tflite:
             from core.export import TFLiteModel
@@ -92,25 +102,48 @@ class SERPredictor:
         x, lengths = pad([frames_from_waveform(y, self.features)], self.features.max_frames)
         return self.normalizer.transform(x, lengths)
 
-    def predict_segments(self, y: np.ndarray, sr: int, hop_seconds: float = DEFAULT_HOP_SECONDS
-                         ) -> list[tuple[float, float, np.ndarray]]:
-        """``(start_s, end_s, probabilities)`` for each window of a waveform (see ``speech_windows``)."""
-        y = resample(check_signal(np.asarray(y, np.float32)), sr, self.features.sample_rate)
+    def speech_segments(self, y: np.ndarray, sr: int, hop_seconds: float = DEFAULT_HOP_SECONDS,
+                        source: str = "audio") -> list[tuple[float, float, np.ndarray]]:
+        """``speech_windows`` of a waveform (resampled to the model's rate) that hold speech.
+
+        NoSpeechError (naming ``source`` and what was found) when none does; AudioError if empty or silent.
+        """
+        y = resample(check_signal(np.asarray(y, np.float32), source), sr, self.features.sample_rate)
         windows = speech_windows(y, self.features, hop_seconds)
+        checks = [speech_check(w, self.features.sample_rate) for _, _, w in windows]
+        kept = [w for w, c in zip(windows, checks) if c.is_speech]
+        if not kept:
+            # the most common reason speaks for the file (every window of a hum file says "hum")
+            reasons = [c.reason for c in checks]
+            worst = checks[reasons.index(max(set(reasons), key=reasons.count))]
+            raise NoSpeechError(f"{source}: no speech: {worst.detail}", worst.reason)
+        return kept
+
+    def predict_segments(self, y: np.ndarray, sr: int, hop_seconds: float = DEFAULT_HOP_SECONDS,
+                         source: str = "audio") -> list[tuple[float, float, np.ndarray]]:
+        """``(start_s, end_s, probabilities)`` for each window of speech in a waveform (see ``speech_windows``).
+
+        NoSpeechError when no window holds speech; AudioError if the waveform is empty or silent.
+        """
+        windows = self.speech_segments(y, sr, hop_seconds, source)
         x, lengths = pad([frames_from_waveform(w, self.features) for _, _, w in windows], self.features.max_frames)
         probs = np.asarray(self._infer(self.normalizer.transform(x, lengths)))
         return [(start, end, p) for (start, end, _), p in zip(windows, probs)]
 
     def predict_waveform(self, y: np.ndarray, sr: int, hop_seconds: float = DEFAULT_HOP_SECONDS) -> np.ndarray:
-        """Probabilities (7,) for a mono waveform, averaged over its windows; AudioError if empty or silent."""
+        """Probabilities (7,) for a mono waveform, averaged over its windows of speech; NoSpeechError without
+        speech, AudioError if empty or silent."""
         return np.mean([p for _, _, p in self.predict_segments(y, sr, hop_seconds)], axis=0)
 
     def predict_file(self, path: str | os.PathLike, hop_seconds: float = DEFAULT_HOP_SECONDS,
                      segments: bool = False) -> dict:
-        """``result()`` of a file; with ``segments`` it also lists every window's start, end and label."""
+        """``result()`` of a file; with ``segments`` it also lists every window's start, end and label.
+
+        NoSpeechError when the file holds no speech, other AudioErrors when it cannot be used.
+        """
         y, sr = decode(path)
         check_signal(y, str(path))
-        parts = self.predict_segments(y, sr, hop_seconds)
+        parts = self.predict_segments(y, sr, hop_seconds, source=str(path))
         out = self.result(str(path), np.mean([p for _, _, p in parts], axis=0))
         if segments:
             out["segments"] = [{"start": round(start, 3), "end": round(end, 3), **self.scores(p)}
@@ -134,10 +167,13 @@ def expand_paths(paths: Sequence[str]) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Predict the emotion of speech recordings.")
+    parser = argparse.ArgumentParser(
+        description="Predict the emotion of speech recordings.",
+        epilog="exit status: 0 every file got an emotion; 1 some file was unreadable or held no speech; 2 usage error")
     parser.add_argument("paths", nargs="+", help="audio files or folders (any common format)")
     parser.add_argument("--model-dir", default=None, help=f"trained run folder (default: {DEFAULT_MODEL_DIR})")
-    parser.add_argument("--json", action="store_true", help="one JSON object per line: path, label, probabilities")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line: path, label, probabilities "
+                        "(label null and no_speech: reason for a file without speech)")
     parser.add_argument("--tflite", choices=["float16", "int8"], default=None,
                         help="run the exported TFLite file instead of the Keras model (see ser.export)")
     parser.add_argument("--hop", type=float, default=DEFAULT_HOP_SECONDS,
@@ -159,6 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in files:
         try:
             result = predictor.predict_file(path, args.hop, args.segments)
+        except NoSpeechError as exc:  # not an error in the file: reported, and the exit status says so
+            failures += 1
+            print(f"warning: {exc}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"path": str(path), "label": None, "probabilities": None, "no_speech": exc.reason}),
+                      flush=True)
+            continue
         except (AudioError, FileNotFoundError) as exc:
             failures += 1
             print(f"error: {exc}", file=sys.stderr)

@@ -16,18 +16,31 @@ RAVDESS_CODES = {"01": "neutral", "02": "neutral", "03": "happy", "04": "sad", "
                  "06": "fear", "07": "disgust", "08": "surprise"}
 CREMA_CODES = {"NEU": "neutral", "HAP": "happy", "SAD": "sad", "ANG": "angry", "FEA": "fear", "DIS": "disgust"}
 SAVEE_CODES = {"n": "neutral", "h": "happy", "sa": "sad", "a": "angry", "f": "fear", "d": "disgust", "su": "surprise"}
+SYLLABLE_HZ = 4.0  # syllables per second of the synthetic voice
 
 
 def tone(emotion: str, sr: int = 16_000, seconds: float = 1.0, seed: int = 0) -> np.ndarray:
-    """A voiced-like harmonic tone with an emotion-specific pitch, vibrato and loudness, plus a bit of noise."""
+    """A voice-like signal: harmonics of an emotion-specific pitch (with vibrato and a slow glide), a formant
+    that moves between vowels and a hiss between them at a syllable rate, plus a bit of noise.
+
+    Speech-like enough for ``ser.frontend.speech_check`` (voiced, moving pitch, changing spectrum): a
+    steady harmonic tone would be refused as "no speech" by every predictor.
+    """
     rng = np.random.default_rng(seed)
     t = np.arange(int(sr * seconds)) / sr
+    index = EMOTIONS.index(emotion)
     f0 = BASE_HZ[emotion] * (1 + 0.05 * rng.standard_normal())
-    vibrato = 1 + 0.03 * np.sin(2 * np.pi * (3 + EMOTIONS.index(emotion)) * t)
-    phase = 2 * np.pi * np.cumsum(f0 * vibrato) / sr
-    y = sum(np.sin(k * phase) / k for k in range(1, 5))
-    envelope = np.minimum(1, np.minimum(t, t[-1] - t) * 20)
-    y = 0.2 * y * envelope * (0.5 + 0.1 * EMOTIONS.index(emotion))
+    vibrato = 1 + 0.03 * np.sin(2 * np.pi * (3 + index) * t)
+    glide = 1 + 0.06 * np.sin(2 * np.pi * 1.1 * t + 2 * np.pi * rng.random())  # intonation, about +-1 semitone
+    phase = 2 * np.pi * np.cumsum(f0 * vibrato * glide) / sr
+    syllable = 2 * np.pi * SYLLABLE_HZ * t
+    formant = 1100 + 600 * np.cos(syllable)  # Hz: moves like F2 from one vowel to the next
+    y = sum(np.sin(k * phase) * (1 / k + np.exp(-((k * f0 - formant) / 250) ** 2))
+            for k in range(1, int(3500 // f0) + 1))
+    envelope = np.minimum(1, np.minimum(t, t[-1] - t) * 20) * (0.55 + 0.45 * np.cos(syllable))
+    y = y * envelope / np.abs(y).max()
+    y = y + 0.2 * np.diff(rng.standard_normal(t.size + 1)) * (0.5 - 0.5 * np.cos(syllable)) ** 4  # consonants
+    y = 0.35 * y / np.abs(y).max() * (0.5 + 0.1 * index)
     return (y + 0.005 * rng.standard_normal(t.size)).astype(np.float32)
 
 

@@ -124,26 +124,36 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 class FakeVoice:
-    """SERPredictor stand-in: probabilities from loudness and pitch-ish statistics of the window."""
+    """SERPredictor stand-in: probabilities from loudness and pitch-ish statistics of the window; audio
+    without speech raises ser.frontend.NoSpeechError, as the real predictor does."""
     class_names = EMOTIONS
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay, self.calls = delay, 0
 
     def predict_waveform(self, y: np.ndarray, sr: int) -> np.ndarray:
+        from ser.frontend import require_speech
+
         self.calls += 1
         if self.delay:
             time.sleep(self.delay)
         y = np.asarray(y, np.float32)
+        require_speech(y, sr)
         zcr = float(np.mean(np.abs(np.diff(np.sign(y))) > 0)) if y.size > 1 else 0.0
         loud = float(np.sqrt(np.mean(y ** 2))) if y.size else 0.0
         z = np.array([1.0, 8 * loud, 4 * zcr, 2 * loud, zcr, 0.5, 10 * loud * zcr])
         return _softmax(z)
 
     def predict_segments(self, y: np.ndarray, sr: int) -> list[tuple[float, float, np.ndarray]]:
-        """Back-to-back 1 s windows (the real model: 3 s windows of speech every 1.5 s)."""
+        """Back-to-back 1 s windows of speech (the real model: 3 s windows of speech every 1.5 s)."""
+        from ser.frontend import NoSpeechError, speech_check
+
         starts = range(0, max(len(y) - sr, 0) + 1, sr)
-        return [(s / sr, min(s + sr, len(y)) / sr, self.predict_waveform(y[s:s + sr], sr)) for s in starts]
+        checks = [speech_check(y[s:s + sr], sr) for s in starts]
+        kept = [s for s, check in zip(starts, checks) if check.is_speech]
+        if not kept:
+            raise NoSpeechError(f"audio: no speech: {checks[0].detail}", checks[0].reason)
+        return [(s / sr, min(s + sr, len(y)) / sr, self.predict_waveform(y[s:s + sr], sr)) for s in kept]
 
 
 class FakeFusion:

@@ -1,7 +1,7 @@
 """Synthetic audio-visual clips for the fusion tests: short H.264 + AAC mp4 files written with PyAV.
 
 Each clip shows the astronaut's face (``skimage.data.astronaut()``, so the Haar detector finds it) on a
-coloured background, and carries a tone whose pitch depends on the emotion, so tiny models can learn
+coloured background, and carries a voice-like sound whose pitch depends on the emotion, so tiny models can learn
 something. Layouts:
 - MELD: ``{split folder}/dia{D}_utt{U}.mp4`` plus ``{split}_sent_emo.csv`` with the real columns.
 - RAVDESS: ``Actor_{AA}/01-01-{EE}-01-01-01-{AA}.mp4``.
@@ -57,11 +57,19 @@ def render_frames(n: int, size: tuple[int, int], emotion: int, face: bool = True
 
 
 def render_audio(seconds: float, sample_rate: int, emotion: int, seed: int = 0) -> np.ndarray:
-    """A tone at an emotion-specific pitch with a little noise, float32 mono."""
+    """A voice-like sound at an emotion-specific pitch, float32 mono: four harmonics with a slight
+    vibrato, syllables at 4 Hz that fade to the noise floor between them, a little noise.
+
+    Speech-like enough for ``ser.frontend.speech_check`` (a steady tone is "no speech" to every voice
+    model); the fundamental stays the strongest spectral line.
+    """
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     rng = np.random.default_rng(seed)
     pitch = 220.0 * 2 ** (emotion / 4.0)
-    y = 0.3 * np.sin(2 * np.pi * pitch * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+    phase = 2 * np.pi * np.cumsum(pitch * (1 + 0.01 * np.sin(2 * np.pi * 6 * t))) / sample_rate
+    syllables = (0.5 + 0.5 * np.cos(2 * np.pi * 4 * t)) ** 2
+    y = sum(np.sin(k * phase) / k for k in range(1, 5))
+    y = 0.3 * y / np.abs(y).max() * syllables * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
     return (y + 0.01 * rng.normal(size=t.size)).astype(np.float32)
 
 

@@ -542,7 +542,7 @@ def test_stream_json_messages_round_trip_through_the_schema():
     fields = set(StreamResult.model_fields)
     assert {"type", "kind", "id", "t", "server_time", "processing_ms", "predicted", "face_state", "voice_state",
             "faces",
-            "image_size", "face", "voice", "fused", "stats"} == fields
+            "image_size", "face", "voice", "no_speech", "fused", "stats"} == fields
     assert json.loads(StreamError(code="malformed", detail="x").model_dump_json())["type"] == "error"
 
 

@@ -23,6 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from core.labels import EMOTIONS
+from ser.frontend import NoSpeechError
 from webapp import media
 from webapp.models import PRECISION, ModelUnavailable, Models, load_models, top_label
 from webapp.schemas import (AudioPrediction, ErrorResponse, Health, ImagePrediction, StreamHello, VideoPrediction,
@@ -44,7 +45,9 @@ class Settings:
     video_frames: int = 24               # frames sampled evenly from an uploaded video
     upload_workers: int = 1              # concurrent file predictions
     max_waiting_uploads: int = 8         # queued beyond the workers; more get 503 at once
-    silence_rms: float = 0.01            # about -40 dBFS over the last silence_seconds
+    # -60 dBFS over the last silence_seconds: below any voice a microphone picks up (a quiet voice is
+    # -45 to -55 dBFS); sound above it that is not speech (hum, fan noise) is the speech check's job.
+    silence_rms: float = 0.001
     silence_seconds: float = 0.5
     audio_window_seconds: float = 2.0    # the voice model sees the last this-many seconds
     min_audio_seconds: float = 0.5
@@ -246,7 +249,8 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
     async def schema_stream() -> dict[str, Any]:
         return stream_schema()
 
-    @app.post("/api/predict/audio", response_model=AudioPrediction, response_model_exclude_none=True,
+    # exclude_unset: "segments" appears only when asked for, "label": null only when there is no speech
+    @app.post("/api/predict/audio", response_model=AudioPrediction, response_model_exclude_unset=True,
               responses=ERRORS, openapi_extra=_upload_doc("audio"), summary="Emotion of a speech recording")
     async def predict_audio(request: Request, segments: bool = Query(
             False, description="also return each 3 s window's emotion (a timeline of a long recording)")
@@ -255,10 +259,15 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
 
         def work(name: str, data: bytes) -> dict[str, Any]:
             y = media.decode_audio(data, name)
-            if not segments:
-                probs = models.predict_voice(y, media.SAMPLE_RATE)
-                return {"path": name, "label": top_label(probs), "probabilities": probs}
-            probs, parts = models.predict_voice_segments(y, media.SAMPLE_RATE)
+            try:
+                if not segments:
+                    probs = models.predict_voice(y, media.SAMPLE_RATE)
+                    return {"path": name, "label": top_label(probs), "probabilities": probs}
+                probs, parts = models.predict_voice_segments(y, media.SAMPLE_RATE)
+            except NoSpeechError as exc:  # the same answer as `python -m ser.predict --json`
+                log.info("%s: %s", name, exc)
+                answer = {"path": name, "label": None, "probabilities": None, "no_speech": exc.reason}
+                return (answer | {"segments": []}) if segments else answer
             return {"path": name, "label": top_label(probs), "probabilities": probs, "segments": parts}
 
         return await predict_upload(request, "audio", work)
@@ -307,7 +316,7 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
 
     with media.temp_file(data, name) as path:
         frames, duration = media.sample_video(path, settings.video_frames, settings.max_video_seconds)
-        face = voice = None
+        face = voice = no_speech = None
         with_face = 0
         if models.face.loaded:
             per_frame = [faces[0]["probabilities"] for faces in map(models.predict_faces, frames) if faces]
@@ -321,10 +330,14 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
             except AudioError as exc:  # no audio track or a silent one: the face alone decides
                 log.info("%s: no usable audio (%s)", name, exc)
             else:
-                probs = models.predict_voice(y, media.SAMPLE_RATE)
-                voice = {"label": top_label(probs), "probabilities": probs}
+                try:
+                    probs = models.predict_voice(y, media.SAMPLE_RATE)
+                    voice = {"label": top_label(probs), "probabilities": probs}
+                except NoSpeechError as exc:  # hum, noise, music: not a voice, so not the joint model either
+                    log.info("%s: %s", name, exc)
+                    no_speech = exc.reason
         method, fused = "weighted_average", None
-        if models.fusion.loaded:
+        if models.fusion.loaded and no_speech is None:
             try:
                 probs = models.predict_fusion_file(str(path))
                 fused, method = {"label": top_label(probs), "probabilities": probs}, "fusion_model"
@@ -335,5 +348,6 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
                          settings.face_weight, settings.voice_weight)
     return {"path": name, "label": fused["label"] if fused else None,
             "probabilities": fused["probabilities"] if fused else None, "method": method,
-            "face": face, "voice": voice, "frames_sampled": len(frames), "frames_with_face": with_face,
+            "face": face, "voice": voice, "no_speech": no_speech, "frames_sampled": len(frames),
+            "frames_with_face": with_face,
             "duration_seconds": round(float(duration), 3)}

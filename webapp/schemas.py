@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field
 Probabilities = dict[str, float]
 
 FaceState = Literal["face", "no_face", "no_model", "unknown"]
-VoiceState = Literal["voice", "silence", "no_model", "unknown"]
+VoiceState = Literal["voice", "silence", "no_speech", "no_model", "unknown"]
+NoSpeechReason = Literal["silence", "constant (DC)", "too short", "noise", "hum", "steady tone"]
 
 
 class ErrorResponse(BaseModel):
@@ -57,10 +58,16 @@ class AudioSegment(BaseModel):
 
 
 class AudioPrediction(BaseModel):
-    """Same object as ``python -m ser.predict --json`` (``--segments`` adds ``segments``)."""
+    """Same object as ``python -m ser.predict --json`` (``--segments`` adds ``segments``).
+
+    A recording without speech (hum, a steady tone, noise, DC) answers ``label: null``,
+    ``probabilities: null`` and ``no_speech`` with what was heard instead.
+    """
     path: str
-    label: str
-    probabilities: Probabilities
+    label: str | None = Field(description="Top emotion; null when the recording holds no speech.")
+    probabilities: Probabilities | None
+    no_speech: NoSpeechReason | None = Field(
+        default=None, description="Only when no window of the recording holds speech: what it holds instead.")
     segments: list[AudioSegment] | None = Field(
         default=None, description="Only with ?segments=true: each 3 s window of speech the recording's "
                                   "probabilities average, in time order.")
@@ -90,6 +97,8 @@ class VideoPrediction(BaseModel):
     method: str = Field(description="'fusion_model' when the fusion model answered, else 'weighted_average'.")
     face: ModalityResult | None = Field(description="Mean face probabilities over sampled frames with a face.")
     voice: ModalityResult | None = Field(description="Voice probabilities of the audio track.")
+    no_speech: NoSpeechReason | None = Field(
+        default=None, description="The audio track holds no speech (what it holds instead): the face alone decides.")
     frames_sampled: int
     frames_with_face: int
     duration_seconds: float
@@ -135,6 +144,9 @@ class StreamResult(BaseModel):
     image_size: list[int] | None = Field(None, description="[width, height] of the decoded frame.")
     face: Probabilities | None = Field(description="Latest fresh face probabilities (largest face).")
     voice: Probabilities | None = Field(description="Latest fresh voice probabilities.")
+    no_speech: NoSpeechReason | None = Field(
+        default=None, description="With voice_state 'no_speech': what the latest audio window holds instead of "
+                                  "speech (hum, noise, ...).")
     fused: FusedResult | None
     stats: StreamStats
 

@@ -5,7 +5,8 @@ Fast path, per connection:
   (counted in ``frames_dropped``, never answered), and a worker takes the newest frame when it
   starts, so under load replies describe recent pictures instead of a growing backlog;
 - audio messages are appended to a rolling window (cheap, on the loop) and each gets exactly one
-  reply: a silent window answers at once with ``voice_state: "silence"``; at most one voice
+  reply: a silent window answers at once with ``voice_state: "silence"`` (a window the speech check
+  refuses, hum, a steady tone or noise, gets ``"no_speech"`` from the voice thread); at most one voice
   prediction per connection runs at a time, at most every ``voice_interval_seconds``, on the
   newest window, and only while fewer than ``max_queued_voice`` wait for the voice thread
   (all streams together), so voice latency stays bounded under load; the other messages are
@@ -33,6 +34,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from core.labels import EMOTIONS
+from ser.frontend import NoSpeechError
 from webapp import media
 from webapp.models import PRECISION, Models, top_label
 from webapp.schemas import (StreamAudioIn, StreamError, StreamFrameIn, StreamPingIn, StreamPong, StreamResult,
@@ -200,6 +202,7 @@ class StreamSession:
         self.face_time = 0.0
         self.voice_probs: dict[str, float] | None = None
         self.voice_time = 0.0
+        self.no_speech: str | None = None  # what the latest voice window held instead of speech
         self.face_state = "unknown" if models.face.loaded else "no_model"
         self.voice_state = "unknown" if models.voice.loaded else "no_model"
         self.consecutive_errors = 0
@@ -349,14 +352,17 @@ class StreamSession:
     async def _voice_worker(self, incoming: Incoming) -> None:
         try:
             seq, outcome = await self.voice_lane.run(self._take_and_predict_voice)
-            if isinstance(outcome, Exception):
+            if isinstance(outcome, Exception) and not isinstance(outcome, NoSpeechError):
                 log.error("voice prediction failed: %r", outcome)
                 await self.report_error("internal", f"voice prediction failed: {type(outcome).__name__}: "
                                         f"{outcome}", incoming.id)
                 return
             self.stats.audio_processed += 1
             if self.silence_seq < seq:  # silence that arrived after the window was taken wins
-                self.voice_probs, self.voice_time, self.voice_state = outcome, time.monotonic(), "voice"
+                if isinstance(outcome, NoSpeechError):  # hum or noise replaces the estimate, as silence does
+                    self.voice_probs, self.voice_state, self.no_speech = None, "no_speech", outcome.reason
+                else:
+                    self.voice_probs, self.voice_time, self.voice_state = outcome, time.monotonic(), "voice"
             await self.send_result("audio", incoming, predicted=True)
         finally:
             self.voice_scheduled = False
@@ -381,7 +387,7 @@ class StreamSession:
             kind=kind, id=incoming.id, t=incoming.t, server_time=_now_ms(),
             processing_ms=1000.0 * (time.perf_counter() - incoming.received), predicted=predicted,
             face_state=self.face_state, voice_state=self.voice_state, faces=faces or [], image_size=image_size,
-            face=face, voice=voice,
+            face=face, voice=voice, no_speech=self.no_speech if self.voice_state == "no_speech" else None,
             fused=fuse(face, voice, self.config.face_weight, self.config.voice_weight),
             stats=self.stats.model_copy())
         await self.send(result.model_dump())

@@ -184,6 +184,7 @@ function showStates(msg) {
   else setPill($('face-state'), ...face);
   const voice = {
     voice: ['voice', 'voice: speaking', 'ok'], silence: ['silence', 'silence', 'warn'],
+    no_speech: ['no_speech', `no speech (${msg.no_speech || 'not a voice'})`, 'warn'],
     no_model: ['no_model', 'voice: no model', 'bad'], unknown: ['unknown', 'voice: –', 'wait'],
   }[msg.voice_state] || ['unknown', 'voice: –', 'wait'];
   if (app.microphone !== 'on') setPill($('voice-state'), 'no_microphone', 'voice: microphone off', 'wait');
@@ -370,12 +371,14 @@ function fileRows(kind, r) {
     if (!r.faces.length) return [fileRow(`${r.path}: no face found`, '', true)];
     return r.faces.map((f, i) => fileRow(`face ${i + 1} at (${f.box[0]}, ${f.box[1]}): ${verdict(f)}`, f.label, i === 0));
   }
+  if (kind === 'audio' && r.no_speech) return [fileRow(`${r.path}: no speech (${r.no_speech})`, '', true)];
   if (!r.label) return [fileRow(`${r.path}: neither a face nor a voice found`, '', true)];
   const rows = [fileRow(`${r.path}: ${verdict(r)}`, r.label, true)];
   if (kind === 'video') {
     for (const side of ['face', 'voice']) {
       if (r[side]) rows.push(fileRow(`${side}: ${verdict(r[side])}`, r[side].label));
     }
+    if (r.no_speech) rows.push(fileRow(`voice: no speech (${r.no_speech}); the face alone decides`, ''));
   }
   for (const seg of r.segments || []) {
     rows.push(fileRow(`${seg.start.toFixed(1)}–${seg.end.toFixed(1)} s: ${verdict(seg)}`, seg.label));
