@@ -11,7 +11,7 @@ import keras
 from keras import layers
 
 from core.labels import NUM_CLASSES
-from ser.layers import FeatureMasking
+from ser.layers import AttentionPooling, FeatureMasking, LayerWeightedSum, MaskedStatsPooling, StepMask
 
 CONV_FILTERS = (64, 128)
 CONV2D_FILTERS = (32, 64, 128, 128)
@@ -107,6 +107,42 @@ def build_cnn2d(input_shape: tuple[int, int], num_classes: int = NUM_CLASSES,
     return keras.Model(inputs, classifier_head(x, num_classes), name="ser_cnn2d")
 
 
+WHISPER_PROJECTION = 256
+
+
+def build_whisper(input_shape: tuple[int, int, int], num_classes: int = NUM_CLASSES,
+                  spec_augment: bool = False) -> keras.Model:
+    """Head on cached Whisper hidden states (steps, states, dim): mean and standard deviation of every state
+    over the clip's valid steps, one softmax layer. Its weights are a logistic regression fitted by
+    ``ser.whisper.head.fit_linear_head`` (not by ``fit``)."""
+    if spec_augment:
+        raise ValueError("--spec-augment works on MFCC / log-mel frames, not on encoder states")
+    inputs = keras.Input(input_shape, name="features")
+    mask = StepMask(name="step_mask")(inputs)
+    x = MaskedStatsPooling(name="stats")([inputs, mask])
+    x = layers.Flatten(name="flatten")(x)
+    return keras.Model(inputs, layers.Dense(num_classes, activation="softmax", name="emotion")(x), name="ser_whisper")
+
+
+def build_whisper_attention(input_shape: tuple[int, int, int], num_classes: int = NUM_CLASSES,
+                  spec_augment: bool = False) -> keras.Model:
+    """Head trained by gradient descent on cached Whisper hidden states (steps, states, dim): each state
+    layer-normalised, a learned softmax mix of the states, a GELU projection, masked attention pooling
+    over time, softmax. Overfits the TESS voices: below ``whisper`` on held-out speakers (docs/whisper.md)."""
+    if spec_augment:
+        raise ValueError("--spec-augment works on MFCC / log-mel frames, not on encoder states")
+    inputs = keras.Input(input_shape, name="features")
+    mask = StepMask(name="step_mask")(inputs)
+    x = layers.LayerNormalization(center=False, scale=False, name="state_norm")(inputs)
+    x = LayerWeightedSum(name="layer_weights")(x)
+    x = layers.Dropout(0.1, name="mix_dropout")(x)
+    x = layers.Dense(WHISPER_PROJECTION, activation="gelu", name="projection")(x)
+    x = layers.Dropout(0.2, name="projection_dropout")(x)
+    x = AttentionPooling(name="attention_pool")([x, mask])
+    x = layers.Dropout(DROPOUT, name="pool_dropout")(x)
+    return keras.Model(inputs, layers.Dense(num_classes, activation="softmax", name="emotion")(x), name="ser_whisper_attention")
+
+
 MODELS: dict[str, Callable[..., keras.Model]] = {
     "cnn": build_cnn,
     "lstm": build_lstm,
@@ -114,10 +150,14 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
     "gru": build_gru,
     "attention": build_attention,
     "cnn2d": build_cnn2d,
+    "whisper": build_whisper,
+    "whisper_attention": build_whisper_attention,
 }
+ENCODER_MODELS = ("whisper", "whisper_attention")  # heads on a pretrained encoder's cached states
+CLOSED_FORM_MODELS = ("whisper",)  # heads fitted by scikit-learn, not by Keras' fit()
 
 
-def build_model(name: str, input_shape: tuple[int, int], num_classes: int = NUM_CLASSES,
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int = NUM_CLASSES,
                 spec_augment: bool = False) -> keras.Model:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")

