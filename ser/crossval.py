@@ -25,6 +25,7 @@ import numpy as np
 from core.config import parse_config
 from core.io import read_json, write_json
 from core.reports import format_summary, write_report
+from ser.train import ADVANCED
 from ser.train import HELP as TRAIN_HELP
 from ser.train import TrainConfig
 
@@ -135,9 +136,18 @@ def run(cfg: CrossValConfig) -> dict[str, Any]:
     return summary
 
 
+DESCRIPTION = "Speaker-independent k-fold cross-validation of a SER recipe."
+
+
+def build_parser():
+    from core.config import config_parser
+
+    return config_parser(CrossValConfig, DESCRIPTION, HELP, advanced=ADVANCED)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = parse_config(CrossValConfig, argv, "Speaker-independent k-fold cross-validation of a SER recipe.", HELP)
+    cfg = parse_config(CrossValConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED)
     try:
         run(cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
@@ -147,5 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from core.cli import quiet_tensorflow
+
+    quiet_tensorflow()
     sys.exit(main())

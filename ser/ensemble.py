@@ -7,7 +7,6 @@ The output folder is an ordinary run folder that ``ser.predict`` / ``ser.evaluat
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from core.cli import add_verbose_flag, module_prog, quiet_tensorflow
 from core.io import read_json, save_model, write_json
 from core.reports import format_summary, write_report
 
@@ -29,27 +29,61 @@ def build_ensemble(run_dirs: Sequence[Path]):
     return average_models(models, "features", "ser_ensemble")
 
 
-def check_compatible(run_dirs: Sequence[Path]) -> None:
+def same_front_end(run_dirs: Sequence[Path]) -> bool:
+    """True when every run has the first one's feature settings and normalisation (one shared input)."""
     first = read_json(run_dirs[0] / "config.json")
     norm0 = np.load(run_dirs[0] / "normalization.npz")
-    split0 = (run_dirs[0] / "split.csv").read_bytes()
     for d in run_dirs[1:]:
-        config = read_json(d / "config.json")
-        if config["features"] != first["features"]:
-            raise ValueError(f"{d}: feature settings differ from {run_dirs[0]}")
+        if read_json(d / "config.json")["features"] != first["features"]:
+            return False
+        norm = np.load(d / "normalization.npz")
+        if norm["mean"].shape != norm0["mean"].shape or not (
+                np.allclose(norm["mean"], norm0["mean"]) and np.allclose(norm["std"], norm0["std"])):
+            return False
+    return True
+
+
+def check_compatible(run_dirs: Sequence[Path]) -> None:
+    split0 = (run_dirs[0] / "split.csv").read_bytes()
+    for d in run_dirs:
+        if not (d / "config.json").is_file():
+            raise FileNotFoundError(f"{d}: not a ser.train run folder (config.json missing)")
+        if read_json(d / "config.json").get("members_dirs"):
+            raise ValueError(f"{d}: is an ensemble itself; pass its member runs instead")
         if (d / "split.csv").read_bytes() != split0:
             raise ValueError(f"{d}: split differs from {run_dirs[0]}; ensemble runs must share one split")
-        norm = np.load(d / "normalization.npz")
-        if not (np.allclose(norm["mean"], norm0["mean"]) and np.allclose(norm["std"], norm0["std"])):
-            raise ValueError(f"{d}: normalisation statistics differ from {run_dirs[0]}")
+
+
+def write_member_ensemble(runs: Sequence[Path], out: Path) -> dict:
+    """Runs with different front ends (Whisper states, MFCCs): each is copied under ``members/`` and the
+    ensemble's config lists them; ``SERPredictor`` averages their probabilities."""
+    members = []
+    for i, run in enumerate(runs):
+        name = f"members/{i}_{read_json(run / 'config.json')['model']}"
+        shutil.rmtree(out / name, ignore_errors=True)
+        shutil.copytree(run, out / name, ignore=shutil.ignore_patterns("checkpoints", "*.tflite", "*.png", "history.csv"))
+        members.append(name)
+    config = {key: value for key, value in read_json(runs[0] / "config.json").items()
+              if key in ("task", "class_names", "train")}
+    config.update(model="ensemble(" + "+".join(read_json(r / "config.json")["model"] for r in runs) + ")",
+                  members_dirs=members, members=[str(r) for r in runs], features=None, input_shape=None,
+                  parameters=sum(read_json(r / "config.json")["parameters"] for r in runs))
+    return config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=module_prog(__name__),
+                                     description="Average trained SER runs (same split) into one model folder.")
+    parser.add_argument("runs", nargs="+", help="run folders written by ser.train, all with the same split.csv")
+    parser.add_argument("--output", required=True, help="folder for the ensemble (an ordinary model folder for "
+                        "ser.predict / ser.evaluate / the web app)")
+    parser.add_argument("--data-dir", default=None, help="corpora, to score the ensemble on the runs' test split")
+    add_verbose_flag(parser)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Average trained SER runs into one model.")
-    parser.add_argument("runs", nargs="+", help="run folders written by ser.train")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--data-dir", default=None, help="corpora, to score the ensemble on the runs' test split")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     runs = [Path(r) for r in args.runs]
     try:
         check_compatible(runs)
@@ -58,31 +92,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    model = build_ensemble(runs)
-    save_model(model, out / "model.keras")
-    for name in ("normalization.npz", "split.csv", "data_report.json"):
+    for name in ("split.csv", "data_report.json"):
         shutil.copy(runs[0] / name, out / name)
-    config = read_json(runs[0] / "config.json")
-    config.update(model="ensemble(" + "+".join(read_json(r / "config.json")["model"] for r in runs) + ")",
-                  parameters=model.count_params(), members=[str(r) for r in runs])
+    if same_front_end(runs):  # one Keras graph: exports to TFLite like a single model
+        model = build_ensemble(runs)
+        save_model(model, out / "model.keras")
+        shutil.copy(runs[0] / "normalization.npz", out / "normalization.npz")
+        config = read_json(runs[0] / "config.json")
+        config.update(model="ensemble(" + "+".join(read_json(r / "config.json")["model"] for r in runs) + ")",
+                      parameters=model.count_params(), members=[str(r) for r in runs])
+    else:
+        config = write_member_ensemble(runs, out)
     write_json(out / "config.json", config)
-
-    from ser.export import split_arrays
-    from ser.predict import SERPredictor
-
-    predictor = SERPredictor(out)
-    for which, prefix in (("val", "val_"), ("test", "")):
-        arrays = split_arrays(predictor, args.data_dir, which)
-        if arrays is None:
-            print(f"warning: {which} split not found in the data; no {prefix}metrics.json", file=sys.stderr)
-            continue
-        pred = model.predict(arrays[0], verbose=0).argmax(1)
-        metrics = write_report(out, arrays[1], pred, prefix=prefix,
-                               extra={"split": f"{config['train']['split']} ({which})", "model": config["model"]})
-        print(f"{which}: {format_summary(metrics)}")
+    score(out, args.data_dir, config)
     return 0
 
 
+def score(out: Path, data_dir: str | None, config: dict) -> None:
+    """metrics.json / val_metrics.json of the ensemble on its runs' own split, when the corpora are found."""
+    import pandas as pd
+
+    from core.labels import EMOTION_INDEX
+    from ser.corpora import clip_key, load_clips, parse_corpus_list
+    from ser.predict import SERPredictor
+
+    predictor = SERPredictor(out)
+    split = pd.read_csv(out / "split.csv")
+    try:
+        clips, reports = load_clips(parse_corpus_list(config["train"]["corpora"]), data_dir)
+    except (FileNotFoundError, ValueError):
+        clips, reports = [], {}
+    for which, prefix in (("val", "val_"), ("test", "")):
+        wanted = set(split.loc[split["split"] == which, "file"])
+        chosen = [c for c in clips if clip_key(c, reports) in wanted]
+        if not chosen:
+            print(f"warning: {which} split not found in the data; no {prefix}metrics.json", file=sys.stderr)
+            continue
+        chosen, probs, _ = predictor.clip_probabilities(chosen)
+        y = np.array([EMOTION_INDEX[c.label] for c in chosen])
+        metrics = write_report(out, y, probs.argmax(1), prefix=prefix,
+                               extra={"split": f"{config['train']['split']} ({which})", "model": config["model"]})
+        print(f"{which}: {format_summary(metrics)}")
+
+
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     sys.exit(main())

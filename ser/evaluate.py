@@ -40,8 +40,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import pandas as pd
 
     from ser.corpora import clip_key, load_clips, parse_corpus_list
-    from ser.dataset import extract_clips
-    from ser.features import pad
     from ser.predict import SERPredictor
 
     args = build_parser().parse_args(argv)
@@ -58,9 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not clips:
             print(f"error: none of the model's {args.split} files are in this data folder", file=sys.stderr)
             return 2
-    clips, feats, errors = extract_clips(clips, predictor.features, None, args.n_jobs)
-    x, lengths = pad(feats, predictor.features.max_frames)
-    probs = predictor.model.predict(predictor.normalizer.transform(x, lengths), batch_size=256, verbose=0)
+    clips, probs, errors = predictor.clip_probabilities(clips, args.n_jobs)
     y_true = np.array([EMOTION_INDEX[c.label] for c in clips])
     y_pred = probs.argmax(axis=1)
     out = Path(args.output)

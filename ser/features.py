@@ -177,7 +177,8 @@ def extract_file(path: str, cfg: FeatureConfig, cache_dir: Path | None = None, v
     if variant:
         digest = int(hashlib.sha1(f"{path}|{variant}|{seed}".encode()).hexdigest()[:8], 16)
         y = augment_waveform(y, cfg.sample_rate, np.random.default_rng(digest))
-    feats = frames_from_waveform(y, cfg)
+    # Encoder configs (ser.whisper) bring their own front end; MFCC / log-mel configs use this module's.
+    feats = waveform_frames(y, cfg)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")
@@ -203,6 +204,8 @@ def extract_many(paths: Sequence[str], cfg: FeatureConfig, cache_dir: Path | Non
     from tqdm.auto import tqdm
 
     paths = list(paths)
+    if hasattr(cfg, "frames"):  # an encoder: one process, its matrix products already use every core
+        n_jobs = 1
     # The first file runs here so librosa's numba kernels compile (and reach numba's on-disk cache) once,
     # not in every worker at the same time.
     first = [_safe_extract(paths[0], cfg, cache_dir, variant, seed)] if paths else []
@@ -220,9 +223,11 @@ def extract_many(paths: Sequence[str], cfg: FeatureConfig, cache_dir: Path | Non
 
 # ---------------------------------------------------------------- padding and normalisation
 def pad(feats: Sequence[np.ndarray], max_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stack to (n, max_frames, n_features) with zero padding; also return valid lengths."""
-    n_features = feats[0].shape[1]
-    out = np.zeros((len(feats), max_frames, n_features), np.float32)
+    """Stack to (n, max_frames, ...) with zero padding; also return valid lengths.
+
+    MFCC frames are (frames, n_features) float32; encoder frames (steps, states, dim) keep their float16.
+    """
+    out = np.zeros((len(feats), max_frames) + feats[0].shape[1:], feats[0].dtype)
     lengths = np.zeros(len(feats), np.int32)
     for i, f in enumerate(feats):
         n = min(len(f), max_frames)
@@ -244,7 +249,8 @@ class Normalizer:
         return cls(frames.mean(axis=0).astype(np.float32), (frames.std(axis=0) + 1e-6).astype(np.float32))
 
     def transform(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        mask = (np.arange(x.shape[1])[None, :] < lengths[:, None])[..., None]
+        mask = np.arange(x.shape[1])[None, :] < lengths[:, None]
+        mask = mask.reshape(mask.shape + (1,) * (x.ndim - 2))
         return np.where(mask, (x - self.mean) / self.std, 0.0).astype(np.float32)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -256,3 +262,26 @@ class Normalizer:
     def load(cls, path: str | os.PathLike) -> "Normalizer":
         with np.load(path) as data:
             return cls(data["mean"], data["std"])
+
+
+def load_feature_config(fields: dict):
+    """The feature config a run folder's ``config.json`` describes: MFCC / log-mel, or an encoder's."""
+    if fields.get("kind") == "whisper":
+        from ser.whisper.encoder import WhisperFeatureConfig
+
+        return WhisperFeatureConfig(**fields)
+    # Runs saved before level normalisation existed were trained without it.
+    legacy = {"level_norm": False} if "level_norm" in FeatureConfig.__dataclass_fields__ else {}
+    return FeatureConfig(**{**legacy, **fields})
+
+
+def waveform_frames(y: np.ndarray, cfg) -> np.ndarray:
+    """Model frames of one waveform for any feature config (encoder configs bring their own front end)."""
+    return cfg.frames(y) if hasattr(cfg, "frames") else frames_from_waveform(y, cfg)
+
+
+def waveform_frames_batch(waveforms: Sequence[np.ndarray], cfg) -> list[np.ndarray]:
+    """``waveform_frames`` of several waveforms (an encoder runs equal-length ones in one call)."""
+    if hasattr(cfg, "frames_batch"):
+        return cfg.frames_batch(list(waveforms))
+    return [frames_from_waveform(y, cfg) for y in waveforms]

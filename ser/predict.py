@@ -28,7 +28,7 @@ import numpy as np
 from core.io import read_json
 from ser.audio import AudioError, check_signal, decode, resample
 from ser.corpora import AUDIO_EXTENSIONS, audio_files
-from ser.features import FeatureConfig, Normalizer, frames_from_waveform, pad
+from ser.features import Normalizer, load_feature_config, pad, waveform_frames, waveform_frames_batch
 from ser.frontend import NoSpeechError, speech_check
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -81,8 +81,12 @@ class SERPredictor:
                                     f"`python -m ser.train --output DIR` and pass --model-dir DIR")
         self.config = read_json(config_path)
         self.class_names: list[str] = self.config["class_names"]
-        # Runs saved before level normalisation existed were trained without it.
-        self.features = FeatureConfig(**{"level_norm": False, **self.config["features"]})
+        # An ensemble of runs with different front ends (e.g. Whisper + MFCC) averages its members' outputs.
+        self.members = [SERPredictor(self.model_dir / m, tflite) for m in self.config.get("members_dirs", [])]
+        if self.members:
+            self.features, self.normalizer, self.model = self.members[0].features, None, None
+            return
+        self.features = load_feature_config(self.config["features"])
         self.normalizer = Normalizer.load(self.model_dir / "normalization.npz")
         if tflite:
             from core.export import TFLiteModel
@@ -91,7 +95,7 @@ class SERPredictor:
             self._infer = TFLiteModel(self.model_dir / f"model_{tflite}.tflite")
             return
         self.model = keras.saving.load_model(self.model_dir / "model.keras", compile=False)
-        spec = tf.TensorSpec([None, self.features.max_frames, self.features.n_features], tf.float32)
+        spec = tf.TensorSpec([None, *self.config["input_shape"]], tf.float32)
         # One traced graph instead of model.predict(): ~1 ms per call instead of 50-90 ms.
         graph = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
         self._infer = lambda x: graph(x).numpy()
@@ -99,7 +103,7 @@ class SERPredictor:
     def features_of(self, y: np.ndarray, sr: int) -> np.ndarray:
         """Normalised model input (1, frames, features) for the first window of a waveform."""
         y = resample(check_signal(np.asarray(y, np.float32)), sr, self.features.sample_rate)
-        x, lengths = pad([frames_from_waveform(y, self.features)], self.features.max_frames)
+        x, lengths = pad([waveform_frames(y, self.features)], self.features.max_frames)
         return self.normalizer.transform(x, lengths)
 
     def speech_segments(self, y: np.ndarray, sr: int, hop_seconds: float = DEFAULT_HOP_SECONDS,
@@ -126,9 +130,30 @@ class SERPredictor:
         NoSpeechError when no window holds speech; AudioError if the waveform is empty or silent.
         """
         windows = self.speech_segments(y, sr, hop_seconds, source)
-        x, lengths = pad([frames_from_waveform(w, self.features) for _, _, w in windows], self.features.max_frames)
-        probs = np.asarray(self._infer(self.normalizer.transform(x, lengths)))
+        probs = self.window_probabilities([w for _, _, w in windows])
         return [(start, end, p) for (start, end, _), p in zip(windows, probs)]
+
+    def window_probabilities(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        """(n, classes) for waveforms at the model's rate, each treated as one clip (trimmed, first window)."""
+        if self.members:
+            return np.mean([m.window_probabilities(waveforms) for m in self.members], axis=0)
+        x, lengths = pad(waveform_frames_batch(list(waveforms), self.features), self.features.max_frames)
+        return np.asarray(self._infer(self.normalizer.transform(x, lengths)))
+
+    def clip_probabilities(self, clips: Sequence, n_jobs: int = -1) -> tuple[list, np.ndarray, dict[str, str]]:
+        """``(readable clips, probabilities, errors)`` for corpus clips, features as in training (ser.evaluate)."""
+        from ser.dataset import extract_clips
+
+        if self.members:
+            outputs = [m.clip_probabilities(clips, n_jobs) for m in self.members]
+            kept = set.intersection(*({c.path for c in out[0]} for out in outputs))
+            rows = [np.array([p for c, p in zip(out[0], out[1]) if c.path in kept]) for out in outputs]
+            return [c for c in outputs[0][0] if c.path in kept], np.mean(rows, axis=0), outputs[0][2]
+        clips, feats, errors = extract_clips(clips, self.features, None, n_jobs)
+        x, lengths = pad(feats, self.features.max_frames)
+        x = self.normalizer.transform(x, lengths)
+        probs = np.concatenate([self._infer(x[i:i + 256]) for i in range(0, len(x), 256)]) if len(x) else np.zeros((0, 7))
+        return clips, probs, errors
 
     def predict_waveform(self, y: np.ndarray, sr: int, hop_seconds: float = DEFAULT_HOP_SECONDS) -> np.ndarray:
         """Probabilities (7,) for a mono waveform, averaged over its windows of speech; NoSpeechError without

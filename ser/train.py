@@ -91,6 +91,16 @@ HELP = {
     "corpora": "comma-separated: ravdess, crema_d, tess, savee",
     "data_dir": "folder holding the corpora (or one corpus); default $EMOTION_DATA_DIR, else kagglehub",
     "split": "speaker (whole speakers held out) or random (leaks speakers)",
+    "val_speakers": "comma-separated speakers for validation, e.g. ravdess_05,ravdess_06 (overrides the fractions "
+                    "for that corpus)",
+    "test_speakers": "comma-separated speakers held out for the test split, e.g. ravdess_10,ravdess_15",
+    "augment": "augmented copies of each training clip (noise, pitch, stretch, gain); 0 disables",
+    "mixup": "mixup Beta(alpha, alpha) on training batches; 0 disables (MFCC models)",
+    "spec_augment": "SpecAugment-style time and feature masking during training (MFCC models)",
+    "n_mfcc": "MFCC coefficients per frame",
+    "trim_db": "leading / trailing silence below this many dB under the peak is trimmed; 0 disables",
+    "deltas": "append first and second MFCC derivatives",
+    "utterance_norm": "per-clip mean / variance normalisation of the features",
     "output": "run folder; re-running with the same folder resumes",
     "refit": "final fit once the recipe is chosen on validation: the validation speakers join training, all "
              "--epochs run and the last weights are kept (needs --schedule cosine); test speakers stay held out",
@@ -272,9 +282,20 @@ def training_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig):
     return data.prefetch(tf.data.AUTOTUNE)
 
 
+DESCRIPTION = "Train a speech emotion recognition model."
+ADVANCED = frozenset({"mixup", "spec_augment", "deltas", "pitch", "utterance_norm", "n_mels", "n_mfcc", "pool",
+                      "head_c"})  # measured no gain, or expert knobs (docs/results.md)
+
+
+def build_parser():
+    from core.config import config_parser
+
+    return config_parser(TrainConfig, DESCRIPTION, HELP, advanced=ADVANCED)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = parse_config(TrainConfig, argv, "Train a speech emotion recognition model.", HELP)
+    cfg = parse_config(TrainConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED)
     try:
         run(cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
@@ -296,5 +317,7 @@ def _write_split(out: Path, clips, splits, corpus_reports) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from core.cli import quiet_tensorflow
+
+    quiet_tensorflow()
     sys.exit(main())

@@ -246,26 +246,61 @@ def test_linear_head_equals_the_scikit_learn_fit():
     assert weights.shape == (3,) and np.isclose(weights.sum(), 1)
 
 
-def test_train_and_predict_with_a_tiny_encoder(tiny_dir, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_runs(tiny_dir, tmp_path_factory):
+    """A whisper run (tiny encoder) and an MFCC cnn run on the same synthetic corpus and split."""
+    from ser import train as ser_train
+
+    root = tmp_path_factory.mktemp("data")
+    synth.make_ravdess(root, actors=5)
+    cache = tmp_path_factory.mktemp("cache")
+    common = ["--corpora", "ravdess", "--data-dir", str(root), "--epochs", "2", "--batch-size", "8",
+              "--max-seconds", "1.0", "--augment", "1", "--cache-dir", str(cache), "--val-fraction", "0.2",
+              "--test-fraction", "0.2"]
+    runs = {}
+    for model, extra in (("whisper", ["--encoder-dir", str(tiny_dir)]), ("cnn", ["--n-jobs", "1"])):
+        runs[model] = tmp_path_factory.mktemp(model)
+        assert ser_train.main(["--model", model, *extra, *common, "--output", str(runs[model])]) == 0
+    return root, cache, runs, common
+
+
+def test_train_and_predict_with_a_tiny_encoder(tiny_runs, capsys):
     from core.io import read_json
     from ser import train as ser_train
     from ser.predict import SERPredictor
 
-    root = tmp_path / "data"
-    synth.make_ravdess(root, actors=5)
-    out = tmp_path / "run"
-    argv = ["--model", "whisper", "--encoder-dir", str(tiny_dir), "--corpora", "ravdess", "--data-dir", str(root),
-            "--epochs", "2", "--batch-size", "8", "--max-seconds", "1.0", "--augment", "1", "--output", str(out),
-            "--cache-dir", str(tmp_path / "cache"), "--val-fraction", "0.2", "--test-fraction", "0.2"]
-    assert ser_train.main(argv) == 0
+    _, cache, runs, common = tiny_runs
+    out = runs["whisper"]
     config = read_json(out / "config.json")
     assert config["features"]["kind"] == "whisper" and config["input_shape"] == [13, LAYERS + 1, DIM]
-    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 40 + 24  # every clip, plus 1 augmented copy of the 24 training clips
+    whisper_cache = [p for p in cache.rglob("*.npy") if p.parts[-3].startswith("whisper-")]
+    assert len(whisper_cache) == 40 + 24  # every clip, plus 1 augmented copy of the 24 training clips
+    assert (out / "metrics.json").is_file() and (out / "history.csv").is_file()
     predictor = SERPredictor(out)
     probs = predictor.predict_waveform(synth.tone("angry", seconds=2.5), 16_000)
     assert probs.shape == (7,) and np.isclose(probs.sum(), 1, atol=1e-5)
-    assert ser_train.main(argv + ["--mixup", "0.2"]) == 2
+    assert ser_train.main(["--model", "whisper", *common, "--mixup", "0.2", "--output", str(out / "x")]) == 2
     assert "--mixup" in capsys.readouterr().err
+
+
+def test_ensemble_of_whisper_and_mfcc_runs_averages_their_probabilities(tiny_runs, tmp_path):
+    from core.io import read_json
+    from ser.ensemble import main as ensemble_main
+    from ser.evaluate import main as evaluate_main
+    from ser.predict import SERPredictor
+
+    root, _, runs, _ = tiny_runs
+    out = tmp_path / "ensemble"
+    assert ensemble_main([str(runs["whisper"]), str(runs["cnn"]), "--output", str(out), "--data-dir", str(root)]) == 0
+    config = read_json(out / "config.json")
+    assert config["members_dirs"] == ["members/0_whisper", "members/1_cnn"] and (out / "metrics.json").is_file()
+    wave = synth.tone("fear", seconds=1.0)
+    members = [SERPredictor(runs["whisper"]), SERPredictor(runs["cnn"])]
+    expected = np.mean([m.predict_waveform(wave, 16_000) for m in members], axis=0)
+    np.testing.assert_allclose(SERPredictor(out).predict_waveform(wave, 16_000), expected, atol=1e-5)
+    assert evaluate_main(["--model-dir", str(out), "--corpora", "ravdess", "--data-dir", str(root), "--split", "test",
+                          "--output", str(tmp_path / "eval"), "--n-jobs", "1"]) == 0
+    assert read_json(tmp_path / "eval" / "metrics.json")["n"] == 8
 
 
 @pytest.mark.realdata
