@@ -27,7 +27,7 @@ from core.io import read_json, write_json
 from core.reports import format_summary, write_report
 from ser.train import ADVANCED
 from ser.train import HELP as TRAIN_HELP
-from ser.train import TrainConfig
+from ser.train import TrainConfig, with_model_recipe
 
 log = logging.getLogger("ser.crossval")
 
@@ -147,7 +147,7 @@ def build_parser():
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = parse_config(CrossValConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED)
+    cfg = with_model_recipe(parse_config(CrossValConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED), argv)
     try:
         run(cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:

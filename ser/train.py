@@ -28,7 +28,7 @@ log = logging.getLogger("ser.train")
 
 @dataclass
 class TrainConfig:
-    model: str = "bilstm"
+    model: str = "whisper"
     corpora: str = "ravdess,tess"
     data_dir: str | None = None
     slugs: str = ""                  # kagglehub overrides, e.g. "ravdess=me/my-ravdess,tess=me/tess"
@@ -282,7 +282,24 @@ def training_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig):
     return data.prefetch(tf.data.AUTOTUNE)
 
 
-DESCRIPTION = "Train a speech emotion recognition model."
+# Each architecture's best measured recipe (docs/results.md), applied where the command line does not set
+# the option: the MFCC recipe is the shipped compact model's (cnn, lstm and attention measured with it).
+MFCC_RECIPE = {"augment": 3, "schedule": "cosine", "epochs": 30}
+MODEL_RECIPES: dict[str, dict] = {name: MFCC_RECIPE for name in ("cnn", "lstm", "bilstm", "gru", "attention", "cnn2d")}
+MODEL_RECIPES["whisper"] = {"augment": 1}
+
+
+def with_model_recipe(cfg: TrainConfig, argv: Sequence[str] | None) -> TrainConfig:
+    """``cfg`` with its model's recipe for every option the command line left at its default."""
+    from dataclasses import replace
+
+    given = {a.split("=", 1)[0][2:].replace("-", "_") for a in (sys.argv[1:] if argv is None else argv)
+             if a.startswith("--")}
+    return replace(cfg, **{k: v for k, v in MODEL_RECIPES.get(cfg.model, {}).items() if k not in given})
+
+
+DESCRIPTION = ("Train a speech emotion recognition model. Options not given take the model's best measured "
+               "recipe: --augment 3 --schedule cosine --epochs 30 for the MFCC models, --augment 1 for whisper.")
 ADVANCED = frozenset({"mixup", "spec_augment", "deltas", "pitch", "utterance_norm", "n_mels", "n_mfcc", "pool",
                       "head_c"})  # measured no gain, or expert knobs (docs/results.md)
 
@@ -295,7 +312,7 @@ def build_parser():
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = parse_config(TrainConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED)
+    cfg = with_model_recipe(parse_config(TrainConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED), argv)
     try:
         run(cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:

@@ -39,14 +39,8 @@ CLIS: dict[str, str] = {
 # Not fixed yet, in files owned by other work in progress. Each entry is a strict xfail: once the file is
 # fixed the test passes, fails as XPASS, and the entry must be removed here.
 PENDING = {
-    ("help", "ser.train"): "ser/train.py HELP lacks val_speakers, test_speakers, mixup, spec_augment, augment, "
-                           "n_mfcc, trim_db, deltas, utterance_norm",
-    ("help", "ser.crossval"): "inherits ser.train's HELP",
-    ("help", "ser.ensemble"): "ser/ensemble.py: --output has no help",
     ("prog", "ser.predict"): "ser/predict.py builds its parser without prog=module_prog(__name__)",
-    ("prog", "ser.ensemble"): "ser/ensemble.py builds its parser without prog=module_prog(__name__)",
     ("verbose", "ser.predict"): "ser/predict.py: no core.cli.add_verbose_flag(parser)",
-    ("verbose", "ser.ensemble"): "ser/ensemble.py: no core.cli.add_verbose_flag(parser)",
 }
 
 

@@ -116,9 +116,17 @@ def test_refit_trains_on_validation_speakers_and_keeps_test_held_out(trained, tm
 
 def test_refit_needs_a_fixed_schedule(trained, tmp_path, capsys):
     root, _, _ = trained
-    argv = _argv(root, tmp_path / "r", tmp_path / "cache", "--refit", "true")
+    argv = _argv(root, tmp_path / "r", tmp_path / "cache", "--refit", "true", "--schedule", "plateau")
     assert ser_train.main(argv) == 2
     assert "--schedule cosine" in capsys.readouterr().err
+
+
+def test_model_recipe_fills_only_the_options_not_given():
+    cfg = ser_train.with_model_recipe(ser_train.TrainConfig(model="cnn", epochs=2), ["--model", "cnn", "--epochs", "2"])
+    assert (cfg.epochs, cfg.augment, cfg.schedule) == (2, 3, "cosine")  # --epochs given; the rest from the recipe
+    cfg = ser_train.with_model_recipe(ser_train.TrainConfig(augment=0), ["--augment=0"])
+    assert (cfg.model, cfg.augment) == ("whisper", 0)
+    assert ser_train.with_model_recipe(ser_train.TrainConfig(), []).augment == ser_train.MODEL_RECIPES["whisper"]["augment"]
 
 
 def test_train_reports_missing_data_folder(tmp_path, capsys):
