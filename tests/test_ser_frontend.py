@@ -286,6 +286,23 @@ def test_video_with_a_hum_track_is_decided_by_the_face(app_client, tmp_path):
     assert body["face"] and body["label"] == body["face"]["label"]
 
 
+# ---- the shipped compact model ----------------------------------------------------------------
+
+def test_shipped_compact_model_is_small_level_robust_and_matches_its_tflite(repo_root):
+    folder = repo_root / "saved_models" / "ser_compact"
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 2 * 1024 * 1024
+    model, lite = ser_predict.SERPredictor(folder), ser_predict.SERPredictor(folder, tflite="float16")
+    assert model.features.level_norm and "-23 dBFS" in (folder / "MODEL_CARD.md").read_text()
+    for i, emotion in enumerate(EMOTIONS):
+        y = synth.tone(emotion, seconds=2.0, seed=40 + i)
+        reference = model.predict_waveform(y, SR)
+        for gain in (0.1, 0.3, 3.0):
+            np.testing.assert_allclose(model.predict_waveform(gain * y, SR), reference, atol=1e-3)
+        assert np.argmax(lite.predict_waveform(y, SR)) == np.argmax(reference)
+    with pytest.raises(NoSpeechError, match="hum"):
+        model.predict_waveform(hum(2.0), SR)
+
+
 # ---- real speech ------------------------------------------------------------------------------
 
 @pytest.mark.realdata

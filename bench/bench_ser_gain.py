@@ -1,0 +1,157 @@
+"""Does a speech model's answer survive a change of microphone level? Label agreement at other gains.
+
+    python bench/bench_ser_gain.py                                  # saved_models/ser_compact, its test speakers
+    python bench/bench_ser_gain.py --model-dir saved_models/ser --model-dir runs/x
+    python bench/bench_ser_gain.py --folders ../shared/data/ravdess ../shared/data/tess
+
+For each model folder, every clip of its test speakers (its split.csv; or every audio file under
+``--folders``) is predicted at gain 1 and at each of ``--gains``, through ``SERPredictor.predict_waveform``
+(speech check included, as users get it). Reported per gain: the share of clips whose label equals the
+label at gain 1 (a clip refused as "no speech" at either gain counts as a disagreement), the share refused
+as "no speech" (all clips are real speech, so every refusal is a false reject) and, with split labels,
+the accuracy. Writes OUT/ser_gain.md and OUT/ser_gain.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from core.cli import add_verbose_flag, progress, quiet_tensorflow  # noqa: E402
+
+DEFAULT_MODEL = REPO / "saved_models" / "ser_compact"
+DEFAULT_GAINS = "0.1,0.3,3"
+GOAL = 0.98  # label agreement the front end should reach at every gain
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python bench/bench_ser_gain.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", action="append", default=None,
+                        help="SER run folder; repeat for several (default: saved_models/ser_compact)")
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"),
+                        help="folder the split.csv paths are relative to (default: ../shared/data)")
+    parser.add_argument("--split", default="test", help="which split.csv rows to use (default: %(default)s)")
+    parser.add_argument("--folders", nargs="+", default=None,
+                        help="audio files or folders to use instead of the model's split (no accuracy then)")
+    parser.add_argument("--gains", default=DEFAULT_GAINS, help="comma-separated gains compared with gain 1 "
+                        "(default: %(default)s)")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"),
+                        help="folder for ser_gain.md and ser_gain.json (default: bench/results)")
+    add_verbose_flag(parser)
+    return parser
+
+
+def clips_of(model_dir: Path, args: argparse.Namespace) -> tuple[list[Path], list[str | None], str]:
+    """(paths, true labels or None, description of where they come from)."""
+    import pandas as pd
+
+    from ser.predict import expand_paths
+
+    if args.folders:
+        paths = expand_paths(args.folders)
+        return paths, [None] * len(paths), "all audio files under " + ", ".join(args.folders)
+    split_csv = model_dir / "split.csv"
+    if not split_csv.is_file():
+        raise SystemExit(f"{model_dir} has no split.csv: pass --folders to say which clips to use")
+    rows = pd.read_csv(split_csv).query("split == @args.split")
+    if rows.empty:
+        raise SystemExit(f"{split_csv} has no '{args.split}' rows")
+    speakers = ", ".join(sorted(rows["speaker"].unique()))
+    paths = [Path(args.data_dir) / f for f in rows["file"]]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise SystemExit(f"{len(missing)} clips of {split_csv} are not under {args.data_dir} (first: {missing[0]}); "
+                         f"pass --data-dir")
+    return paths, list(rows["label"]), f"{args.split} split of {split_csv.name}: speakers {speakers}"
+
+
+def measure(model_dir: Path, args: argparse.Namespace, gains: list[float]) -> dict:
+    from ser.audio import AudioError, load_audio
+    from ser.frontend import NoSpeechError
+    from ser.predict import SERPredictor
+
+    predictor = SERPredictor(model_dir)
+    paths, truth, source = clips_of(model_dir, args)
+    all_gains = [1.0] + gains
+    labels: dict[float, list[str | None]] = {g: [] for g in all_gains}  # None: refused as "no speech"
+    kept_truth: list[str | None] = []
+    unreadable = 0
+    start = time.perf_counter()
+    for path, label in progress(list(zip(paths, truth)), total=len(paths), desc=model_dir.name):
+        try:
+            y = load_audio(path).astype(np.float64)
+        except AudioError:  # counted, not scored: the file is broken, not the front end
+            unreadable += 1
+            continue
+        kept_truth.append(label)
+        for g in all_gains:
+            try:
+                probs = predictor.predict_waveform((g * y).astype(np.float32), 16_000)
+                labels[g].append(predictor.class_names[int(np.argmax(probs))])
+            except NoSpeechError:
+                labels[g].append(None)
+    seconds = time.perf_counter() - start
+    n = len(kept_truth)
+    if n == 0:
+        raise SystemExit(f"no readable clips for {model_dir} ({source})")
+
+    def at(g: float) -> dict:
+        got, reference = labels[g], labels[1.0]
+        no_speech = sum(label is None for label in got)
+        row = {"no_speech": no_speech, "no_speech_rate": round(no_speech / n, 4)}
+        if g != 1.0:
+            row["agreement"] = round(sum(a is not None and a == b for a, b in zip(got, reference)) / n, 4)
+        if kept_truth and kept_truth[0] is not None:
+            row["accuracy"] = round(sum(a == t for a, t in zip(got, kept_truth)) / n, 4)
+        return row
+
+    return {"model_dir": str(model_dir), "model": predictor.config.get("model"),
+            "level_norm": bool(getattr(predictor.features, "level_norm", False)), "source": source, "clips": n,
+            "unreadable": unreadable, "seconds": round(seconds, 1), "gains": {str(g): at(g) for g in all_gains}}
+
+
+def markdown(results: list[dict], gains: list[float]) -> str:
+    agreement_heads = " | ".join(f"agreement {g:g}x" for g in gains)
+    per_gain = " / ".join(f"{g:g}x" for g in [1.0] + gains)
+    lines = [f"Label agreement with gain 1 when the same clip is played at another level (goal >= {GOAL}), "
+             "and the share of these real speech clips refused as \"no speech\" (false rejects). Gains are "
+             "applied to the decoded float samples without clipping.", "",
+             f"| model | level norm | clips | accuracy {per_gain} | {agreement_heads} | no speech {per_gain} |",
+             "|---|---|---|---|" + "---|" * len(gains) + "---|"]
+    for r in results:
+        accuracy = " / ".join(f"{r['gains'][str(g)]['accuracy']:.3f}" for g in [1.0] + gains) \
+            if "accuracy" in r["gains"]["1.0"] else "-"
+        agreement = " | ".join(f"{r['gains'][str(g)]['agreement']:.3f}" for g in gains)
+        rejects = " / ".join(f"{100 * r['gains'][str(g)]['no_speech_rate']:.1f} %" for g in [1.0] + gains)
+        lines.append(f"| {r['model_dir']} ({r['model']}) | {'yes' if r['level_norm'] else 'no'} | {r['clips']} | "
+                     f"{accuracy} | {agreement} | {rejects} |")
+    lines += [""] + [f"- {r['model_dir']}: {r['source']}" for r in results]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    from core.io import write_json
+
+    gains = [float(g) for g in args.gains.split(",") if g.strip()]
+    if not gains or any(g <= 0 for g in gains):
+        raise SystemExit(f"--gains must be positive numbers, got {args.gains!r}")
+    results = [measure(Path(d), args, gains) for d in (args.model_dir or [str(DEFAULT_MODEL)])]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "ser_gain.json", {"gains": gains, "goal": GOAL, "models": results})
+    text = markdown(results, gains)
+    (out / "ser_gain.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    quiet_tensorflow()
+    main()
