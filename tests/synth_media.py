@@ -229,6 +229,7 @@ def train_tiny_models(root: str | Path, seed: int = 0) -> Path:
     Normalizer(np.zeros(features.n_features, np.float32), np.full(features.n_features, 20.0, np.float32)).save(
         ser_dir / "normalization.npz")
     write_json(ser_dir / "config.json", {"task": "ser", "class_names": list(EMOTIONS), "model": "cnn",
+                                         "input_shape": [features.max_frames, features.n_features],
                                          "features": asdict(features)})
 
     face_model = build_face_cnn((48, 48, 1), len(EMOTIONS), filters=(8, 16), dense_units=32)
