@@ -32,7 +32,7 @@ import numpy as np
 from ser.audio import SILENCE_PEAK, AudioError, CorruptAudioError
 
 # ---- level normalisation
-LEVEL_TARGET_DBFS = -23.0          # RMS of the active part; EBU R128's programme level, ~14 dB below full scale
+LEVEL_TARGET_DBFS = -23.0    # RMS of the active part: EBU R128's programme level, ~14 dB of headroom for peaks
 LEVEL_TARGET_RMS = 10 ** (LEVEL_TARGET_DBFS / 20)
 LEVEL_FRAME = 512            # samples per block when measuring the level (32 ms at 16 kHz)
 LEVEL_ABSOLUTE_GATE_DB = 60  # blocks this far below the loudest one are background, never speech
@@ -76,7 +76,7 @@ class SpeechCheck:
     detail: str                 # the reason in words, with the measurement behind it
     seconds: float              # length of the clip
     active_seconds: float       # frames within ACTIVE_DB of the loudest one
-    voiced_share: float         # share of active frames that are periodic (0..1)
+    voiced_share: float         # share of active frames that are periodic with F0 in F0_RANGE_HZ (0..1)
     f0_hz: float                # median F0 of the periodic frames (0 when none)
     f0_spread_st: float         # interquartile range of their F0, semitones
     spectral_change_db: float   # how much the spectral shape moves over time (see _spectral_change)
