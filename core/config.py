@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+from pathlib import Path
 from typing import Any, Collection, Sequence, TypeVar
 
 from core.cli import add_verbose_flag, module_prog, quiet_tensorflow
@@ -114,12 +116,67 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, description: str,
                  advanced: Collection[str] = ()) -> T:
     parser = config_parser(cls, description, help_texts, prog=prog, advanced=advanced)
     args = parser.parse_args(argv)
+    config = from_args(cls, args)
+    try:  # before any data is loaded or any output written: one clear line, exit status 2
+        validate_config(config)
+    except ValueError as exc:
+        parser.error(str(exc))
     if argv is None:
         # The real command line: quiet TensorFlow here too, for CLIs whose __main__ block does not (yet) call
         # core.cli.quiet_tensorflow. Recipes import TensorFlow lazily, after parsing, so this is in time.
         # Tests pass argv and keep their own logging.
         quiet_tensorflow(args.verbose)
-    return from_args(cls, args)
+    return config
+
+
+# Range checks by field name, shared by every recipe (a field a recipe lacks is simply not checked).
+POSITIVE_INTS = frozenset({"epochs", "batch_size", "image_size", "n_mfcc", "n_mels", "pool", "dense_units",
+                           "resnet_size", "face_size", "sample_rate", "lstm_units", "audio_filters",
+                           "audio_lstm_units", "detect_every", "folds", "video_frames", "max_connections",
+                           "upload_workers"})
+NON_NEGATIVE = frozenset({"patience", "lr_patience", "augment", "fine_tune_epochs", "fine_tune_layers",
+                          "max_per_class", "max_train_per_class", "limit", "threads", "frozen_epochs", "workers",
+                          "mixup", "trim_db", "aux_weight", "shift", "erasing"})
+POSITIVE_FLOATS = frozenset({"learning_rate", "fine_tune_lr", "max_seconds", "fps", "head_c", "cache_seconds"})
+FRACTIONS = frozenset({"val_fraction", "test_fraction", "dropout", "label_smoothing"})  # 0 <= x < 1
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def validate_config(config: Any) -> None:
+    """ValueError (one line naming the option) for settings no run can use; then the recipe's own ``validate()``.
+
+    Every float must be finite; counts such as ``epochs`` and ``batch_size`` positive; fractions in [0, 1);
+    ``n_jobs`` not 0; an ``output`` run folder must not be an existing file.
+    """
+    for field in dataclasses.fields(config):
+        name, value = field.name, getattr(config, field.name)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{_flag(name)} must be a finite number, got {value}")
+        if not isinstance(value, (int, float)):
+            continue
+        if name in POSITIVE_INTS | POSITIVE_FLOATS and value <= 0:
+            raise ValueError(f"{_flag(name)} must be > 0, got {value}")
+        if name in NON_NEGATIVE and value < 0:
+            raise ValueError(f"{_flag(name)} must be >= 0, got {value}")
+        if name in FRACTIONS and not 0 <= value < 1:
+            raise ValueError(f"{_flag(name)} must be from 0 to below 1, got {value}")
+        if name == "n_jobs" and value == 0:
+            raise ValueError("--n-jobs must be -1 (all cores) or a positive number of processes, got 0")
+    fractions = [getattr(config, n, 0.0) for n in ("val_fraction", "test_fraction")]
+    if sum(fractions) >= 1:
+        raise ValueError(f"--val-fraction + --test-fraction must be below 1, got {sum(fractions):g}")
+    output = getattr(config, "output", None)
+    if isinstance(output, str) and output and Path(output).exists() and not Path(output).is_dir():
+        raise ValueError(f"--output {output} is an existing file; the run folder must be a folder (give a new "
+                         "or existing folder name)")
+    own = getattr(config, "validate", None)
+    if callable(own):
+        own()
 
 
 def to_dict(config: Any) -> dict[str, Any]:

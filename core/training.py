@@ -92,6 +92,47 @@ def learning_rate(schedule: str, base: float, total_steps: int):
     raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
 
 
+def resume_backup(backup_dir: str | os.PathLike):
+    """Keras' BackupAndRestore that survives a damaged checkpoint (a run killed while writing it, a full disk).
+
+    Two generations are kept (``latest.weights.h5`` and the one before, ``.bkp``). On resume an unreadable
+    latest checkpoint falls back to the previous one, and when that is unreadable too the run starts clean
+    from epoch 0; either way a warning names the file and what happened.
+    """
+    import keras
+
+    class ResumeBackup(keras.callbacks.BackupAndRestore):
+        def on_train_begin(self, logs=None):
+            initial = [v.numpy() for v in self.model.weights]  # a half-read file may have overwritten some
+            try:
+                self._load_model()
+                return
+            except Exception as exc:  # h5py, OSError, ValueError (shape mismatch), JSONDecodeError
+                problem = f"{exc}".strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                log.warning("resume checkpoint %s is unreadable (%s)", self._weights_path, problem[:160])
+            prev_w, prev_m = Path(self._prev_weights_path), Path(self._prev_training_metadata_path)
+            latest_w, latest_m = Path(self._weights_path), Path(self._training_metadata_path)
+            if prev_w.is_file() and prev_m.is_file():
+                prev_w.replace(latest_w)  # Keras reads weights only from a *.weights.h5 name
+                prev_m.replace(latest_m)
+                try:
+                    self._load_model()
+                except Exception as exc:
+                    log.warning("the previous checkpoint is unreadable too (%s)", type(exc).__name__)
+                else:
+                    log.warning("resuming from the previous good checkpoint instead (after epoch %d)",
+                                self.model._initial_epoch)
+                    return
+            for var, value in zip(self.model.weights, initial):
+                var.assign(value)
+            self.model._initial_epoch = 0
+            for path in (latest_w, latest_m, prev_w, prev_m):
+                path.unlink(missing_ok=True)
+            log.warning("starting this run clean from epoch 0 (the damaged checkpoint was removed)")
+
+    return ResumeBackup(str(backup_dir), delete_checkpoint=True, double_checkpoint=True)
+
+
 def make_callbacks(run_dir: str | os.PathLike, patience: int = 10, lr_patience: int = 4,
                    monitor: str = "val_accuracy", reduce_lr: bool = True, validation: bool = True) -> list:
     """Checkpoint best model, back up every epoch for resume, stop early, lower LR on plateau, log CSV.
@@ -100,11 +141,11 @@ def make_callbacks(run_dir: str | os.PathLike, patience: int = 10, lr_patience: 
 
     run_dir = Path(run_dir)
     if not validation:
-        return [keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints"), delete_checkpoint=True),
+        return [resume_backup(run_dir / "checkpoints"),
                 keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)]
     mode = "max" if "acc" in monitor else "min"
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints"), delete_checkpoint=True),
+        resume_backup(run_dir / "checkpoints"),
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor, mode=mode,
                                         save_best_only=True),
         keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience, restore_best_weights=True),

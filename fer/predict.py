@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from core.cli import add_verbose_flag, echo, module_prog, progress, quiet_tensorflow
-from core.io import read_json
+from core.io import load_keras_model, read_model_config
 from core.labels import EMOTIONS
 from fer.data import IMAGE_EXTENSIONS, list_images
 from fer.faces import DETECTORS, FACE_MARGIN, crop_face, detect_faces, draw_faces, to_bgr, to_gray
@@ -40,7 +40,6 @@ class FERPredictor:
     def __init__(self, model_dir: str | os.PathLike | None = None, detector: str = "haar",
                  margin: float | None = None, tflite: str | None = None) -> None:
         """``tflite``: None for the Keras model, or ``float16`` / ``int8`` for an exported file (fer.export)."""
-        import keras
         import tensorflow as tf
 
         import fer.models  # noqa: F401  registers the custom layers a saved model may hold (HorizontalFlip)
@@ -54,9 +53,9 @@ class FERPredictor:
                 f"no FER model at {model_path}. Train one with `python -m fer.train --dataset fer2013 "
                 f"--data-dir PATH --output {self.model_dir}` or pass --model-dir RUN_DIR.")
         config_path = self.model_dir / "config.json"
-        self.config: dict[str, Any] = read_json(config_path) if config_path.is_file() else {}
+        self.config: dict[str, Any] = read_model_config(config_path, "fer") if config_path.is_file() else {}
         self.class_names: tuple[str, ...] = tuple(self.config.get("class_names", EMOTIONS))
-        self.model = keras.models.load_model(model_path, compile=False)
+        self.model = load_keras_model(model_path)
         self.face_size = int(self.model.input_shape[1])
         self.margin = float(margin if margin is not None else self.config.get("face_margin", FACE_MARGIN))
         self.detector = detector
@@ -105,17 +104,13 @@ class FERPredictor:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """BGR uint8; raises ValueError when the file is not a readable image."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is not None and image.size:
-        return image
-    try:  # formats OpenCV lacks (GIF, some TIFFs)
-        from PIL import Image
+    """BGR uint8; raises ValueError (core.images.ImageReadError) when the file is not a readable image.
 
-        with Image.open(path) as img:
-            return cv2.cvtColor(np.asarray(img.convert("RGB")), cv2.COLOR_RGB2BGR)
-    except Exception as exc:  # Pillow raises many types for corrupt files
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
+    The server's reader too (webapp.media.decode_image), so both refuse the same files (a truncated JPEG).
+    """
+    from core.images import read_image as read
+
+    return read(path)
 
 
 def iter_inputs(paths: Iterable[str]) -> Iterable[tuple[Path, Path | None, str | None]]:
@@ -130,6 +125,8 @@ def iter_inputs(paths: Iterable[str]) -> Iterable[tuple[Path, Path | None, str |
                 yield f, path, None
         elif path.is_file():
             yield path, None, None
+        elif path.exists():
+            yield path, None, f"{path}: not a regular file"
         else:
             yield path, None, f"no such file or folder: {path}"
 
@@ -144,6 +141,20 @@ def annotation_path(out_dir: Path, path: Path, folder: Path | None, used: set[Pa
         n += 1
     used.add(target)
     return target
+
+
+def writable_folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot take output files (it is a file, or not writable), or None when it can."""
+    existing = folder
+    while not existing.exists():  # the nearest existing ancestor decides whether the folder can be made
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"folder {existing} is not writable"
+    return None
 
 
 def _format_faces(path: Path, faces: list[dict[str, Any]]) -> str:
@@ -172,10 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.margin is not None and not (np.isfinite(args.margin) and 0 <= args.margin <= 2):
+        parser.error(f"--margin must be a number from 0 to 2 (a fraction of the face box), got {args.margin}")
+    if args.annotate:
+        problem = writable_folder_problem(Path(args.annotate))
+        if problem:
+            parser.error(f"--annotate {args.annotate}: {problem}")
     try:
         predictor = FERPredictor(args.model_dir, detector=args.detector, margin=args.margin, tflite=args.tflite)
-    except (ModelNotFoundError, ValueError) as exc:
+    except (ModelNotFoundError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out_dir = Path(args.annotate) if args.annotate else None
@@ -206,9 +224,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         echo(json.dumps(result) if args.json else text)
         if out_dir is not None:
             target = annotation_path(out_dir, path, folder, used)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(target), draw_faces(to_bgr(image), faces)):
-                echo(f"error: could not write {target}", err=True)
+            reason = ""
+            try:  # a full disk or a folder that turned read-only: this image fails, the rest still run
+                target.parent.mkdir(parents=True, exist_ok=True)
+                written = cv2.imwrite(str(target), draw_faces(to_bgr(image), faces))
+            except (OSError, cv2.error) as exc:
+                written, reason = False, f": {getattr(exc, 'strerror', None) or exc}"
+            if not written:
+                echo(f"error: could not write {target}{reason}", err=True)
                 failures += 1
     if failures:
         print(f"{failures} input(s) failed", file=sys.stderr)

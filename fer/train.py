@@ -69,6 +69,19 @@ class TrainConfig:
     threads: int = 0
     slug: str | None = None
 
+    def validate(self) -> None:
+        """Choices no run can use, refused before any data is loaded (core.config.validate_config)."""
+        from core.training import SCHEDULES
+        from fer.data import CORPORA
+        from fer.models import MODELS
+
+        if self.model not in MODELS:
+            raise ValueError(f"unknown --model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.dataset not in CORPORA:
+            raise ValueError(f"unknown --dataset {self.dataset!r}; choose one of {', '.join(CORPORA)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown --schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
 
 HELP = {
     "model": "cnn, tiny (mini-Xception, < 1 MB) or resnet50",

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from core.cli import add_verbose_flag, echo, module_prog, progress, quiet_tensorflow
-from core.io import read_json
+from core.io import load_keras_model, read_model_config
 from core.labels import EMOTIONS
 from fusion.media import MediaError, NoAudioError
 from fusion.preprocess import PreprocessConfig, preprocess_file
@@ -39,7 +39,7 @@ class FusionPredictor:
     def __init__(self, model_dir: str | os.PathLike | None = None):
         import tensorflow as tf
 
-        from fusion.models import load_model
+        import fusion.models  # noqa: F401  registers the custom layers of a saved fusion model
         from fusion.pipeline import input_keys
 
         self.model_dir = Path(model_dir or DEFAULT_MODEL_DIR)
@@ -47,14 +47,14 @@ class FusionPredictor:
         if not config_path.is_file() or not (self.model_dir / "model.keras").is_file():
             raise FileNotFoundError(f"no fusion model in {self.model_dir} (model.keras / config.json missing); "
                                     "train one with `python -m fusion.train --output DIR` and pass --model-dir DIR")
-        self.config = read_json(config_path)
+        self.config = read_model_config(config_path, "fusion")
         if self.config.get("task") != "fusion":
             raise ValueError(f"{config_path} is not a fusion run (task={self.config.get('task')!r})")
         self.class_names: list[str] = self.config["class_names"]
         self.modalities: list[str] = self.config["modalities"]
         self.preprocess = PreprocessConfig(**self.config["preprocess"])
         self.max_seconds = float(self.config["max_seconds"])
-        self.model = load_model(self.model_dir / "model.keras")
+        self.model = load_keras_model(self.model_dir / "model.keras")
         self.keys = input_keys(self.modalities)
         specs = {k: tf.TensorSpec([None, *v.shape[1:]], v.dtype) for k, v in self.model.input.items()}
         # One traced graph with open batch/time axes: no retracing per clip length, no model.predict overhead.

@@ -56,6 +56,8 @@ def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
 def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Decode to mono float32 at the file's own rate: libsndfile first, FFmpeg (PyAV) for the rest."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, /dev/null, a pipe
+        raise CorruptAudioError(f"{path}: not a regular file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -68,7 +70,10 @@ def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         except AudioError:
             raise
         except Exception as av_error:
-            raise CorruptAudioError(f"{path}: not readable as audio ({sf_error}; {av_error})") from av_error
+            # FFmpeg's own words ("Invalid data found when processing input"), without "[Errno 1094995529]"
+            reason = getattr(av_error, "strerror", None) or str(av_error)
+            raise CorruptAudioError(f"{path}: not readable as audio (not a valid audio/video file: {reason})") \
+                from av_error
 
 
 def check_signal(y: np.ndarray, source: str = "audio") -> np.ndarray:

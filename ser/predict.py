@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from core.io import read_json
+from core.io import ModelFolderError, load_keras_model, read_model_config
 from ser.audio import AudioError, check_signal, decode, resample
 from ser.corpora import AUDIO_EXTENSIONS, audio_files
 from ser.features import Normalizer, load_feature_config, pad, waveform_frames, waveform_frames_batch
@@ -71,7 +71,6 @@ class SERPredictor:
 
     def __init__(self, model_dir: str | os.PathLike | None = None, tflite: str | None = None):
         """``tflite``: None for the Keras model, or ``float16`` / ``int8`` for an exported file (ser.export)."""
-        import keras
         import tensorflow as tf
 
         self.model_dir = Path(model_dir or DEFAULT_MODEL_DIR)
@@ -79,22 +78,29 @@ class SERPredictor:
         if not config_path.is_file():
             raise FileNotFoundError(f"no SER model in {self.model_dir} (config.json missing); train one with "
                                     f"`python -m ser.train --output DIR` and pass --model-dir DIR")
-        self.config = read_json(config_path)
+        self.config = read_model_config(config_path, "ser", required=("class_names",))
         self.class_names: list[str] = self.config["class_names"]
         # An ensemble of runs with different front ends (e.g. Whisper + MFCC) averages its members' outputs.
         self.members = [SERPredictor(self.model_dir / m, tflite) for m in self.config.get("members_dirs", [])]
         if self.members:
             self.features, self.normalizer, self.model = self.members[0].features, None, None
             return
+        if "features" not in self.config:
+            raise ModelFolderError(f"{config_path}: lacks 'features', so it is not a speech (ser) model; pass a "
+                                   "folder written by `python -m ser.train --output DIR`")
         self.features = load_feature_config(self.config["features"])
-        self.normalizer = Normalizer.load(self.model_dir / "normalization.npz")
+        try:
+            self.normalizer = Normalizer.load(self.model_dir / "normalization.npz")
+        except Exception as exc:  # missing (OSError), truncated (BadZipFile), another kind of .npz (KeyError)
+            raise ModelFolderError(f"{self.model_dir / 'normalization.npz'}: missing or damaged ({exc}); copy the "
+                                   "run folder again or retrain it") from None
         if tflite:
             from core.export import TFLiteModel
 
             self.model = None
             self._infer = TFLiteModel(self.model_dir / f"model_{tflite}.tflite")
             return
-        self.model = keras.saving.load_model(self.model_dir / "model.keras", compile=False)
+        self.model = load_keras_model(self.model_dir / "model.keras")
         spec = tf.TensorSpec([None, *self.config["input_shape"]], tf.float32)
         # One traced graph instead of model.predict(): ~1 ms per call instead of 50-90 ms.
         graph = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
@@ -205,11 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds between the windows of a recording longer than the model's window")
     parser.add_argument("--segments", action="store_true", help="also show each window's own result")
     args = parser.parse_args(argv)
-    if args.hop <= 0:
-        parser.error(f"--hop must be > 0 seconds, got {args.hop}")
+    if not (np.isfinite(args.hop) and args.hop > 0):
+        parser.error(f"--hop must be a finite number of seconds > 0, got {args.hop}")
     try:
         predictor = SERPredictor(args.model_dir, tflite=args.tflite)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ModelFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     files = expand_paths(args.paths)

@@ -65,6 +65,20 @@ class TrainConfig:
     pool: int = 4                    # encoder steps (20 ms) averaged per cached step
     head_c: float = 0.02             # --model whisper: inverse L2 strength of the logistic-regression head
 
+    def validate(self) -> None:
+        """Choices no run can use, refused before any data is loaded (core.config.validate_config)."""
+        from core.training import SCHEDULES
+        from ser.models import MODELS
+
+        if self.model not in MODELS:
+            raise ValueError(f"unknown --model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.split not in ("speaker", "random"):
+            raise ValueError(f"unknown --split {self.split!r}; choose speaker or random")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown --schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.features not in ("mfcc", "logmel"):
+            raise ValueError(f"unknown --features {self.features!r}; choose mfcc or logmel")
+
     def feature_config(self):
         from ser.features import FeatureConfig
         from ser.models import ENCODER_MODELS
@@ -149,7 +163,10 @@ def run(cfg: TrainConfig) -> dict:
     _write_split(out, clips, splits, corpus_reports)
     part = {name: [i for i, s in enumerate(splits) if s == name] for name in ("train", "val", "test")}
     if not part["train"] or not (part["val"] or cfg.refit):
-        raise RuntimeError(f"empty train or validation split: {({k: len(v) for k, v in part.items()})}")
+        speakers = len({c.speaker for c in clips})
+        hint = (f"; {speakers} speaker(s) are too few for --split speaker: use --split random, or name the "
+                "held-out speakers with --val-speakers / --test-speakers") if cfg.split == "speaker" else ""
+        raise RuntimeError(f"empty train or validation split: {({k: len(v) for k, v in part.items()})}{hint}")
 
     train_clips = [clips[i] for i in part["train"]]
     train_feats = [feats[i] for i in part["train"]]

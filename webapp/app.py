@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
@@ -45,6 +46,9 @@ class Settings:
     video_frames: int = 24               # frames sampled evenly from an uploaded video
     upload_workers: int = 1              # concurrent file predictions
     max_waiting_uploads: int = 8         # queued beyond the workers; more get 503 at once
+    upload_timeout_seconds: float = 60.0  # the whole body must arrive within this (408 otherwise)
+    max_uploads_per_client: int = 2      # uploads one client address may send or wait on at once (429 above)
+    max_reading_uploads: int = 64        # bodies being received at once, all clients (503 above)
     # -60 dBFS over the last silence_seconds: below any voice a microphone picks up (a quiet voice is
     # -45 to -55 dBFS); sound above it that is not speech (hum, fan noise) is the speech check's job.
     silence_rms: float = 0.001
@@ -81,8 +85,11 @@ def with_late_fusion_weights(settings: Settings, path: str | Path) -> Settings:
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in (
         (400, "Undecodable or unusable media; 'detail' says why."),
+        (408, "The upload body did not arrive within upload_timeout_seconds."),
         (413, "Upload larger than max_upload_bytes."),
         (415, "Content type is not this endpoint's media type, multipart/form-data or application/octet-stream."),
+        (422, "A query parameter is invalid; 'detail' is one line naming it."),
+        (429, "This client already has max_uploads_per_client uploads in progress."),
         (503, "The model this endpoint needs is not loaded, or the server is busy."),
     )
 }
@@ -177,7 +184,9 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
     settings = settings or Settings()
     models = models if models is not None else load_models(models_dir, settings.detector, settings.warmup)
     workers = Workers(settings)
-    uploads_in_flight = [0]  # only touched on the event loop, so a plain counter is safe
+    uploads_in_flight = [0]  # only touched on the event loop, so plain counters are safe
+    uploads_reading = [0]
+    per_client: dict[str, int] = {}
     stream_config = StreamConfig(
         max_message_bytes=settings.max_message_bytes, silence_rms=settings.silence_rms,
         silence_seconds=settings.silence_seconds, audio_window_seconds=settings.audio_window_seconds,
@@ -200,6 +209,12 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
     app.state.models, app.state.settings, app.state.connections = models, settings, connections
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default is a list of error objects; the API promises {"detail": "<one line>"} everywhere.
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
+        return JSONResponse({"detail": "invalid request: " + "; ".join(parts)}, status_code=422)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A model or decoder bug answers this request with 500 and a reason; the server keeps serving.
@@ -213,21 +228,44 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
     async def predict_upload(request: Request, family: str, func) -> dict[str, Any]:
         """Read the upload, then run ``func(name, data)`` in the upload pool.
 
-        The slot is taken before the body is read, so at most (workers + waiting) uploads are held
-        in memory; beyond that 503 rather than an unbounded queue.
+        A work slot is taken only once the whole body is here, so a client that stalls mid-upload holds
+        nothing other users need: its read ends with 408 after ``upload_timeout_seconds``, one address
+        may have ``max_uploads_per_client`` uploads in progress (429 beyond), and at most
+        ``max_reading_uploads`` bodies are received at once. Past the read, at most (workers + waiting)
+        uploads are held; beyond that 503 rather than an unbounded queue.
         """
-        if uploads_in_flight[0] >= settings.upload_workers + settings.max_waiting_uploads:
-            raise HTTPException(503, "server busy with other uploads; retry later")
-        uploads_in_flight[0] += 1
+        client = request.client.host if request.client else "unknown"
+        if per_client.get(client, 0) >= settings.max_uploads_per_client:
+            raise HTTPException(429, f"this client already has {settings.max_uploads_per_client} uploads in "
+                                     "progress; wait for them to finish")
+        if uploads_reading[0] >= settings.max_reading_uploads:
+            raise HTTPException(503, "server busy receiving other uploads; retry later")
+        per_client[client] = per_client.get(client, 0) + 1
         try:
-            name, data = await read_upload(request, family, settings.max_upload_bytes)
-            return await asyncio.get_running_loop().run_in_executor(workers.upload, func, name, data)
-        except media.MediaError as exc:
-            raise HTTPException(400, str(exc)) from None
-        except ModelUnavailable as exc:
-            raise HTTPException(503, str(exc)) from None
+            uploads_reading[0] += 1
+            try:
+                async with asyncio.timeout(settings.upload_timeout_seconds):
+                    name, data = await read_upload(request, family, settings.max_upload_bytes)
+            except TimeoutError:
+                raise HTTPException(408, f"upload body not received within {settings.upload_timeout_seconds:g} "
+                                         "seconds") from None
+            finally:
+                uploads_reading[0] -= 1
+            if uploads_in_flight[0] >= settings.upload_workers + settings.max_waiting_uploads:
+                raise HTTPException(503, "server busy with other uploads; retry later")
+            uploads_in_flight[0] += 1
+            try:
+                return await asyncio.get_running_loop().run_in_executor(workers.upload, func, name, data)
+            except media.MediaError as exc:
+                raise HTTPException(400, str(exc)) from None
+            except ModelUnavailable as exc:
+                raise HTTPException(503, str(exc)) from None
+            finally:
+                uploads_in_flight[0] -= 1
         finally:
-            uploads_in_flight[0] -= 1
+            per_client[client] -= 1
+            if not per_client[client]:
+                del per_client[client]
 
     def require(slot_name: str) -> None:
         slot = models.slots[slot_name]

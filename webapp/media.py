@@ -5,7 +5,6 @@ header before decoding, so a tiny file that claims to be a huge image is refused
 """
 from __future__ import annotations
 
-import io
 import os
 import re
 import tempfile
@@ -44,24 +43,14 @@ def temp_file(data: bytes, filename: str | None) -> Iterator[Path]:
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """BGR uint8 image from JPEG/PNG/WebP/BMP bytes."""
-    from PIL import Image, UnidentifiedImageError
+    """BGR uint8 image from JPEG/PNG/WebP/BMP bytes: core.images, the reader fer.predict uses too."""
+    from core.images import ImageReadError
+    from core.images import decode_image as decode
 
-    if not data:
-        raise MediaError("empty image")
     try:
-        with Image.open(io.BytesIO(data)) as header:  # reads the header only
-            width, height = header.size
-    except UnidentifiedImageError:
-        raise MediaError("not a readable image (expected JPEG, PNG, WebP, BMP or TIFF data)") from None
-    except (OSError, ValueError) as exc:
-        raise MediaError(f"not a readable image ({exc})") from None
-    if width * height > max_pixels:
-        raise MediaError(f"image is {width}x{height}; at most {max_pixels} pixels are accepted")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        raise MediaError("image header is valid but the pixel data cannot be decoded (truncated or corrupt)")
-    return image
+        return decode(data, max_pixels)
+    except ImageReadError as exc:
+        raise MediaError(str(exc)) from None
 
 
 def downscale(image: np.ndarray, max_side: int = MAX_PROCESS_SIDE) -> tuple[np.ndarray, float]:
@@ -115,8 +104,9 @@ def sample_video(path: str | os.PathLike, n_frames: int, max_seconds: float) -> 
     """About ``n_frames`` BGR frames spread over the first ``max_seconds``, and the duration read."""
     import av
 
-    def reason(exc: Exception) -> str:  # FFmpeg names our private temp file; the client never saw it
-        return str(exc).replace(f": '{path}'", "").replace(str(path), "upload")
+    def reason(exc: Exception) -> str:  # FFmpeg's words, without "[Errno 1094995529]" or our temp file's name
+        text = getattr(exc, "strerror", None) or str(exc)
+        return str(text).replace(f": '{path}'", "").replace(str(path), "upload")
 
     try:
         container = av.open(str(path))

@@ -120,6 +120,8 @@ def parse_message(raw: bytes | str) -> Incoming:
             errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise MessageError("malformed", f"invalid {obj['type']} message: {errors}", msg_id) from None
         kind, msg_id, t = msg.type, msg.id, msg.t
+        # Python's JSON reader takes NaN / Infinity; echoed back they would make our replies invalid JSON
+        t = t if t is None or np.isfinite(t) else None
         fmt = getattr(msg, "format", None)
         payload = _decode_b64(msg.data, msg_id) if kind != "ping" else b""
     incoming = Incoming(kind, msg_id, t, payload, received=now)

@@ -1,0 +1,477 @@
+"""Bad and odd inputs across the CLIs, the HTTP API and the WebSocket (GitHub issue 15; docs/reliability.md).
+
+Every case asserts the exact outcome: a clean one-line error (no traceback), the exit status, no model left
+behind by a refused run, valid JSON out of the server, and a server that still answers /api/health.
+Fast: tiny synthetic models and media only.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import math
+import shutil
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+import synth_audio as synth
+import synth_media as sm
+from webapp.app import Settings, create_app
+from webapp.models import Models
+from webapp.stream import BINARY_HEADER
+
+SMALL = dict(max_upload_bytes=400_000, max_message_bytes=200_000, max_connections=3, warmup=False,
+             min_audio_seconds=0.25)
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN / Infinity, as browsers' JSON.parse does."""
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def assert_clean(err: str, *needles: str) -> None:
+    assert "Traceback" not in err, err
+    assert "error:" in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Tiny real SER / FER run folders, plus copies to break."""
+    root = sm.train_tiny_models(tmp_path_factory.mktemp("models"))
+    return root
+
+
+@pytest.fixture()
+def broken(models, tmp_path):
+    """A fresh copy of both run folders to damage."""
+    shutil.copytree(models / "ser", tmp_path / "ser")
+    shutil.copytree(models / "fer", tmp_path / "fer")
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    jpeg = sm.jpeg_bytes(sm.face_image())
+    (folder / "face.jpg").write_bytes(jpeg)
+    (folder / "half.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "garbage.wav").write_bytes(b"this is not audio at all" * 40)
+    sm.write_wav(folder / "short.wav", sm.voice(0.05))
+    sm.write_wav(folder / "speech.wav", sm.voice(1.0))
+    (folder / "afile").write_text("not a folder")
+    return folder
+
+
+# ---- 1. argument checks before any data is loaded -------------------------------------------------
+
+TRAIN_CASES = [
+    ("ser.train", ["--epochs", "0"], "--epochs must be > 0"),
+    ("ser.train", ["--epochs", "-1"], "--epochs must be > 0"),
+    ("ser.train", ["--batch-size", "0"], "--batch-size must be > 0"),
+    ("ser.train", ["--learning-rate", "nan"], "--learning-rate must be a finite number"),
+    ("ser.train", ["--max-seconds", "inf"], "--max-seconds must be a finite number"),
+    ("ser.train", ["--val-fraction", "1.5"], "--val-fraction must be from 0 to below 1"),
+    ("ser.train", ["--val-fraction", "0.6", "--test-fraction", "0.5"], "must be below 1"),
+    ("ser.train", ["--model", "transformer"], "unknown --model 'transformer'"),
+    ("ser.train", ["--split", "by-corpus"], "unknown --split"),
+    ("ser.train", ["--schedule", "step"], "unknown --schedule"),
+    ("ser.train", ["--n-jobs", "0"], "--n-jobs must be -1"),
+    ("ser.train", ["--patience", "-3"], "--patience must be >= 0"),
+    ("ser.train", ["--augment", "-1"], "--augment must be >= 0"),
+    ("ser.crossval", ["--folds", "0"], "--folds must be > 0"),
+    ("fer.train", ["--epochs", "0"], "--epochs must be > 0"),
+    ("fer.train", ["--batch-size", "0"], "--batch-size must be > 0"),
+    ("fer.train", ["--model", "vit"], "unknown --model 'vit'"),
+    ("fer.train", ["--dataset", "affectnet"], "unknown --dataset"),
+    ("fer.train", ["--dropout", "1.0"], "--dropout must be from 0 to below 1"),
+    ("fer.train", ["--learning-rate", "-0.1"], "--learning-rate must be > 0"),
+    ("fusion.train", ["--epochs", "0"], "--epochs must be > 0"),
+]
+
+
+@pytest.mark.parametrize("module,args,message", TRAIN_CASES, ids=[f"{m}{' '.join(a)}" for m, a, _ in TRAIN_CASES])
+def test_bad_training_argument_is_refused_before_loading_data(module, args, message, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    train = importlib.import_module(module)
+    out = tmp_path / "run"
+    loaded = []
+    monkeypatch.setattr("ser.corpora.load_clips", lambda *a, **k: loaded.append(1) or ([], []), raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*args, "--output", str(out), "--data-dir", str(tmp_path / "no-data")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert_clean(err, message)
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1
+    assert not out.exists(), "a refused run must leave no run folder (and so no model that looks finished)"
+    assert not loaded
+
+
+def test_output_that_is_a_file_is_refused(files, capsys):
+    from ser import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--output", str(files / "afile")])
+    assert exit_info.value.code == 2
+    assert_clean(capsys.readouterr().err, "is an existing file")
+    assert (files / "afile").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("hop", ["nan", "inf", "0", "-1"])
+def test_ser_predict_bad_hop(models, files, hop, capsys):
+    from ser import predict
+
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(files / "speech.wav"), "--model-dir", str(models / "ser"), "--hop", hop])
+    assert exit_info.value.code == 2
+    assert_clean(capsys.readouterr().err, "--hop must be a finite number of seconds > 0")
+
+
+@pytest.mark.parametrize("margin", ["-1", "nan", "inf"])
+def test_fer_predict_bad_margin(models, files, margin, capsys):
+    from fer import predict
+
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(files / "face.jpg"), "--model-dir", str(models / "fer"), "--margin", margin])
+    assert exit_info.value.code == 2
+    assert_clean(capsys.readouterr().err, "--margin must be a number from 0 to 2")
+
+
+@pytest.mark.parametrize("target", ["afile", "afile/inside"])
+def test_fer_predict_annotate_into_a_file_is_refused(models, files, target, capsys):
+    from fer import predict
+
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(files / "face.jpg"), "--model-dir", str(models / "fer"), "--annotate",
+                      str(files / target)])
+    assert exit_info.value.code == 2
+    assert_clean(capsys.readouterr().err, "is a file, not a folder")
+
+
+def test_fer_predict_annotate_failure_skips_one_image_and_goes_on(models, files, tmp_path, capsys):
+    from fer import predict
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(files / "face.jpg", images / "a.jpg")
+    shutil.copy(files / "face.jpg", images / "b.jpg")
+    out = tmp_path / "annotated"
+    (out / "a.jpg").mkdir(parents=True)  # a folder where a.jpg's annotation would go: that write fails
+    assert predict.main([str(images), "--model-dir", str(models / "fer"), "--annotate", str(out), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert_clean(captured.err, "could not write")
+    assert len(captured.out.strip().splitlines()) == 2, "both images are still predicted"
+    assert (out / "b.jpg").is_file()
+
+
+# ---- 2. broken model folders: one line naming the file and the fix --------------------------------
+
+def _corrupt(path, how):
+    data = path.read_bytes()
+    if how == "garbage":
+        path.write_bytes(b"PK\x03\x04 not really a zip" * 10)
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_bytes(data[: len(data) // 2])
+
+
+SER_BROKEN = [
+    ("model.keras", "garbage", "model.keras: damaged or not a Keras model"),
+    ("model.keras", "empty", "model.keras: empty (0 bytes)"),
+    ("model.keras", "half", "model.keras: damaged or not a Keras model"),
+    ("config.json", "half", "config.json: damaged (not valid JSON"),
+    ("normalization.npz", "half", "normalization.npz: missing or damaged"),
+]
+
+
+@pytest.mark.parametrize("name,how,message", SER_BROKEN, ids=[f"{n}-{h}" for n, h, _ in SER_BROKEN])
+def test_ser_predict_broken_model_folder(broken, files, name, how, message, capsys):
+    from ser import predict
+
+    _corrupt(broken / "ser" / name, how)
+    assert predict.main([str(files / "speech.wav"), "--model-dir", str(broken / "ser")]) == 2
+    err = capsys.readouterr().err
+    assert_clean(err, message, "copy the run folder again or retrain")
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name,how,message", [
+    ("model.keras", "garbage", "model.keras: damaged or not a Keras model"),
+    ("config.json", "half", "config.json: damaged (not valid JSON"),
+])
+def test_fer_predict_broken_model_folder(broken, files, name, how, message, capsys):
+    from fer import predict
+
+    _corrupt(broken / "fer" / name, how)
+    assert predict.main([str(files / "face.jpg"), "--model-dir", str(broken / "fer")]) == 2
+    assert_clean(capsys.readouterr().err, message)
+
+
+def test_model_folder_of_the_wrong_kind(broken, files, capsys):
+    from core.io import read_json, write_json
+    from fer import predict as fer_predict
+    from ser import predict as ser_predict
+
+    # as fer.train writes it (saved_models/fer): its TrainConfig with dataset and model
+    write_json(broken / "fer" / "config.json", read_json(broken / "fer" / "config.json") | {"dataset": "fer2013",
+                                                                                           "model": "cnn"})
+    assert ser_predict.main([str(files / "speech.wav"), "--model-dir", str(broken / "fer")]) == 2
+    assert_clean(capsys.readouterr().err, "holds a face (fer) model, not a speech (ser) model",
+                 "python -m ser.train")
+    assert fer_predict.main([str(files / "face.jpg"), "--model-dir", str(broken / "ser")]) == 2
+    assert_clean(capsys.readouterr().err, "holds a speech (ser) model, not a face (fer) model")
+
+
+def test_ser_folder_without_its_keys_is_not_a_keyerror(broken, files, capsys):
+    from ser import predict
+
+    (broken / "ser" / "config.json").write_text('{"epochs": 3}')
+    assert predict.main([str(files / "speech.wav"), "--model-dir", str(broken / "ser")]) == 2
+    assert_clean(capsys.readouterr().err, "lacks 'class_names'")
+
+
+# ---- 3. unreadable inputs: the same reader and the same answer in the CLI and the server -----------
+
+def test_half_truncated_jpeg_is_refused_by_cli_and_server_alike(models, files, capsys):
+    from core.images import ImageReadError, read_image
+    from fer import predict
+
+    with pytest.raises(ImageReadError, match="truncated or corrupt"):
+        read_image(files / "half.jpg")
+    assert predict.main([str(files / "half.jpg"), "--model-dir", str(models / "fer"), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "truncated or corrupt" in captured.err
+    with TestClient(create_app(settings=Settings(**SMALL), models=Models(ser=sm.FakeVoice(), fer=sm.FakeFace())),
+                    raise_server_exceptions=False) as client:
+        response = client.post("/api/predict/image", content=(files / "half.jpg").read_bytes(),
+                               headers={"content-type": "image/jpeg"})
+        assert response.status_code == 400 and "truncated or corrupt" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("tool", ["ser", "fer"])
+def test_dev_null_is_not_a_regular_file(models, tool, capsys):
+    import importlib
+
+    predict = importlib.import_module(f"{tool}.predict")
+    assert predict.main(["/dev/null", "--model-dir", str(models / tool)]) == 1
+    assert_clean(capsys.readouterr().err, "/dev/null: not a regular file")
+
+
+def test_garbage_audio_says_not_a_valid_audio_file(models, files, capsys):
+    from ser import predict
+
+    assert predict.main([str(files / "garbage.wav"), "--model-dir", str(models / "ser")]) == 1
+    err = capsys.readouterr().err
+    assert_clean(err, "not a valid audio/video file")
+    assert "Errno" not in err
+
+
+def test_50ms_clip_gets_no_confident_label(models, files, capsys):
+    from ser import predict
+
+    assert predict.main([str(files / "short.wav"), "--model-dir", str(models / "ser"), "--json"]) == 1
+    captured = capsys.readouterr()
+    line = strict_json(captured.out.strip())
+    assert line["label"] is None and line["probabilities"] is None and line["no_speech"]
+    assert "Traceback" not in captured.err
+
+
+def test_too_few_speakers_suggests_random_split(tmp_path, capsys):
+    from ser import train
+
+    synth.make_ravdess(tmp_path / "data", actors=2)
+    out = tmp_path / "run"
+    assert train.main(["--model", "cnn", "--corpora", "ravdess", "--data-dir", str(tmp_path / "data"), "--epochs",
+                       "1", "--augment", "0", "--max-seconds", "1.0", "--output", str(out), "--cache-dir", "",
+                       "--n-jobs", "1"]) == 2
+    assert_clean(capsys.readouterr().err, "--split random", "--val-speakers")
+    assert not (out / "model.keras").exists()
+
+
+# ---- 4. the server: valid JSON everywhere, one-line 422s, clean refusals ---------------------------
+
+@pytest.fixture()
+def client():
+    app = create_app(settings=Settings(**SMALL), models=Models(ser=sm.FakeVoice(), fer=sm.FakeFace()))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+        assert c.get("/api/health").status_code == 200, "the server must stay healthy"
+
+
+@pytest.mark.parametrize("query", ["segments=maybe", "segments=2"])
+def test_invalid_query_is_a_one_line_422(client, files, query):
+    response = client.post(f"/api/predict/audio?{query}", content=(files / "speech.wav").read_bytes(),
+                           headers={"content-type": "audio/wav"})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "segments" in detail
+
+
+HTTP_CASES = [
+    ("audio", {"content": b"this is not audio at all" * 40, "headers": {"content-type": "audio/wav"}}, 400,
+     "not a valid audio/video file"),
+    ("audio", {"content": b"", "headers": {"content-type": "audio/wav"}}, 400, "empty upload"),
+    ("audio", {"content": b"x", "headers": {"content-type": "text/plain"}}, 415, "content type"),
+    ("image", {"content": b"\xff\xd8\xff\xe0" + b"\0" * 50, "headers": {"content-type": "image/jpeg"}}, 400,
+     "not a readable image"),
+    ("image", {"content": b"\0" * 500_000, "headers": {"content-type": "image/png"}}, 413, "limit"),
+    ("video", {"content": b"\x00\x00\x00\x18ftypmp42" * 10, "headers": {"content-type": "video/mp4"}}, 400,
+     "not a readable video"),
+]
+
+
+@pytest.mark.parametrize("endpoint,kwargs,status,reason", HTTP_CASES, ids=[f"{e}-{s}-{r}" for e, _, s, r in HTTP_CASES])
+def test_bad_upload_is_a_clean_refusal(client, endpoint, kwargs, status, reason):
+    response = client.post(f"/api/predict/{endpoint}", **kwargs)
+    assert response.status_code == status, response.text
+    body = strict_json(response.text)
+    assert isinstance(body["detail"], str) and reason in body["detail"]
+    assert "Errno" not in body["detail"]
+
+
+@pytest.mark.parametrize("t", ["NaN", "Infinity", "-Infinity"])
+def test_websocket_never_echoes_non_finite_numbers(client, t):
+    with client.websocket_connect("/ws/stream") as ws:
+        strict_json(ws.receive_text())  # hello
+        ws.send_text(f'{{"type": "ping", "id": 7, "t": {t}}}')
+        pong = strict_json(ws.receive_text())
+        assert pong["type"] == "pong" and pong["id"] == 7 and pong["t"] is None
+
+
+def test_websocket_binary_nan_timestamp_and_garbage(client):
+    with client.websocket_connect("/ws/stream") as ws:
+        strict_json(ws.receive_text())
+        pcm = (sm.voice(0.3) * 32767).astype("<i2").tobytes()
+        ws.send_bytes(BINARY_HEADER.pack(2, 5, math.nan) + pcm)
+        for raw in ('{"type": "frame", "id": 3, "data": "@@not base64@@"}', "not json", '{"type": "x"}',
+                    '{"type": "audio", "id": 4, "data": "' + base64.b64encode(b"\0").decode() + '"}'):
+            ws.send_text(raw)
+        ws.send_bytes(b"\x01")
+        seen = []
+        while len([m for m in seen if m["type"] == "error"]) < 5:
+            msg = strict_json(ws.receive_text())
+            seen.append(msg)
+            if msg.get("id") == 5:
+                assert msg["t"] is None
+        assert all(isinstance(m.get("detail", ""), str) for m in seen)
+
+
+# ---- 5. stalled clients hold no work slot --------------------------------------------------------
+
+def test_stalled_uploads_do_not_lock_other_users_out(files):
+    """Nine clients that send a few bytes and then idle: another user's upload is still served at once, the
+    stalled ones end with 408, a tenth upload from a stalled address gets 429, and health stays up."""
+    app = create_app(settings=Settings(**(SMALL | dict(upload_timeout_seconds=1.5, max_uploads_per_client=1))),
+                     models=Models(ser=sm.FakeVoice(), fer=sm.FakeFace()))
+    speech = (files / "speech.wav").read_bytes()
+
+    async def stalled_body():
+        yield speech[:100]
+        await asyncio.sleep(30)
+        yield speech[100:]
+
+    def client_at(host: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(host, 5000)),
+                                 base_url="http://test", timeout=20)
+
+    async def scenario():
+        stalled_clients = [client_at(f"10.0.0.{i}") for i in range(9)]
+        stalled = [asyncio.create_task(c.post("/api/predict/audio", content=stalled_body(),
+                                              headers={"content-type": "audio/wav"})) for c in stalled_clients]
+        await asyncio.sleep(0.3)
+        async with client_at("10.0.1.1") as user:
+            started = asyncio.get_running_loop().time()
+            ok = await user.post("/api/predict/audio", content=speech, headers={"content-type": "audio/wav"})
+            served_in = asyncio.get_running_loop().time() - started
+            health = await user.get("/api/health")
+        again = await stalled_clients[0].post("/api/predict/audio", content=speech,
+                                              headers={"content-type": "audio/wav"})
+        answers = await asyncio.gather(*stalled)
+        after = await stalled_clients[1].post("/api/predict/audio", content=speech,
+                                              headers={"content-type": "audio/wav"})
+        for c in stalled_clients:
+            await c.aclose()
+        return ok, served_in, health, again, answers, after
+
+    ok, served_in, health, again, answers, after = asyncio.run(scenario())
+    assert ok.status_code == 200 and ok.json()["label"], ok.text
+    assert served_in < 1.0, "the other user waited on the stalled uploads"
+    assert health.status_code == 200
+    assert again.status_code == 429 and "in progress" in again.json()["detail"]
+    assert [a.status_code for a in answers] == [408] * 9
+    assert all("not received within" in a.json()["detail"] for a in answers)
+    assert after.status_code == 200, "a timed-out client's slots are released"
+
+
+# ---- 6. resume after a damaged checkpoint -------------------------------------------------------
+
+def _tiny_fit(run, epochs, extra=()):
+    import keras
+
+    from core.training import make_callbacks
+
+    keras.utils.set_random_seed(1)
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = keras.utils.to_categorical(np.arange(32) % 2, 2)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
+    return model.fit(x, y, validation_data=(x, y), epochs=epochs, verbose=0,
+                     callbacks=[*make_callbacks(run, patience=10), *extra])
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupted_run(run):
+    import keras
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise _Interrupt
+
+    run.mkdir()
+    with pytest.raises(_Interrupt):
+        _tiny_fit(run, 5, [Stop()])
+    return run / "checkpoints"
+
+
+@pytest.mark.parametrize("damage,resumed_from", [("latest", 2), ("both", 0)])
+def test_truncated_checkpoint_falls_back_and_says_so(tmp_path, caplog, damage, resumed_from):
+    from core.training import read_history
+
+    checkpoints = _interrupted_run(tmp_path / "run")
+    names = ["latest.weights.h5"] + (["latest.weights.h5.bkp"] if damage == "both" else [])
+    for name in names:
+        _corrupt(checkpoints / name, "half")
+    with caplog.at_level(logging.WARNING, logger="core.training"):
+        history = _tiny_fit(tmp_path / "run", 5)
+    assert history.epoch == list(range(resumed_from, 5))
+    text = caplog.text
+    assert "latest.weights.h5 is unreadable" in text
+    assert ("previous good checkpoint" in text) if damage == "latest" else ("starting this run clean" in text)
+    assert len(read_history(tmp_path / "run")["loss"]) == 5
+    assert not checkpoints.exists(), "a finished run removes its checkpoints"
+
+
+def test_bulk_exit_codes_mean_what_the_docs_say(models, files, capsys):
+    from ser import predict
+
+    assert predict.main([str(files / "speech.wav"), "--model-dir", str(models / "ser")]) == 0
+    assert predict.main([str(files / "speech.wav"), str(files / "garbage.wav"), "--model-dir",
+                         str(models / "ser")]) == 1
+    assert predict.main([str(files / "speech.wav"), "--model-dir", str(files / "nowhere")]) == 2
+    capsys.readouterr()
+
