@@ -242,9 +242,10 @@ def test_cosine_schedule_decays_over_the_run_and_unknown_schedules_fail(fer_data
                          "--output", str(run), "--schedule", "cosine", *TINY])
     assert rc == 0 and read_json(run / "config.json")["schedule"] == "cosine"
     assert "learning_rate" not in pd.read_csv(run / "history.csv")  # no ReduceLROnPlateau fighting the schedule
-    rc = fer_train.main(["--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "1", "--output",
-                         str(tmp_path / "bad"), "--schedule", "step", *TINY])
-    assert rc == 2 and "unknown schedule" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # refused while parsing, before any data is loaded
+        fer_train.main(["--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "1", "--output",
+                        str(tmp_path / "bad"), "--schedule", "step", *TINY])
+    assert refused.value.code == 2 and "unknown --schedule" in capsys.readouterr().err
 
 
 def test_crop_tta_candidate_is_scored_on_validation(cnn_run, fer_data, tmp_path, capsys):
@@ -262,7 +263,9 @@ def test_crop_tta_candidate_is_scored_on_validation(cnn_run, fer_data, tmp_path,
     layers = {layer.name for layer in keras.models.load_model(run / "model.keras").layers}
     assert ("shift_2_0" in layers) == (result["shift"] == 2)
     shutil.copytree(cnn_run, tmp_path / "negative")
-    assert tta.main(["--model-dir", str(tmp_path / "negative"), "--data-dir", str(fer_data), "--shift", "-1"]) == 2
+    with pytest.raises(SystemExit) as refused:  # refused while parsing (core.config.validate_config)
+        tta.main(["--model-dir", str(tmp_path / "negative"), "--data-dir", str(fer_data), "--shift", "-1"])
+    assert refused.value.code == 2
     assert "--shift must be >= 0" in capsys.readouterr().err
 
 
