@@ -50,6 +50,8 @@ def main() -> None:
     importlib.import_module(f"{args.task}.models")  # registers custom layers, so the card can count parameters
     run, dest = Path(args.run), REPO / "saved_models" / (args.name or args.task)
     dest.mkdir(parents=True, exist_ok=True)
+    for stale in (dest / name for name in KEEP + ("MODEL_CARD.md",)):  # files of the model shipped before
+        stale.unlink(missing_ok=True)
     for name in KEEP:
         if name == "split.csv" and args.task == "fer":
             continue  # 2 MB for FER2013; fer.train.load_split re-creates it from config.json

@@ -100,6 +100,8 @@ class SERPredictor:
             self.model = None
             self._infer = TFLiteModel(self.model_dir / f"model_{tflite}.tflite")
             return
+        import ser.layers  # noqa: F401 - registers the custom layers (masking, pooling) that model files name
+
         self.model = load_keras_model(self.model_dir / "model.keras")
         spec = tf.TensorSpec([None, *self.config["input_shape"]], tf.float32)
         # One traced graph instead of model.predict(): ~1 ms per call instead of 50-90 ms.

@@ -303,7 +303,7 @@ def training_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig):
 # the option: the MFCC recipe is the shipped compact model's (cnn, lstm and attention measured with it).
 MFCC_RECIPE = {"augment": 3, "schedule": "cosine", "epochs": 30}
 MODEL_RECIPES: dict[str, dict] = {name: MFCC_RECIPE for name in ("cnn", "lstm", "bilstm", "gru", "attention", "cnn2d")}
-MODEL_RECIPES["whisper"] = {"augment": 1}
+MODEL_RECIPES["whisper"] = {"augment": 1, "schedule": "cosine"}  # no epochs to schedule; lets --refit pass
 
 
 def with_model_recipe(cfg: TrainConfig, argv: Sequence[str] | None) -> TrainConfig:

@@ -3,18 +3,20 @@ import pytest
 
 import keras
 
-from ser.models import MODELS, build_model
+from ser.models import ENCODER_MODELS, MODELS, build_model
 
 INPUT_SHAPE = (32, 12)
+ENCODER_INPUT_SHAPE = (8, 3, 12)  # (steps, hidden states, dim) of cached encoder states
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_builder_shape_step_and_save_load_round_trip(name, tmp_path):
     keras.utils.set_random_seed(0)
-    model = build_model(name, INPUT_SHAPE)
+    shape = ENCODER_INPUT_SHAPE if name in ENCODER_MODELS else INPUT_SHAPE
+    model = build_model(name, shape)
     assert model.output_shape == (None, 7)
     assert all(layer.name and not layer.name.startswith(("dense_", "conv1d_")) for layer in model.layers)
-    x = np.random.default_rng(0).normal(size=(4, *INPUT_SHAPE)).astype("float32")
+    x = np.random.default_rng(0).normal(size=(4, *shape)).astype("float32")
     y = keras.utils.to_categorical([0, 1, 2, 3], 7)
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     before = [w.copy() for w in model.get_weights()]

@@ -10,29 +10,46 @@ from tests import synth_audio as synth
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
-def test_shipped_ser_model_loads_and_is_deterministic(repo_root):
+SER_MODELS = ("ser", "ser_compact")  # the default (Whisper encoder + head) and the compact MFCC CNN
+
+
+@pytest.mark.parametrize("name", SER_MODELS)
+def test_shipped_ser_model_loads_and_is_deterministic(name, repo_root):
     from ser.predict import DEFAULT_MODEL_DIR, SERPredictor
 
     assert DEFAULT_MODEL_DIR == repo_root / "saved_models" / "ser"
-    predictor = SERPredictor()
+    predictor = SERPredictor(repo_root / "saved_models" / name)
     assert tuple(predictor.class_names) == EMOTIONS
-    assert predictor.model.input_shape[1:] == (predictor.features.max_frames, predictor.features.n_features)
+    assert list(predictor.model.input_shape[1:]) == predictor.config["input_shape"]
     y = synth.tone("angry", seconds=2.0, seed=11)
     first = predictor.predict_waveform(y, 16_000)
     assert first.shape == (7,) and abs(first.sum() - 1) < 1e-4
     assert np.array_equal(predictor.predict_waveform(y, 16_000), first)
-    card = (repo_root / "saved_models" / "ser" / "MODEL_CARD.md").read_text()
+    # The level front end: the same voice 20 dB quieter or 10 dB louder gets the same answer.
+    for gain in (0.1, 3.0):
+        assert np.abs(predictor.predict_waveform(gain * y, 16_000) - first).max() < 1e-3
+    card = (repo_root / "saved_models" / name / "MODEL_CARD.md").read_text()
     assert "speaker-independent" in card and "licence" in card
 
 
-@pytest.mark.parametrize("mode", ["float16", "int8"])
-def test_shipped_ser_tflite_agrees_with_keras(mode, repo_root):
+def test_shipped_default_names_its_encoder_weights(repo_root):
+    from ser.predict import SERPredictor
+    from ser.whisper.weights import SHA256
+
+    predictor = SERPredictor()
+    assert predictor.features.kind == "whisper" and predictor.features.encoder_sha256 == SHA256
+    card = (repo_root / "saved_models" / "ser" / "MODEL_CARD.md").read_text()
+    assert SHA256 in card and "MIT" in card
+
+
+def test_shipped_compact_ser_tflite_agrees_with_keras(repo_root):
     from ser.predict import SERPredictor
 
-    keras_p = SERPredictor()
-    tflite_p = SERPredictor(tflite=mode)
-    report = json.loads((repo_root / "saved_models" / "ser" / "export.json").read_text())
-    assert abs(report["exports"][mode]["accuracy_change"]) < 0.05
+    folder = repo_root / "saved_models" / "ser_compact"
+    keras_p = SERPredictor(folder)
+    tflite_p = SERPredictor(folder, tflite="float16")
+    report = json.loads((folder / "export.json").read_text())
+    assert abs(report["exports"]["float16"]["accuracy_change"]) < 0.05
     for emotion in ("happy", "sad"):
         y = synth.tone(emotion, seconds=2.0, seed=5)
         a, b = keras_p.predict_waveform(y, 16_000), tflite_p.predict_waveform(y, 16_000)

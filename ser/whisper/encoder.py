@@ -113,13 +113,15 @@ class WhisperFeatureConfig:
         """Trim silence, keep the first ``max_seconds``, normalise the level: the waveform the encoder sees."""
         import librosa
 
+        from ser.frontend import normalize_level
+
+        if self.level_norm:  # scale-free first: librosa's float32 trim overflows on absurd levels (1e30)
+            y = normalize_level(y)
         if self.trim_db > 0:
             trimmed, _ = librosa.effects.trim(y, top_db=self.trim_db)
             y = trimmed if trimmed.size >= 400 else y
         y = y[: int(self.max_seconds * self.sample_rate)]
         if self.level_norm:
-            from ser.frontend import normalize_level
-
             y = normalize_level(y)
         return y
 
