@@ -475,3 +475,10 @@ def test_bulk_exit_codes_mean_what_the_docs_say(models, files, capsys):
     assert predict.main([str(files / "speech.wav"), "--model-dir", str(files / "nowhere")]) == 2
     capsys.readouterr()
 
+
+
+def test_stream_replies_stay_valid_json_even_with_non_finite_numbers():
+    from webapp.stream import to_json
+
+    text = to_json({"probabilities": {"happy": float("nan"), "sad": 0.5}, "t": float("inf"), "box": [1, 2.0]})
+    assert strict_json(text) == {"probabilities": {"happy": None, "sad": 0.5}, "t": None, "box": [1, 2.0]}

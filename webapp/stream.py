@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import struct
 import threading
 import time
@@ -397,7 +398,7 @@ class StreamSession:
     async def send(self, obj: dict) -> None:
         async with self.send_lock:
             try:
-                await self.ws.send_text(json.dumps(obj, separators=(",", ":")))
+                await self.ws.send_text(to_json(obj))
             except (WebSocketDisconnect, RuntimeError):
                 pass  # the client left; the receive loop notices and ends the session
 
@@ -410,6 +411,25 @@ class StreamSession:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:  # e.g. workers stopped at shutdown
             log.warning("stream %s: worker task ended: %r", self.id, task.exception())
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN / infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any) -> str:
+    """Compact, strictly valid JSON: a non-finite number (a model gone wrong) goes out as null, never NaN."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(finite(obj), separators=(",", ":"), allow_nan=False)
 
 
 def _now_ms() -> float:
