@@ -48,7 +48,7 @@ class Settings:
     max_waiting_uploads: int = 8         # queued beyond the workers; more get 503 at once
     upload_timeout_seconds: float = 60.0  # the whole body must arrive within this (408 otherwise)
     max_uploads_per_client: int = 2      # uploads one client address may send or wait on at once (429 above)
-    max_reading_uploads: int = 64        # bodies being received at once, all clients (503 above)
+    max_reading_uploads: int = 16        # bodies being received at once, all clients (503 above); bounds memory
     # -60 dBFS over the last silence_seconds: below any voice a microphone picks up (a quiet voice is
     # -45 to -55 dBFS); sound above it that is not speech (hum, fan noise) is the speech check's job.
     silence_rms: float = 0.001
