@@ -32,6 +32,8 @@ def decode_image(data: bytes, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.n
             width, height = header.size
     except UnidentifiedImageError:
         raise ImageReadError("not a readable image (expected JPEG, PNG, WebP, BMP or TIFF data)") from None
+    except Image.DecompressionBombError as exc:  # a header claiming hundreds of megapixels
+        raise ImageReadError(f"image too large ({exc})") from None
     except (OSError, ValueError) as exc:
         raise ImageReadError(f"not a readable image ({exc})") from None
     if max_pixels and width * height > max_pixels:

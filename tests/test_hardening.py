@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import shutil
+import struct
 
 import cv2
 import httpx
@@ -318,7 +319,22 @@ def test_invalid_query_is_a_one_line_422(client, files, query):
     assert isinstance(detail, str) and "segments" in detail
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+
+
 HTTP_CASES = [
+    ("image", {"content": png_header(20000, 20000), "headers": {"content-type": "image/png"}}, 400,
+     "image too large"),
+    ("image", {"content": png_header(5000, 5000), "headers": {"content-type": "image/png"}}, 400,
+     "pixels are accepted"),
     ("audio", {"content": b"this is not audio at all" * 40, "headers": {"content-type": "audio/wav"}}, 400,
      "not a valid audio/video file"),
     ("audio", {"content": b"", "headers": {"content-type": "audio/wav"}}, 400, "empty upload"),
