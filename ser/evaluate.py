@@ -42,7 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ser.corpora import clip_key, load_clips, parse_corpus_list
     from ser.predict import SERPredictor
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if Path(args.output).exists() and not Path(args.output).is_dir():  # before the model and data load
+        parser.error(f"--output {args.output} is an existing file; give a folder")
+    if args.n_jobs == 0:
+        parser.error("--n-jobs must be -1 (all cores) or a positive number of processes, got 0")
     try:
         predictor = SERPredictor(args.model_dir)
         clips, reports = load_clips(parse_corpus_list(args.corpora), args.data_dir)

@@ -128,6 +128,18 @@ def test_output_that_is_a_file_is_refused(files, capsys):
     assert (files / "afile").read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("args,message", [(["--output", "AFILE"], "is an existing file"),
+                                          (["--n-jobs", "0"], "--n-jobs must be -1")])
+def test_ser_evaluate_bad_arguments_before_loading(models, files, args, message, capsys):
+    from ser import evaluate
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--model-dir", str(models / "ser"), *[str(files / "afile") if a == "AFILE" else a
+                                                             for a in args]])
+    assert exit_info.value.code == 2
+    assert_clean(capsys.readouterr().err, message)
+
+
 @pytest.mark.parametrize("hop", ["nan", "inf", "0", "-1"])
 def test_ser_predict_bad_hop(models, files, hop, capsys):
     from ser import predict
