@@ -114,7 +114,9 @@ def main() -> int:
     clips, _ = load_clips(parse_corpus_list("ravdess,tess"), args.data_dir)
     ravdess = sorted(c.path for c in clips if c.corpus == "ravdess")
     rng = np.random.default_rng(0)
-    results: dict = {"machine": f"{os.cpu_count()} cores; latency in a one-thread process"}
+    load = os.getloadavg()[0]  # other jobs on a 2-core machine slow a one-thread timing by up to 3x
+    results: dict = {"machine": f"{os.cpu_count()} cores, 1-minute load average {load:.1f} at the start; "
+                                f"latency in a one-thread process"}
     results["latency_ms_per_3s_clip"] = {d: latency_ms(d, ravdess[0]) for d in (args.model_dir or ["saved_models/ser"])}
     results["padding_cosine_per_state"] = padding_effect(list(rng.choice(ravdess, args.pad_clips, replace=False)))
     if args.extract:

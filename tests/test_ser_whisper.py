@@ -322,3 +322,22 @@ def test_keras_encoder_matches_ctranslate2_on_a_real_clip(shared_data):
                                        to_cpu=True))[0]
     assert ours.shape == theirs.shape == (150, 512)
     assert np.abs(ours - theirs).max() < 5e-3  # float16 weights; measured 2e-4 .. 1e-3 on RAVDESS clips
+
+
+def test_encoder_features_do_not_depend_on_the_input_level(tiny_dir):
+    cfg = WhisperFeatureConfig(encoder=str(tiny_dir), encoder_sha256="tiny", num_states=LAYERS + 1, hidden_dim=DIM,
+                               max_seconds=1.0)
+    y = synth.tone("happy", seconds=1.0)
+    reference = cfg.frames(y).astype(np.float32)
+    for gain in (1e-3, 0.1, 3.0, 32768.0, 1e30):
+        np.testing.assert_allclose(cfg.frames(gain * y).astype(np.float32), reference, atol=2e-2, rtol=1e-2)
+
+
+def test_whisper_run_says_no_speech_for_a_hum(tiny_runs):
+    from ser.frontend import NoSpeechError
+    from ser.predict import SERPredictor
+
+    t = np.arange(32_000) / 16_000
+    hum = sum(0.1 / k * np.sin(2 * np.pi * 50 * k * t) for k in range(1, 6)).astype(np.float32)
+    with pytest.raises(NoSpeechError):
+        SERPredictor(tiny_runs[2]["whisper"]).predict_waveform(hum, 16_000)
