@@ -199,9 +199,11 @@ def expand_paths(paths: Sequence[str]) -> list[Path]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    from core.cli import add_verbose_flag, module_prog
+
     parser = argparse.ArgumentParser(
-        description="Predict the emotion of speech recordings.",
+        prog=module_prog(__name__), description="Predict the emotion of speech recordings.",
         epilog="exit status: 0 every file got an emotion; 1 some file was unreadable or held no speech; 2 usage error")
     parser.add_argument("paths", nargs="+", help="audio files or folders (any common format)")
     parser.add_argument("--model-dir", default=None, help=f"trained run folder (default: {DEFAULT_MODEL_DIR})")
@@ -212,6 +214,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hop", type=float, default=DEFAULT_HOP_SECONDS,
                         help="seconds between the windows of a recording longer than the model's window")
     parser.add_argument("--segments", action="store_true", help="also show each window's own result")
+    add_verbose_flag(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from core.cli import echo, progress
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not (np.isfinite(args.hop) and args.hop > 0):
         parser.error(f"--hop must be a finite number of seconds > 0, got {args.hop}")
@@ -225,30 +235,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in {args.paths}", file=sys.stderr)
         return 2
     failures = 0
-    for path in files:
+    for path in progress(files, desc="recordings", unit="file"):
         try:
             result = predictor.predict_file(path, args.hop, args.segments)
         except NoSpeechError as exc:  # not an error in the file: reported, and the exit status says so
             failures += 1
-            print(f"warning: {exc}", file=sys.stderr)
+            echo(f"warning: {exc}", err=True)
             if args.json:
-                print(json.dumps({"path": str(path), "label": None, "probabilities": None, "no_speech": exc.reason}),
-                      flush=True)
+                echo(json.dumps({"path": str(path), "label": None, "probabilities": None, "no_speech": exc.reason}))
             continue
         except (AudioError, FileNotFoundError) as exc:
             failures += 1
-            print(f"error: {exc}", file=sys.stderr)
+            echo(f"error: {exc}", err=True)
             continue
         if args.json:
-            print(json.dumps(result), flush=True)
+            echo(json.dumps(result))
         else:
             probs = "  ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items())
-            print(f"{path}: {result['label']}  [{probs}]", flush=True)
+            echo(f"{path}: {result['label']}  [{probs}]")
             for seg in result.get("segments", []):
-                print(f"  {seg['start']:7.2f}-{seg['end']:7.2f} s  {seg['label']}", flush=True)
+                echo(f"  {seg['start']:7.2f}-{seg['end']:7.2f} s  {seg['label']}")
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from core.cli import quiet_tensorflow
+
+    quiet_tensorflow()
     sys.exit(main())
