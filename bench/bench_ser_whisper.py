@@ -4,7 +4,7 @@
 
 Writes OUT/ser_whisper.md and .json (``--out``, default bench/results):
 - ms per 3 s clip on one CPU core through ``SERPredictor`` (speech check, log-mel, encoder, head), for each
-  ``--model-dir`` given (median of 20 calls after a warm-up, in a fresh one-thread process);
+  ``--model-dir`` given (median of 30 calls after a warm-up, in a fresh process pinned to one core);
 - hidden-state extraction time for RAVDESS + TESS, cold (empty cache) and cached (``--extract true``; the
   cold pass takes several minutes on 2 cores);
 - the effect of not padding to 30 s: cosine similarity, per hidden state, between the states of a 3 s clip
@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,30 +29,11 @@ sys.path.insert(0, str(REPO))
 from core.cli import add_verbose_flag, progress, quiet_tensorflow  # noqa: E402
 from core.config import parse_bool  # noqa: E402
 
-LATENCY_SNIPPET = """
-import json, sys, time
-import numpy as np
-import tensorflow as tf
-tf.config.threading.set_intra_op_parallelism_threads(1)
-tf.config.threading.set_inter_op_parallelism_threads(1)
-sys.path.insert(0, {repo!r})
-from ser.audio import load_audio
-from ser.predict import SERPredictor
-p = SERPredictor({run!r})
-y = load_audio({clip!r})[: 3 * 16000]
-p.predict_waveform(y, 16000)
-times = []
-for _ in range(20):
-    start = time.perf_counter(); p.predict_waveform(y, 16000); times.append(time.perf_counter() - start)
-print(json.dumps({{"ms": 1000 * float(np.median(times))}}))
-"""
-
-
 def latency_ms(run: str, clip: str) -> float:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", LATENCY_SNIPPET.format(repo=str(REPO), run=run, clip=clip)],
-                         capture_output=True, text=True, env=env, check=True)
-    return round(json.loads(out.stdout.strip().splitlines()[-1])["ms"], 1)
+    """Median ms per 3 s clip through SERPredictor, pinned to one core (bench_ser's measurement)."""
+    from bench_ser import latency_one_core  # bench/ is on sys.path when this script runs
+
+    return round(latency_one_core(Path(run), clip), 1)
 
 
 def padding_effect(paths: list[str]) -> list[float]:
