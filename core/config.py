@@ -181,3 +181,18 @@ def validate_config(config: Any) -> None:
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def given_options(argv: Sequence[str] | None) -> set[str]:
+    """Field names of the options written on the command line (``--epochs 5`` and ``--epochs=5`` -> epochs)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    return {a.split("=", 1)[0][2:].replace("-", "_") for a in args if a.startswith("--")}
+
+
+def apply_recipe(config: T, recipes: dict[str, dict[str, Any]], argv: Sequence[str] | None) -> T:
+    """``config`` with its model's best measured recipe for every option the command line left out."""
+    given = given_options(argv)
+    recipe = recipes.get(getattr(config, "model", ""), {})
+    return dataclasses.replace(config, **{k: v for k, v in recipe.items() if k not in given})  # type: ignore[type-var]

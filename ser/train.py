@@ -308,11 +308,9 @@ MODEL_RECIPES["whisper"] = {"augment": 1, "schedule": "cosine"}  # no epochs to 
 
 def with_model_recipe(cfg: TrainConfig, argv: Sequence[str] | None) -> TrainConfig:
     """``cfg`` with its model's recipe for every option the command line left at its default."""
-    from dataclasses import replace
+    from core.config import apply_recipe
 
-    given = {a.split("=", 1)[0][2:].replace("-", "_") for a in (sys.argv[1:] if argv is None else argv)
-             if a.startswith("--")}
-    return replace(cfg, **{k: v for k, v in MODEL_RECIPES.get(cfg.model, {}).items() if k not in given})
+    return apply_recipe(cfg, MODEL_RECIPES, argv)
 
 
 DESCRIPTION = ("Train a speech emotion recognition model. Options not given take the model's best measured "

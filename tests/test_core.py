@@ -125,3 +125,13 @@ def test_model_card_counts_parameters_and_names_the_task(tmp_path):
     assert "| task | fer |" in card and "| parameters | 35 |" in card
     assert "| test accuracy (a split) | 0.500 (n = 14) |" in card and "| extra | 1 |" in card
     assert "python -m x" in card and "| neutral | 0.500 |" in card
+
+
+def test_fer_recipe_fills_only_what_the_command_line_leaves_out():
+    from core.config import apply_recipe
+    from fer import train as fer_train
+
+    cfg = apply_recipe(fer_train.TrainConfig(epochs=3), fer_train.MODEL_RECIPES, ["--epochs=3"])
+    assert (cfg.model, cfg.epochs, cfg.learning_rate, cfg.label_smoothing) == ("tiny", 3, 0.002, 0.1)
+    cnn = apply_recipe(fer_train.TrainConfig(model="cnn"), fer_train.MODEL_RECIPES, ["--model", "cnn"])
+    assert cnn == fer_train.TrainConfig(model="cnn")  # no recipe measured for it: plain defaults
