@@ -7,6 +7,7 @@ means dynamic-range quantisation: int8 weights, float activations.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import warnings
 from pathlib import Path
@@ -94,3 +95,18 @@ def export_model_dir(model, model_dir: str | os.PathLike, modes: Iterable[str], 
         print(f"{mode}: {entry}")
     write_json(model_dir / "export.json", report)
     return report
+
+
+def export_parser(module: str, what: str, default_model_dir: str | os.PathLike, data_help: str) -> argparse.ArgumentParser:
+    """The options every ``<task>.export`` CLI shares: --model-dir, --data-dir, --modes, --verbose."""
+    from core.cli import add_verbose_flag, module_prog
+
+    parser = argparse.ArgumentParser(prog=module_prog(module), description=f"Export a {what} to TFLite (float16, int8).")
+    parser.add_argument("--model-dir", default=str(default_model_dir),
+                        help="run folder to export; the .tflite files and export.json are written next to "
+                             "model.keras (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help=data_help)
+    parser.add_argument("--modes", default="float16,int8",
+                        help="comma-separated TFLite variants: float16, int8 (default: %(default)s)")
+    add_verbose_flag(parser)
+    return parser

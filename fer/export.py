@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from core.cli import add_verbose_flag, module_prog, quiet_tensorflow
-from core.export import export_model_dir
+from core.cli import quiet_tensorflow
+from core.export import export_model_dir, export_parser
 
 REPRESENTATIVE_FACES = 300
 MAX_TEST_FACES = 2000  # TFLite runs one face per call: cap the accuracy check
@@ -45,17 +45,10 @@ def split_faces(predictor, data_dir: str | None, max_test: int) -> tuple[dict, s
 def build_parser() -> argparse.ArgumentParser:
     from fer.predict import DEFAULT_MODEL_DIR
 
-    parser = argparse.ArgumentParser(prog=module_prog(__name__),
-                                     description="Export a facial expression model to TFLite (float16, int8).")
-    parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR),
-                        help="run folder to export; the .tflite files and export.json are written next to "
-                             "model.keras (default: %(default)s)")
-    parser.add_argument("--data-dir", default=None, help="corpus for calibration and the accuracy check")
-    parser.add_argument("--modes", default="float16,int8",
-                        help="comma-separated TFLite variants: float16, int8 (default: %(default)s)")
+    parser = export_parser(__name__, "facial expression model", DEFAULT_MODEL_DIR,
+                           "corpus for calibration and the accuracy check")
     parser.add_argument("--max-test", type=int, default=MAX_TEST_FACES,
                         help="test faces scored (0 = all; default: %(default)s)")
-    add_verbose_flag(parser)
     return parser
 
 

@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from core.cli import add_verbose_flag, module_prog, quiet_tensorflow
-from core.export import export_model_dir
+from core.cli import quiet_tensorflow
+from core.export import export_model_dir, export_parser
 
 REPRESENTATIVE_CLIPS = 200
 
@@ -42,16 +42,8 @@ def split_arrays(predictor, data_dir: str | None, which: str) -> tuple[np.ndarra
 def build_parser() -> argparse.ArgumentParser:
     from ser.predict import DEFAULT_MODEL_DIR
 
-    parser = argparse.ArgumentParser(prog=module_prog(__name__),
-                                     description="Export a speech emotion model to TFLite (float16, int8).")
-    parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR),
-                        help="run folder to export; the .tflite files and export.json are written next to "
-                             "model.keras (default: %(default)s)")
-    parser.add_argument("--data-dir", default=None, help="corpora for calibration and the accuracy check")
-    parser.add_argument("--modes", default="float16,int8",
-                        help="comma-separated TFLite variants: float16, int8 (default: %(default)s)")
-    add_verbose_flag(parser)
-    return parser
+    return export_parser(__name__, "speech emotion model", DEFAULT_MODEL_DIR,
+                         "corpora for calibration and the accuracy check")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -271,8 +271,7 @@ def load_feature_config(fields: dict):
 
         return WhisperFeatureConfig(**fields)
     # Runs saved before level normalisation existed were trained without it.
-    legacy = {"level_norm": False} if "level_norm" in FeatureConfig.__dataclass_fields__ else {}
-    return FeatureConfig(**{**legacy, **fields})
+    return FeatureConfig(**{"level_norm": False, **fields})
 
 
 def waveform_frames(y: np.ndarray, cfg) -> np.ndarray:

@@ -151,9 +151,7 @@ def run(cfg: TrainConfig) -> dict:
     cache = Path(cfg.cache_dir) if cfg.cache_dir else None
 
     clips, corpus_reports = load_clips(parse_corpus_list(cfg.corpora), cfg.data_dir, _slugs(cfg.slugs))
-    # One process for encoder features: the encoder's own matrix products already use every core.
-    n_jobs = 1 if encoder_model else cfg.n_jobs
-    clips, feats, errors = extract_clips(clips, fcfg, cache, n_jobs)
+    clips, feats, errors = extract_clips(clips, fcfg, cache, cfg.n_jobs)  # encoder features: one process
     if not clips:
         raise RuntimeError("no readable clips: every file failed to load (see warnings)")
     splits = split_clips(clips, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.seed,
@@ -171,14 +169,14 @@ def run(cfg: TrainConfig) -> dict:
     train_clips = [clips[i] for i in part["train"]]
     train_feats = [feats[i] for i in part["train"]]
     x_train, y_train, len_train = to_arrays(train_feats, train_clips, fcfg)
-    if encoder_model:  # the head layer-normalises each state itself; float16 arrays stay float16
+    if encoder_model:  # the heads standardise the states themselves; float16 arrays stay float16
         normalizer = Normalizer(np.zeros(fcfg.frame_shape, np.float32), np.ones(fcfg.frame_shape, np.float32))
     else:
         normalizer = Normalizer.fit(x_train, len_train)  # original training clips only
         x_train = normalizer.transform(x_train, len_train)
     aug_x, aug_y = [x_train], [y_train]
     for variant in range(1, cfg.augment + 1):  # augmentation after the split, training clips only
-        a_clips, a_feats, _ = extract_clips(train_clips, fcfg, cache, n_jobs, variant, cfg.seed)
+        a_clips, a_feats, _ = extract_clips(train_clips, fcfg, cache, cfg.n_jobs, variant, cfg.seed)
         ax, ay, _ = to_arrays(a_feats, a_clips, fcfg, None if encoder_model else normalizer)
         aug_x.append(ax)
         aug_y.append(ay)

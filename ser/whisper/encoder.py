@@ -54,7 +54,7 @@ def get_encoder(encoder: str | None = DEFAULT_ENCODER) -> WhisperEncoder:
     key = str(encoder or DEFAULT_ENCODER)
     with _LOCK:
         if key not in _ENCODERS:
-            _ENCODERS[key] = WhisperEncoder(None if key == DEFAULT_ENCODER else key)
+            _ENCODERS[key] = WhisperEncoder(key)  # resolve_encoder_dir maps "whisper-base" to the pinned weights
         return _ENCODERS[key]
 
 
