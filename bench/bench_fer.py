@@ -184,7 +184,7 @@ def train_model(name: str, args: argparse.Namespace, data_root: Path) -> tuple[d
         epochs=args.cnn_epochs if name == "cnn" else args.resnet_epochs,
         max_train_per_class=args.max_train_per_class if name == "cnn" else args.resnet_max_train_per_class,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, weights=weights,
-        resnet_size=args.resnet_size, batch_size=args.batch_size, patience=100)
+        base_size=args.resnet_size, batch_size=args.batch_size, patience=100)
     start = time.perf_counter()
     metrics = train(cfg)
     return metrics, time.perf_counter() - start, note

