@@ -43,7 +43,13 @@ class TfjsGraph:
         single = isinstance(outputs, str)
         names = [o.split(":")[0] for o in ([outputs] if single else outputs)]
         values: dict[str, object] = {k.split(":")[0]: tf.convert_to_tensor(v) for k, v in feed.items()}
-        for name in self._order(names):
+        order = self._order(names)
+        # Free each activation after its last user: a 112 px batch holds gigabytes of them otherwise.
+        last_use = {}
+        for step, name in enumerate(order):
+            for i in _inputs(self.nodes[name]):
+                last_use[i] = step
+        for step, name in enumerate(order):
             if name in values:
                 continue
             node = self.nodes[name]
@@ -56,6 +62,9 @@ class TfjsGraph:
                 if op is None:
                     raise NotImplementedError(f"{self.path.name}: op {node['op']} (node {name}) is not supported")
                 values[name] = op([values[i] for i in _inputs(node)], node.get("attr", {}))
+                for i in _inputs(node):
+                    if last_use.get(i) == step and i not in names and self.nodes[i]["op"] != "Const":
+                        values.pop(i, None)
         results = [values[n].numpy() for n in names]
         return results[0] if single else results
 
