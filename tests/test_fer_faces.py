@@ -15,7 +15,7 @@ def astronaut_bgr() -> np.ndarray:
     return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
 
 
-@pytest.mark.parametrize("method", ["haar", "mtcnn"])
+@pytest.mark.parametrize("method", ["blazeface", "haar", "mtcnn"])
 def test_detects_the_astronaut_face(astronaut_bgr, method):
     boxes = detect_faces(astronaut_bgr, method=method)
     assert len(boxes) >= 1
@@ -30,7 +30,7 @@ def test_detects_the_astronaut_face(astronaut_bgr, method):
     assert bx < 3 * 225 < bx + bw and by < 3 * 120 < by + bh and bw > 150
 
 
-@pytest.mark.parametrize("method", ["haar", "mtcnn"])
+@pytest.mark.parametrize("method", ["blazeface", "haar", "mtcnn"])
 def test_detects_a_face_in_a_vga_frame(astronaut_bgr, method):
     # 640x480 raises the minimum face size above 20 px (a value that once made mtcnn find nothing).
     frame = np.full((480, 640, 3), 90, np.uint8)
@@ -41,7 +41,7 @@ def test_detects_a_face_in_a_vga_frame(astronaut_bgr, method):
     assert 200 < x + w / 2 < 600 and 40 < y + h / 2 < 440
 
 
-@pytest.mark.parametrize("method", ["haar", "mtcnn"])
+@pytest.mark.parametrize("method", ["blazeface", "haar", "mtcnn"])
 def test_blank_and_noise_images_have_no_face(method):
     assert detect_faces(np.zeros((240, 320, 3), np.uint8), method=method) == []
     noise = np.random.default_rng(0).integers(0, 256, (120, 160), dtype=np.uint8)
