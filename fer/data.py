@@ -170,7 +170,7 @@ def cap_per_class(items: list, label_of, max_per_class: int, seed: int) -> list:
 
 
 def load_corpus(corpus: str, data_dir: str | os.PathLike | None = None, size: int = 48, max_per_class: int = 0,
-                seed: int = 42, detector: str = "haar", slug: str | None = None) -> FaceSet:
+                seed: int = 42, detector: str = "blazeface", slug: str | None = None) -> FaceSet:
     """Load one corpus by name: ``fer2013``, ``jaffe`` or ``ckplus``."""
     if corpus == "fer2013":
         from fer.fer2013 import load_fer2013
@@ -302,11 +302,14 @@ def make_augmenter(seed: int = 42, flip: bool = True, rotation: float = 0.05, zo
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, training: bool = False,
                  augmenter=None, seed: int = 42):
-    """tf.data of (float32 0..255 (n,h,w,1), int label); shuffled and augmented only when ``training``."""
+    """tf.data of (float32 0..255 (n,h,w,1), int label or probability vector); shuffled and augmented only when
+    ``training``."""
     import tensorflow as tf
 
     x = images[..., None] if images.ndim == 3 else images
-    ds = tf.data.Dataset.from_tensor_slices((x, labels.astype(np.int64)))
+    # Integer labels, or (distillation) one probability vector per face.
+    targets = labels.astype(np.float32) if labels.ndim == 2 else labels.astype(np.int64)
+    ds = tf.data.Dataset.from_tensor_slices((x, targets))
     if training:
         ds = ds.shuffle(min(len(labels), 20000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=tf.data.AUTOTUNE)

@@ -212,11 +212,15 @@ def build_model(name: str, input_shape: Sequence[int] = INPUT_SHAPE, num_classes
 
 
 def compile_model(model: keras.Model, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
-                  label_smoothing: float = 0.0) -> keras.Model:
+                  label_smoothing: float = 0.0, soft_targets: bool = False) -> keras.Model:
     """Adam (a fixed rate or a schedule) + cross-entropy on integer labels; label smoothing (which needs one-hot targets) is applied
-    inside the loss so the datasets stay integer-labelled."""
-    loss = (SmoothedSparseCrossentropy(label_smoothing) if label_smoothing
-            else keras.losses.SparseCategoricalCrossentropy())
+    inside the loss so the datasets stay integer-labelled. ``soft_targets``: the datasets hold probability
+    vectors instead (distillation; any smoothing is already in them)."""
+    if soft_targets:
+        loss = keras.losses.CategoricalCrossentropy()
+    else:
+        loss = (SmoothedSparseCrossentropy(label_smoothing) if label_smoothing
+                else keras.losses.SparseCategoricalCrossentropy())
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
     return model
 

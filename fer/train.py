@@ -53,6 +53,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     schedule: str = "plateau"
     init_from: str = ""
+    teacher: str = ""
+    distill_weight: float = 0.7
     refit: bool = False
     dedupe: bool = False
     class_weighting: bool = True
@@ -108,6 +110,9 @@ HELP = {
               "labels, repeats (counted in data_report.json)",
     "refit": "final fit once the recipe is chosen on validation: the validation images join training, all "
              "--epochs run and the last weights are kept (needs --schedule cosine); only the test split is scored",
+    "teacher": "knowledge distillation: a model.keras whose probabilities on the training faces become the targets "
+               "(mixed with the labels by --distill-weight); e.g. a faceres run distilled into tiny",
+    "distill_weight": "distillation: weight of the teacher's probabilities in the targets (the rest is the label)",
     "init_from": "warm start: a model.keras to continue training from (same architecture; a fresh optimizer)",
     "class_weighting": "weight the loss by inverse class frequency",
     "val_fraction": "validation fraction (of subjects for jaffe/ckplus) when the corpus has no validation part",
@@ -239,6 +244,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     check_refit(cfg.refit, cfg.schedule)
     if cfg.model == "resnet50":
         resolve_weights(cfg.weights)  # fail before loading data when the weights are unavailable
+    if cfg.teacher:
+        _existing(cfg.teacher, "--teacher")
+        if not 0.0 <= cfg.distill_weight <= 1.0:
+            raise ValueError(f"--distill-weight must be in [0, 1], got {cfg.distill_weight}")
     if cfg.model == "faceres" and cfg.weights not in ("none", ""):
         from fer.backbones import BackboneWeightsError, faceres_weights_file
 
@@ -268,8 +277,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     write_json(run_dir / "config.json", config_out)
 
     augmenter = make_augmenter(cfg.seed, shift=cfg.shift, erasing=cfg.erasing) if cfg.augment else None
-    train_ds = make_dataset(x["train"], y["train"], cfg.batch_size, training=True, augmenter=augmenter, seed=cfg.seed)
-    val_ds = None if cfg.refit else make_dataset(x["val"], y["val"], cfg.batch_size)
+    targets = {s: y[s] for s in ("train", "val")}
+    if cfg.teacher:  # soft targets: one-hot for validation too, so loss and accuracy read the same shapes
+        targets = {"train": distill_targets(cfg.teacher, x["train"], y["train"], cfg.distill_weight,
+                                            cfg.label_smoothing),
+                   "val": np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]}
+    train_ds = make_dataset(x["train"], targets["train"], cfg.batch_size, training=True, augmenter=augmenter,
+                            seed=cfg.seed)
+    val_ds = None if cfg.refit else make_dataset(x["val"], targets["val"], cfg.batch_size)
     weights = class_weights(y["train"], NUM_CLASSES) if cfg.class_weighting else None
 
     stage1_path, stage1_info = run_dir / STAGE1_FILE, run_dir / STAGE1_INFO
@@ -287,7 +302,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             model = keras.models.load_model(cfg.init_from, compile=False)
         else:
             model = build_model(cfg.model, input_shape, NUM_CLASSES, **model_kwargs(cfg))
-        compile_model(model, learning_rate(cfg, cfg.learning_rate, len(train_ds), cfg.epochs), cfg.label_smoothing)
+        compile_model(model, learning_rate(cfg, cfg.learning_rate, len(train_ds), cfg.epochs), cfg.label_smoothing,
+                      soft_targets=bool(cfg.teacher))
         history = _fit(model, cfg, run_dir, train_ds, val_ds, weights, cfg.epochs)
         # Absolute epoch numbers (a resumed fit starts at the restored epoch); early stopping may end sooner.
         done = max(history.epoch) + 1 if history.epoch else cfg.epochs
@@ -299,7 +315,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         n = unfreeze_top(model, cfg.fine_tune_layers)
         log.info("stage 2: %d base layers unfrozen, learning rate %g", n, cfg.fine_tune_lr)
         compile_model(model, learning_rate(cfg, cfg.fine_tune_lr, len(train_ds), cfg.fine_tune_epochs),
-                      cfg.label_smoothing)
+                      cfg.label_smoothing, soft_targets=bool(cfg.teacher))
         _fit(model, cfg, run_dir, train_ds, val_ds, weights, done + cfg.fine_tune_epochs, initial_epoch=done)
         model = _best_or(model, run_dir)
 
@@ -325,9 +341,27 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return metrics
 
 
-def _existing(path: str) -> Path:
+def distill_targets(teacher_path: str, images: np.ndarray, labels: np.ndarray, weight: float,
+                    label_smoothing: float = 0.0) -> np.ndarray:
+    """``weight`` x the teacher's flip-averaged probabilities + the rest x the (smoothed) one-hot labels."""
+    import keras
+
+    from fer.models import with_flip_average
+
+    teacher = keras.models.load_model(teacher_path, compile=False)
+    want = (images.shape[1], images.shape[2], 1)
+    if tuple(teacher.input_shape[1:]) != want:
+        raise ValueError(f"--teacher {teacher_path} takes {teacher.input_shape[1:]}, the faces here are {want}")
+    log.info("teacher %s: probabilities of %d training faces", teacher_path, len(images))
+    probs = with_flip_average(teacher).predict(images[..., None].astype(np.float32), batch_size=256, verbose=0)
+    one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+    one_hot = one_hot * (1.0 - label_smoothing) + label_smoothing / NUM_CLASSES
+    return (weight * probs + (1.0 - weight) * one_hot).astype(np.float32)
+
+
+def _existing(path: str, flag: str = "--weights") -> Path:
     if not Path(path).expanduser().is_file():
-        raise FileNotFoundError(f"--weights {path}: no such file")
+        raise FileNotFoundError(f"{flag} {path}: no such file")
     return Path(path)
 
 
@@ -366,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         train(cfg)
-    except (DatasetNotFoundError, FaceDataError, WeightsUnavailableError, ValueError) as exc:
+    except (DatasetNotFoundError, FaceDataError, WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -332,3 +332,38 @@ def test_refit_trains_on_validation_images_and_keeps_the_test_images(cnn_run, fe
     assert ensemble.main([str(run), str(twin), "--output", str(ens), "--data-dir", str(fer_data)]) == 0
     assert read_json(ens / "metrics.json")["n"] == read_json(run / "metrics.json")["n"]
     assert not (ens / "val_metrics.json").exists()
+
+
+def test_distill_targets_mix_the_teachers_flip_averaged_probabilities_with_the_labels(cnn_run):
+    teacher = keras.models.load_model(cnn_run / "model.keras", compile=False)
+    images = np.random.default_rng(0).uniform(0, 255, (5, 48, 48)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 4])
+    targets = fer_train.distill_targets(str(cnn_run / "model.keras"), images, labels, weight=0.6,
+                                        label_smoothing=0.1)
+    probs = (teacher.predict_on_batch(images[..., None]) + teacher.predict_on_batch(images[:, :, ::-1, None])) / 2
+    one_hot = np.eye(7)[labels] * 0.9 + 0.1 / 7
+    np.testing.assert_allclose(targets, 0.6 * probs + 0.4 * one_hot, atol=1e-5)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="takes"):
+        fer_train.distill_targets(str(cnn_run / "model.keras"), images[:, :32, :32], labels, 0.5)
+
+
+def test_distillation_trains_a_student_from_a_teacher_run(cnn_run, fer_data, tmp_path):
+    run = tmp_path / "student"
+    rc = fer_train.main(["--model", "tiny", "--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "1",
+                         "--output", str(run), "--batch-size", "16", "--teacher", str(cnn_run / "model.keras"),
+                         "--distill-weight", "0.8"])
+    assert rc == 0
+    assert keras.models.load_model(run / "model.keras").name == "fer_tiny"
+    assert read_json(run / "config.json")["teacher"] == str(cnn_run / "model.keras")
+    assert 0.0 <= read_json(run / "metrics.json")["accuracy"] <= 1.0
+
+
+def test_a_missing_teacher_or_bad_weight_fails_before_loading_data(tmp_path, capsys):
+    missing = ["--model", "tiny", "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r")]
+    assert fer_train.main([*missing, "--teacher", str(tmp_path / "absent.keras")]) == 2
+    assert "absent.keras: no such file" in capsys.readouterr().err
+    teacher = tmp_path / "t.keras"
+    teacher.write_bytes(b"")
+    assert fer_train.main([*missing, "--teacher", str(teacher), "--distill-weight", "1.5"]) == 2
+    assert "--distill-weight must be in [0, 1]" in capsys.readouterr().err
