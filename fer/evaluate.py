@@ -36,7 +36,7 @@ class EvaluateConfig:
     data_dir: str | None = None
     output: str = "runs/fer_eval"
     split: str = "all"
-    detector: str = "haar"
+    detector: str = "blazeface"
     max_per_class: int = 0
     batch_size: int = 256
     slug: str | None = None
@@ -49,7 +49,7 @@ HELP = {
     "data_dir": "corpus folder, a root holding it, or a fer2013.csv file",
     "output": "folder for metrics.json, confusion_matrix.png, data_report.json, predictions.csv",
     "split": "all, or train / val / test as split by the model's training settings",
-    "detector": "jaffe: face detector used to crop the photos (haar, mtcnn, none)",
+    "detector": "jaffe: face detector used to crop the photos (blazeface, blazeface-full, haar, mtcnn, none)",
     "max_per_class": "use at most this many images per class; 0 = all",
 }
 

@@ -13,7 +13,7 @@ from core.cli import progress
 from core.datasets import resolve_corpus_dir
 from core.labels import UnknownLabelError, map_label
 from fer.data import FaceSet, SkipLog, build_faceset, read_gray
-from fer.faces import FACE_MARGIN, crop_face, detect_faces
+from fer.faces import DEFAULT_DETECTOR, FACE_MARGIN, crop_face, detect_and_align
 
 CORPUS = "jaffe"
 NAME_PATTERN = re.compile(r"^(?P<subject>[A-Za-z]{2,3})\.(?P<label>[A-Za-z]{2})\d*\.(?P<index>\d+)\.tiff?$", re.I)
@@ -27,9 +27,10 @@ def parse_name(name: str) -> tuple[str, str] | None:
     return (match["subject"].upper(), match["label"].upper()) if match else None
 
 
-def load_jaffe(data_dir: str | os.PathLike | None = None, size: int = 48, detector: str = "haar",
+def load_jaffe(data_dir: str | os.PathLike | None = None, size: int = 48, detector: str = DEFAULT_DETECTOR,
                slug: str | None = None) -> FaceSet:
-    """``detector``: 'haar' / 'mtcnn' crop the face; 'none' keeps the whole frame (resized)."""
+    """``detector``: a ``fer.faces`` detector crops the face (aligned, as at inference: ``detect_and_align``);
+    'none' keeps the whole frame (resized)."""
     root = resolve_corpus_dir(CORPUS, data_dir, slug)
     skips = SkipLog(CORPUS)
     items = []
@@ -54,9 +55,9 @@ def load_jaffe(data_dir: str | os.PathLike | None = None, size: int = 48, detect
             skips.skip("unreadable image", str(path))
             continue
         if detector != "none":
-            boxes = detect_faces(image, method=detector)
-            if boxes:
-                image = crop_face(image, boxes[0], size=size, margin=FACE_MARGIN)
+            faces, crops = detect_and_align(image, method=detector, size=size, margin=FACE_MARGIN)
+            if faces:
+                image = crops[0]
             else:
                 fallbacks += 1
                 image = crop_face(image, _centre_box(image.shape), size=size, margin=0.0)

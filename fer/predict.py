@@ -2,7 +2,7 @@
 
     python -m fer.predict photo.jpg holiday/ --json
     python -m fer.predict crops/ --no-detect --json
-    python -m fer.predict photo.jpg --annotate annotated/ --detector mtcnn
+    python -m fer.predict photo.jpg --annotate annotated/ --detector blazeface-full
 
 ``--json`` prints one object per line: ``{"path", "faces": [{"box", "label", "probabilities"}]}``, or with
 ``--no-detect`` ``{"path", "label", "probabilities"}``. Images without a face give ``"faces": []`` and a
@@ -24,7 +24,7 @@ from core.cli import add_verbose_flag, echo, module_prog, progress, quiet_tensor
 from core.io import load_keras_model, read_model_config
 from core.labels import EMOTIONS
 from fer.data import IMAGE_EXTENSIONS, list_images
-from fer.faces import DETECTORS, FACE_MARGIN, crop_face, detect_faces, draw_faces, to_bgr, to_gray
+from fer.faces import DEFAULT_DETECTOR, DETECTORS, FACE_MARGIN, detect_and_align, draw_faces, to_bgr, to_gray
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "saved_models" / "fer"
 WRITABLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -37,7 +37,7 @@ class ModelNotFoundError(FileNotFoundError):
 class FERPredictor:
     """A trained face model plus a detector; loads once, predicts fast (one compiled graph call per batch)."""
 
-    def __init__(self, model_dir: str | os.PathLike | None = None, detector: str = "haar",
+    def __init__(self, model_dir: str | os.PathLike | None = None, detector: str = DEFAULT_DETECTOR,
                  margin: float | None = None, tflite: str | None = None) -> None:
         """``tflite``: None for the Keras model, or ``float16`` / ``int8`` for an exported file (fer.export)."""
         import tensorflow as tf
@@ -86,12 +86,16 @@ class FERPredictor:
         return np.asarray(self._forward(batch))
 
     def predict_image(self, image_bgr: np.ndarray) -> list[dict[str, Any]]:
-        """Every detected face: ``{"box": [x, y, w, h], "label", "probabilities"}``, largest face first."""
-        boxes = detect_faces(image_bgr, method=self.detector)
-        if not boxes:
+        """Every detected face: ``{"box": [x, y, w, h], "label", "probabilities"}``, largest face first.
+
+        Faces are cut by ``fer.faces.detect_and_align`` (eyes level, FER2013's framing, when the detector gives
+        landmarks), the same crops the JAFFE loader and fusion make.
+        """
+        faces, crops = detect_and_align(image_bgr, method=self.detector, size=self.face_size, margin=self.margin)
+        if not faces:
             return []
-        crops = np.stack([crop_face(image_bgr, box, size=self.face_size, margin=self.margin) for box in boxes])
-        return [{"box": [int(v) for v in box], **self.as_result(p)} for box, p in zip(boxes, self.predict_crops(crops))]
+        return [{"box": [int(v) for v in face.box], **self.as_result(p)}
+                for face, p in zip(faces, self.predict_crops(crops))]
 
     def predict_face(self, image: np.ndarray) -> dict[str, Any]:
         """The whole image as one already-cropped face (FER2013-style input)."""
@@ -169,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Facial expression of every face in images (files or folders).")
     parser.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     parser.add_argument("--model-dir", default=None, help=f"trained run folder (default: {DEFAULT_MODEL_DIR})")
-    parser.add_argument("--detector", choices=DETECTORS, default="haar",
-                        help="haar: fast OpenCV cascade (default); mtcnn: more accurate, slower")
+    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
+                        help="blazeface (default): fast, landmarks, faces from 1/8 of the image side; blazeface-full: "
+                             "also smaller faces (group photos); haar: OpenCV cascade, no landmarks; mtcnn: slow")
     parser.add_argument("--no-detect", action="store_true",
                         help="treat each image as an already-cropped face (FER2013-style)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -24,6 +24,7 @@ from core.cli import add_verbose_flag, module_prog, progress, quiet_tensorflow
 from core.io import read_json, write_json
 from core.labels import EMOTIONS
 from core.reports import compute_metrics, format_summary, write_report
+from fer.faces import DEFAULT_DETECTOR, DETECTORS
 from fusion.media import MediaError, decode_clip
 
 log = logging.getLogger("fusion.late")
@@ -72,7 +73,7 @@ class LateFusion:
     """Saved SER + FER models applied to one video: per-modality and fused probabilities."""
 
     def __init__(self, ser_model_dir: str | os.PathLike | None = None, fer_model_dir: str | os.PathLike | None = None,
-                 weights: dict[str, float] | str | None = None, fps: float = LATE_FPS, detector: str = "haar",
+                 weights: dict[str, float] | str | None = None, fps: float = LATE_FPS, detector: str = DEFAULT_DETECTOR,
                  max_seconds: float = MAX_CLIP_SECONDS):
         from fer.predict import FERPredictor
         from ser.predict import SERPredictor
@@ -87,14 +88,14 @@ class LateFusion:
         """The largest face of each frame, cropped the way the FER model was trained; (n, s, s) uint8."""
         import cv2
 
-        from fer.faces import crop_face, detect_faces
+        from fer.faces import align_face, detect_faces_with_landmarks
 
         crops = []
         for rgb in frames_rgb:
             bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-            boxes = detect_faces(bgr, method=self.detector)
-            if boxes:
-                crops.append(crop_face(bgr, boxes[0], size=self.fer.face_size, margin=self.fer.margin))
+            faces = detect_faces_with_landmarks(bgr, method=self.detector)
+            if faces:
+                crops.append(align_face(bgr, faces[0], size=self.fer.face_size, margin=self.fer.margin))
         size = self.fer.face_size
         return np.stack(crops) if crops else np.zeros((0, size, size), np.uint8)
 
@@ -199,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=42, help="seed of the split by actor (default: 42)")
     parser.add_argument("--fps", type=float, default=LATE_FPS,
                         help="frames per second searched for faces (default: %(default)s)")
-    parser.add_argument("--detector", default="haar", help="face detector: haar | mtcnn")
+    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
+                        help="face detector (default: %(default)s)")
     parser.add_argument("--output", default="runs/fusion_late", help="writes late_fusion.json and metrics here")
     add_verbose_flag(parser)
     return parser

@@ -24,6 +24,7 @@ import numpy as np
 from core.cli import add_verbose_flag, echo, module_prog, progress, quiet_tensorflow
 from core.io import load_keras_model, read_model_config
 from core.labels import EMOTIONS
+from fer.faces import DEFAULT_DETECTOR, DETECTORS
 from fusion.media import MediaError, NoAudioError
 from fusion.preprocess import PreprocessConfig, preprocess_file
 
@@ -131,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fer-model-dir", default=None, help="late mode: FER run folder (default saved_models/fer)")
     parser.add_argument("--late-weights", default=None,
                         help="late mode: late_fusion.json (from python -m fusion.late) or 'audio=0.6,face=0.4'")
-    parser.add_argument("--detector", default="haar", help="late mode face detector: haar | mtcnn")
+    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
+                        help="late mode face detector (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     add_verbose_flag(parser)
     return parser

@@ -41,9 +41,9 @@ class PreprocessConfig:
     win_length: int = 400       # 25 ms
     hop_length: int = 160       # 10 ms -> 100 spectrogram frames per second
     max_seconds: float = 10.0   # longest span cached per clip; the input pipeline cuts further
-    detector: str = "haar"
+    detector: str = "blazeface"
     face_margin: float = 0.2
-    detect_every: int = 2       # run the detector on every n-th frame, reuse the box in between
+    detect_every: int = 2       # run the detector on every n-th frame, reuse the face in between
     detect_side: int = 320      # detect on a copy scaled to this longer side (Haar cost grows with pixels)
     min_face_fraction: float = 0.1  # smallest face searched, as a fraction of the shorter side
 
@@ -69,37 +69,41 @@ def log_mel(audio: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def face_track(frames: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Largest face per RGB frame as a gray crop; frames without a face get a blank crop and mask 0."""
+    """Largest face per RGB frame as a gray crop; frames without a face get a blank crop and mask 0.
+
+    Crops come from ``fer.faces.align_face`` (eyes level, FER2013's framing; the box crop for haar), as in
+    fer.predict. Between detections the last face (box and landmarks) is reused.
+    """
     import cv2
 
-    from fer.faces import crop_face, detect_faces
+    from fer.faces import align_face
 
     crops = np.zeros((len(frames), cfg.face_size, cfg.face_size), np.uint8)
     mask = np.zeros(len(frames), np.uint8)
-    box = None
+    face = None
     for i, rgb in enumerate(frames):
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         if i % max(1, cfg.detect_every) == 0:
-            box = _largest_face(bgr, cfg, detect_faces)
-        if box is not None:
-            crops[i] = crop_face(bgr, box, size=cfg.face_size, margin=cfg.face_margin)
+            face = _largest_face(bgr, cfg)
+        if face is not None:
+            crops[i] = align_face(bgr, face, size=cfg.face_size, margin=cfg.face_margin)
             mask[i] = 1
     return crops, mask
 
 
-def _largest_face(bgr: np.ndarray, cfg: PreprocessConfig, detect_faces) -> tuple[int, int, int, int] | None:
-    """Detect on a downscaled copy, return the largest box in ``bgr``'s pixel coordinates."""
+def _largest_face(bgr: np.ndarray, cfg: PreprocessConfig):
+    """Detect on a downscaled copy; the largest ``fer.faces.Face`` in ``bgr``'s pixel coordinates, or None."""
     import cv2
+
+    from fer.faces import detect_faces_with_landmarks
 
     height, width = bgr.shape[:2]
     scale = min(1.0, cfg.detect_side / max(height, width)) if cfg.detect_side else 1.0
     small = cv2.resize(bgr, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA) \
         if scale < 1.0 else bgr
     min_size = max(20, int(cfg.min_face_fraction * min(small.shape[:2])))
-    boxes = detect_faces(small, method=cfg.detector, min_size=min_size)
-    if not boxes:
-        return None
-    return tuple(int(round(v / scale)) for v in boxes[0])  # type: ignore[return-value]
+    faces = detect_faces_with_landmarks(small, method=cfg.detector, min_size=min_size)
+    return faces[0].scaled(1.0 / scale) if faces else None
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:

@@ -60,7 +60,7 @@ class TrainConfig:
     face_size: int = 112
     n_mels: int = 64
     cache_seconds: float = 10.0
-    detector: str = "haar"
+    detector: str = "blazeface"
     detect_every: int = 2
     # input pipeline
     max_seconds: float = 4.0
@@ -124,8 +124,8 @@ HELP = {
     "image_size": "full frames are resized to this many pixels square",
     "face_size": "face crops are resized to this many pixels square",
     "n_mels": "log-mel bands of the audio branch",
-    "detect_every": "run the face detector on every n-th sampled frame and reuse the box in between",
-    "detector": "face detector: haar or mtcnn",
+    "detect_every": "run the face detector on every n-th sampled frame and reuse the face in between",
+    "detector": "face detector: blazeface (default), blazeface-full, haar or mtcnn",
     "max_seconds": "clips are cut to this many seconds in the input pipeline (random window when training)",
     "modalities": "comma-separated subset of frame,face,audio",
     "weights": "imagenet | none | PATH to MobileNetV2 no-top weights (.h5)",
