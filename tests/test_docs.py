@@ -36,6 +36,7 @@ CLIS: dict[str, str] = {
     "bench/bench_fusion.py": "bench_fusion", "bench/bench_webapp.py": "bench_webapp", "bench/ship.py": "ship",
     "bench/bench_ser_gain.py": "bench_ser_gain", "bench/bench_ser_whisper.py": "bench_ser_whisper",
     "bench/bench_ser_crossval_ensemble.py": "bench_ser_crossval_ensemble",
+    "bench/bench_fer_detect.py": "bench_fer_detect",
 }
 
 # Not fixed yet, in files owned by other work in progress. Each entry is a strict xfail: once the file is
