@@ -125,24 +125,44 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 class FakeVoice:
     """SERPredictor stand-in: probabilities from loudness and pitch-ish statistics of the window; audio
-    without speech raises ser.frontend.NoSpeechError, as the real predictor does."""
+    without speech raises ser.frontend.NoSpeechError, as the real predictor does. Like SERPredictor it
+    has ``speech_segments`` + ``window_probabilities``, so the live stream batches windows through it;
+    ``batches`` records how many windows each model call got."""
     class_names = EMOTIONS
 
     def __init__(self, delay: float = 0.0) -> None:
-        self.delay, self.calls = delay, 0
+        self.delay, self.calls, self.batches = delay, 0, []
+
+    @staticmethod
+    def _probs(y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y, np.float32)
+        zcr = float(np.mean(np.abs(np.diff(np.sign(y))) > 0)) if y.size > 1 else 0.0
+        loud = float(np.sqrt(np.mean(y ** 2))) if y.size else 0.0
+        z = np.array([1.0, 8 * loud, 4 * zcr, 2 * loud, zcr, 0.5, 10 * loud * zcr])
+        return _softmax(z)
 
     def predict_waveform(self, y: np.ndarray, sr: int) -> np.ndarray:
         from ser.frontend import require_speech
 
         self.calls += 1
+        self.batches.append(1)
         if self.delay:
             time.sleep(self.delay)
-        y = np.asarray(y, np.float32)
-        require_speech(y, sr)
-        zcr = float(np.mean(np.abs(np.diff(np.sign(y))) > 0)) if y.size > 1 else 0.0
-        loud = float(np.sqrt(np.mean(y ** 2))) if y.size else 0.0
-        z = np.array([1.0, 8 * loud, 4 * zcr, 2 * loud, zcr, 0.5, 10 * loud * zcr])
-        return _softmax(z)
+        require_speech(np.asarray(y, np.float32), sr)
+        return self._probs(y)
+
+    def speech_segments(self, y: np.ndarray, sr: int) -> list[tuple[float, float, np.ndarray]]:
+        from ser.frontend import require_speech
+
+        require_speech(np.asarray(y, np.float32), sr)
+        return [(0.0, len(y) / sr, np.asarray(y, np.float32))]
+
+    def window_probabilities(self, waveforms) -> np.ndarray:
+        self.calls += 1
+        self.batches.append(len(waveforms))
+        if self.delay:
+            time.sleep(self.delay)
+        return np.stack([self._probs(y) for y in waveforms])
 
     def predict_segments(self, y: np.ndarray, sr: int) -> list[tuple[float, float, np.ndarray]]:
         """Back-to-back 1 s windows of speech (the real model: 3 s windows of speech every 1.5 s)."""
@@ -172,30 +192,43 @@ class FakeFusion:
 
 
 class FakeFace:
-    """FERPredictor stand-in: real Haar detection (fer.faces), probabilities from the crop's pixels."""
+    """FERPredictor stand-in: real Haar detection and crops (fer.faces), probabilities from the crop's
+    pixels. Like FERPredictor it has ``predict_crops`` (with ``detector``, ``face_size``, ``margin``), so
+    the live stream classifies the faces of many frames in one call; ``batches`` records how many
+    crops each call got. ``delay`` is per model call, ``fail`` makes every call raise."""
     class_names = EMOTIONS
+    detector = "haar"
+    face_size = 48
+    margin = 0.2
 
     def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
-        self.delay, self.fail, self.calls, self.shapes = delay, fail, 0, []
+        self.delay, self.fail, self.calls, self.batches = delay, fail, 0, []
 
-    def predict_image(self, image_bgr: np.ndarray) -> list[dict]:
-        from fer.faces import crop_face, detect_faces
-
+    def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         self.calls += 1
-        self.shapes.append(image_bgr.shape[:2])
+        self.batches.append(len(crops))
         if self.delay:
             time.sleep(self.delay)
         if self.fail:
             raise RuntimeError("model exploded")
-        faces = []
-        for box in detect_faces(image_bgr, "haar"):
-            crop = crop_face(image_bgr, box).astype(np.float32) / 255.0
+        out = []
+        for crop in np.asarray(crops, np.float32) / 255.0:
             z = np.array([crop[:16].mean(), crop[16:32].mean(), crop[32:].mean(), crop[:, :16].mean(),
                           crop[:, 32:].mean(), crop.std(), crop[16:32, 16:32].mean()]) * 6
-            probs = _softmax(z)
-            faces.append({"box": [int(v) for v in box], "label": EMOTIONS[int(np.argmax(probs))],
-                          "probabilities": dict(zip(EMOTIONS, probs.tolist()))})
-        return faces
+            out.append(_softmax(z))
+        return np.stack(out)
+
+    def predict_image(self, image_bgr: np.ndarray) -> list[dict]:
+        from fer.faces import crop_face, detect_faces
+
+        boxes = detect_faces(image_bgr, self.detector)
+        if not boxes:
+            if self.fail:
+                raise RuntimeError("model exploded")
+            return []
+        probs = self.predict_crops(np.stack([crop_face(image_bgr, box, self.face_size, self.margin) for box in boxes]))
+        return [{"box": [int(v) for v in box], "label": EMOTIONS[int(np.argmax(p))],
+                 "probabilities": dict(zip(EMOTIONS, p.tolist()))} for box, p in zip(boxes, probs)]
 
 
 def train_tiny_models(root: str | Path, seed: int = 0) -> Path:

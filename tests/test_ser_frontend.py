@@ -258,9 +258,9 @@ def test_stream_says_no_speech_for_hum_and_an_emotion_for_a_quiet_voice(app_clie
     def send(ws, msg_id: int, y: np.ndarray) -> dict:
         pcm = (np.clip(y, -1, 1) * 32767).astype("<i2").tobytes()
         ws.send_bytes(BINARY_HEADER.pack(2, msg_id, 0.0) + pcm)
-        for _ in range(20):
+        for _ in range(20):  # the audio message is answered at once; the voice estimate follows (kind "voice")
             reply = ws.receive_json()
-            if reply.get("id") == msg_id and reply["type"] == "result":
+            if reply.get("id") == msg_id and reply.get("kind") == "voice":
                 return reply
         raise AssertionError("no reply")
 

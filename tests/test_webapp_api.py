@@ -59,10 +59,16 @@ def pcm16(y: np.ndarray) -> bytes:
 
 
 def receive_until(ws, predicate, limit: int = 50) -> dict:
+    return receive_until_list(ws, predicate, limit)[-1]
+
+
+def receive_until_list(ws, predicate, limit: int = 50) -> list[dict]:
+    """Every message up to and including the first that ``predicate`` accepts."""
+    seen = []
     for _ in range(limit):
-        msg = ws.receive_json()
-        if predicate(msg):
-            return msg
+        seen.append(ws.receive_json())
+        if predicate(seen[-1]):
+            return seen
     raise AssertionError("expected message never came")
 
 
@@ -324,10 +330,13 @@ def test_stream_hello_frame_audio_silence_and_ping(client, media):
         assert frame.fused.sources == ["face"] and frame.fused.probabilities == pytest.approx(frame.face, abs=1e-5)
         assert frame.voice_state == "unknown"
 
-        ws.send_bytes(binary(2, 8, pcm16(sm.voice(0.5))))
+        # An audio message is answered at once; the voice estimate follows as its own result.
+        ws.send_bytes(binary(2, 8, pcm16(sm.voice(0.5)), t=2000.5))
+        ack = StreamResult.model_validate(ws.receive_json())
+        assert (ack.kind, ack.id, ack.predicted, ack.voice_state) == ("audio", 8, False, "unknown")
         audio = StreamResult.model_validate(ws.receive_json())
-        assert audio.kind == "audio" and audio.id == 8 and audio.voice_state == "voice"
-        assert audio.fused.sources == ["face", "voice"]
+        assert (audio.kind, audio.id, audio.t, audio.predicted) == ("voice", 8, 2000.5, True)
+        assert audio.voice_state == "voice" and audio.fused.sources == ["face", "voice"]
         for e in EMOTIONS:
             assert audio.fused.probabilities[e] == pytest.approx(0.6 * audio.face[e] + 0.4 * audio.voice[e], abs=1e-5)
 
@@ -345,6 +354,7 @@ def test_stream_hello_frame_audio_silence_and_ping(client, media):
         pong = StreamPong.model_validate(ws.receive_json())
         assert (pong.id, pong.t) == (11, 42.0)
         assert no_face.stats.frames_received == 2 and no_face.stats.audio_received == 2
+        assert no_face.stats.voice_estimates == 1
 
 
 @pytest.mark.parametrize("message,code", [
@@ -423,19 +433,30 @@ def test_stale_frames_are_dropped_not_queued(media):
         assert face.calls == stats["frames_processed"]
 
 
-def test_stream_searches_near_the_last_face_and_the_whole_frame_every_nth(media):
-    face = sm.FakeFace()
-    with make_client(Models(fer=face), full_detect_every=3) as c, c.websocket_connect("/ws/stream") as ws:
+def test_stream_searches_near_the_last_face_and_the_whole_frame_every_nth(media, monkeypatch):
+    import fer.faces
+
+    searched = []
+    name = "detect_faces_with_landmarks" if hasattr(fer.faces, "detect_faces_with_landmarks") else "detect_faces"
+    real = getattr(fer.faces, name)
+
+    def spy(image, method="haar", min_size=None):
+        searched.append((image.shape[:2], min_size))
+        return real(image, method, min_size)
+
+    monkeypatch.setattr(fer.faces, name, spy)
+    with make_client(Models(fer=sm.FakeFace()), full_detect_every=3) as c, c.websocket_connect("/ws/stream") as ws:
         ws.receive_json()
         boxes = []
         for i in range(1, 8):
             ws.send_bytes(binary(1, i, media["jpeg"]))
             boxes.append(ws.receive_json()["faces"][0]["box"])
-        full = (480, 640)
-        assert [shape == full for shape in face.shapes] == [True, False, False, True, False, False, True]
-        assert all(max(shape) < 400 for shape in face.shapes if shape != full)
-        for box in boxes:  # boxes found near the last face are reported in whole-frame pixels
-            assert np.abs(np.array(box) - np.array(boxes[0])).max() <= 12
+    full = (480, 640)
+    assert [shape == full for shape, _ in searched] == [True, False, False, True, False, False, True]
+    assert all(max(shape) < 400 for shape, _ in searched if shape != full)
+    assert {size for shape, size in searched if shape == full} == {None}  # the detector's own default
+    for box in boxes:  # boxes found near the last face are reported in whole-frame pixels
+        assert np.abs(np.array(box) - np.array(boxes[0])).max() <= 12
 
 
 def test_slow_prediction_does_not_block_the_event_loop(media):
@@ -483,43 +504,151 @@ def test_voice_waits_for_enough_audio_and_silence_wins_over_older_speech():
     with make_client(Models(ser=sm.FakeVoice()), min_audio_seconds=0.5) as c, \
             c.websocket_connect("/ws/stream") as ws:
         ws.receive_json()
-        ws.send_bytes(binary(2, 1, pcm16(sm.voice(0.25))))  # too little audio yet: answered, not predicted
+        ws.send_bytes(binary(2, 1, pcm16(sm.voice(0.25))))  # too little audio yet: answered, nothing predicted
         first = ws.receive_json()
-        assert (first["id"], first["predicted"], first["voice_state"], first["voice"]) == (1, False, "unknown", None)
+        assert (first["kind"], first["id"], first["predicted"], first["voice_state"], first["voice"]) == \
+            ("audio", 1, False, "unknown", None)
         ws.send_bytes(binary(2, 2, pcm16(sm.voice(0.25, seed=1))))
-        second = ws.receive_json()
-        assert (second["id"], second["predicted"], second["voice_state"]) == (2, True, "voice")
+        second, estimate = ws.receive_json(), ws.receive_json()
+        assert (second["kind"], second["id"], second["predicted"]) == ("audio", 2, False)
+        assert (estimate["kind"], estimate["id"], estimate["predicted"], estimate["voice_state"]) == \
+            ("voice", 2, True, "voice")
         ws.send_bytes(binary(2, 3, pcm16(np.zeros(8000))))
         silent = ws.receive_json()
         assert (silent["id"], silent["predicted"], silent["voice_state"], silent["voice"]) == \
             (3, False, "silence", None)
 
 
-def test_every_audio_message_gets_one_reply_and_voice_predictions_are_rate_limited():
+def test_every_audio_message_gets_one_reply_and_voice_estimates_are_rate_limited():
     voice = sm.FakeVoice(delay=0.1)
     with make_client(Models(ser=voice), voice_interval_seconds=0.5) as c, c.websocket_connect("/ws/stream") as ws:
         ws.receive_json()
         for i in range(1, 9):
-            ws.send_bytes(binary(2, i, pcm16(sm.voice(0.25, seed=i))))
-        replies = [ws.receive_json() for _ in range(8)]
-        assert sorted(r["id"] for r in replies) == list(range(1, 9))
-        predicted = [r for r in replies if r["predicted"]]
-        assert 1 <= len(predicted) <= 2 and voice.calls == len(predicted)
-        assert replies[-1]["stats"]["audio_received"] == 8
+            ws.send_bytes(binary(2, i, pcm16(sm.voice(0.5, seed=i))))
+        time.sleep(0.6)  # an estimate in flight arrives before the pong below
+        replies = []
+        ws.send_json({"type": "ping", "id": 99})
+        replies += receive_until_list(ws, lambda m: m.get("type") == "pong")
+        acks = [r for r in replies if r.get("kind") == "audio"]
+        estimates = [r for r in replies if r.get("kind") == "voice"]
+        assert sorted(r["id"] for r in acks) == list(range(1, 9)) and not any(r["predicted"] for r in acks)
+        assert 1 <= len(estimates) <= 2 and voice.calls == len(estimates)
+        assert all(r["predicted"] and r["id"] in range(1, 9) for r in estimates)
 
 
-def test_a_full_voice_queue_answers_at_once_instead_of_queueing():
-    with make_client(Models(ser=sm.FakeVoice(delay=0.5)), max_queued_voice=1) as c, \
-            c.websocket_connect("/ws/stream") as a, c.websocket_connect("/ws/stream") as b:
-        a.receive_json(), b.receive_json()
-        a.send_bytes(binary(2, 1, pcm16(sm.voice(0.5))))
-        time.sleep(0.1)
-        b.send_bytes(binary(2, 2, pcm16(sm.voice(0.5))))
+def test_audio_is_answered_at_once_while_the_voice_model_is_slow():
+    with make_client(Models(ser=sm.FakeVoice(delay=0.5))) as c, c.websocket_connect("/ws/stream") as ws:
+        ws.receive_json()
         start = time.perf_counter()
-        now = b.receive_json()
-        assert (now["id"], now["predicted"]) == (2, False) and time.perf_counter() - start < 0.3
-        later = a.receive_json()
+        ws.send_bytes(binary(2, 1, pcm16(sm.voice(0.5))))
+        ack = ws.receive_json()
+        assert (ack["kind"], ack["id"]) == ("audio", 1) and time.perf_counter() - start < 0.3
+        ws.send_bytes(binary(2, 2, pcm16(sm.voice(0.25, seed=2))))
+        assert ws.receive_json()["id"] == 2 and time.perf_counter() - start < 0.4
+        later = receive_until(ws, lambda m: m.get("kind") == "voice")
         assert (later["id"], later["predicted"], later["voice_state"]) == (1, True, "voice")
+        assert time.perf_counter() - start >= 0.5
+
+
+# ---- batching and fairness across streams -------------------------------------------------
+
+def test_frames_of_many_streams_share_one_model_call(media):
+    face = sm.FakeFace(delay=0.3)
+    with make_client(Models(fer=face), max_connections=6) as c:
+        sockets = [c.websocket_connect("/ws/stream").__enter__() for _ in range(5)]
+        try:
+            for ws in sockets:
+                ws.receive_json()
+            for i, ws in enumerate(sockets):  # the first tick takes one; the rest arrive while it runs
+                ws.send_bytes(binary(1, i + 1, media["jpeg"]))
+            replies = [ws.receive_json() for ws in sockets]
+        finally:
+            for ws in sockets:
+                ws.__exit__(None, None, None)
+    assert all(r["kind"] == "frame" and r["face_state"] == "face" for r in replies)
+    assert face.calls < 5 and sum(face.batches) == sum(len(r["faces"]) for r in replies)
+    assert max(face.batches) > max(len(r["faces"]) for r in replies)  # crops of several frames in one call
+
+
+def test_a_fast_stream_does_not_starve_a_slow_one(media):
+    """One face model call per tick and one stream per tick: the stream that sends frames non-stop is
+    served in turn with the one that sent a single frame, not before it."""
+    face = sm.FakeFace(delay=0.15)
+    with make_client(Models(fer=face), max_face_batch=1) as c, c.websocket_connect("/ws/stream") as greedy, \
+            c.websocket_connect("/ws/stream") as modest:
+        greedy.receive_json(), modest.receive_json()
+        greedy.send_bytes(binary(1, 1, media["jpeg"]))
+        time.sleep(0.05)  # greedy's first frame is being analysed
+        modest.send_bytes(binary(1, 100, media["jpeg"]))
+        for i in range(2, 6):
+            greedy.send_bytes(binary(1, i, media["jpeg"]))
+        answer = modest.receive_json()
+        first, second = greedy.receive_json(), greedy.receive_json()
+        assert (answer["id"], first["id"], second["id"]) == (100, 1, 5)  # 2-4 were replaced, never queued
+        # served right after greedy's first frame, before greedy's next one
+        assert first["server_time"] < answer["server_time"] < second["server_time"]
+
+
+def test_voice_windows_of_many_streams_share_one_model_call():
+    voice = sm.FakeVoice(delay=0.3)
+    with make_client(Models(ser=voice), max_connections=6) as c:
+        sockets = [c.websocket_connect("/ws/stream").__enter__() for _ in range(4)]
+        try:
+            for ws in sockets:
+                ws.receive_json()
+            for i, ws in enumerate(sockets):
+                ws.send_bytes(binary(2, i + 1, pcm16(sm.voice(0.5, seed=i))))
+            estimates = [receive_until(ws, lambda m: m.get("kind") == "voice") for ws in sockets]
+        finally:
+            for ws in sockets:
+                ws.__exit__(None, None, None)
+    assert [e["id"] for e in estimates] == [1, 2, 3, 4] and all(e["voice_state"] == "voice" for e in estimates)
+    assert sum(voice.batches) == 4 and max(voice.batches) >= 2
+
+
+def test_a_hum_in_one_stream_does_not_cost_the_others_their_estimate():
+    voice = sm.FakeVoice(delay=0.2)
+    t = np.arange(8000) / 16000
+    hum = (0.3 * np.sin(2 * np.pi * 50 * t)).astype(np.float32)
+    with make_client(Models(ser=voice)) as c, c.websocket_connect("/ws/stream") as a, \
+            c.websocket_connect("/ws/stream") as b, c.websocket_connect("/ws/stream") as d:
+        for ws in (a, b, d):
+            ws.receive_json()
+        a.send_bytes(binary(2, 1, pcm16(sm.voice(0.5))))  # keeps the voice thread busy while b and d arrive
+        b.send_bytes(binary(2, 2, pcm16(hum)))
+        d.send_bytes(binary(2, 3, pcm16(sm.voice(0.5, seed=3))))
+        answers = [receive_until(ws, lambda m: m.get("kind") == "voice") for ws in (a, b, d)]
+    assert [x["voice_state"] for x in answers] == ["voice", "no_speech", "voice"]
+    assert answers[1]["no_speech"] == "hum" and answers[1]["voice"] is None
+
+
+def test_batcher_serves_the_longest_waiting_first_and_each_item_once():
+    from webapp.scheduler import Batcher
+
+    seen, gate = [], threading.Event()
+
+    def work(batch):
+        gate.wait(2)
+        seen.append(list(batch))
+
+    batcher = Batcher("test", work, max_batch=2)
+    batcher.start()
+    try:
+        batcher.submit("a")   # taken at once; the tick waits at the gate while the others queue
+        time.sleep(0.1)
+        for item in ("b", "c", "b", "d", "e"):
+            batcher.submit(item)  # "b" twice: still one place in the queue
+        batcher.discard("e")      # a stream that closed
+        gate.set()
+        deadline = time.time() + 2
+        while sum(map(len, seen)) < 4 and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        batcher.stop()
+    assert seen == [["a"], ["b", "c"], ["d"]]
+    assert batcher.ticks == 3 and batcher.served == 4
+    with pytest.raises(ValueError):
+        Batcher("bad", work, max_batch=0)
 
 
 # ---- fusion rule --------------------------------------------------------------------------
@@ -595,3 +724,104 @@ def test_server_reads_late_fusion_json_from_the_models_folder(tmp_path, monkeypa
     # a broken file named explicitly is an error, not a silent default
     (tmp_path / "bad.json").write_text("{}")
     assert cli.main(["--models", str(tmp_path), "--late-fusion", str(tmp_path / "bad.json")]) == 2
+
+
+# ---- start-up, uploads drawn, video timeline, settings --------------------------------------
+
+def test_the_server_answers_while_the_models_load(tmp_path, monkeypatch, media):
+    import webapp.models as wm
+
+    (tmp_path / "fer").mkdir()
+    for name in ("model.keras", "config.json"):
+        (tmp_path / "fer" / name).write_text("{}")
+    gate = threading.Event()
+
+    def slow_face(model_dir, detector):  # a model that takes its time to load
+        assert gate.wait(20)
+        return sm.FakeFace()
+
+    monkeypatch.setitem(wm.FACTORIES, "fer", slow_face)
+    app = create_app(tmp_path, Settings(**(SMALL | dict(model_threads=0))))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        health = Health.model_validate(c.get("/api/health").json())
+        assert health.status == "loading" and 0 < health.progress < 1 and "fer" in health.step
+        assert health.models["fer"].error == "loading"
+        busy = c.post("/api/predict/image", content=media["jpeg"], headers={"content-type": "image/jpeg"})
+        assert busy.status_code == 503 and "still loading" in busy.json()["detail"]
+        assert busy.headers["retry-after"] == "2"
+        with c.websocket_connect("/ws/stream") as ws:
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+        assert closed.value.code == 1013 and "loading models" in closed.value.reason
+        gate.set()
+        deadline = time.time() + 10
+        while c.get("/api/health").json()["status"] != "ok" and time.time() < deadline:
+            time.sleep(0.05)
+        health = Health.model_validate(c.get("/api/health").json())
+        assert (health.status, health.progress, health.step) == ("ok", 1.0, "")
+        assert health.models["fer"].loaded and "ser/model.keras" in health.models["ser"].error
+        with c.websocket_connect("/ws/stream") as ws:
+            assert ws.receive_json()["type"] == "hello"
+            ws.send_bytes(binary(1, 1, media["jpeg"]))
+            assert ws.receive_json()["face_state"] == "face"
+
+
+def test_a_photo_comes_back_drawn(client, media):
+    plain = client.post("/api/predict/image", content=media["jpeg"], headers={"content-type": "image/jpeg"})
+    assert plain.status_code == 200 and "annotated" not in plain.json()
+    response = client.post("/api/predict/image?annotate=true", files={"file": ("me.jpg", media["jpeg"], "image/jpeg")})
+    assert response.status_code == 200, response.text
+    body = ImagePrediction.model_validate(response.json())
+    assert body.faces == ImagePrediction.model_validate(plain.json()).faces
+    prefix = "data:image/jpeg;base64,"
+    assert body.annotated.startswith(prefix)
+    drawn = cv2.imdecode(np.frombuffer(base64.b64decode(body.annotated[len(prefix):]), np.uint8), cv2.IMREAD_COLOR)
+    original = cv2.imdecode(np.frombuffer(media["jpeg"], np.uint8), cv2.IMREAD_COLOR)
+    assert drawn.shape == original.shape
+    x, y, w, h = body.faces[0].box
+    edge = np.abs(drawn[y + h // 2, x - 1:x + 2].astype(int) - original[y + h // 2, x - 1:x + 2]).max()
+    assert edge > 60, "the face's box is drawn on the photo"
+    blank = client.post("/api/predict/image?annotate=true", content=media["blank_jpeg"],
+                        headers={"content-type": "image/jpeg"}).json()
+    assert blank["faces"] == [] and blank["annotated"].startswith(prefix)
+
+
+def test_a_video_gets_face_voice_and_fused_per_segment(client, tmp_path):
+    clip = sm.write_mp4(tmp_path / "long.mp4", seconds=7.0).read_bytes()
+    plain = client.post("/api/predict/video", content=clip, headers={"content-type": "video/mp4"})
+    assert plain.status_code == 200 and "segments" not in plain.json()
+    response = client.post("/api/predict/video?segments=true", content=clip, headers={"content-type": "video/mp4"})
+    assert response.status_code == 200, response.text
+    body = VideoPrediction.model_validate(response.json())
+    assert [(s.start, s.end) for s in body.segments] == [(0.0, 3.0), (3.0, 6.0), (6.0, pytest.approx(7.0, abs=0.2))]
+    assert sum(s.frames_sampled for s in body.segments) == body.frames_sampled >= 6
+    for segment in body.segments:
+        assert segment.face and segment.voice and segment.fused and segment.frames_with_face >= 1
+        for e in EMOTIONS:
+            expected = 0.6 * segment.face.probabilities[e] + 0.4 * segment.voice.probabilities[e]
+            assert segment.fused.probabilities[e] == pytest.approx(expected, abs=1e-5)
+    assert body.label in EMOTIONS and body.face and body.voice
+
+
+def test_favicon_and_page_links():
+    with make_client() as c:
+        icon = c.get("/favicon.ico")
+        assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+        page = c.get("/").text
+        assert 'rel="icon"' in page and c.get("/static/favicon.svg").status_code == 200
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("max_face_batch", 0, "--max-face-batch must be at least 1"),
+    ("min_face_fraction", 1.5, "--min-face-fraction must be from 0 to 1"),
+    ("voice_nice", 25, "--voice-nice must be from 0 to 19"),
+    ("detector", "eyeball", "--detector must be one of"),
+    ("audio_window_seconds", 0.0, "--audio-window-seconds must be greater than 0"),
+])
+def test_bad_settings_are_refused_with_the_option_named(option, value, message, capsys):
+    from webapp.__main__ import main
+
+    with pytest.raises(ValueError, match=message):
+        Settings(**{option: value})
+    assert main([f"--{option.replace('_', '-')}", str(value)]) == 2
+    assert message in capsys.readouterr().err

@@ -23,7 +23,6 @@ HELP = {
     "upload_timeout_seconds": "an upload body must arrive within this many seconds (408 otherwise)",
     "max_uploads_per_client": "uploads one client address may have in progress at once (429 beyond)",
     "max_reading_uploads": "upload bodies received at once over all clients (503 beyond)",
-    "max_queued_voice": "voice estimates waiting for the voice thread (all streams); more are skipped",
     "silence_rms": "RMS below which the last silence-seconds of audio count as silence",
     "silence_seconds": "seconds of the latest audio whose RMS decides silence",
     "audio_window_seconds": "seconds of audio the voice model sees",
@@ -35,7 +34,16 @@ HELP = {
     "max_frame_side": "live frames larger than this (pixels, longer side) are downscaled before face detection",
     "full_detect_every": "live frames: search the whole frame every Nth frame, near the last face otherwise",
     "track_pad": "live frames: the search region is the last face box grown by this many box sizes",
-    "detector": "face detector: haar or mtcnn",
+    "min_face_fraction": "live frames: the smallest face searched, as a share of the frame's shorter side "
+                         "(0: the detector's default, 5 %%); with haar larger is faster but finds more false faces",
+    "max_face_batch": "live frames of this many streams are analysed per tick, their faces in one model call",
+    "max_voice_batch": "audio windows of this many streams go through the voice model in one call",
+    "voice_nice": "niceness of the voice thread (0-19): under load frames keep the CPU and voice estimates "
+                  "come less often",
+    "model_threads": "TensorFlow threads per model call (0: TensorFlow's default, all cores); 1 lets the face "
+                     "and voice threads use one core each",
+    "video_segment_seconds": "a video upload with ?segments=true gets one row per this many seconds",
+    "detector": "face detector (fer.faces.DETECTORS; empty: the face package's default, as fer.predict uses)",
     "warmup": "run each model once at start-up so the first request is fast",
 }
 
@@ -66,7 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from webapp.app import create_app
 
-    settings = from_args(Settings, args)
+    try:
+        settings = from_args(Settings, args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     late = args.late_fusion or os.path.join(args.models, "late_fusion.json")
     weights_given = (settings.face_weight, settings.voice_weight) != (Settings.face_weight, Settings.voice_weight)
     if args.late_fusion or (os.path.isfile(late) and not weights_given):
@@ -79,12 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                      settings.voice_weight)
     if not os.path.isdir(args.models):
         logging.warning("models folder %s does not exist; the server starts with no models", args.models)
+    # The models load in a background thread: the port answers at once, /api/health says "loading".
     app = create_app(args.models, settings)
-    loaded = [name for name, info in app.state.models.info().items() if info["loaded"]]
-    logging.info("models loaded: %s", ", ".join(loaded) or "none")
     # No permessage-deflate: frames are JPEG already, and deflating every message costs both ends
-    # CPU that the models need more.
+    # CPU that the models need more. No access log unless debugging: the page polls /api/health.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
+                access_log=args.log_level.lower() == "debug",
                 ws_max_size=WS_SIZE_SLACK * settings.max_message_bytes, ws_per_message_deflate=False,
                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     return 0

@@ -1,6 +1,7 @@
 """FastAPI app: the page, health, file predictions and the live WebSocket stream.
 
-``create_app(models_dir)`` loads the models once; tests pass ``models=`` fakes instead.
+``create_app(models_dir)`` starts loading the models in a background thread and answers at once:
+``/api/health`` says ``loading`` with the progress until they are in; tests pass ``models=`` fakes instead.
 Nothing here takes a path from a request: uploads go to private temp files, static files come
 from ``webapp/static`` only (Starlette refuses paths that leave it), models from the folder
 given at start-up.
@@ -8,7 +9,9 @@ given at start-up.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,10 +29,10 @@ from starlette.formparsers import MultiPartException
 from core.labels import EMOTIONS
 from ser.frontend import NoSpeechError
 from webapp import media
-from webapp.models import PRECISION, ModelUnavailable, Models, load_models, top_label
+from webapp.models import PRECISION, ModelLoader, ModelUnavailable, Models, top_label
 from webapp.schemas import (AudioPrediction, ErrorResponse, Health, ImagePrediction, StreamHello, VideoPrediction,
                             stream_schema)
-from webapp.stream import CLOSE_BUSY, Lane, StreamConfig, StreamSession, _now_ms, fuse
+from webapp.stream import CLOSE_BUSY, LiveWorkers, StreamConfig, StreamSession, _now_ms, fuse
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +59,42 @@ class Settings:
     audio_window_seconds: float = 2.0    # the voice model sees the last this-many seconds
     min_audio_seconds: float = 0.5
     voice_interval_seconds: float = 1.0  # at most this often a new voice estimate per stream
-    max_queued_voice: int = 4            # voice estimates waiting for the voice thread, all streams together
     max_frame_side: int = 640            # larger stream frames are downscaled before face detection
     full_detect_every: int = 5           # stream frames search near the last face, the whole frame every Nth
     track_pad: float = 0.5               # that search region: the last box grown by this many box sizes
+    min_face_fraction: float = 0.0       # live frames: smallest face searched, share of the shorter side
+    max_face_batch: int = 8              # streams' frames per face-thread tick (one model call)
+    max_voice_batch: int = 4             # streams' windows per voice-thread tick (one encoder call)
+    voice_nice: int = 5                  # the voice thread's niceness: frames keep the CPU first
+    model_threads: int = 1               # TensorFlow threads per model call (0: TensorFlow's default)
     face_weight: float = 0.6
     voice_weight: float = 0.4
     fresh_seconds: float = 2.0           # older face / voice estimates drop out of the fusion
-    detector: str = "haar"
+    detector: str = ""                   # "": the face package's default detector
     warmup: bool = True
+    video_segment_seconds: float = 3.0   # ?segments=true on a video: one row per this many seconds
+
+    def __post_init__(self) -> None:
+        problems = [f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}"
+                    for name, low in (("max_face_batch", 1), ("max_voice_batch", 1), ("max_connections", 1),
+                                      ("upload_workers", 1), ("full_detect_every", 1), ("model_threads", 0),
+                                      ("video_frames", 1))
+                    if getattr(self, name) < low]
+        problems += [f"--{name.replace('_', '-')} must be greater than 0, got {getattr(self, name)}"
+                     for name in ("audio_window_seconds", "video_segment_seconds", "max_video_seconds")
+                     if not getattr(self, name) > 0]
+        if not 0 <= self.min_face_fraction < 1:
+            problems.append(f"--min-face-fraction must be from 0 to 1 (0: the detector's default), "
+                            f"got {self.min_face_fraction}")
+        if not 0 <= self.voice_nice <= 19:
+            problems.append(f"--voice-nice must be from 0 to 19, got {self.voice_nice}")
+        if self.detector:
+            from fer.faces import DETECTORS
+
+            if self.detector not in DETECTORS:
+                problems.append(f"--detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 def with_late_fusion_weights(settings: Settings, path: str | Path) -> Settings:
@@ -98,28 +128,24 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 class Workers:
     """The threads predictions run in, off the event loop.
 
-    One live thread per model (a Lane): each model runs one call at a time anyway
-    (ModelSlot.lock), and separate queues keep face and voice latencies independent. Uploads have
-    their own pool so a long video does not hold up the live streams.
+    The live streams share one face thread and one voice thread (``LiveWorkers``: each serves the
+    waiting streams in turn, many per model call). Uploads have their own pool so a long video does
+    not hold up the live streams.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, live: LiveWorkers) -> None:
         self.upload_workers = settings.upload_workers
-        # Every stream has at most one frame job queued, so the face lane needs no extra cap.
-        self.face = Lane("face", max_queued=settings.max_connections)
-        self.voice = Lane("voice", max_queued=settings.max_queued_voice)
+        self.live = live
         self.upload: ThreadPoolExecutor | None = None
         self.start()
 
     def start(self) -> None:
-        self.face.start()
-        self.voice.start()
+        self.live.start()
         if self.upload is None:
             self.upload = ThreadPoolExecutor(self.upload_workers, thread_name_prefix="upload")
 
     def stop(self) -> None:
-        self.face.stop()
-        self.voice.stop()
+        self.live.stop()
         if self.upload is not None:
             self.upload.shutdown(wait=False, cancel_futures=True)
             self.upload = None
@@ -180,10 +206,11 @@ async def _multipart_file(request: Request, body: bytes, family: str) -> tuple[s
 
 def create_app(models_dir: str | Path | None = None, settings: Settings | None = None,
                models: Models | None = None) -> FastAPI:
-    """The ASGI app; loads the models from ``models_dir`` unless ``models`` is given."""
+    """The ASGI app. Unless ``models`` is given, the models in ``models_dir`` load in a background
+    thread, so the server answers (``/api/health``: ``loading``) while they do."""
     settings = settings or Settings()
-    models = models if models is not None else load_models(models_dir, settings.detector, settings.warmup)
-    workers = Workers(settings)
+    if models is None:
+        models = ModelLoader(models_dir, settings.detector, settings.warmup, settings.model_threads).start()
     uploads_in_flight = [0]  # only touched on the event loop, so plain counters are safe
     uploads_reading = [0]
     per_client: dict[str, int] = {}
@@ -193,7 +220,10 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
         min_audio_seconds=settings.min_audio_seconds, face_weight=settings.face_weight,
         voice_weight=settings.voice_weight, fresh_seconds=settings.fresh_seconds,
         voice_interval_seconds=settings.voice_interval_seconds, max_frame_side=settings.max_frame_side,
-        full_detect_every=settings.full_detect_every, track_pad=settings.track_pad)
+        full_detect_every=settings.full_detect_every, track_pad=settings.track_pad,
+        min_face_fraction=settings.min_face_fraction)
+    workers = Workers(settings, LiveWorkers(models, stream_config, settings.max_face_batch, settings.max_voice_batch,
+                                            settings.voice_nice))
     connections: set[StreamSession] = set()
 
     @asynccontextmanager
@@ -207,6 +237,7 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
                   description="Seven emotions from voice, face and both; live over a WebSocket at /ws/stream "
                               "(message schema at /api/schema/stream).", lifespan=lifespan)
     app.state.models, app.state.settings, app.state.connections = models, settings, connections
+    app.state.workers = workers
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.exception_handler(RequestValidationError)
@@ -267,18 +298,29 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
             if not per_client[client]:
                 del per_client[client]
 
+    def loading_detail() -> str:
+        return f"the models are still loading ({round(100 * models.progress)} %: {models.step}); retry in a few seconds"
+
     def require(slot_name: str) -> None:
         slot = models.slots[slot_name]
         if not slot.loaded:
+            if models.loading:
+                raise HTTPException(503, loading_detail(), headers={"Retry-After": "2"})
             raise HTTPException(503, f"no {slot_name} model is loaded: {slot.error}")
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/api/health", response_model=Health, summary="Loaded models, their classes, limits")
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        # Browsers ask for /favicon.ico before they read the page's <link rel="icon">.
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
+
+    @app.get("/api/health", response_model=Health, summary="Loading state, loaded models, their classes, limits")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "emotions": list(EMOTIONS), "models": models.info(), "limits": limits(),
+        return {"status": "loading" if models.loading else "ok", "progress": round(models.progress, 3),
+                "step": models.step, "emotions": list(EMOTIONS), "models": models.info(), "limits": limits(),
                 "fusion": {"face_weight": settings.face_weight, "voice_weight": settings.voice_weight,
                            "fresh_seconds": settings.fresh_seconds, "method": "weighted_average"},
                 "connections": len(connections)}
@@ -310,32 +352,49 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
 
         return await predict_upload(request, "audio", work)
 
-    @app.post("/api/predict/image", response_model=ImagePrediction, responses=ERRORS,
-              openapi_extra=_upload_doc("image"), summary="Faces and their emotions in a photo")
-    async def predict_image(request: Request) -> dict[str, Any]:
+    @app.post("/api/predict/image", response_model=ImagePrediction, response_model_exclude_unset=True,
+              responses=ERRORS, openapi_extra=_upload_doc("image"), summary="Faces and their emotions in a photo")
+    async def predict_image(request: Request, annotate: bool = Query(
+            False, description="also return the photo with every face boxed and labelled (a JPEG data URL)")
+    ) -> dict[str, Any]:
         require("fer")
 
         def work(name: str, data: bytes) -> dict[str, Any]:
-            return {"path": name, "faces": models.predict_faces(media.decode_image(data))}
+            image = media.decode_image(data)
+            faces = models.predict_faces(image)
+            answer: dict[str, Any] = {"path": name, "faces": faces}
+            if annotate:
+                answer["annotated"] = "data:image/jpeg;base64," + base64.b64encode(
+                    media.annotated_jpeg(image, faces)).decode("ascii")
+            return answer
 
         return await predict_upload(request, "image", work)
 
-    @app.post("/api/predict/video", response_model=VideoPrediction, responses=ERRORS,
-              openapi_extra=_upload_doc("video"), summary="Emotion of a video clip (face, voice and fused)")
-    async def predict_video(request: Request) -> dict[str, Any]:
+    @app.post("/api/predict/video", response_model=VideoPrediction, response_model_exclude_unset=True,
+              responses=ERRORS, openapi_extra=_upload_doc("video"),
+              summary="Emotion of a video clip (face, voice and fused)")
+    async def predict_video(request: Request, segments: bool = Query(
+            False, description="also return face, voice and fused per segment of the clip (a timeline)")
+    ) -> dict[str, Any]:
+        if models.loading:
+            raise HTTPException(503, loading_detail(), headers={"Retry-After": "2"})
         if not (models.face.loaded or models.voice.loaded or models.fusion.loaded):
             raise HTTPException(503, "no face, voice or fusion model is loaded")
         return await predict_upload(request, "video",
-                                    lambda name, data: predict_video_bytes(models, settings, name, data))
+                                    lambda name, data: predict_video_bytes(models, settings, name, data, segments))
 
     @app.websocket("/ws/stream")
     async def stream(ws: WebSocket) -> None:
         await ws.accept()
+        if models.loading:
+            # The page reads the progress from /api/health and tries again.
+            await ws.close(code=CLOSE_BUSY, reason=f"loading models ({round(100 * models.progress)} %); retry shortly")
+            return
         if len(connections) >= settings.max_connections:
             await ws.close(code=CLOSE_BUSY, reason=f"server busy: {settings.max_connections} streams are open "
                                                    "(the limit); retry later")
             return
-        session = StreamSession(ws, models, workers.face, workers.voice, stream_config)
+        session = StreamSession(ws, models, workers.live, stream_config)
         connections.add(session)
         try:
             hello = StreamHello(session=session.id, server_time=_now_ms(), emotions=list(EMOTIONS),
@@ -348,20 +407,36 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
     return app
 
 
-def predict_video_bytes(models: Models, settings: Settings, name: str, data: bytes) -> dict[str, Any]:
-    """Video upload -> face (mean over sampled frames), voice (audio track) and their fusion."""
+def _mean_result(probabilities: list[dict[str, float]]) -> dict[str, Any] | None:
+    if not probabilities:
+        return None
+    mean = {e: round(float(np.mean([p[e] for p in probabilities])), PRECISION) for e in EMOTIONS}
+    return {"label": top_label(mean), "probabilities": mean}
+
+
+MAX_VIDEO_SEGMENTS = 40     # a long clip gets longer segments rather than a table nobody reads
+MAX_SEGMENT_FRAMES = 96     # frames sampled for the segment rows (2 per segment), at most
+
+
+def predict_video_bytes(models: Models, settings: Settings, name: str, data: bytes,
+                        segments: bool = False) -> dict[str, Any]:
+    """Video upload -> face (mean over sampled frames), voice (audio track) and their fusion; with
+    ``segments`` also face, voice and fused per stretch of ``video_segment_seconds``."""
     from ser.audio import AudioError, load_audio
 
     with media.temp_file(data, name) as path:
-        frames, duration = media.sample_video(path, settings.video_frames, settings.max_video_seconds)
-        face = voice = no_speech = None
-        with_face = 0
+        n_frames = settings.video_frames
+        if segments:  # two sampled frames per segment, so every segment can show a face
+            span = min(media.video_duration(path) or settings.max_video_seconds, settings.max_video_seconds)
+            n_frames = max(n_frames, min(MAX_SEGMENT_FRAMES, 2 * math.ceil(span / settings.video_segment_seconds)))
+        frames, times, duration = media.sample_video_timed(path, n_frames, settings.max_video_seconds)
+        voice = no_speech = None
+        per_frame: list[dict[str, float] | None] = [None] * len(frames)
         if models.face.loaded:
-            per_frame = [faces[0]["probabilities"] for faces in map(models.predict_faces, frames) if faces]
-            with_face = len(per_frame)
-            if per_frame:
-                mean = {e: round(float(np.mean([p[e] for p in per_frame])), PRECISION) for e in EMOTIONS}
-                face = {"label": top_label(mean), "probabilities": mean}
+            for i, faces in enumerate(map(models.predict_faces, frames)):
+                per_frame[i] = faces[0]["probabilities"] if faces else None
+        face = _mean_result([p for p in per_frame if p is not None])
+        windows: list[dict] = []
         if models.voice.loaded:
             try:
                 y = load_audio(path, sr=media.SAMPLE_RATE)[: int(settings.max_video_seconds * media.SAMPLE_RATE)]
@@ -369,7 +444,10 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
                 log.info("%s: no usable audio (%s)", name, exc)
             else:
                 try:
-                    probs = models.predict_voice(y, media.SAMPLE_RATE)
+                    if segments:
+                        probs, windows = models.predict_voice_segments(y, media.SAMPLE_RATE)
+                    else:
+                        probs = models.predict_voice(y, media.SAMPLE_RATE)
                     voice = {"label": top_label(probs), "probabilities": probs}
                 except NoSpeechError as exc:  # hum, noise, music: not a voice, so not the joint model either
                     log.info("%s: %s", name, exc)
@@ -384,8 +462,33 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
         if fused is None:
             fused = fuse(face and face["probabilities"], voice and voice["probabilities"],
                          settings.face_weight, settings.voice_weight)
-    return {"path": name, "label": fused["label"] if fused else None,
-            "probabilities": fused["probabilities"] if fused else None, "method": method,
-            "face": face, "voice": voice, "no_speech": no_speech, "frames_sampled": len(frames),
-            "frames_with_face": with_face,
-            "duration_seconds": round(float(duration), 3)}
+    answer = {"path": name, "label": fused["label"] if fused else None,
+              "probabilities": fused["probabilities"] if fused else None, "method": method,
+              "face": face, "voice": voice, "no_speech": no_speech, "frames_sampled": len(frames),
+              "frames_with_face": sum(p is not None for p in per_frame),
+              "duration_seconds": round(float(duration), 3)}
+    if segments:
+        answer["segments"] = video_segments(per_frame, times, windows, duration, settings)
+    return answer
+
+
+def video_segments(per_frame: list[dict[str, float] | None], times: list[float], windows: list[dict],
+                   duration: float, settings: Settings) -> list[dict[str, Any]]:
+    """Face, voice and fused per stretch of the clip: frames by their time, speech windows by their centre."""
+    span = min(duration, settings.max_video_seconds) if duration > 0 else max(times, default=0.0) + 1e-3
+    length = max(settings.video_segment_seconds, span / MAX_VIDEO_SEGMENTS)
+    count = max(1, math.ceil(span / length - 1e-6))
+    rows = []
+    for k in range(count):
+        start, end = k * length, min(span, (k + 1) * length)
+        last = k == count - 1  # the last segment also takes what sits exactly at (or rounds past) the end
+        inside = lambda t: start <= t < end or (last and t >= start)  # noqa: E731
+        faces = [p for p, t in zip(per_frame, times) if inside(t)]
+        face = _mean_result([p for p in faces if p is not None])
+        voice = _mean_result([w["probabilities"] for w in windows if inside((w["start"] + w["end"]) / 2)])
+        fused = fuse(face and face["probabilities"], voice and voice["probabilities"],
+                     settings.face_weight, settings.voice_weight)
+        rows.append({"start": round(start, 3), "end": round(end, 3), "face": face, "voice": voice,
+                     "fused": {"label": fused["label"], "probabilities": fused["probabilities"]} if fused else None,
+                     "frames_sampled": len(faces), "frames_with_face": sum(p is not None for p in faces)})
+    return rows

@@ -100,8 +100,40 @@ def rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
 
 
+def annotated_jpeg(image: np.ndarray, faces: list[dict], max_side: int = 960, quality: int = 85) -> bytes:
+    """JPEG of ``image`` with every face boxed and labelled (``fer.faces.draw_faces``, as
+    ``python -m fer.predict --annotate`` draws them), at most ``max_side`` px on its longer side."""
+    from fer.faces import draw_faces
+
+    small, scale = downscale(image, max_side)
+    drawn = draw_faces(small, [f | {"box": [int(round(v / scale)) for v in f["box"]]} for f in faces])
+    ok, buf = cv2.imencode(".jpg", drawn, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise MediaError("the annotated image could not be encoded")
+    return buf.tobytes()
+
+
+def video_duration(path: str | os.PathLike) -> float:
+    """The container's duration in seconds; 0 when it does not say or cannot be read (``sample_video``
+    then says why)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return float(container.duration / av.time_base) if container.duration else 0.0
+    except (av.error.FFmpegError, OSError):
+        return 0.0
+
+
 def sample_video(path: str | os.PathLike, n_frames: int, max_seconds: float) -> tuple[list[np.ndarray], float]:
     """About ``n_frames`` BGR frames spread over the first ``max_seconds``, and the duration read."""
+    frames, _, duration = sample_video_timed(path, n_frames, max_seconds)
+    return frames, duration
+
+
+def sample_video_timed(path: str | os.PathLike, n_frames: int,
+                       max_seconds: float) -> tuple[list[np.ndarray], list[float], float]:
+    """``sample_video`` plus each frame's time in seconds."""
     import av
 
     def reason(exc: Exception) -> str:  # FFmpeg's words, without "[Errno 1094995529]" or our temp file's name
@@ -121,6 +153,7 @@ def sample_video(path: str | os.PathLike, n_frames: int, max_seconds: float) -> 
         span = min(duration, max_seconds) if duration > 0 else max_seconds
         step = max(span / max(n_frames, 1), 1e-3)
         frames: list[np.ndarray] = []
+        times: list[float] = []
         next_t, last_t = 0.0, 0.0
         try:
             for frame in container.decode(stream):
@@ -130,10 +163,11 @@ def sample_video(path: str | os.PathLike, n_frames: int, max_seconds: float) -> 
                     break
                 if t + 1e-6 >= next_t:
                     frames.append(downscale(frame.to_ndarray(format="bgr24"))[0])
+                    times.append(t)
                     next_t = t + step
         except av.error.FFmpegError as exc:
             if not frames:
                 raise MediaError(f"video frames cannot be decoded ({reason(exc)})") from None
     if not frames:
         raise MediaError("the video stream holds no decodable frames")
-    return frames, duration or last_t
+    return frames, times, duration or last_t

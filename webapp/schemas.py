@@ -42,7 +42,11 @@ class FusionInfo(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "loading"] = Field(
+        "ok", description="'loading' while the models load in the background (predictions answer 503, the stream "
+                          "closes with 1013 until then); 'ok' afterwards, whatever loaded.")
+    progress: float = Field(1.0, description="Share of the loading done, 0 to 1 (1 once loaded).")
+    step: str = Field("", description="What is loading now, in words (empty once loaded).")
     emotions: list[str]
     models: dict[str, ModelInfo] = Field(description="One entry per modality: ser, fer, fusion.")
     limits: Limits
@@ -80,14 +84,28 @@ class Face(BaseModel):
 
 
 class ImagePrediction(BaseModel):
-    """Same object as ``python -m fer.predict --json``."""
+    """Same object as ``python -m fer.predict --json`` (``?annotate=true`` adds ``annotated``)."""
     path: str
     faces: list[Face]
+    annotated: str | None = Field(
+        default=None, description="Only with ?annotate=true: the photo with every face boxed and labelled "
+                                  "(fer.faces.draw_faces, as `python -m fer.predict --annotate`), a data URL "
+                                  "of a JPEG at most 960 px on its longer side.")
 
 
 class ModalityResult(BaseModel):
     label: str
     probabilities: Probabilities
+
+
+class VideoSegment(BaseModel):
+    start: float = Field(description="Segment start, seconds into the clip.")
+    end: float = Field(description="Segment end, seconds.")
+    face: ModalityResult | None = Field(description="Mean over the sampled frames of this segment with a face.")
+    voice: ModalityResult | None = Field(description="Mean over the speech windows centred in this segment.")
+    fused: ModalityResult | None = Field(description="Weighted average of the two (the live page's rule).")
+    frames_sampled: int
+    frames_with_face: int
 
 
 class VideoPrediction(BaseModel):
@@ -102,6 +120,9 @@ class VideoPrediction(BaseModel):
     frames_sampled: int
     frames_with_face: int
     duration_seconds: float
+    segments: list[VideoSegment] | None = Field(
+        default=None, description="Only with ?segments=true: face, voice and fused per segment of the clip, in "
+                                  "time order.")
 
 
 # ---- WebSocket /ws/stream -------------------------------------------------------------------
@@ -115,7 +136,8 @@ class StreamStats(BaseModel):
     frames_processed: int = 0
     frames_dropped: int = Field(0, description="Frames replaced by a newer one before the server got to them.")
     audio_received: int = 0
-    audio_processed: int = 0
+    audio_processed: int = Field(0, description="Audio messages answered (each at once).")
+    voice_estimates: int = Field(0, description="Voice estimates pushed (kind 'voice'), no-speech verdicts included.")
     errors: int = 0
 
 
@@ -131,13 +153,15 @@ class StreamHello(BaseModel):
 
 class StreamResult(BaseModel):
     type: Literal["result"] = "result"
-    kind: Literal["frame", "audio"]
+    kind: Literal["frame", "audio", "voice"] = Field(
+        description="'frame' and 'audio' answer the message with this id; 'voice' is a new voice estimate, pushed "
+                    "when the voice model finishes, with the id and t of the newest audio message it heard.")
     id: int | None = Field(description="Echo of the id of the message this answers (for round-trip time).")
     t: float | None = Field(description="Echo of the client's timestamp of that message.")
     server_time: float
     processing_ms: float = Field(description="Server time from receipt to reply for this message.")
-    predicted: bool = Field(description="True when this reply carries a new prediction for its kind; false for "
-                                        "immediate answers (silence, no model, voice estimate not due yet).")
+    predicted: bool = Field(description="True when this result carries a new prediction (frames with faces "
+                                        "analysed, voice estimates); false for the immediate answers to audio.")
     face_state: FaceState
     voice_state: VoiceState
     faces: list[Face] = Field(description="Faces in this frame (empty for audio replies).")

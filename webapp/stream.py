@@ -1,18 +1,21 @@
 """One live WebSocket stream: parse messages, keep per-connection state, predict off the event loop.
 
-Fast path, per connection:
-- frames go through a one-slot mailbox: a newer frame replaces one no worker has taken yet
-  (counted in ``frames_dropped``, never answered), and a worker takes the newest frame when it
-  starts, so under load replies describe recent pictures instead of a growing backlog;
-- audio messages are appended to a rolling window (cheap, on the loop) and each gets exactly one
-  reply: a silent window answers at once with ``voice_state: "silence"`` (a window the speech check
-  refuses, hum, a steady tone or noise, gets ``"no_speech"`` from the voice thread); at most one voice
-  prediction per connection runs at a time, at most every ``voice_interval_seconds``, on the
-  newest window, and only while fewer than ``max_queued_voice`` wait for the voice thread
-  (all streams together), so voice latency stays bounded under load; the other messages are
-  answered at once with the current estimate (``predicted: false``);
-- predictions run in two shared worker threads, one per model (faces, voice), so the event loop
-  only parses and sends, and a burst of frames never delays the voice (or the other way round).
+Fast path:
+- the event loop only parses, keeps per-connection state and sends; predictions run in two
+  worker threads shared by every stream (``LiveWorkers``: faces, voice), each serving the streams
+  that wait in turn and many of them per model call (``webapp.scheduler.Batcher``);
+- frames go through a one-slot mailbox per stream: a newer frame replaces one the face thread has
+  not taken yet (counted in ``frames_dropped``, never answered), and the face thread takes the
+  newest frame when the stream's turn comes, so under load replies describe recent pictures;
+  one tick finds the faces of up to ``max_face_batch`` streams' frames and classifies all their
+  crops in one model call;
+- every audio message is answered at once with the current state (``kind: "audio"``); its samples
+  go into a rolling window, and when a stream is due a new voice estimate (speech, not silence,
+  at most every ``voice_interval_seconds``), the voice thread takes its newest window, up to
+  ``max_voice_batch`` streams per encoder call, and the estimate is pushed as its own result
+  (``kind: "voice"``, ``id`` and ``t`` of the newest audio message it heard). The voice thread
+  runs at a lower priority (``voice_nice``): on a loaded machine voice estimates come less often,
+  frames stay fast.
 """
 from __future__ import annotations
 
@@ -26,9 +29,8 @@ import struct
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from pydantic import ValidationError
@@ -37,7 +39,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from core.labels import EMOTIONS
 from ser.frontend import NoSpeechError
 from webapp import media
-from webapp.models import PRECISION, Models, top_label
+from webapp.models import PRECISION, Models, face_box, top_label
+from webapp.scheduler import Batcher
 from webapp.schemas import (StreamAudioIn, StreamError, StreamFrameIn, StreamPingIn, StreamPong, StreamResult,
                             StreamStats)
 
@@ -47,8 +50,9 @@ BINARY_HEADER = struct.Struct("<BId")  # kind, id, client time (ms)
 BINARY_KINDS = {1: ("frame", None), 2: ("audio", "int16"), 3: ("audio", "float32")}
 JSON_MESSAGES = {"frame": StreamFrameIn, "audio": StreamAudioIn, "ping": StreamPingIn}
 MAX_CONSECUTIVE_ERRORS = 20  # a client that sends only garbage is closed (1008) after this many
-CLOSE_BUSY = 1013            # "try again later": the connection limit is reached
+CLOSE_BUSY = 1013            # "try again later": the connection limit is reached, or the models still load
 CLOSE_POLICY = 1008
+MAX_PENDING_SENDS = 32       # replies waiting for a client that does not read; more are dropped (bounds memory)
 
 
 class MessageError(ValueError):
@@ -81,6 +85,7 @@ class StreamConfig:
     max_frame_side: int = 640
     full_detect_every: int = 5
     track_pad: float = 0.5
+    min_face_fraction: float = 0.0
 
 
 def _decode_b64(text: str, msg_id: int | None) -> bytes:
@@ -148,58 +153,101 @@ def fuse(face: dict[str, float] | None, voice: dict[str, float] | None,
     return {"label": top_label(fused), "probabilities": fused, "sources": [name for name, _, _ in parts]}
 
 
-class Lane:
-    """One model's worker thread, shared by every stream, and how many jobs wait for it."""
+@dataclass
+class FrameJob:
+    session: "StreamSession"
+    incoming: Incoming
+    image: np.ndarray     # downscaled for detection
+    scale: float          # boxes in ``image`` times this are boxes in the frame that was sent
+    size: list[int]       # [width, height] of the frame that was sent
+    faces: list[Any] | None = None  # as Models.find_faces gives them
 
-    def __init__(self, name: str, max_queued: int) -> None:
-        self.name, self.max_queued, self.queued = name, max_queued, 0
-        self.executor: ThreadPoolExecutor | None = None
-        self.start()
+
+class LiveWorkers:
+    """The face and voice threads every stream shares (see the module notes)."""
+
+    def __init__(self, models: Models, config: StreamConfig, max_face_batch: int = 8, max_voice_batch: int = 4,
+                 voice_nice: int = 5) -> None:
+        self.models, self.config = models, config
+        self.face = Batcher("face", self.process_frames, max_face_batch)
+        self.voice = Batcher("voice", self.process_voice, max_voice_batch, nice=voice_nice)
 
     def start(self) -> None:
-        if self.executor is None:
-            self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"live-{self.name}")
+        self.face.start()
+        self.voice.start()
 
     def stop(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            self.executor = None
+        self.face.stop()
+        self.voice.stop()
 
-    def has_room(self) -> bool:
-        return self.queued < self.max_queued
+    # ---- faces (in the face thread) ------------------------------------------------------
+    def process_frames(self, sessions: Sequence["StreamSession"]) -> None:
+        """One tick: the newest frame of each stream, faces found frame by frame, classified in one call."""
+        jobs: list[FrameJob] = []
+        batchable = self.models.face_batchable
+        for session in sessions:
+            incoming = session.take_frame()
+            if incoming is None:
+                continue
+            try:
+                image = media.decode_image(incoming.payload)
+                small, scale = media.downscale(image, self.config.max_frame_side)
+                job = FrameJob(session, incoming, small, scale, [int(image.shape[1]), int(image.shape[0])])
+                if batchable:
+                    job.faces = session.find_faces(small)
+            except Exception as exc:  # answered as an error message by the stream's event loop
+                session.deliver_frame(incoming, exc)
+                continue
+            jobs.append(job)
+        if not jobs:
+            return
+        if batchable:
+            try:
+                found: list[Any] = self.models.classify_faces([(job.image, job.faces or []) for job in jobs])
+            except Exception as exc:  # the model failed: each of these frames is answered with the error
+                found = [exc] * len(jobs)
+        else:  # a predictor without separate detection (a stand-in): one call per frame
+            found = []
+            for job in jobs:
+                try:
+                    found.append(self.models.predict_faces(job.image))
+                except Exception as exc:
+                    found.append(exc)
+        for job, faces in zip(jobs, found):
+            outcome = faces if isinstance(faces, Exception) else (media.scale_faces(faces, job.scale), job.size)
+            job.session.deliver_frame(job.incoming, outcome)
 
-    async def run(self, func):
-        # `queued` is only touched on the event loop, so a plain counter is safe.
-        self.queued += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, func)
-        finally:
-            self.queued -= 1
+    # ---- voice (in the voice thread) -----------------------------------------------------
+    def process_voice(self, sessions: Sequence["StreamSession"]) -> None:
+        """One tick: the newest audio window of each stream, through the voice model in one call."""
+        taken = [(session, session.take_window()) for session in sessions]
+        answers = self.models.predict_voice_batch([window for _, (window, _, _) in taken], media.SAMPLE_RATE)
+        for (session, (_, seq, newest)), answer in zip(taken, answers):
+            session.deliver_voice(seq, newest, answer)
 
 
 class StreamSession:
     """State and tasks of one WebSocket connection."""
 
-    def __init__(self, ws: WebSocket, models: Models, face_lane: Lane, voice_lane: Lane,
-                 config: StreamConfig) -> None:
-        self.ws, self.models, self.config = ws, models, config
-        self.face_lane, self.voice_lane = face_lane, voice_lane
+    def __init__(self, ws: WebSocket, models: Models, workers: LiveWorkers, config: StreamConfig) -> None:
+        self.ws, self.models, self.workers, self.config = ws, models, workers, config
+        self.loop = asyncio.get_running_loop()
         self.id = uuid.uuid4().hex[:12]
         self.stats = StreamStats()
         self.send_lock = asyncio.Lock()
         self.tasks: set[asyncio.Task] = set()
-        # Worker threads take the newest input when they start, not when the job was queued:
-        # under load a reply describes a recent frame instead of one that waited in the queue.
+        self.closed = False
+        # The worker threads take the newest input when the stream's turn comes, not when it arrived.
         self.take_lock = threading.Lock()
         self.latest_frame: Incoming | None = None
-        self.frame_scheduled = False
         self.track_box: list[int] | None = None  # last face found, searched first in the next frame
-        self.frames_since_full = 0
-        self.voice_scheduled = False
+        self.frames_since_full = 0               # (both touched by the face thread only)
+        self.voice_pending = False
         self.last_voice_start = -1e9
         self.window = np.zeros(0, np.float32)
         self.window_size = int(config.audio_window_seconds * media.SAMPLE_RATE)
         self.audio_seq = 0        # audio messages received so far
+        self.newest_audio: Incoming | None = None  # id, t and receipt time of the newest audio message
         self.silence_seq = -1     # number of the last audio message that ended in silence
         self.face_probs: dict[str, float] | None = None
         self.face_time = 0.0
@@ -225,7 +273,10 @@ class StreamSession:
         except WebSocketDisconnect:
             pass
         finally:
-            for task in self.tasks:
+            self.closed = True
+            self.workers.face.discard(self)
+            self.workers.voice.discard(self)
+            for task in list(self.tasks):
                 task.cancel()
 
     async def handle_raw(self, raw: bytes | str) -> bool:
@@ -268,74 +319,62 @@ class StreamSession:
             return
         with self.take_lock:
             if self.latest_frame is not None:
-                self.stats.frames_dropped += 1  # replaced before a worker got to it
+                self.stats.frames_dropped += 1  # replaced before the face thread got to it
             self.latest_frame = incoming
-        if not self.frame_scheduled:
-            self.frame_scheduled = True
-            self._spawn(self._frame_worker())
+        self.workers.face.submit(self)
 
-    async def _frame_worker(self) -> None:
-        try:
-            while True:
-                taken = await self.face_lane.run(self._take_and_predict_frame)
-                if taken is None:
-                    break
-                incoming, outcome = taken
-                if isinstance(outcome, media.MediaError):
-                    await self.report_error("bad_media", str(outcome), incoming.id)
-                elif isinstance(outcome, Exception):  # a failing model answers this frame with an error
-                    log.error("face prediction failed: %r", outcome)
-                    await self.report_error("internal", f"face prediction failed: {type(outcome).__name__}: "
-                                            f"{outcome}", incoming.id)
-                else:
-                    faces, size = outcome
-                    self.stats.frames_processed += 1
-                    if faces:
-                        self.face_probs, self.face_time, self.face_state = faces[0]["probabilities"], \
-                            time.monotonic(), "face"
-                    else:
-                        self.face_probs, self.face_state = None, "no_face"
-                    await self.send_result("frame", incoming, faces, size, predicted=True)
-                if self.latest_frame is None:  # no await between this check and the flag reset below
-                    break
-        finally:
-            self.frame_scheduled = False
-
-    def _take_and_predict_frame(self) -> tuple[Incoming, Any] | None:
+    def take_frame(self) -> Incoming | None:
+        """The newest frame, now that the stream's turn has come (face thread)."""
         with self.take_lock:
             incoming, self.latest_frame = self.latest_frame, None
-        if incoming is None:
-            return None
-        try:
-            image = media.decode_image(incoming.payload)
-            small, scale = media.downscale(image, self.config.max_frame_side)
-            faces = self._detect(small)
-            return incoming, (media.scale_faces(faces, scale), [int(image.shape[1]), int(image.shape[0])])
-        except Exception as exc:  # handed to the event loop, which answers with an error message
-            return incoming, exc
+        return incoming
 
-    def _detect(self, image: np.ndarray) -> list[dict]:
-        """Faces in a stream frame: near the last face when there is one, the whole frame every
-        ``full_detect_every`` frames (new faces) or when the face was lost. One job per connection
-        runs at a time, so the tracking state needs no lock."""
-        faces: list[dict] = []
+    def find_faces(self, image: np.ndarray) -> list[Any]:
+        """Faces in a stream frame (face thread): near the last face when there is one, the whole frame
+        every ``full_detect_every`` frames (new faces) or when the face was lost."""
+        faces: list[Any] = []
         tracking = self.track_box is not None and self.frames_since_full < self.config.full_detect_every - 1
         if tracking:
-            faces = self.models.predict_faces_near(image, self.track_box, self.config.track_pad)
+            faces = self.models.find_faces(image, near=self.track_box, pad=self.config.track_pad)
             self.frames_since_full += 1
         if not faces:
-            faces = self.models.predict_faces(image)
+            # min_face_fraction > 0: only webcam-sized faces, which makes a haar search 2-5x cheaper
+            # (and at high values more prone to false faces: haar then searches a much smaller copy).
+            fraction = self.config.min_face_fraction
+            min_size = max(20, int(fraction * min(image.shape[:2]))) if fraction > 0 else None
+            faces = self.models.find_faces(image, min_size=min_size)
             self.frames_since_full = 0
-        self.track_box = faces[0]["box"] if faces else None
+        self.track_box = face_box(faces[0]) if faces else None
         return faces
+
+    def deliver_frame(self, incoming: Incoming, outcome: Any) -> None:
+        """Hand a frame's faces (or the exception it raised) from the face thread to the event loop."""
+        self._call_on_loop(self._frame_done, incoming, outcome)
+
+    def _frame_done(self, incoming: Incoming, outcome: Any) -> None:
+        if isinstance(outcome, media.MediaError):
+            self._spawn(self.report_error("bad_media", str(outcome), incoming.id))
+        elif isinstance(outcome, Exception):  # a failing model answers this frame with an error
+            log.error("face prediction failed: %r", outcome)
+            self._spawn(self.report_error("internal", f"face prediction failed: {type(outcome).__name__}: "
+                                          f"{outcome}", incoming.id))
+        else:
+            faces, size = outcome
+            self.stats.frames_processed += 1
+            if faces:
+                self.face_probs, self.face_time, self.face_state = faces[0]["probabilities"], time.monotonic(), "face"
+            else:
+                self.face_probs, self.face_state = None, "no_face"
+            self._spawn_send(self.send_result("frame", incoming, faces, size, predicted=True))
 
     # ---- audio ---------------------------------------------------------------------------
     async def on_audio(self, incoming: Incoming) -> None:
-        """Every audio message gets one reply: a new voice estimate, or at once the current state."""
+        """Every audio message is answered at once; a new voice estimate, when due, follows on its own."""
         self.stats.audio_received += 1
         with self.take_lock:
             self.audio_seq += 1
             self.window = np.concatenate([self.window, incoming.samples])[-self.window_size:]
+            self.newest_audio = Incoming("audio", incoming.id, incoming.t, received=incoming.received)
         recent = self.window[-int(self.config.silence_seconds * media.SAMPLE_RATE):]
         now = time.monotonic()
         if media.rms(recent) < self.config.silence_rms:
@@ -343,40 +382,39 @@ class StreamSession:
             self.voice_probs, self.voice_state, self.silence_seq = None, "silence", self.audio_seq
         elif not self.models.voice.loaded:
             self.voice_state = "no_model"
-        elif (not self.voice_scheduled and self.window.size >= self.config.min_audio_seconds * media.SAMPLE_RATE
-              and now - self.last_voice_start >= self.config.voice_interval_seconds
-              and self.voice_lane.has_room()):  # a full lane answers now; the next window tries again
-            self.voice_scheduled, self.last_voice_start = True, now
-            self._spawn(self._voice_worker(incoming))
-            return
+        elif (not self.voice_pending and self.window.size >= self.config.min_audio_seconds * media.SAMPLE_RATE
+              and now - self.last_voice_start >= self.config.voice_interval_seconds):
+            self.voice_pending, self.last_voice_start = True, now
+            self.workers.voice.submit(self)
         self.stats.audio_processed += 1
         await self.send_result("audio", incoming)
 
-    async def _voice_worker(self, incoming: Incoming) -> None:
-        try:
-            seq, outcome = await self.voice_lane.run(self._take_and_predict_voice)
-            if isinstance(outcome, Exception) and not isinstance(outcome, NoSpeechError):
-                log.error("voice prediction failed: %r", outcome)
-                await self.report_error("internal", f"voice prediction failed: {type(outcome).__name__}: "
-                                        f"{outcome}", incoming.id)
-                return
-            self.stats.audio_processed += 1
-            if self.silence_seq < seq:  # silence that arrived after the window was taken wins
-                if isinstance(outcome, NoSpeechError):  # hum or noise replaces the estimate, as silence does
-                    self.voice_probs, self.voice_state, self.no_speech = None, "no_speech", outcome.reason
-                else:
-                    self.voice_probs, self.voice_time, self.voice_state = outcome, time.monotonic(), "voice"
-            await self.send_result("audio", incoming, predicted=True)
-        finally:
-            self.voice_scheduled = False
+    def take_window(self) -> tuple[np.ndarray, int, Incoming | None]:
+        """(newest audio window, its message count, its newest message) (voice thread)."""
+        with self.take_lock:  # arrays are replaced, never changed in place
+            return self.window, self.audio_seq, self.newest_audio
 
-    def _take_and_predict_voice(self) -> tuple[int, Any]:
-        with self.take_lock:
-            window, seq = self.window, self.audio_seq  # arrays are replaced, never changed in place
-        try:
-            return seq, self.models.predict_voice(window, media.SAMPLE_RATE)
-        except Exception as exc:  # see _take_and_predict_frame
-            return seq, exc
+    def deliver_voice(self, seq: int, newest: Incoming | None, answer: Any) -> None:
+        """Hand a voice estimate (or the exception it raised) from the voice thread to the event loop."""
+        self._call_on_loop(self._voice_done, seq, newest, answer)
+
+    def _voice_done(self, seq: int, newest: Incoming | None, answer: Any) -> None:
+        self.voice_pending = False
+        newest = newest or Incoming("audio", None, None, received=time.perf_counter())
+        msg_id = newest.id
+        if isinstance(answer, Exception) and not isinstance(answer, NoSpeechError):
+            log.error("voice prediction failed: %r", answer)
+            self._spawn(self.report_error("internal", f"voice prediction failed: {type(answer).__name__}: {answer}",
+                                          msg_id))
+            return
+        self.stats.voice_estimates += 1
+        if self.silence_seq < seq:  # silence that arrived after the window was taken wins
+            if isinstance(answer, NoSpeechError):  # hum or noise replaces the estimate, as silence does
+                self.voice_probs, self.voice_state, self.no_speech = None, "no_speech", answer.reason
+            else:
+                self.voice_probs, self.voice_time, self.voice_state = answer, time.monotonic(), "voice"
+        # id, t and processing_ms are those of the newest audio message the estimate heard: now - t is its age
+        self._spawn_send(self.send_result("voice", newest, predicted=True))
 
     # ---- replies -------------------------------------------------------------------------
     def _fresh(self, probs: dict[str, float] | None, stamp: float) -> dict[str, float] | None:
@@ -402,16 +440,33 @@ class StreamSession:
             except (WebSocketDisconnect, RuntimeError):
                 pass  # the client left; the receive loop notices and ends the session
 
+    def _call_on_loop(self, func, *args) -> None:
+        if self.closed:
+            return
+        try:
+            self.loop.call_soon_threadsafe(func, *args)
+        except RuntimeError:  # the loop is gone (server shutting down)
+            pass
+
+    def _spawn_send(self, coro) -> None:
+        # A client that stops reading would otherwise collect replies without bound.
+        if sum(1 for task in self.tasks if not task.done()) >= MAX_PENDING_SENDS:
+            coro.close()
+            return
+        self._spawn(coro)
+
     def _spawn(self, coro) -> None:
+        if self.closed:
+            coro.close()
+            return
         task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # e.g. workers stopped at shutdown
-            log.warning("stream %s: worker task ended: %r", self.id, task.exception())
-
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("stream %s: reply task ended: %r", self.id, task.exception())
 
 def finite(obj: Any) -> Any:
     """``obj`` with every NaN / infinite float replaced by None (JSON has no such numbers)."""
