@@ -134,7 +134,8 @@ HELP = {
 ADVANCED = frozenset({"refit", "dedupe", "init_from"})
 DESCRIPTION = ("Train a facial expression recognition model. With --model tiny (the default) the options not given "
                "take the shipped default's recipe: --epochs 60 --batch-size 64 --learning-rate 0.002 "
-               "--label-smoothing 0.1 --patience 12 --lr-patience 4.")
+               "--label-smoothing 0.1 --patience 12 --lr-patience 4; with --model faceres, the face-pretrained backbone's "
+               "recipe (fer.train.MODEL_RECIPES).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -389,6 +390,10 @@ def _best_or(model, run_dir: Path):
 MODEL_RECIPES: dict[str, dict] = {
     "tiny": {"epochs": 60, "batch_size": 64, "learning_rate": 0.002, "label_smoothing": 0.1, "patience": 12,
              "lr_patience": 4},
+    # 1 epoch for the head on the frozen backbone, then the top 8 blocks (16 weight layers) at 1e-4, cosine.
+    "faceres": {"weights": "faceres", "base_size": 112, "epochs": 1, "learning_rate": 1e-3, "fine_tune_epochs": 9,
+                "fine_tune_layers": 50, "fine_tune_lr": 1e-4, "schedule": "cosine", "label_smoothing": 0.1,
+                "batch_size": 64, "patience": 20},
 }
 
 

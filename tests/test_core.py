@@ -135,3 +135,13 @@ def test_fer_recipe_fills_only_what_the_command_line_leaves_out():
     assert (cfg.model, cfg.epochs, cfg.learning_rate, cfg.label_smoothing) == ("tiny", 3, 0.002, 0.1)
     cnn = apply_recipe(fer_train.TrainConfig(model="cnn"), fer_train.MODEL_RECIPES, ["--model", "cnn"])
     assert cnn == fer_train.TrainConfig(model="cnn")  # no recipe measured for it: plain defaults
+
+
+def test_faceres_recipe_is_the_face_backbone_fine_tune():
+    from core.config import apply_recipe
+    from fer import train as fer_train
+
+    argv = ["--model", "faceres", "--fine-tune-epochs", "2"]
+    cfg = apply_recipe(fer_train.TrainConfig(model="faceres", fine_tune_epochs=2), fer_train.MODEL_RECIPES, argv)
+    assert (cfg.weights, cfg.base_size, cfg.schedule, cfg.fine_tune_layers) == ("faceres", 112, "cosine", 50)
+    assert cfg.fine_tune_epochs == 2  # given on the command line: kept
