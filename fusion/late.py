@@ -2,12 +2,16 @@
 
 The audio track goes through ``ser.predict.SERPredictor``; faces found in frames sampled at ``fps`` go
 through ``fer.predict.FERPredictor`` and their probabilities are averaged over time. The two are combined
-as a weighted mean; when one modality is unavailable (no audio track or silent, no face in any frame)
-the other is used alone. Weights can be fitted on a validation set: a grid search over the audio weight
-maximising macro-F1.
+as a weighted mean (or a weighted geometric mean, rule ``product``); when one modality is unavailable (an
+audio file, no audio track, no speech, no face in any frame) the other is used alone. Weights and rule are
+fitted on validation clips: a grid search over the audio weight maximising macro-F1 that keeps a mix only
+when it beats the better modality alone (``fit_late_fusion``).
 
     python -m fusion.late --split-csv runs/fusion/split.csv --split val \\
-        --ser-model-dir saved_models/ser --fer-model-dir saved_models/fer --output saved_models/fusion_late
+        --ser-model-dir saved_models/ser --fer-model-dir saved_models/fer --output runs/fusion_late
+
+The shipped ``saved_models/fusion/late_fusion.json`` is fitted on paired validation clips by
+``python bench/bench_fusion.py --ship``; ``load_late_fusion()`` reads it for ``fusion.predict`` and the server.
 """
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -24,8 +29,9 @@ from core.cli import add_verbose_flag, module_prog, progress, quiet_tensorflow
 from core.io import read_json, write_json
 from core.labels import EMOTIONS
 from core.reports import compute_metrics, format_summary, write_report
+from core.weights import sha256_of
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
-from fusion.media import MediaError, decode_clip
+from fusion.media import Clip, MediaError, NoVideoError, decode_clip
 
 log = logging.getLogger("fusion.late")
 
@@ -35,54 +41,185 @@ WEIGHTS_FILE = "late_fusion.json"
 LATE_FPS = 5.0          # faces change slowly; 5 frames/s halves detection cost against the joint model's 10
 GRID_STEPS = 21         # audio weight 0.00, 0.05, ..., 1.00
 MAX_CLIP_SECONDS = 60.0
+# "mean": weighted mean of probabilities; "product": weighted geometric mean (log-linear pooling), which
+# treats the modalities as independent evidence: one confident modality can overrule a hesitant one.
+RULES = ("mean", "product")
+PROB_FLOOR = 1e-4       # product rule: a single near-zero probability must not veto a class outright
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_MODELS = REPO_ROOT / "saved_models"
 
 
-def fuse(probs: dict[str, np.ndarray | None], weights: dict[str, float]) -> np.ndarray:
-    """Weighted mean of the available modalities' probabilities (weights renormalised over them)."""
-    present = {m: p for m, p in probs.items() if p is not None and weights.get(m, 0.0) > 0}
+def fuse(probs: dict[str, np.ndarray | None], weights: dict[str, float], rule: str = "mean") -> np.ndarray:
+    """Weighted mean (or geometric mean, ``rule="product"``) of the available modalities' probabilities.
+
+    Weights are renormalised over the modalities present, so a missing modality (no audio track, no face)
+    leaves the other one alone; a present modality with weight 0 is ignored unless it is the only one.
+    """
+    if rule not in RULES:
+        raise ValueError(f"late-fusion rule must be one of {RULES}, got {rule!r}")
+    present = {m: np.asarray(p, np.float64) for m, p in probs.items()
+               if p is not None and weights.get(m, 0.0) > 0}
     if not present:
-        present = {m: p for m, p in probs.items() if p is not None}
+        present = {m: np.asarray(p, np.float64) for m, p in probs.items() if p is not None}
         if not present:
             raise ValueError("no modality produced a prediction (no usable audio and no face)")
-        return np.mean(list(present.values()), axis=0)
-    total = sum(weights[m] for m in present)
-    return sum(weights[m] / total * np.asarray(p) for m, p in present.items())
+        share = {m: 1.0 / len(present) for m in present}
+    else:
+        total = sum(weights[m] for m in present)
+        share = {m: weights[m] / total for m in present}
+    if rule == "mean":
+        return sum(share[m] * p for m, p in present.items())
+    log_p = sum(share[m] * np.log(np.clip(p, PROB_FLOOR, 1.0)) for m, p in present.items())
+    fused = np.exp(log_p - log_p.max())
+    return fused / fused.sum()
+
+
+@dataclass(frozen=True)
+class LateFusionConfig:
+    """Late-fusion weights and rule, as ``fusion.late`` writes them to ``late_fusion.json``.
+
+    ``meta`` keeps the rest of the file (what the weights were fitted on, validation scores, the models'
+    fingerprints); ``source`` is the file they came from (None for defaults or a command-line spec).
+    """
+
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    rule: str = "mean"
+    source: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def fuse(self, probs: dict[str, np.ndarray | None]) -> np.ndarray:
+        """Fused probabilities (in the models' class order) from ``{"audio": p or None, "face": p or None}``."""
+        return fuse(probs, self.weights, self.rule)
+
+    def fuse_named(self, face: Mapping[str, float] | None, voice: Mapping[str, float] | None,
+                   class_names: Sequence[str] = EMOTIONS) -> dict[str, float] | None:
+        """The server's form: ``{emotion: p}`` dicts in, a ``{emotion: p}`` dict out (None when both are None)."""
+        if face is None and voice is None:
+            return None
+        as_vector = lambda d: None if d is None else np.array([float(d.get(c, 0.0)) for c in class_names])  # noqa: E731
+        fused = self.fuse({"audio": as_vector(voice), "face": as_vector(face)})
+        return {c: round(float(p), 6) for c, p in zip(class_names, fused)}
+
+
+def _checked_weights(weights: Mapping[str, Any], where: str) -> dict[str, float]:
+    try:
+        out = {str(m): float(w) for m, w in weights.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: late-fusion weights must be numbers, got {dict(weights)!r}") from None
+    unknown = set(out) - set(LATE_MODALITIES)
+    if unknown or not out or min(out.values()) < 0 or sum(out.values()) <= 0 or not all(map(np.isfinite, out.values())):
+        raise ValueError(f"{where}: late-fusion weights need non-negative numbers for {LATE_MODALITIES}, "
+                         f"not all zero, got {dict(weights)!r}")
+    return out
+
+
+def read_late_config(spec: str | os.PathLike | LateFusionConfig | None = None) -> LateFusionConfig:
+    """A ``late_fusion.json`` (or a folder holding one), ``audio=0.6,face=0.4[,rule=product]``, or the default."""
+    if isinstance(spec, LateFusionConfig):
+        return spec
+    if spec is None or str(spec) == "":
+        return LateFusionConfig()
+    path = Path(spec)
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file (write one with `python -m fusion.late --output "
+                                    f"{path.parent}`)")
+    if path.is_file():
+        try:
+            data = read_json(path)
+            weights = _checked_weights(data["weights"], str(path))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}: not a late-fusion file ({exc})") from None
+        rule = str(data.get("rule", "mean"))
+        if rule not in RULES:
+            raise ValueError(f"{path}: unknown late-fusion rule {rule!r} (choose one of {RULES})")
+        return LateFusionConfig(weights, rule, str(path), {k: v for k, v in data.items() if k not in ("weights", "rule")})
+    if str(spec).endswith(".json"):
+        raise FileNotFoundError(f"{spec}: no such file")
+    try:
+        pairs = dict(item.split("=", 1) for item in str(spec).split(",") if item.strip())
+    except ValueError:
+        raise ValueError(f"late-fusion weights must be a file or 'audio=W,face=W[,rule=mean|product]', "
+                         f"got {spec!r}") from None
+    pairs = {k.strip(): v.strip() for k, v in pairs.items()}
+    rule = pairs.pop("rule", "mean")
+    if rule not in RULES:
+        raise ValueError(f"late-fusion rule must be one of {RULES}, got {rule!r}")
+    return LateFusionConfig(_checked_weights(pairs, repr(str(spec))), rule)
 
 
 def load_weights(spec: str | os.PathLike | None) -> dict[str, float]:
     """Weights from a ``late_fusion.json`` (or a folder holding one), ``audio=0.6,face=0.4``, or the default."""
-    if not spec:
-        return dict(DEFAULT_WEIGHTS)
-    path = Path(spec)
-    if path.is_dir():
-        path = path / WEIGHTS_FILE
-    if path.is_file():
-        return {m: float(w) for m, w in read_json(path)["weights"].items()}
-    try:
-        pairs = dict(item.split("=", 1) for item in str(spec).split(",") if item.strip())
-        weights = {m.strip(): float(w) for m, w in pairs.items()}
-    except ValueError:
-        raise ValueError(f"late-fusion weights must be a file or 'audio=W,face=W', got {spec!r}") from None
-    unknown = set(weights) - set(LATE_MODALITIES)
-    if unknown or not weights or min(weights.values()) < 0 or sum(weights.values()) <= 0:
-        raise ValueError(f"late-fusion weights need non-negative values for {LATE_MODALITIES}, got {spec!r}")
-    return weights
+    return dict(read_late_config(spec).weights)
+
+
+def find_late_fusion(models_dir: str | os.PathLike | None = None) -> Path | None:
+    """The late-fusion file of a models folder: ``<models>/fusion/late_fusion.json`` (what ships), else the older
+    ``<models>/late_fusion.json``; None when there is neither. ``models_dir`` defaults to ``saved_models/``."""
+    root = Path(models_dir) if models_dir else SHIPPED_MODELS
+    for path in (root / "fusion" / WEIGHTS_FILE, root / WEIGHTS_FILE):
+        if path.is_file():
+            return path
+    return None
+
+
+def load_late_fusion(models_dir: str | os.PathLike | None = None) -> LateFusionConfig:
+    """The late-fusion config the server and ``fusion.predict`` use: ``find_late_fusion(models_dir)`` read and
+    checked (ValueError for a damaged file), or the even default (0.5 / 0.5, mean) when the folder has none.
+
+    Server use: ``cfg = load_late_fusion("saved_models")``, then ``cfg.fuse_named(face_probs, voice_probs)``
+    (``{emotion: p}`` dicts, either may be None) gives the fused ``{emotion: p}``; ``cfg.weights`` and
+    ``cfg.rule`` say how.
+    """
+    path = find_late_fusion(models_dir)
+    return read_late_config(path) if path else LateFusionConfig()
+
+
+def model_fingerprint(model_dir: str | os.PathLike) -> str | None:
+    """First 16 hex digits of the sha256 of a run folder's ``model.keras``: which model weights were fitted for."""
+    path = Path(model_dir) / "model.keras"
+    return sha256_of(path)[:16] if path.is_file() else None
 
 
 class LateFusion:
-    """Saved SER + FER models applied to one video: per-modality and fused probabilities."""
+    """Saved SER + FER models applied to one clip: per-modality and fused probabilities.
+
+    Video with sound uses both; a video without an audio track (or without speech) uses the face; an audio
+    file or an audio-only mp4 uses the voice; a video where no frame shows a face uses the voice.
+    """
 
     def __init__(self, ser_model_dir: str | os.PathLike | None = None, fer_model_dir: str | os.PathLike | None = None,
-                 weights: dict[str, float] | str | None = None, fps: float = LATE_FPS, detector: str = DEFAULT_DETECTOR,
-                 max_seconds: float = MAX_CLIP_SECONDS):
+                 weights: LateFusionConfig | dict[str, float] | str | os.PathLike | None = None,
+                 fps: float = LATE_FPS, detector: str = DEFAULT_DETECTOR, max_seconds: float = MAX_CLIP_SECONDS,
+                 rule: str | None = None):
         from fer.predict import FERPredictor
         from ser.predict import SERPredictor
 
         self.ser = SERPredictor(ser_model_dir)
         self.fer = FERPredictor(fer_model_dir, detector=detector)
-        self.weights = weights if isinstance(weights, dict) else load_weights(weights)
+        config = LateFusionConfig(_checked_weights(weights, "weights")) if isinstance(weights, dict) \
+            else read_late_config(weights)
+        if rule is not None:
+            config = replace(config, rule=rule)
+        if config.rule not in RULES:
+            raise ValueError(f"late-fusion rule must be one of {RULES}, got {config.rule!r}")
+        self.config = config
         self.fps, self.max_seconds, self.detector = fps, max_seconds, detector
         self.class_names = list(EMOTIONS)
+        self._warn_if_fitted_for_other_models()
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return self.config.weights
+
+    def _warn_if_fitted_for_other_models(self) -> None:
+        fitted = self.config.meta.get("models") or {}
+        for name, folder in (("ser", self.ser.model_dir), ("fer", self.fer.model_dir)):
+            expected = (fitted.get(name) or {}).get("sha256")
+            if expected and expected != model_fingerprint(folder):
+                log.warning("%s was fitted for another %s model than %s; the weights still apply, but re-fit them "
+                            "(python bench/bench_fusion.py --ship)", self.config.source, name, folder)
 
     def face_crops(self, frames_rgb: np.ndarray) -> np.ndarray:
         """The largest face of each frame, cropped the way the FER model was trained; (n, s, s) uint8."""
@@ -99,33 +236,43 @@ class LateFusion:
         size = self.fer.face_size
         return np.stack(crops) if crops else np.zeros((0, size, size), np.uint8)
 
+    def decode(self, path: str | os.PathLike) -> tuple[Clip, dict[str, Any]]:
+        """The clip's frames and audio; an audio file (or a video file without a video track) gives no frames."""
+        try:
+            return decode_clip(path, fps=self.fps, max_seconds=self.max_seconds, require_audio=False), {}
+        except NoVideoError:
+            clip = decode_clip(path, fps=self.fps, max_seconds=self.max_seconds, require_audio=False,
+                               with_video=False)
+            return clip, {"face_missing": "no video track"}
+
     def modality_probs(self, path: str | os.PathLike) -> tuple[dict[str, np.ndarray | None], dict[str, Any]]:
         """(probabilities per modality or None when unavailable, facts such as why one is missing)."""
         from ser.audio import AudioError
 
-        clip = decode_clip(path, fps=self.fps, max_seconds=self.max_seconds, require_audio=False)
-        info: dict[str, Any] = {"seconds": round(clip.seconds, 3), "frames": int(len(clip.frames))}
+        clip, info = self.decode(path)
+        info = {"seconds": round(clip.seconds, 3), "frames": int(len(clip.frames)), **info}
         probs: dict[str, np.ndarray | None] = {"audio": None, "face": None}
         if clip.audio.size == 0:
             info["audio_missing"] = "no audio track"
         else:
             try:
                 probs["audio"] = np.asarray(self.ser.predict_waveform(clip.audio, clip.sample_rate), np.float64)
-            except AudioError as exc:
+            except AudioError as exc:  # silent track, or no speech in it (NoSpeechError)
                 info["audio_missing"] = str(exc)
-        crops = self.face_crops(clip.frames)
+        crops = self.face_crops(clip.frames) if len(clip.frames) else np.zeros((0, 1, 1), np.uint8)
         info["face_frames"] = int(len(crops))
         if len(crops):
             probs["face"] = self.fer.predict_crops(crops).mean(axis=0).astype(np.float64)
-        else:
+        elif "face_missing" not in info:
             info["face_missing"] = "no face found in any sampled frame"
         return probs, info
 
     def result(self, path: str | os.PathLike, probs: dict[str, np.ndarray | None], info: dict[str, Any]) -> dict:
-        fused = fuse(probs, self.weights)
+        fused = self.config.fuse(probs)
+        used = [m for m, p in probs.items() if p is not None]
         out = {"path": str(path), "mode": "late", **as_result(fused, self.class_names),
-               "weights": self.weights, "modalities": {m: as_result(p, self.class_names)
-                                                       for m, p in probs.items() if p is not None}}
+               "weights": self.config.weights, "rule": self.config.rule, "used": used,
+               "modalities": {m: as_result(p, self.class_names) for m, p in probs.items() if p is not None}}
         out.update(info)
         return out
 
@@ -143,20 +290,62 @@ def as_result(probs: np.ndarray, class_names: Sequence[str] = EMOTIONS) -> dict:
             "probabilities": {name: round(float(p), 6) for name, p in zip(class_names, probs)}}
 
 
+def _scores(probs: Sequence[dict[str, np.ndarray | None]], y_true: np.ndarray, weights: dict[str, float],
+            rule: str) -> tuple[float, float]:
+    """(macro-F1, mean negative log-likelihood) of one weighting."""
+    fused = np.stack([fuse(p, weights, rule) for p in probs])
+    nll = float(-np.mean(np.log(np.clip(fused[np.arange(len(y_true)), y_true], 1e-7, 1.0))))
+    return compute_metrics(y_true, fused.argmax(1))["f1_macro"], nll
+
+
 def fit_weights(probs: Sequence[dict[str, np.ndarray | None]], y_true: Sequence[int],
-                steps: int = GRID_STEPS) -> tuple[dict[str, float], float, list[tuple[float, float]]]:
+                steps: int = GRID_STEPS, rule: str = "mean") -> tuple[dict[str, float], float, list[tuple[float, float]]]:
     """Grid-search the audio weight (face = 1 - audio) maximising macro-F1; ties go to the more even split."""
     y_true = np.asarray(y_true, int)
     grid = np.linspace(0.0, 1.0, steps)
-    scores = []
-    for w in grid:
-        weights = {"audio": float(w), "face": float(1.0 - w)}
-        pred = [int(np.argmax(fuse(p, weights))) for p in probs]
-        scores.append(compute_metrics(y_true, pred)["f1_macro"])
+    scores = [_scores(probs, y_true, {"audio": float(w), "face": float(1.0 - w)}, rule)[0] for w in grid]
     scores_arr = np.asarray(scores)
     best = np.flatnonzero(np.isclose(scores_arr, scores_arr.max()))
     w = float(grid[best[np.argmin(np.abs(grid[best] - 0.5))]])
     return {"audio": round(w, 4), "face": round(1.0 - w, 4)}, float(scores_arr.max()), list(zip(grid.tolist(), scores))
+
+
+def fit_late_fusion(probs: Sequence[dict[str, np.ndarray | None]], y_true: Sequence[int], steps: int = GRID_STEPS,
+                    rules: Sequence[str] = RULES, min_gain: float = 0.0) -> dict[str, Any]:
+    """Weights and rule maximising validation macro-F1, never below the better single modality.
+
+    Every rule's audio weight is searched on a grid (ties broken by the lower log-loss, then the more even
+    split). A mix is kept only if it beats the better modality alone by more than ``min_gain`` on these clips;
+    otherwise the better modality gets weight 1 (``fallback`` says so): on validation the fused prediction is
+    then exactly that modality's, and a clip missing it still gets the other one.
+    """
+    y_true = np.asarray(y_true, int)
+    if len(probs) != len(y_true) or not len(y_true):
+        raise ValueError(f"need one label per clip and at least one clip, got {len(probs)} clips, {len(y_true)} labels")
+    grid = np.linspace(0.0, 1.0, steps)
+    single = {m: _scores(probs, y_true, {m: 1.0}, "mean") for m in LATE_MODALITIES}
+    best_single = max(LATE_MODALITIES, key=lambda m: (single[m][0], -single[m][1]))
+    candidates, curves = [], {}
+    for rule in rules:
+        curve = []
+        for w in grid[1:-1]:  # the ends are the single modalities, scored above
+            weights = {"audio": round(float(w), 4), "face": round(float(1.0 - w), 4)}
+            f1, nll = _scores(probs, y_true, weights, rule)
+            curve.append((float(w), f1, nll))
+            candidates.append((f1, -nll, -abs(float(w) - 0.5), rule, weights))
+        curves[rule] = curve
+    top = max(candidates, key=lambda c: c[:3]) if candidates else None
+    fallback = top is None or top[0] <= single[best_single][0] + min_gain
+    if fallback:
+        weights, rule, score = {m: float(m == best_single) for m in LATE_MODALITIES}, "mean", single[best_single][0]
+    else:
+        score, _, _, rule, weights = top
+    return {"weights": weights, "rule": rule, "f1_macro": float(score), "fallback": bool(fallback),
+            "fallback_to": best_single if fallback else None, "min_gain": min_gain,
+            "f1_macro_single_modality": {m: float(s[0]) for m, s in single.items()},
+            "best_mix": None if top is None else {"f1_macro": float(top[0]), "rule": top[3], "weights": top[4]},
+            "grid": {rule: [[round(w, 4), round(f, 4), round(n, 4)] for w, f, n in c] for rule, c in curves.items()},
+            "clips": int(len(y_true))}
 
 
 def _validation_clips(args: argparse.Namespace) -> tuple[list[str], np.ndarray]:
@@ -188,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", default="ravdess", help="meld | ravdess (when no --split-csv)")
     parser.add_argument("--data-dir", default=None, help="folder holding the corpus (when no --split-csv); "
                         "default $EMOTION_DATA_DIR, else a kagglehub download")
-    parser.add_argument("--split", default="val", help="which split to fit on (val) or only evaluate (test)")
+    parser.add_argument("--split", default="val", help="which split to fit on (default: val; fitting on test leaks it into the score)")
     parser.add_argument("--val-fraction", type=float, default=0.15,
                         help="RAVDESS without --split-csv: fraction of the actors held out for validation")
     parser.add_argument("--test-fraction", type=float, default=0.15,
@@ -202,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="frames per second searched for faces (default: %(default)s)")
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
                         help="face detector (default: %(default)s)")
+    parser.add_argument("--rules", default=",".join(RULES),
+                        help="fusion rules searched, comma-separated: mean (weighted mean of probabilities), "
+                             "product (weighted geometric mean) (default: %(default)s)")
+    parser.add_argument("--min-gain", type=float, default=0.0,
+                        help="keep a mix only if its macro-F1 beats the better single modality by more than this "
+                             "on the fitting clips; otherwise that modality alone (default: %(default)s)")
     parser.add_argument("--output", default="runs/fusion_late", help="writes late_fusion.json and metrics here")
     add_verbose_flag(parser)
     return parser
@@ -210,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    bad_rules = [r for r in args.rules.split(",") if r not in RULES]
+    if bad_rules or not args.rules:
+        print(f"error: --rules takes a comma-separated subset of {RULES}, got {args.rules!r}", file=sys.stderr)
+        return 2
     try:
         late = LateFusion(args.ser_model_dir, args.fer_model_dir, fps=args.fps, detector=args.detector)
         paths, labels = _validation_clips(args)
@@ -232,18 +431,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not kept:
         print("error: no usable validation clips", file=sys.stderr)
         return 2
-    weights, score, curve = fit_weights(probs, kept)
+    fit = fit_late_fusion(probs, kept, rules=args.rules.split(","), min_gain=args.min_gain)
     out = Path(args.output)
-    single = {m: compute_metrics(kept, [int(np.argmax(fuse(p, {m: 1.0}))) for p in probs])["f1_macro"]
-              for m in LATE_MODALITIES}
-    metrics = write_report(out, kept, [int(np.argmax(fuse(p, weights))) for p in probs], prefix="late_", extra={
-        "split": args.split, "weights": weights, "f1_macro_single_modality": single, "skipped": len(skipped)})
-    write_json(out / WEIGHTS_FILE, {"weights": weights, "fitted_on": args.split, "f1_macro": score,
-                                    "f1_macro_single_modality": single, "clips": len(kept),
-                                    "skipped": skipped, "grid": curve, "fps": args.fps,
-                                    "ser_model_dir": args.ser_model_dir, "fer_model_dir": args.fer_model_dir})
-    print(f"weights {weights}; {args.split}: {format_summary(metrics)}; single modality macro-F1 {single}")
+    chosen = LateFusionConfig(fit["weights"], fit["rule"])
+    metrics = write_report(out, kept, [int(np.argmax(chosen.fuse(p))) for p in probs], prefix="late_", extra={
+        "split": args.split, "weights": fit["weights"], "rule": fit["rule"], "fallback": fit["fallback"],
+        "f1_macro_single_modality": fit["f1_macro_single_modality"], "skipped": len(skipped)})
+    path = write_late_fusion(out, fit, fitted_on=f"{args.split} clips ({args.split_csv or args.corpus})",
+                             ser_model_dir=late.ser.model_dir, fer_model_dir=late.fer.model_dir,
+                             extra={"skipped": skipped, "fps": args.fps, "detector": args.detector})
+    note = f" (fallback to {fit['fallback_to']} alone: no mix beat it on {args.split})" if fit["fallback"] else ""
+    print(f"weights {fit['weights']}, rule {fit['rule']}{note}; {args.split}: {format_summary(metrics)}; "
+          f"single modality macro-F1 {fit['f1_macro_single_modality']}; wrote {path}")
     return 0
+
+
+def write_late_fusion(out: str | os.PathLike, fit: dict[str, Any], fitted_on: str,
+                      ser_model_dir: str | os.PathLike, fer_model_dir: str | os.PathLike,
+                      extra: dict[str, Any] | None = None) -> Path:
+    """Write ``late_fusion.json`` (atomically) from a ``fit_late_fusion`` result, naming the models it fits."""
+    models = {name: {"dir": _display_path(folder), "sha256": model_fingerprint(folder)}
+              for name, folder in (("ser", ser_model_dir), ("fer", fer_model_dir))}
+    data = {"weights": fit["weights"], "rule": fit["rule"], "fitted_on": fitted_on, "models": models,
+            **{k: v for k, v in fit.items() if k not in ("weights", "rule")}, **(extra or {})}
+    return write_json(Path(out) / WEIGHTS_FILE, data)
+
+
+def _display_path(folder: str | os.PathLike) -> str:
+    """Repository-relative when inside the repository, so a shipped file names no machine's paths."""
+    path = Path(folder).resolve()
+    try:
+        return path.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

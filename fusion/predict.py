@@ -1,19 +1,25 @@
 """Emotion of video clips from speech and face together.
 
-    python -m fusion.predict clip.mp4 more_clips/ --json
-    python -m fusion.predict clip.mp4 --model-dir runs/fusion
+    python -m fusion.predict clip.mp4 more_clips/ --json        # the shipped models, no flags needed
+    python -m fusion.predict clip.mp4 --model-dir runs/fusion   # a fusion.train run (joint model)
     python -m fusion.predict clip.mp4 --mode late --ser-model-dir saved_models/ser --fer-model-dir saved_models/fer \\
         --late-weights runs/fusion_late/late_fusion.json
 
+``--mode auto`` (the default) uses the joint model when the fusion folder (``--model-dir``, default
+``saved_models/fusion``) holds one (``model.keras``), else late fusion of the ``ser`` and ``fer`` models with
+the folder's ``late_fusion.json``. A clip the joint model cannot take (no audio track, or an audio file) goes
+to late fusion, which uses the voice alone for audio, the face alone for a clip without sound or speech.
+
 Per clip: the fused label and probabilities, plus each modality's own (``modalities``: the joint model's
 auxiliary heads ``audio`` / ``frame`` / ``face``, or in late mode the SER and FER models). ``--json`` prints
-one object per line. Clips that cannot be used (corrupt, no audio track for the joint model) are reported
-on stderr and skipped; the exit code is then 1.
+one object per line. Clips that cannot be used (corrupt, nothing usable in them) are reported on stderr and
+skipped; the exit code is then 1.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -25,13 +31,17 @@ from core.cli import add_verbose_flag, echo, module_prog, progress, quiet_tensor
 from core.io import load_keras_model, read_model_config
 from core.labels import EMOTIONS
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
-from fusion.media import MediaError, NoAudioError
+from fusion.media import MediaError, NoAudioError, NoVideoError
 from fusion.preprocess import PreprocessConfig, preprocess_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "saved_models" / "fusion"
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")
 MAX_CLIP_SECONDS = 60.0
+MODES = ("auto", "joint", "late")
+
+log = logging.getLogger("fusion.predict")
 
 
 class FusionPredictor:
@@ -54,9 +64,17 @@ class FusionPredictor:
         self.class_names: list[str] = self.config["class_names"]
         self.modalities: list[str] = self.config["modalities"]
         self.preprocess = PreprocessConfig(**self.config["preprocess"])
+        if self.preprocess.pretrained:
+            from fusion.preprocess import resolve_encoders
+
+            now = resolve_encoders(self.preprocess).encoder_key
+            if now != self.preprocess.encoder_key:
+                log.warning("%s was trained on other encoder outputs (%s) than these (%s), e.g. a replaced face "
+                            "model: retrain it for trustworthy predictions", self.model_dir,
+                            self.preprocess.encoder_key, now)
         self.max_seconds = float(self.config["max_seconds"])
         self.model = load_keras_model(self.model_dir / "model.keras")
-        self.keys = input_keys(self.modalities)
+        self.keys = input_keys(self.modalities, self.preprocess.pretrained)
         specs = {k: tf.TensorSpec([None, *v.shape[1:]], v.dtype) for k, v in self.model.input.items()}
         # One traced graph with open batch/time axes: no retracing per clip length, no model.predict overhead.
         self._forward = tf.function(lambda x: self.model(x, training=False), input_signature=[specs])
@@ -105,12 +123,87 @@ def as_result(probs: np.ndarray, class_names: Sequence[str] = EMOTIONS) -> dict:
             "probabilities": {name: round(float(p), 6) for name, p in zip(class_names, probs)}}
 
 
+def has_joint_model(model_dir: str | os.PathLike | None = None) -> bool:
+    folder = Path(model_dir or DEFAULT_MODEL_DIR)
+    return (folder / "model.keras").is_file() and (folder / "config.json").is_file()
+
+
+class AutoPredictor:
+    """The joint model where it can answer, late fusion of the ``ser`` and ``fer`` models for the rest.
+
+    Without a joint model in ``model_dir`` every clip goes to late fusion with the folder's ``late_fusion.json``
+    (the shipped ``saved_models/fusion``); the late-fusion models load on first need only.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike | None = None, ser_model_dir: str | os.PathLike | None = None,
+                 fer_model_dir: str | os.PathLike | None = None, late_weights: str | os.PathLike | None = None,
+                 detector: str = DEFAULT_DETECTOR):
+        from fusion.late import read_late_config
+
+        self.model_dir = Path(model_dir or DEFAULT_MODEL_DIR)
+        self.joint = FusionPredictor(self.model_dir) if has_joint_model(self.model_dir) else None
+        if late_weights:
+            self.late_config = read_late_config(late_weights)
+        elif (self.model_dir / "late_fusion.json").is_file():
+            self.late_config = read_late_config(self.model_dir)
+        elif model_dir is not None and self.joint is None:
+            raise FileNotFoundError(f"{self.model_dir} holds neither a joint fusion model (model.keras, config.json) "
+                                    "nor late-fusion weights (late_fusion.json)")
+        else:  # no shipped folder: the even default, as --mode late without --late-weights
+            self.late_config = read_late_config(None)
+        self._late_args = (ser_model_dir, fer_model_dir, detector)
+        self._late = None
+        if self.joint is None:
+            self.late  # noqa: B018  load now: a missing SER / FER model is an error at start, not per clip
+
+    @property
+    def late(self):
+        if self._late is None:
+            from fusion.late import LateFusion
+
+            ser_dir, fer_dir, detector = self._late_args
+            self._late = LateFusion(ser_dir, fer_dir, self.late_config, detector=detector)
+        return self._late
+
+    def predict_clip(self, path: str | os.PathLike) -> dict[str, Any]:
+        if self.joint is not None and Path(path).suffix.lower() not in AUDIO_EXTENSIONS:
+            try:
+                return self.joint.predict_clip(path)
+            except (NoAudioError, NoVideoError):
+                pass  # late fusion takes the modality there is
+        return self.late.predict_clip(path)
+
+
+def load_predictor(mode: str = "auto", model_dir: str | os.PathLike | None = None,
+                   ser_model_dir: str | os.PathLike | None = None, fer_model_dir: str | os.PathLike | None = None,
+                   late_weights: str | os.PathLike | None = None, detector: str = DEFAULT_DETECTOR) -> Any:
+    """A predictor with ``predict_clip(path) -> dict`` for ``mode`` auto | joint | late (see the module doc).
+
+    Late mode reads ``late_weights`` (a late_fusion.json, a folder holding one, or 'audio=W,face=W'), else
+    ``model_dir``'s late_fusion.json, else the shipped one, else even weights.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "joint":
+        return FusionPredictor(model_dir)
+    if mode == "auto":
+        return AutoPredictor(model_dir, ser_model_dir, fer_model_dir, late_weights, detector)
+    from fusion.late import LateFusion, find_late_fusion
+
+    if not late_weights:
+        folder = Path(model_dir) if model_dir else None
+        late_weights = (folder / "late_fusion.json" if folder and (folder / "late_fusion.json").is_file()
+                        else find_late_fusion())
+    return LateFusion(ser_model_dir, fer_model_dir, late_weights, detector=detector)
+
+
 def expand_paths(paths: Sequence[str]) -> list[Path]:
-    """Files as given; folders expanded to the video files below them."""
+    """Files as given; folders expanded to the video and audio files below them."""
     out: list[Path] = []
+    media = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in VIDEO_EXTENSIONS and f.is_file()))
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in media and f.is_file()))
         else:
             out.append(p)
     return out
@@ -123,17 +216,20 @@ def format_text(result: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=module_prog(__name__),
-                                     description="Emotion of video clips from speech and faces.")
-    parser.add_argument("paths", nargs="+", metavar="CLIP", help="video files (with audio) or folders")
-    parser.add_argument("--mode", choices=("joint", "late"), default="joint",
-                        help="joint: the fusion.train model; late: saved ser + fer models combined")
-    parser.add_argument("--model-dir", default=None, help=f"fusion run folder (default: {DEFAULT_MODEL_DIR})")
-    parser.add_argument("--ser-model-dir", default=None, help="late mode: SER run folder (default saved_models/ser)")
-    parser.add_argument("--fer-model-dir", default=None, help="late mode: FER run folder (default saved_models/fer)")
+                                     description="Emotion of video clips (or audio files) from speech and faces.")
+    parser.add_argument("paths", nargs="+", metavar="CLIP", help="video or audio files, or folders of them")
+    parser.add_argument("--mode", choices=MODES, default="auto",
+                        help="auto: the joint model if --model-dir holds one, else late fusion (default); joint: "
+                             "the fusion.train model; late: saved ser + fer models combined")
+    parser.add_argument("--model-dir", default=None,
+                        help=f"fusion folder: a fusion.train run and/or late_fusion.json (default: {DEFAULT_MODEL_DIR})")
+    parser.add_argument("--ser-model-dir", default=None, help="late fusion: SER run folder (default saved_models/ser)")
+    parser.add_argument("--fer-model-dir", default=None, help="late fusion: FER run folder (default saved_models/fer)")
     parser.add_argument("--late-weights", default=None,
-                        help="late mode: late_fusion.json (from python -m fusion.late) or 'audio=0.6,face=0.4'")
+                        help="late fusion: late_fusion.json (from python -m fusion.late) or 'audio=0.6,face=0.4' "
+                             "(default: the fusion folder's late_fusion.json)")
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
-                        help="late mode face detector (default: %(default)s)")
+                        help="late fusion face detector (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     add_verbose_flag(parser)
     return parser
@@ -142,12 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.mode == "joint":
-            predictor: Any = FusionPredictor(args.model_dir)
-        else:
-            from fusion.late import LateFusion
-
-            predictor = LateFusion(args.ser_model_dir, args.fer_model_dir, args.late_weights, detector=args.detector)
+        predictor = load_predictor(args.mode, args.model_dir, args.ser_model_dir, args.fer_model_dir,
+                                   args.late_weights, args.detector)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

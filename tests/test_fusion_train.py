@@ -91,7 +91,8 @@ def test_predict_cli_joint_json_and_bad_clips(trained, corpus, capsys):
 
     good = sorted((corpus / "Actor_01").glob("*.mp4"))[:2]
     bad = sorted((corpus / "Actor_04").glob("01-01-01-02-*.mp4"))  # the no-audio and the corrupt clip
-    rc = main([*map(str, good), *map(str, bad), str(corpus / "missing.mp4"), "--json", "--model-dir", str(trained)])
+    rc = main([*map(str, good), *map(str, bad), str(corpus / "missing.mp4"), "--json", "--model-dir", str(trained),
+               "--mode", "joint"])
     out, err = capsys.readouterr()
     assert rc == 1
     lines = [json.loads(line) for line in out.splitlines()]
