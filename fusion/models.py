@@ -2,6 +2,12 @@
 2-layer LSTM; a shallow CNN + LSTM over the log-mel spectrogram; the three embeddings concatenated,
 dense layers and a 7-way softmax.
 
+With pretrained encoders (``ModelConfig.pretrained``, see ``fusion.encoders``) the inputs are the cached
+encoder outputs instead: ``face_emb`` (B, T, D) per-frame face embeddings with ``face_mask`` / ``frame_mask``
+going through the same 2-layer LSTM, and ``audio_states`` (B, S, L, H), every hidden state of the speech
+encoder, mixed by learned softmax weights per state (``LayerWeights``), projected and read by an LSTM
+(``audio_mask`` marks real steps).
+
 Inputs (a dict, only the enabled modalities): ``frames`` (B, T, S, S, 3) uint8, ``faces`` (B, T, F, F, 1)
 uint8, ``face_mask`` (B, T) 1 where a face was found, ``frame_mask`` (B, T) 1 on real (unpadded) frames,
 ``mel`` (B, M, n_mels, 1) float, ``mel_mask`` (B, M). Padding is masked in every LSTM, so a batch is padded
@@ -43,6 +49,11 @@ class ModelConfig:
     dense_units: int = 128
     dropout: float = 0.3
     modalities: str = "frame,face,audio"
+    # pretrained encoders: inputs are cached embeddings of these sizes (fusion.preprocess.resolve_encoders)
+    pretrained: bool = False
+    face_dim: int = 0
+    audio_states: int = 0
+    audio_dim: int = 0
 
     @property
     def modality_list(self) -> list[str]:
@@ -126,6 +137,23 @@ class PerFrame(layers.TimeDistributed):
         return ops.reshape(out, (shape[0], shape[1], *out.shape[1:]))
 
 
+@keras.saving.register_keras_serializable(package="fusion")
+class LayerWeights(layers.Layer):
+    """A learned softmax-weighted sum over an encoder's hidden states: (B, S, L, H) -> (B, S, H).
+
+    Which layers carry emotion is learned (SUPERB-style layer weighting); the weights start equal.
+    """
+
+    def build(self, input_shape):
+        self.logits = self.add_weight(shape=(int(input_shape[-2]),), initializer="zeros", name="logits")
+
+    def call(self, states):
+        return ops.einsum("bslh,l->bsh", states, ops.softmax(self.logits))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-2], input_shape[-1])
+
+
 def imagenet_file(alpha: float, size: int) -> str:
     rows = size if size in IMAGENET_SIZES else 224  # Keras loads the 224 file for other sizes
     return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}_no_top.h5"
@@ -197,7 +225,51 @@ def build_audio_branch(mel, mel_mask, filters: int, units: int, n_mels: int, dro
     return layers.LSTM(units, name="audio_lstm")(x, mask=mask)
 
 
+def build_embedding_face_branch(emb, face_mask, frame_mask, units: int, dropout: float):
+    """Per-frame face embeddings (frozen encoder, cached) -> the same 2-layer LSTM as the pixel model."""
+    x = layers.LayerNormalization(name="face_norm")(emb)  # the encoders' feature scales differ widely
+    x = GateByMask(name="face_gate")(x, face_mask)
+    x = layers.Dropout(dropout, name="face_dropout")(x)
+    mask = MaskToBool(name="face_steps")(frame_mask)
+    x = layers.LSTM(units, return_sequences=True, name="face_lstm1")(x, mask=mask)
+    return layers.LSTM(units, name="face_lstm2")(x, mask=mask)
+
+
+def build_embedding_audio_branch(states, audio_mask, units: int, dropout: float):
+    """Every hidden state of the speech encoder -> normalised per state, mixed by learned weights, an LSTM."""
+    # Whisper's deeper states are ~10x larger than the first ones: normalise each before mixing, so the
+    # learned weights choose layers instead of compensating scales.
+    x = layers.LayerNormalization(name="audio_state_norm")(states)
+    x = LayerWeights(name="audio_layer_weights")(x)
+    x = layers.Dropout(dropout, name="audio_dropout")(x)
+    x = layers.Dense(units, activation="relu", name="audio_project")(x)
+    mask = MaskToBool(name="audio_steps")(audio_mask)
+    return layers.LSTM(units, name="audio_lstm")(x, mask=mask)
+
+
+def build_embedding_inputs(cfg: ModelConfig) -> dict:
+    mods = cfg.modality_list
+    if "frame" in mods:
+        raise ValueError("the pretrained-encoder model has face and audio branches only: use --modalities "
+                         "face,audio (or one of them)")
+    inputs = {}
+    if "face" in mods:
+        if cfg.face_dim <= 0:
+            raise ValueError("face_dim must be the face encoder's embedding size")
+        inputs["face_emb"] = keras.Input((None, cfg.face_dim), name="face_emb")
+        inputs["face_mask"] = keras.Input((None,), name="face_mask")
+        inputs["frame_mask"] = keras.Input((None,), name="frame_mask")
+    if "audio" in mods:
+        if cfg.audio_states <= 0 or cfg.audio_dim <= 0:
+            raise ValueError("audio_states / audio_dim must be the speech encoder's number of states and width")
+        inputs["audio_states"] = keras.Input((None, cfg.audio_states, cfg.audio_dim), name="audio_states")
+        inputs["audio_mask"] = keras.Input((None,), name="audio_mask")
+    return inputs
+
+
 def build_inputs(cfg: ModelConfig) -> dict:
+    if cfg.pretrained:
+        return build_embedding_inputs(cfg)
     mods = cfg.modality_list
     inputs = {}
     if "frame" in mods:
@@ -218,15 +290,22 @@ def build_model(cfg: ModelConfig, num_classes: int = NUM_CLASSES) -> keras.Model
     mods = cfg.modality_list
     inputs = build_inputs(cfg)
     embeddings = {}
-    if "frame" in mods:
+    if cfg.pretrained:
+        if "face" in mods:
+            embeddings["face"] = build_embedding_face_branch(inputs["face_emb"], inputs["face_mask"],
+                                                             inputs["frame_mask"], cfg.lstm_units, cfg.dropout)
+        if "audio" in mods:
+            embeddings["audio"] = build_embedding_audio_branch(inputs["audio_states"], inputs["audio_mask"],
+                                                               cfg.audio_lstm_units, cfg.dropout)
+    if "frame" in mods and not cfg.pretrained:
         backbone = build_backbone(cfg.image_size, cfg.alpha, cfg.weights, BACKBONES["frame"])
         embeddings["frame"] = build_visual_branch(inputs["frames"], inputs["frame_mask"], backbone,
                                                   cfg.lstm_units, cfg.dropout, "frame")
-    if "face" in mods:
+    if "face" in mods and not cfg.pretrained:
         backbone = build_backbone(cfg.face_size, cfg.alpha, cfg.weights, BACKBONES["face"])
         embeddings["face"] = build_visual_branch(inputs["faces"], inputs["frame_mask"], backbone,
                                                  cfg.lstm_units, cfg.dropout, "face", face_mask=inputs["face_mask"])
-    if "audio" in mods:
+    if "audio" in mods and not cfg.pretrained:
         embeddings["audio"] = build_audio_branch(inputs["mel"], inputs["mel_mask"], cfg.audio_filters,
                                                  cfg.audio_lstm_units, cfg.n_mels, cfg.dropout)
     parts = [embeddings[m] for m in mods]
@@ -237,7 +316,8 @@ def build_model(cfg: ModelConfig, num_classes: int = NUM_CLASSES) -> keras.Model
     if len(mods) > 1:
         for m in mods:
             outputs[m] = layers.Dense(num_classes, activation="softmax", name=f"{m}_head")(embeddings[m])
-    return keras.Model(inputs, outputs, name="fusion_" + "_".join(mods))
+    prefix = "fusion_pretrained_" if cfg.pretrained else "fusion_"
+    return keras.Model(inputs, outputs, name=prefix + "_".join(mods))
 
 
 def backbones(model: keras.Model) -> list[keras.Model]:

@@ -19,9 +19,14 @@ from fusion.preprocess import PreprocessConfig, load_cached
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def input_keys(modalities: Sequence[str]) -> list[str]:
-    """Model input names for the given modalities, in a fixed order."""
+def input_keys(modalities: Sequence[str], pretrained: bool = False) -> list[str]:
+    """Model input names for the given modalities, in a fixed order (``pretrained``: encoder outputs)."""
     mods = parse_modalities(modalities)
+    if pretrained:
+        if "frame" in mods:
+            raise ValueError("the pretrained-encoder model has face and audio branches only, not 'frame'")
+        return (["face_emb", "face_mask", "frame_mask"] if "face" in mods else []) + \
+            (["audio_states", "audio_mask"] if "audio" in mods else [])
     keys = []
     if "frame" in mods:
         keys.append("frames")
@@ -41,25 +46,35 @@ def window(arrays: dict[str, np.ndarray], cfg: PreprocessConfig, max_seconds: fl
     if not max_seconds:
         return out
     f0, f_len = int(round(start_s * cfg.fps)), max(1, int(round(max_seconds * cfg.fps)))
-    m0, m_len = int(round(start_s * cfg.mel_rate)), max(1, int(round(max_seconds * cfg.mel_rate)))
-    for key in ("frames", "faces", "face_mask"):
+    m0, m_len = int(round(start_s * cfg.audio_rate)), max(1, int(round(max_seconds * cfg.audio_rate)))
+    for key in ("frames", "faces", "face_mask", "face_emb"):
         if key in out:
             out[key] = out[key][f0:f0 + f_len]
-    if "mel" in out:
-        out["mel"] = out["mel"][m0:m0 + m_len]
+    for key in ("mel", "audio_states"):
+        if key in out:
+            out[key] = out[key][m0:m0 + m_len]
     return out
 
 
+def _frame_steps(arrays: dict[str, np.ndarray]) -> int:
+    for key in ("frames", "faces", "face_emb", "face_mask"):
+        if key in arrays:
+            return len(arrays[key])
+    return 0
+
+
 def clip_seconds(arrays: dict[str, np.ndarray], cfg: PreprocessConfig) -> float:
-    n_frames = len(arrays["frames"]) if "frames" in arrays else len(arrays.get("faces", []))
-    return max(n_frames / cfg.fps, len(arrays.get("mel", [])) / cfg.mel_rate)
+    audio = arrays.get("mel", arrays.get("audio_states", []))
+    return max(_frame_steps(arrays) / cfg.fps, len(audio) / cfg.audio_rate)
 
 
 def to_model_inputs(arrays: dict[str, np.ndarray], modalities: Sequence[str]) -> dict[str, np.ndarray]:
     """One clip's cached arrays -> unbatched model inputs (with masks, channel axes added)."""
+    if "face_emb" in arrays or "audio_states" in arrays:
+        return _embedding_inputs(arrays, modalities)
     keys = input_keys(modalities)
     out: dict[str, np.ndarray] = {}
-    n_steps = len(arrays["frames"]) if "frames" in arrays else len(arrays["faces"])
+    n_steps = _frame_steps(arrays)
     if "frames" in keys:
         out["frames"] = np.asarray(arrays["frames"], np.uint8)
     if "faces" in keys:
@@ -70,6 +85,19 @@ def to_model_inputs(arrays: dict[str, np.ndarray], modalities: Sequence[str]) ->
     if "mel" in keys:
         out["mel"] = np.asarray(arrays["mel"], np.float32)[..., None]
         out["mel_mask"] = np.ones(len(arrays["mel"]), np.float32)
+    return out
+
+
+def _embedding_inputs(arrays: dict[str, np.ndarray], modalities: Sequence[str]) -> dict[str, np.ndarray]:
+    keys = input_keys(modalities, pretrained=True)
+    out: dict[str, np.ndarray] = {}
+    if "face_emb" in keys:
+        out["face_emb"] = np.asarray(arrays["face_emb"], np.float32)
+        out["face_mask"] = np.asarray(arrays["face_mask"], np.float32)
+        out["frame_mask"] = np.ones(len(arrays["face_emb"]), np.float32)
+    if "audio_states" in keys:
+        out["audio_states"] = np.asarray(arrays["audio_states"], np.float32)
+        out["audio_mask"] = np.ones(len(arrays["audio_states"]), np.float32)
     return out
 
 
@@ -88,6 +116,9 @@ def batch_inputs(items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray
 
 def _signature(cfg: PreprocessConfig, keys: Sequence[str]) -> dict[str, tf.TensorSpec]:
     specs = {
+        "face_emb": tf.TensorSpec((None, cfg.face_dim), tf.float32),
+        "audio_states": tf.TensorSpec((None, cfg.audio_states, cfg.audio_dim), tf.float32),
+        "audio_mask": tf.TensorSpec((None,), tf.float32),
         "frames": tf.TensorSpec((None, cfg.image_size, cfg.image_size, 3), tf.uint8),
         "faces": tf.TensorSpec((None, cfg.face_size, cfg.face_size, 1), tf.uint8),
         "face_mask": tf.TensorSpec((None,), tf.float32),
@@ -107,7 +138,7 @@ def make_dataset(files: Sequence[str | os.PathLike], labels: Sequence[int], cfg:
     ``input_context`` (from ``strategy.distribute_datasets_from_function``) shards the file list per worker;
     ``batch_size`` is then the per-replica batch size.
     """
-    keys = input_keys(modalities)
+    keys = input_keys(modalities, cfg.pretrained)
     spec = _signature(cfg, keys)
     files = [str(f) for f in files]
     labels = np.asarray(labels, np.int32)

@@ -27,6 +27,7 @@ from fusion.media import Clip, CorruptMediaError, MediaError, NoAudioError, deco
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path("cache") / "fusion"
+ENCODER_FIELDS = ("face_encoder", "audio_encoder", "encoder_key", "face_dim", "audio_states", "audio_dim")
 LOG_FLOOR = 1e-6
 
 
@@ -46,13 +47,36 @@ class PreprocessConfig:
     detect_every: int = 2       # run the detector on every n-th frame, reuse the face in between
     detect_side: int = 320      # detect on a copy scaled to this longer side (Haar cost grows with pixels)
     min_face_fraction: float = 0.1  # smallest face searched, as a fraction of the shorter side
+    # Pretrained encoders (fusion.encoders): "" keeps pixels and log-mel. Set by resolve_encoders, which also
+    # fills their fingerprints (so the cache key changes with the face model) and output sizes.
+    face_encoder: str = ""
+    audio_encoder: str = ""
+    encoder_key: str = ""
+    face_dim: int = 0
+    audio_states: int = 0
+    audio_dim: int = 0
 
     @property
     def mel_rate(self) -> float:
         return self.sample_rate / self.hop_length
 
+    @property
+    def pretrained(self) -> bool:
+        return bool(self.face_encoder or self.audio_encoder)
+
+    @property
+    def audio_rate(self) -> float:
+        """Cached audio steps per second: encoder states with pretrained encoders, else spectrogram frames."""
+        from fusion.encoders import AUDIO_STEP_RATE
+
+        return AUDIO_STEP_RATE if self.audio_encoder else self.mel_rate
+
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        fields = asdict(self)
+        for name in ENCODER_FIELDS:  # unset: the key of caches written before encoders existed stays valid
+            if not fields[name]:
+                fields.pop(name)
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def log_mel(audio: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
@@ -115,8 +139,50 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def resolve_encoders(cfg: PreprocessConfig) -> PreprocessConfig:
+    """``cfg`` with its encoders loaded once: ``auto`` resolved, fingerprints and output sizes filled in."""
+    from dataclasses import replace
+
+    from fusion.encoders import get_audio_encoder, get_face_encoder, resolve_face_encoder
+
+    if not cfg.pretrained:
+        return cfg
+    updates: dict[str, Any] = {}
+    keys = []
+    if cfg.face_encoder:
+        name = resolve_face_encoder(cfg.face_encoder)
+        face = get_face_encoder(name)
+        updates |= {"face_encoder": name, "face_dim": face.dim, "face_size": face.input_size}
+        keys.append(face.fingerprint)
+    if cfg.audio_encoder:
+        audio = get_audio_encoder(cfg.audio_encoder, cfg.max_seconds)
+        updates |= {"audio_states": audio.states, "audio_dim": audio.dim}
+        keys.append(audio.fingerprint)
+    return replace(cfg, encoder_key="+".join(keys), **updates)
+
+
+def clip_embeddings(clip: Clip, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
+    """The cached arrays of the pretrained-encoder model: face embeddings per sampled frame, speech states."""
+    from fusion.encoders import get_audio_encoder, get_face_encoder
+
+    out: dict[str, np.ndarray] = {}
+    if cfg.face_encoder:
+        encoder = get_face_encoder(cfg.face_encoder)
+        faces, face_mask = face_track(clip.frames, cfg)
+        emb = np.zeros((len(faces), encoder.dim), np.float16)
+        found = face_mask.astype(bool)
+        if found.any():  # frames without a face are not worth an encoder call: their embedding stays 0
+            emb[found] = encoder(faces[found]).astype(np.float16)
+        out["face_emb"], out["face_mask"] = emb, face_mask
+    if cfg.audio_encoder:
+        out["audio_states"] = get_audio_encoder(cfg.audio_encoder, cfg.max_seconds)(clip.audio)
+    return out
+
+
 def clip_features(clip: Clip, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
     """The cached arrays for one decoded clip."""
+    if cfg.pretrained:
+        return clip_embeddings(clip, cfg)
     faces, face_mask = face_track(clip.frames, cfg)
     return {
         "frames": resize_frames(clip.frames, cfg.image_size),
@@ -179,14 +245,24 @@ def _process_one(args: tuple[str, str, PreprocessConfig]) -> dict[str, Any]:
             write_json(err, {"status": status, "reason": str(exc)})
         return {"path": src, "cache": dst, "status": status, "reason": str(exc)}
     atomic_write(npz, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")
-    return {"path": src, "cache": dst, "status": "ok", "frames": int(len(arrays["frames"])),
-            "mel_frames": int(len(arrays["mel"]))}
+    steps = arrays.get("frames", arrays.get("face_emb"))
+    audio = arrays.get("mel", arrays.get("audio_states"))
+    return {"path": src, "cache": dst, "status": "ok", "frames": int(len(steps)) if steps is not None else 0,
+            "mel_frames": int(len(audio)) if audio is not None else 0}
 
 
 def _init_worker() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # encoders import TensorFlow in each worker
+    try:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except (ImportError, RuntimeError):
+        pass
 
 
 def preprocess_clips(paths: Sequence[str | os.PathLike], relpaths: Sequence[str], cache_dir: str | os.PathLike,

@@ -4,7 +4,10 @@ Distribution: ``tf.distribute.MirroredStrategy`` over all local GPUs (or the CPU
 default; ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` lists more than one worker. Both run the same
 custom ``strategy.run`` loop (Keras 3 ``fit`` fails under MultiWorkerMirroredStrategy, keras#20585).
 ``--batch-size`` is per replica. Training is staged: with pretrained backbones they stay frozen for
-``--frozen-epochs``, then are fine-tuned at ``--fine-tune-learning-rate``. Every epoch ends with a
+``--frozen-epochs``, then are fine-tuned at ``--fine-tune-learning-rate``. With ``--face-encoder`` /
+``--audio-encoder`` (``fusion.encoders``) the branches read cached outputs of frozen pretrained encoders
+(face embeddings per frame, Whisper hidden states) instead of pixels and log-mel; the encoders stay outside
+the graph, so there is nothing to unfreeze and the run is one stage. Every epoch ends with a
 ``tf.train.CheckpointManager`` checkpoint, so re-running the same command resumes an interrupted run.
 
 Run folder (``--output``): model.keras, config.json, metrics.json (test split), val_metrics.json,
@@ -62,6 +65,8 @@ class TrainConfig:
     cache_seconds: float = 10.0
     detector: str = "blazeface"
     detect_every: int = 2
+    face_encoder: str = ""
+    audio_encoder: str = ""
     # input pipeline
     max_seconds: float = 4.0
     # model (fusion.models.ModelConfig)
@@ -92,15 +97,23 @@ class TrainConfig:
 
         return PreprocessConfig(fps=self.fps, sample_rate=self.sample_rate, image_size=self.image_size,
                                 face_size=self.face_size, n_mels=self.n_mels, max_seconds=self.cache_seconds,
-                                detector=self.detector, detect_every=self.detect_every)
+                                detector=self.detector, detect_every=self.detect_every,
+                                face_encoder=self.face_encoder, audio_encoder=self.audio_encoder)
 
-    def model_config(self):
+    @property
+    def pretrained(self) -> bool:
+        return bool(self.face_encoder or self.audio_encoder)
+
+    def model_config(self, pcfg=None):
+        """The model settings; with pretrained encoders ``pcfg`` (resolved) gives their output sizes."""
         from fusion.models import ModelConfig
 
+        sizes = {"pretrained": True, "face_dim": pcfg.face_dim, "audio_states": pcfg.audio_states,
+                 "audio_dim": pcfg.audio_dim} if self.pretrained and pcfg is not None else {}
         return ModelConfig(image_size=self.image_size, face_size=self.face_size, n_mels=self.n_mels,
                            alpha=self.alpha, weights=self.weights, lstm_units=self.lstm_units,
                            audio_filters=self.audio_filters, audio_lstm_units=self.audio_lstm_units,
-                           dense_units=self.dense_units, dropout=self.dropout, modalities=self.modalities)
+                           dense_units=self.dense_units, dropout=self.dropout, modalities=self.modalities, **sizes)
 
 
 HELP = {
@@ -126,6 +139,11 @@ HELP = {
     "n_mels": "log-mel bands of the audio branch",
     "detect_every": "run the face detector on every n-th sampled frame and reuse the face in between",
     "detector": "face detector: blazeface (default), blazeface-full, haar or mtcnn",
+    "face_encoder": "frozen pretrained face encoder whose per-frame embeddings feed the face LSTM: auto (the "
+                    "shipped face model's faceres backbone, else the pinned one), fer, faceres, tiny (tests) or a fer "
+                    "run folder; empty = MobileNetV2 on pixels. Needs --modalities face,audio (or one of them)",
+    "audio_encoder": "frozen pretrained speech encoder whose hidden states (layer-weighted) feed the audio LSTM: "
+                     "whisper, tiny (tests); empty = the log-mel CNN",
     "max_seconds": "clips are cut to this many seconds in the input pipeline (random window when training)",
     "modalities": "comma-separated subset of frame,face,audio",
     "weights": "imagenet | none | PATH to MobileNetV2 no-top weights (.h5)",
@@ -221,7 +239,9 @@ def prepare_data(cfg: TrainConfig) -> tuple[Any, dict, Any]:
     frame = assign_splits(frame, cfg.val_fraction, cfg.test_fraction, cfg.seed,
                           parse_groups(cfg.val_actors, "actor_"), parse_groups(cfg.test_actors, "actor_"))
     frame = limit_per_split(frame, cfg.limit, cfg.seed)
-    pcfg = cfg.preprocess_config()
+    from fusion.preprocess import resolve_encoders
+
+    pcfg = resolve_encoders(cfg.preprocess_config())
     folder = cache_folder(cfg.cache_dir, cfg.corpus, pcfg)
     started = time.time()
     statuses = preprocess_clips(frame["path"].tolist(), frame["relpath"].tolist(), folder, pcfg,
@@ -272,7 +292,8 @@ class Trainer:
         self.cfg, self.strategy, self.model, self.output, self.chief = cfg, strategy, model, output, chief
         self.global_batch = cfg.batch_size * strategy.num_replicas_in_sync
         self.aux_keys = [k for k in model.output if k != "emotion"] if isinstance(model.output, dict) else []
-        pretrained = resolve_weights(cfg.weights, cfg.alpha, cfg.image_size) is not None
+        # Frozen encoders (cfg.pretrained) run outside the graph: no backbone inside it to stage.
+        pretrained = not cfg.pretrained and resolve_weights(cfg.weights, cfg.alpha, cfg.image_size) is not None
         self.staged = pretrained and cfg.frozen_epochs > 0
         weights = class_weights(train_labels, NUM_CLASSES)
         self.class_weight = tf.constant([weights[i] for i in range(NUM_CLASSES)], tf.float32)
@@ -455,6 +476,15 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     n_workers, task_index, chief = cluster_spec()
     chief = chief or n_workers == 1
     modalities = parse_modalities(cfg.modalities)
+    if cfg.pretrained:  # checked before minutes of preprocessing
+        encoders = {"face": cfg.face_encoder, "audio": cfg.audio_encoder}
+        if "frame" in modalities:
+            raise ValueError("pretrained encoders feed face and audio branches only: use --modalities face,audio "
+                             "(or one of them)")
+        missing = [m for m in modalities if not encoders[m]]
+        if missing:
+            raise ValueError(f"--modalities {','.join(modalities)} with pretrained encoders also needs "
+                             + " and ".join(f"--{m}-encoder" for m in missing))
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
@@ -483,7 +513,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     eval_sets = {s: make_dataset(p["cache"].tolist(), p["label"].to_numpy(), pcfg, global_batch, modalities,
                                  cfg.max_seconds) for s, p in parts.items() if len(p)}
     with strategy.scope():
-        model = build_model(cfg.model_config())
+        model = build_model(cfg.model_config(pcfg))
     log.info("%s: %d parameters, %d replica(s) (%s), global batch %d, %d steps/epoch", model.name,
              model.count_params(), strategy.num_replicas_in_sync, strategy_name(strategy), global_batch, steps)
     trainer = Trainer(cfg, strategy, model, train_labels, out, chief, task_index)
@@ -495,7 +525,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         write_json(out / "config.json", {
             "task": "fusion", "class_names": list(EMOTIONS), "modalities": modalities,
             "outputs": list(model.output.keys()), "max_seconds": cfg.max_seconds,
-            "preprocess": asdict(pcfg), "model": asdict(cfg.model_config()), "parameters": model.count_params(),
+            "preprocess": asdict(pcfg), "model": asdict(cfg.model_config(pcfg)), "parameters": model.count_params(),
             "strategy": strategy_name(strategy), "replicas": strategy.num_replicas_in_sync, "workers": n_workers,
             "split": report["split"], "optimizer_steps": {k: int(o.iterations.numpy()) for k, o in
                                                           trainer.optimizers.items()},
@@ -520,11 +550,12 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = parse_config(TrainConfig, argv, DESCRIPTION, HELP)
+    from fusion.encoders import EncoderUnavailableError
     from fusion.models import WeightsUnavailableError
 
     try:
         run(cfg)
-    except (FileNotFoundError, ValueError, RuntimeError, WeightsUnavailableError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError, WeightsUnavailableError, EncoderUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
