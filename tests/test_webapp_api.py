@@ -814,7 +814,7 @@ def test_favicon_and_page_links():
 @pytest.mark.parametrize("option,value,message", [
     ("max_face_batch", 0, "--max-face-batch must be at least 1"),
     ("min_face_fraction", 1.5, "--min-face-fraction must be from 0 to 1"),
-    ("voice_nice", 25, "--voice-nice must be from 0 to 19"),
+    ("voice_max_share", 0.0, "--voice-max-share must be above 0 and at most 1"),
     ("detector", "eyeball", "--detector must be one of"),
     ("audio_window_seconds", 0.0, "--audio-window-seconds must be greater than 0"),
 ])
@@ -825,3 +825,28 @@ def test_bad_settings_are_refused_with_the_option_named(option, value, message, 
         Settings(**{option: value})
     assert main([f"--{option.replace('_', '-')}", str(value)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_batcher_with_a_max_share_rests_between_ticks():
+    from webapp.scheduler import Batcher
+
+    done = []
+
+    def work(batch):
+        time.sleep(0.1)
+        done.append((time.perf_counter(), batch))
+
+    batcher = Batcher("test", work, max_batch=1, max_share=0.5)
+    batcher.start()
+    try:
+        batcher.submit("a")
+        batcher.submit("b")
+        deadline = time.time() + 3
+        while len(done) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        batcher.stop()
+    assert [b for _, b in done] == [["a"], ["b"]]
+    assert done[1][0] - done[0][0] >= 0.19  # 0.1 s of work, 0.1 s of rest, 0.1 s of work
+    with pytest.raises(ValueError):
+        Batcher("bad", work, max_share=0.0)

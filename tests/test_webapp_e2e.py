@@ -619,3 +619,35 @@ def test_page_analyses_uploaded_files(tmp_path, live_models):
             browser.close()
     finally:
         server.stop()
+
+
+def test_load_benchmark_reports_the_goals_and_writes_where_told(tmp_path):
+    """bench/bench_webapp.py against a running server (stand-in models, 2 clients, 2 s): it writes into the
+    folder given, never over bench/results, and states the goals, the voice estimates and the load."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_webapp", REPO_ROOT / "bench" / "bench_webapp.py")
+    bench = sys.modules.setdefault("bench_webapp", importlib.util.module_from_spec(spec))
+    if not hasattr(bench, "main"):
+        spec.loader.exec_module(bench)
+    assert bench.DEFAULT_OUT.parent.name == "runs"  # the committed results only with --out bench/results
+    committed = (REPO_ROOT / "bench" / "results" / "webapp.json").stat().st_mtime
+    server = ServerThread(create_app(settings=Settings(warmup=False, voice_interval_seconds=0.5),
+                                     models=Models(ser=sm.FakeVoice(), fer=sm.FakeFace())), free_port()).start()
+    try:
+        code = bench.main(["--url", f"ws://127.0.0.1:{server.port}/ws/stream", "--clients", "2", "--duration", "2",
+                           "--out", str(tmp_path / "out")])
+    finally:
+        server.stop()
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "webapp.json").read_text())
+    assert report["connected"] == 2 and report["errors"] == 0 and report["frames_sent"] >= 10
+    assert 0 < report["frames_answered_share"] <= 1 and report["voice_estimates"] >= 2
+    assert set(report["goals"]) == {"rtt_all_p95_ms", "rtt_frame_p95_ms", "frames_answered_share", "errors"}
+    assert len(report["machine"]["load_average_before"]) == 3
+    text = (tmp_path / "out" / "webapp.md").read_text()
+    assert "Machine load" in text and "voice estimate age" in text and "| goal (issue 18) |" in text
+    assert (REPO_ROOT / "bench" / "results" / "webapp.json").stat().st_mtime == committed
+    with pytest.raises(SystemExit):  # refused while parsing, before anything starts
+        bench.main(["--clients", "0", "--url", "ws://127.0.0.1:1/ws/stream"])

@@ -65,7 +65,7 @@ class Settings:
     min_face_fraction: float = 0.0       # live frames: smallest face searched, share of the shorter side
     max_face_batch: int = 8              # streams' frames per face-thread tick (one model call)
     max_voice_batch: int = 4             # streams' windows per voice-thread tick (one encoder call)
-    voice_nice: int = 5                  # the voice thread's niceness: frames keep the CPU first
+    voice_max_share: float = 0.5         # the voice thread rests so that it works at most this share of the time
     model_threads: int = 1               # TensorFlow threads per model call (0: TensorFlow's default)
     face_weight: float = 0.6
     voice_weight: float = 0.4
@@ -86,8 +86,8 @@ class Settings:
         if not 0 <= self.min_face_fraction < 1:
             problems.append(f"--min-face-fraction must be from 0 to 1 (0: the detector's default), "
                             f"got {self.min_face_fraction}")
-        if not 0 <= self.voice_nice <= 19:
-            problems.append(f"--voice-nice must be from 0 to 19, got {self.voice_nice}")
+        if not 0 < self.voice_max_share <= 1:
+            problems.append(f"--voice-max-share must be above 0 and at most 1, got {self.voice_max_share}")
         if self.detector:
             from fer.faces import DETECTORS
 
@@ -207,10 +207,13 @@ async def _multipart_file(request: Request, body: bytes, family: str) -> tuple[s
 def create_app(models_dir: str | Path | None = None, settings: Settings | None = None,
                models: Models | None = None) -> FastAPI:
     """The ASGI app. Unless ``models`` is given, the models in ``models_dir`` load in a background
-    thread, so the server answers (``/api/health``: ``loading``) while they do."""
+    thread started with the server (the ASGI lifespan), which answers (``/api/health``: ``loading``)
+    while they do."""
     settings = settings or Settings()
+    loader = None
     if models is None:
-        models = ModelLoader(models_dir, settings.detector, settings.warmup, settings.model_threads).start()
+        loader = ModelLoader(models_dir, settings.detector, settings.warmup, settings.model_threads)
+        models = loader.models
     uploads_in_flight = [0]  # only touched on the event loop, so plain counters are safe
     uploads_reading = [0]
     per_client: dict[str, int] = {}
@@ -223,12 +226,16 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
         full_detect_every=settings.full_detect_every, track_pad=settings.track_pad,
         min_face_fraction=settings.min_face_fraction)
     workers = Workers(settings, LiveWorkers(models, stream_config, settings.max_face_batch, settings.max_voice_batch,
-                                            settings.voice_nice))
+                                            settings.voice_max_share))
     connections: set[StreamSession] = set()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         workers.start()  # again after a previous shutdown: the same app can be served again
+        if loader is not None:
+            # Here rather than in create_app: uvicorn has finished its own imports and binds the port right
+            # after this, instead of sharing the interpreter with TensorFlow's import for seconds first.
+            loader.start()
         yield
         workers.stop()
 

@@ -363,13 +363,14 @@ class ModelLoader:
         self.root = Path(models_dir) if models_dir is not None else None
         self.detector, self.warmup, self.threads = detector, warmup, threads
         self.models = Models(errors={name: "loading" for name in MODALITIES})
+        self.models.loading, self.models.progress, self.models.step = True, 0.0, "starting"
         self.thread: threading.Thread | None = None
 
     def start(self) -> Models:
-        """Start loading in a daemon thread; the returned Models says ``loading`` until it is done."""
-        self.models.loading, self.models.progress, self.models.step = True, 0.0, "starting"
-        self.thread = threading.Thread(target=self.run, name="model-loader", daemon=True)
-        self.thread.start()
+        """Start loading in a daemon thread (once); the Models says ``loading`` until it is done."""
+        if self.thread is None:
+            self.thread = threading.Thread(target=self.run, name="model-loader", daemon=True)
+            self.thread.start()
         return self.models
 
     def run(self) -> Models:

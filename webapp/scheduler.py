@@ -13,8 +13,8 @@ the latest picture instead of a backlog.
 from __future__ import annotations
 
 import logging
-import os
 import threading
+import time
 from collections import deque
 from typing import Callable, Generic, TypeVar
 
@@ -24,12 +24,20 @@ T = TypeVar("T")
 
 
 class Batcher(Generic[T]):
-    """One worker thread; ``work(batch)`` runs in it for up to ``max_batch`` waiting items per tick."""
+    """One worker thread; ``work(batch)`` runs in it for up to ``max_batch`` waiting items per tick.
 
-    def __init__(self, name: str, work: Callable[[list[T]], None], max_batch: int = 8, nice: int = 0) -> None:
+    ``max_share`` below 1 makes the thread rest after each tick, so that it works at most that share of
+    the time: a lane whose work is expensive and can wait (voice estimates) leaves the CPU to one that
+    cannot (frames). Thread priorities cannot do this: TensorFlow runs a call's ops in its own pool.
+    """
+
+    def __init__(self, name: str, work: Callable[[list[T]], None], max_batch: int = 8,
+                 max_share: float = 1.0) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self.name, self.work, self.max_batch, self.nice = name, work, max_batch, nice
+        if not 0 < max_share <= 1:
+            raise ValueError(f"max_share must be above 0 and at most 1, got {max_share}")
+        self.name, self.work, self.max_batch, self.max_share = name, work, max_batch, max_share
         self._cond = threading.Condition()
         self._queue: deque[T] = deque()
         self._waiting: set[int] = set()  # id() of queued items: an item is queued at most once
@@ -78,13 +86,6 @@ class Batcher(Generic[T]):
                 self._queue.remove(item)
 
     def _run(self, generation: int) -> None:
-        if self.nice:
-            # Linux niceness is per thread: this lane gets the CPU the others leave over. Model calls with
-            # one TensorFlow thread run in the calling thread, so the niceness covers them too.
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
-            except (AttributeError, OSError) as exc:
-                log.debug("%s: cannot lower the thread's priority (%s)", self.name, exc)
         while True:
             with self._cond:
                 while not self._queue and generation == self._generation:
@@ -96,7 +97,13 @@ class Batcher(Generic[T]):
                     self._waiting.discard(id(item))
             self.ticks += 1
             self.served += len(batch)
+            started = time.perf_counter()
             try:
                 self.work(batch)
             except Exception:  # a bug in one tick must not end the lane for every stream
                 log.exception("%s: a batch failed", self.name)
+            if self.max_share < 1:
+                rest = (time.perf_counter() - started) * (1 - self.max_share) / self.max_share
+                with self._cond:  # stop() wakes it
+                    if generation == self._generation:
+                        self._cond.wait(rest)

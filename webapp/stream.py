@@ -14,8 +14,8 @@ Fast path:
   at most every ``voice_interval_seconds``), the voice thread takes its newest window, up to
   ``max_voice_batch`` streams per encoder call, and the estimate is pushed as its own result
   (``kind: "voice"``, ``id`` and ``t`` of the newest audio message it heard). The voice thread
-  runs at a lower priority (``voice_nice``): on a loaded machine voice estimates come less often,
-  frames stay fast.
+  works at most ``voice_max_share`` of the time: on a loaded machine voice estimates come less
+  often, and frames stay fast.
 """
 from __future__ import annotations
 
@@ -167,10 +167,10 @@ class LiveWorkers:
     """The face and voice threads every stream shares (see the module notes)."""
 
     def __init__(self, models: Models, config: StreamConfig, max_face_batch: int = 8, max_voice_batch: int = 4,
-                 voice_nice: int = 5) -> None:
+                 voice_max_share: float = 0.5) -> None:
         self.models, self.config = models, config
         self.face = Batcher("face", self.process_frames, max_face_batch)
-        self.voice = Batcher("voice", self.process_voice, max_voice_batch, nice=voice_nice)
+        self.voice = Batcher("voice", self.process_voice, max_voice_batch, max_share=voice_max_share)
 
     def start(self) -> None:
         self.face.start()
