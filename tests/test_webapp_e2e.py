@@ -523,6 +523,42 @@ def test_page_recovers_from_a_killed_server(tmp_path, models_dir):
 
 
 @needs_chromium
+def test_page_notices_a_server_that_stops_answering(tmp_path, live_models):
+    """A connection that stays open but goes quiet (a hung server, a dropped network) is not live either:
+    unanswered pings make the page say disconnected, and it reconnects."""
+    from playwright.sync_api import sync_playwright
+
+    server = ServerThread(create_app(settings=Settings(warmup=False), models=live_models), free_port()).start()
+    frozen = threading.Event()
+
+    def relay(ws) -> None:  # between page and server; while frozen the server's messages are lost
+        upstream = ws.connect_to_server()
+        upstream.on_message(lambda message: None if frozen.is_set() else ws.send(message))
+
+    try:
+        with sync_playwright() as p:
+            browser = launch_browser(p, tmp_path, sm.write_y4m(tmp_path / "face.y4m", n_frames=5, fps=15),
+                                     sm.write_wav(tmp_path / "voice.wav", sm.voice(1.0)))
+            page = browser.new_page()
+            page.route_web_socket("**/ws/stream", relay)
+            page.goto(f"http://127.0.0.1:{server.port}/?mic=off")
+            page.wait_for_function("window.emotionApp.frameResults >= 2", timeout=WAIT_MS)
+            frozen.set()
+            started = time.perf_counter()
+            page.wait_for_function("window.emotionApp.live === 'down'", timeout=5000)
+            assert time.perf_counter() - started < 3.5  # 2 s without an answer to a ping sent every 0.5 s
+            assert "no answer from the server" in page.text_content("#conn-state")
+            assert_greyed_out(page, "disconnected")
+            frozen.clear()
+            wait_live(page)
+            count = page.evaluate("window.emotionApp.frameResults")
+            page.wait_for_function(f"window.emotionApp.frameResults > {count + 1}", timeout=WAIT_MS)
+            browser.close()
+    finally:
+        server.stop()
+
+
+@needs_chromium
 def test_page_explains_blocked_devices_and_points_to_the_file_box(tmp_path, live_models):
     from playwright.sync_api import sync_playwright
 

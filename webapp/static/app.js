@@ -10,8 +10,8 @@ const AUDIO_CHUNK_MS = 250;          // 4000 samples at 16 kHz per message
 const MAX_BUFFERED_BYTES = 256 * 1024; // skip frames while the socket is this far behind
 const TIMELINE_SECONDS = 60;
 const STALE_MS = 2000;               // bars fade and boxes vanish when older than this
-const PING_MS = 1000;                // a ping a second keeps the round trip fresh and the watchdog fed
-const WATCHDOG_MS = 2000;            // no message for this long on an open socket: the server is gone
+const PING_MS = 500;                 // pings keep the round trip fresh and tell a hung server from a quiet one
+const WATCHDOG_MS = 2000;            // a ping unanswered this long: the server is gone
 const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 5000;
 const HEALTH_POLL_MS = 500;          // while the server loads its models
@@ -41,7 +41,7 @@ let ws = null;
 let nextId = 1;
 let reconnectDelay = RECONNECT_MIN_MS;
 let reconnectTimer = null;
-let lastMessageAt = 0;
+let unansweredSince = null;          // when the first ping sent after the last message went out
 let lastFrameResult = null;          // {faces, size, at}
 let faceSeen = 0, voiceSeen = 0;
 const history = [];                  // {at, fused}; fused null marks a gap (nothing seen, offline, paused)
@@ -150,9 +150,9 @@ function connect() {
   const socket = new WebSocket(url);
   socket.binaryType = 'arraybuffer';
   ws = socket;
-  socket.onopen = () => { reconnectDelay = RECONNECT_MIN_MS; lastMessageAt = performance.now(); };
+  socket.onopen = () => { reconnectDelay = RECONNECT_MIN_MS; unansweredSince = null; };
   socket.onmessage = (event) => {
-    lastMessageAt = performance.now();
+    unansweredSince = null;
     let msg;
     try { msg = JSON.parse(event.data); } catch (e) { return; }
     if (msg.type === 'hello') onHello(msg);
@@ -390,9 +390,10 @@ function drawTimeline() {
 
 function tick() {
   const now = performance.now();
-  // An open socket that has said nothing for WATCHDOG_MS (pings go every PING_MS) is as good as closed:
-  // a server that hangs or a network that drops does not always close the connection.
-  if (ws && ws.readyState === WebSocket.OPEN && now - lastMessageAt > WATCHDOG_MS) {
+  // A ping unanswered for WATCHDOG_MS (with nothing else heard either) means the server is gone: a server
+  // that hangs or a network that drops does not always close the connection. Counting from the ping, not
+  // from the last message, keeps a background tab whose timers the browser slows from tripping it.
+  if (ws && ws.readyState === WebSocket.OPEN && unansweredSince !== null && now - unansweredSince > WATCHDOG_MS) {
     const stale = ws;
     ws = null;
     stale.close();
@@ -721,5 +722,8 @@ connect();
 openMedia();
 setInterval(tick, 100);
 setInterval(() => {
-  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'ping', id: nextId++, t: performance.now() }));
+  if (!ws || ws.readyState !== WebSocket.OPEN) return;
+  const now = performance.now();
+  if (unansweredSince === null) unansweredSince = now;
+  ws.send(JSON.stringify({ type: 'ping', id: nextId++, t: now }));
 }, PING_MS);
