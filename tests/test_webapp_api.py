@@ -841,6 +841,9 @@ def test_a_batcher_with_a_max_share_rests_between_ticks():
     try:
         batcher.submit("a")
         batcher.submit("b")
+        time.sleep(0.15)
+        batcher.submit("c")  # arrives during the rest: it waits its turn, it does not cut the rest short
+        batcher.discard("c")
         deadline = time.time() + 3
         while len(done) < 2 and time.time() < deadline:
             time.sleep(0.01)

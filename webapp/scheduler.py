@@ -103,7 +103,8 @@ class Batcher(Generic[T]):
             except Exception:  # a bug in one tick must not end the lane for every stream
                 log.exception("%s: a batch failed", self.name)
             if self.max_share < 1:
-                rest = (time.perf_counter() - started) * (1 - self.max_share) / self.max_share
-                with self._cond:  # stop() wakes it
-                    if generation == self._generation:
-                        self._cond.wait(rest)
+                done = time.perf_counter()
+                until = done + (done - started) * (1 - self.max_share) / self.max_share
+                with self._cond:  # new work does not cut the rest short; stop() does
+                    while generation == self._generation and (left := until - time.perf_counter()) > 0:
+                        self._cond.wait(left)
