@@ -67,7 +67,7 @@ def fuse(probs: dict[str, np.ndarray | None], weights: dict[str, float], rule: s
     else:
         total = sum(weights[m] for m in present)
         share = {m: weights[m] / total for m in present}
-    if rule == "mean":
+    if rule == "mean" or len(present) == 1:  # one modality: its own probabilities, unfloored
         return sum(share[m] * p for m, p in present.items())
     log_p = sum(share[m] * np.log(np.clip(p, PROB_FLOOR, 1.0)) for m, p in present.items())
     fused = np.exp(log_p - log_p.max())

@@ -1,0 +1,169 @@
+"""The shipped fusion folder: ``python -m fusion.predict clip.mp4`` with no flags (late fusion of the shipped ser
+and fer models with ``saved_models/fusion/late_fusion.json``), audio-only and video-only clips, the late-fusion
+file as the server reads it, and the weight fitting's promise never to score below the better modality."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from core.io import read_json
+from core.labels import EMOTIONS
+from tests.synth_video import render_audio, write_clip
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def _audio_only_mp4(path, y: np.ndarray, sr: int = 16_000):
+    """An mp4 with an AAC track and no video stream (what a phone's voice memo can be)."""
+    import av
+
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=sr, layout="mono")
+        for start in range(0, len(y), 1024):
+            frame = av.AudioFrame.from_ndarray(y[start:start + 1024].reshape(1, -1), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = sr, start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    import soundfile
+
+    base = tmp_path_factory.mktemp("shipped_fusion")
+    voice = render_audio(2.0, 16_000, emotion=3)
+    soundfile.write(base / "voice.wav", voice, 16_000)
+    return {"av": write_clip(base / "av.mp4", seconds=2.0, size=(160, 160), emotion=1),
+            "silent": write_clip(base / "silent.mp4", seconds=2.0, size=(160, 160), emotion=1, with_audio=False),
+            "voice_mp4": _audio_only_mp4(base / "voice.mp4", voice), "wav": base / "voice.wav"}
+
+
+def _vector(probs: dict) -> np.ndarray:
+    return np.array([probs[e] for e in EMOTIONS])
+
+
+def test_predict_without_flags_fuses_with_the_shipped_weights(clips, capsys, repo_root):
+    from fusion.late import load_late_fusion
+    from fusion.predict import main
+
+    shipped = load_late_fusion()
+    assert shipped.source == str(repo_root / "saved_models" / "fusion" / "late_fusion.json")
+    assert main([str(clips["av"]), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert result["mode"] == "late" and result["used"] == ["audio", "face"]
+    assert result["weights"] == shipped.weights and result["rule"] == shipped.rule
+    assert set(result["modalities"]) == {"audio", "face"} and result["face_frames"] > 0
+    expected = shipped.fuse({m: _vector(result["modalities"][m]["probabilities"]) for m in ("audio", "face")})
+    np.testing.assert_allclose(_vector(result["probabilities"]), expected, atol=1e-4)  # printed to 6 decimals
+    assert result["label"] == EMOTIONS[int(np.argmax(expected))]
+
+
+def test_audio_files_go_to_the_voice_and_silent_video_to_the_face(clips, capsys):
+    from fusion.predict import main
+
+    paths = [clips["voice_mp4"], clips["wav"], clips["silent"]]
+    assert main([*map(str, paths), "--json"]) == 0
+    voice_mp4, wav, silent = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    for result in (voice_mp4, wav):
+        assert result["used"] == ["audio"] and result["face_missing"] == "no video track"
+        assert result["probabilities"] == result["modalities"]["audio"]["probabilities"]
+    np.testing.assert_allclose(_vector(voice_mp4["probabilities"]), _vector(wav["probabilities"]), atol=0.05)
+    assert silent["used"] == ["face"] and silent["audio_missing"] == "no audio track"
+    assert silent["label"] == silent["modalities"]["face"]["label"]
+
+
+def test_server_function_reads_the_late_fusion_file(tmp_path, repo_root):
+    from fusion.late import LateFusionConfig, find_late_fusion, load_late_fusion
+
+    shipped = load_late_fusion(repo_root / "saved_models")
+    assert set(shipped.weights) <= {"audio", "face"} and shipped.rule in ("mean", "product")
+    face = dict(zip(EMOTIONS, [0.1, 0.6, 0.1, 0.05, 0.05, 0.05, 0.05]))
+    voice = dict(zip(EMOTIONS, [0.05, 0.1, 0.1, 0.6, 0.05, 0.05, 0.05]))
+    fused = shipped.fuse_named(face, voice)
+    assert list(fused) == list(EMOTIONS) and sum(fused.values()) == pytest.approx(1.0, abs=1e-5)
+    assert shipped.fuse_named(None, voice) == pytest.approx(voice, abs=1e-6)  # one modality: itself
+    assert shipped.fuse_named(None, None) is None
+    # A models folder without a fusion/ folder: the older <models>/late_fusion.json, then the even default.
+    assert load_late_fusion(tmp_path) == LateFusionConfig()
+    (tmp_path / "late_fusion.json").write_text(json.dumps({"weights": {"audio": 0.8, "face": 0.2}}))
+    assert load_late_fusion(tmp_path).weights == {"audio": 0.8, "face": 0.2}
+    (tmp_path / "fusion").mkdir()
+    (tmp_path / "fusion" / "late_fusion.json").write_text(json.dumps({"weights": {"audio": 0.3, "face": 0.7},
+                                                                      "rule": "product"}))
+    assert find_late_fusion(tmp_path) == tmp_path / "fusion" / "late_fusion.json"
+    cfg = load_late_fusion(tmp_path)
+    assert cfg.rule == "product" and cfg.weights == {"audio": 0.3, "face": 0.7}
+    (tmp_path / "fusion" / "late_fusion.json").write_text('{"weights": {"audio": -1}}')
+    with pytest.raises(ValueError, match="non-negative"):
+        load_late_fusion(tmp_path)
+
+
+def test_shipped_file_was_fitted_on_validation_for_the_shipped_models(repo_root):
+    data = read_json(repo_root / "saved_models" / "fusion" / "late_fusion.json")
+    assert "validation" in data["fitted_on"]
+    assert data["models"]["ser"]["dir"] == "saved_models/ser" and data["models"]["fer"]["dir"] == "saved_models/fer"
+    # The fitting's promise: never below the better single modality on the clips it was fitted on.
+    assert data["f1_macro"] >= max(data["f1_macro_single_modality"].values())
+    assert (repo_root / "saved_models" / "fusion" / "MODEL_CARD.md").is_file()
+
+
+def test_bad_late_fusion_specs_are_refused_clearly(tmp_path, capsys, clips):
+    from fusion.late import read_late_config
+    from fusion.predict import main
+
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_late_config(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="rule"):
+        read_late_config("audio=0.5,face=0.5,rule=vote")
+    with pytest.raises(ValueError, match="non-negative"):
+        read_late_config("audio=0,face=0")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a late-fusion file"):
+        read_late_config(tmp_path / "bad.json")
+    assert main([str(clips["av"]), "--late-weights", "audio=x"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def _synthetic_probs(rng, y: np.ndarray, audio_acc: float, face_acc: float, noise_face: bool = False) -> list[dict]:
+    """Per clip: each modality puts most mass on the true class with the given accuracy, independently."""
+    out = []
+    for label in y:
+        probs = {}
+        for m, acc in (("audio", audio_acc), ("face", face_acc)):
+            if m == "face" and noise_face:
+                probs[m] = rng.dirichlet(np.ones(7))
+                continue
+            top = label if rng.random() < acc else rng.integers(7)
+            p = rng.dirichlet(np.ones(7)) * 0.4
+            p[top] += 0.6
+            probs[m] = p / p.sum()
+        out.append(probs)
+    return out
+
+
+def test_fitting_never_scores_below_the_better_modality_and_falls_back_to_it():
+    from fusion.late import fit_late_fusion, fuse
+
+    rng = np.random.default_rng(0)
+    y = np.arange(140) % 7
+    noise = fit_late_fusion(_synthetic_probs(rng, y, 0.8, 0.0, noise_face=True), y)
+    assert noise["fallback"] and noise["fallback_to"] == "audio" and noise["weights"] == {"audio": 1.0, "face": 0.0}
+    both = _synthetic_probs(rng, y, 0.6, 0.6)
+    fit = fit_late_fusion(both, y)
+    assert not fit["fallback"] and fit["f1_macro"] > max(fit["f1_macro_single_modality"].values())
+    for seed in range(5):  # whatever the data, the chosen weights score at least the better modality alone
+        trial = np.random.default_rng(seed)
+        probs = _synthetic_probs(trial, y, trial.uniform(0.2, 0.9), trial.uniform(0.2, 0.9))
+        result = fit_late_fusion(probs, y, steps=11)
+        assert result["f1_macro"] >= max(result["f1_macro_single_modality"].values())
+    # The product rule is the normalised weighted geometric mean; a missing modality leaves the other alone.
+    a, f = (np.clip(both[0][m], 1e-4, 1.0) for m in ("audio", "face"))  # fuse floors probabilities at 1e-4
+    expected = a ** 0.7 * f ** 0.3
+    np.testing.assert_allclose(fuse(both[0], {"audio": 0.7, "face": 0.3}, "product"), expected / expected.sum(),
+                               rtol=1e-6)
+    alone = both[0]["audio"]
+    np.testing.assert_allclose(fuse({"audio": alone, "face": None}, {"audio": 0.7, "face": 0.3}, "product"), alone,
+                               rtol=1e-6)
