@@ -853,3 +853,20 @@ def test_a_batcher_with_a_max_share_rests_between_ticks():
     assert done[1][0] - done[0][0] >= 0.19  # 0.1 s of work, 0.1 s of rest, 0.1 s of work
     with pytest.raises(ValueError):
         Batcher("bad", work, max_share=0.0)
+
+
+def test_a_failing_voice_model_answers_with_an_error_and_tries_again_later():
+    class Broken(sm.FakeVoice):
+        def window_probabilities(self, waveforms):
+            self.calls += 1
+            raise RuntimeError("encoder exploded")
+
+    voice = Broken()
+    with make_client(Models(ser=voice), voice_interval_seconds=0.0) as c, c.websocket_connect("/ws/stream") as ws:
+        ws.receive_json()
+        ws.send_bytes(binary(2, 1, pcm16(sm.voice(0.5))))
+        error = receive_until(ws, lambda m: m["type"] == "error")
+        assert (error["code"], error["id"]) == ("internal", 1) and "encoder exploded" in error["detail"]
+        ws.send_bytes(binary(2, 2, pcm16(sm.voice(0.5, seed=2))))
+        again = receive_until(ws, lambda m: m["type"] == "error")
+        assert again["id"] == 2 and voice.calls == 2  # the stream was not left waiting for the first estimate

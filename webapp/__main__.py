@@ -43,7 +43,8 @@ HELP = {
     "model_threads": "TensorFlow threads per model call (0: TensorFlow's default, all cores); 1 lets the face "
                      "and voice threads use one core each",
     "video_segment_seconds": "a video upload with ?segments=true gets one row per this many seconds",
-    "detector": "face detector (fer.faces.DETECTORS; empty: the face package's default, as fer.predict uses)",
+    "detector": "face detector, one of fer.faces.DETECTORS (blazeface, blazeface-full, haar, mtcnn); empty: the "
+                "face package's default, as fer.predict uses",
     "warmup": "run each model once at start-up so the first request is fast",
 }
 

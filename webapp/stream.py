@@ -221,7 +221,11 @@ class LiveWorkers:
     def process_voice(self, sessions: Sequence["StreamSession"]) -> None:
         """One tick: the newest audio window of each stream, through the voice model in one call."""
         taken = [(session, session.take_window()) for session in sessions]
-        answers = self.models.predict_voice_batch([window for _, (window, _, _) in taken], media.SAMPLE_RATE)
+        try:
+            answers: list[Any] = self.models.predict_voice_batch([window for _, (window, _, _) in taken],
+                                                                 media.SAMPLE_RATE)
+        except Exception as exc:  # every stream hears of it; none is left waiting for an estimate forever
+            answers = [exc] * len(taken)
         for (session, (_, seq, newest)), answer in zip(taken, answers):
             session.deliver_voice(seq, newest, answer)
 
