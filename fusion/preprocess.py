@@ -255,8 +255,11 @@ def _init_worker() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # encoders import TensorFlow in each worker
-    try:
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3":  # the parent ran core.cli.quiet_tensorflow: stay as quiet
+        from core.cli import quiet_tensorflow
+
+        quiet_tensorflow(verbose=False)
+    try:  # encoders import TensorFlow in each worker process
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(1)
