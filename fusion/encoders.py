@@ -106,6 +106,13 @@ def _find_faceres(model) -> Any | None:
     return None
 
 
+def _backbone_output(model) -> Any:
+    """The backbone's output tensor *in ``model``'s graph* (``layer.output`` of a nested model is its own graph's)."""
+    layer = model.get_layer(FACERES_LAYER)
+    nodes = [n for n in layer._inbound_nodes if not n.is_input]
+    return nodes[-1].outputs[0]
+
+
 def fer_has_backbone(fer_dir: str | os.PathLike | None = None) -> bool:
     """Whether a fer run folder's model is a ``faceres`` model (read from its config, no model loading)."""
     from core.io import read_json
@@ -134,7 +141,7 @@ def _fer_backbone_encoder(fer_dir: str | os.PathLike | None) -> FaceEncoder:
     if inner is None:
         raise EncoderUnavailableError(f"{path} has no {FACERES_LAYER} layer (it is not a faceres model); use "
                                       "--face-encoder faceres for the pinned face backbone")
-    net = keras.Model(inner.input, inner.get_layer(FACERES_LAYER).output, name="fer_face_embedding")
+    net = keras.Model(inner.input, _backbone_output(inner), name="fer_face_embedding")
     size = int(net.input_shape[1])
     fn = tf.function(lambda x: net(x, training=False),
                      input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
@@ -154,7 +161,7 @@ def _pinned_faceres_encoder() -> FaceEncoder:
         model = build_faceres(INPUT_SHAPE, weights="faceres", dropout=0.0)
     except WeightsUnavailableError as exc:
         raise EncoderUnavailableError(str(exc)) from exc
-    net = keras.Model(model.input, model.get_layer(FACERES_LAYER).output, name="faceres_face_embedding")
+    net = keras.Model(model.input, _backbone_output(model), name="faceres_face_embedding")
     size = INPUT_SHAPE[0]
     fn = tf.function(lambda x: net(x, training=False),
                      input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])

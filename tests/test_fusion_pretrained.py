@@ -42,6 +42,22 @@ def test_tiny_encoders_give_fixed_shapes_and_refuse_wrong_input():
         get_face_encoder("resnet")
 
 
+def test_face_encoder_reads_the_backbone_inside_a_saved_face_model(tmp_path):
+    """A fer run folder holding a flip-averaged faceres model (random weights, narrow): its backbone's features."""
+    from core.io import save_model, write_json
+    from fer.models import build_faceres, with_flip_average
+    from fusion.encoders import fer_has_backbone, get_face_encoder
+
+    save_model(with_flip_average(build_faceres(weights=None, alpha=0.25, image_size=64)), tmp_path / "model.keras")
+    write_json(tmp_path / "config.json", {"task": "fer", "model": "faceres", "class_names": list(EMOTIONS)})
+    assert fer_has_backbone(tmp_path)
+    encoder = get_face_encoder(str(tmp_path))
+    assert encoder.input_size == 48 and encoder.dim == 256 and encoder.fingerprint.startswith("fer-")
+    crops = np.random.default_rng(0).integers(0, 255, (3, 48, 48), dtype=np.uint8)
+    emb = encoder(crops)
+    assert emb.shape == (3, 256) and np.isfinite(emb).all() and emb.std() > 0
+
+
 def test_pretrained_model_shapes_layer_weights_and_padding_invariance():
     from fusion.models import LayerWeights, ModelConfig, build_model
     from fusion.pipeline import batch_inputs, to_model_inputs
