@@ -870,3 +870,35 @@ def test_a_failing_voice_model_answers_with_an_error_and_tries_again_later():
         ws.send_bytes(binary(2, 2, pcm16(sm.voice(0.5, seed=2))))
         again = receive_until(ws, lambda m: m["type"] == "error")
         assert again["id"] == 2 and voice.calls == 2  # the stream was not left waiting for the first estimate
+
+
+def test_a_batcher_with_two_threads_never_has_an_item_in_two_ticks():
+    from webapp.scheduler import Batcher
+
+    lock, inside, overlaps, served = threading.Lock(), set(), [], []
+
+    def work(batch):
+        with lock:
+            overlaps.extend(item for item in batch if item in inside)
+            inside.update(batch)
+        time.sleep(0.05)
+        with lock:
+            inside.difference_update(batch)
+            served.extend(batch)
+
+    batcher = Batcher("test", work, max_batch=2, threads=2)
+    batcher.start()
+    try:
+        for _ in range(20):  # "a" is resubmitted while its tick runs: it waits for that tick, then runs again
+            for item in ("a", "b", "c"):
+                batcher.submit(item)
+            time.sleep(0.01)
+        deadline = time.time() + 3
+        while batcher.waiting and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.15)
+    finally:
+        batcher.stop()
+    assert not overlaps
+    assert served.count("a") >= 3 and served.count("b") >= 3 and served.count("c") >= 3
+    assert batcher.ticks >= 4 and len(batcher._workers) == 0

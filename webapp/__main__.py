@@ -38,6 +38,8 @@ HELP = {
                          "(0: the detector's default, 5 %%); with haar larger is faster but finds more false faces",
     "max_face_batch": "live frames of this many streams are analysed per tick, their faces in one model call",
     "max_voice_batch": "audio windows of this many streams go through the voice model in one call",
+    "face_threads": "live frame ticks that run at once (a stream is in one at a time); more can pay on a machine "
+                    "with more cores",
     "voice_max_share": "the voice thread works at most this share of the time (it rests after each batch): "
                        "under load frames keep the CPU and voice estimates come less often",
     "model_threads": "TensorFlow threads per model call (0: TensorFlow's default, all cores); 1 lets the face "

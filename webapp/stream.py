@@ -167,9 +167,9 @@ class LiveWorkers:
     """The face and voice threads every stream shares (see the module notes)."""
 
     def __init__(self, models: Models, config: StreamConfig, max_face_batch: int = 8, max_voice_batch: int = 4,
-                 voice_max_share: float = 0.5) -> None:
+                 voice_max_share: float = 0.5, face_threads: int = 1) -> None:
         self.models, self.config = models, config
-        self.face = Batcher("face", self.process_frames, max_face_batch)
+        self.face = Batcher("face", self.process_frames, max_face_batch, threads=face_threads)
         self.voice = Batcher("voice", self.process_voice, max_voice_batch, max_share=voice_max_share)
 
     def start(self) -> None:
