@@ -51,6 +51,7 @@ class ModelConfig:
     modalities: str = "frame,face,audio"
     # pretrained encoders: inputs are cached embeddings of these sizes (fusion.preprocess.resolve_encoders)
     pretrained: bool = False
+    temporal: str = "lstm"       # pretrained branches: lstm, or stats (masked mean + std over time, then dense)
     face_dim: int = 0
     audio_states: int = 0
     audio_dim: int = 0
@@ -225,9 +226,35 @@ def build_audio_branch(mel, mel_mask, filters: int, units: int, n_mels: int, dro
     return layers.LSTM(units, name="audio_lstm")(x, mask=mask)
 
 
-def build_embedding_face_branch(emb, face_mask, frame_mask, units: int, dropout: float):
-    """Per-frame face embeddings (frozen encoder, cached) -> the same 2-layer LSTM as the pixel model."""
+TEMPORAL = ("lstm", "stats")
+
+
+@keras.saving.register_keras_serializable(package="fusion")
+class MaskedStats(layers.Layer):
+    """Mean and standard deviation over the steps where ``weights`` is 1: (B, T, D), (B, T) -> (B, 2 D).
+
+    Padding and masked steps never count, so a clip gets the same statistics alone or padded in a batch.
+    """
+
+    def call(self, features, weights):
+        w = ops.expand_dims(ops.cast(weights, features.dtype), -1)
+        count = ops.maximum(ops.sum(w, axis=1), 1.0)
+        mean = ops.sum(features * w, axis=1) / count
+        var = ops.sum(ops.square(features - ops.expand_dims(mean, 1)) * w, axis=1) / count
+        return ops.concatenate([mean, ops.sqrt(var + 1e-6)], axis=-1)
+
+    def compute_output_shape(self, features_shape, weights_shape):
+        return (features_shape[0], 2 * features_shape[-1])
+
+
+def build_embedding_face_branch(emb, face_mask, frame_mask, units: int, dropout: float, temporal: str = "lstm"):
+    """Per-frame face embeddings (frozen encoder, cached) -> the same 2-layer LSTM as the pixel model, or
+    (``temporal="stats"``) their mean and spread over the frames with a face, then a dense layer."""
     x = layers.LayerNormalization(name="face_norm")(emb)  # the encoders' feature scales differ widely
+    if temporal == "stats":
+        x = MaskedStats(name="face_stats")(x, face_mask)
+        x = layers.Dropout(dropout, name="face_dropout")(x)
+        return layers.Dense(units, activation="relu", name="face_dense")(x)
     x = GateByMask(name="face_gate")(x, face_mask)
     x = layers.Dropout(dropout, name="face_dropout")(x)
     mask = MaskToBool(name="face_steps")(frame_mask)
@@ -235,12 +262,17 @@ def build_embedding_face_branch(emb, face_mask, frame_mask, units: int, dropout:
     return layers.LSTM(units, name="face_lstm2")(x, mask=mask)
 
 
-def build_embedding_audio_branch(states, audio_mask, units: int, dropout: float):
-    """Every hidden state of the speech encoder -> normalised per state, mixed by learned weights, an LSTM."""
+def build_embedding_audio_branch(states, audio_mask, units: int, dropout: float, temporal: str = "lstm"):
+    """Every hidden state of the speech encoder -> normalised per state, mixed by learned weights, an LSTM
+    (or, ``temporal="stats"``, mean and spread over the real steps, then a dense layer)."""
     # Whisper's deeper states are ~10x larger than the first ones: normalise each before mixing, so the
     # learned weights choose layers instead of compensating scales.
     x = layers.LayerNormalization(name="audio_state_norm")(states)
     x = LayerWeights(name="audio_layer_weights")(x)
+    if temporal == "stats":
+        x = MaskedStats(name="audio_stats")(x, audio_mask)
+        x = layers.Dropout(dropout, name="audio_dropout")(x)
+        return layers.Dense(units, activation="relu", name="audio_dense")(x)
     x = layers.Dropout(dropout, name="audio_dropout")(x)
     x = layers.Dense(units, activation="relu", name="audio_project")(x)
     mask = MaskToBool(name="audio_steps")(audio_mask)
@@ -291,12 +323,15 @@ def build_model(cfg: ModelConfig, num_classes: int = NUM_CLASSES) -> keras.Model
     inputs = build_inputs(cfg)
     embeddings = {}
     if cfg.pretrained:
+        if cfg.temporal not in TEMPORAL:
+            raise ValueError(f"temporal must be one of {TEMPORAL}, got {cfg.temporal!r}")
         if "face" in mods:
             embeddings["face"] = build_embedding_face_branch(inputs["face_emb"], inputs["face_mask"],
-                                                             inputs["frame_mask"], cfg.lstm_units, cfg.dropout)
+                                                             inputs["frame_mask"], cfg.lstm_units, cfg.dropout,
+                                                             cfg.temporal)
         if "audio" in mods:
             embeddings["audio"] = build_embedding_audio_branch(inputs["audio_states"], inputs["audio_mask"],
-                                                               cfg.audio_lstm_units, cfg.dropout)
+                                                               cfg.audio_lstm_units, cfg.dropout, cfg.temporal)
     if "frame" in mods and not cfg.pretrained:
         backbone = build_backbone(cfg.image_size, cfg.alpha, cfg.weights, BACKBONES["frame"])
         embeddings["frame"] = build_visual_branch(inputs["frames"], inputs["frame_mask"], backbone,

@@ -67,6 +67,7 @@ class TrainConfig:
     detect_every: int = 2
     face_encoder: str = ""
     audio_encoder: str = ""
+    temporal: str = "lstm"
     # input pipeline
     max_seconds: float = 4.0
     # model (fusion.models.ModelConfig)
@@ -109,7 +110,7 @@ class TrainConfig:
         from fusion.models import ModelConfig
 
         sizes = {"pretrained": True, "face_dim": pcfg.face_dim, "audio_states": pcfg.audio_states,
-                 "audio_dim": pcfg.audio_dim} if self.pretrained and pcfg is not None else {}
+                 "audio_dim": pcfg.audio_dim, "temporal": self.temporal} if self.pretrained and pcfg is not None else {}
         return ModelConfig(image_size=self.image_size, face_size=self.face_size, n_mels=self.n_mels,
                            alpha=self.alpha, weights=self.weights, lstm_units=self.lstm_units,
                            audio_filters=self.audio_filters, audio_lstm_units=self.audio_lstm_units,
@@ -144,6 +145,8 @@ HELP = {
                     "run folder; empty = MobileNetV2 on pixels. Needs --modalities face,audio (or one of them)",
     "audio_encoder": "frozen pretrained speech encoder whose hidden states (layer-weighted) feed the audio LSTM: "
                      "whisper, tiny (tests); empty = the log-mel CNN",
+    "temporal": "with pretrained encoders, how each branch reads time: lstm, or stats (mean and standard deviation "
+                "over the real steps, then a dense layer of --lstm-units / --audio-lstm-units)",
     "max_seconds": "clips are cut to this many seconds in the input pipeline (random window when training)",
     "modalities": "comma-separated subset of frame,face,audio",
     "weights": "imagenet | none | PATH to MobileNetV2 no-top weights (.h5)",

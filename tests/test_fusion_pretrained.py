@@ -77,6 +77,10 @@ def test_pretrained_model_shapes_layer_weights_and_padding_invariance():
         np.testing.assert_allclose(np.asarray(alone[key])[0], np.asarray(padded[key])[0], atol=1e-5)
     layer = next(l for l in model.layers if isinstance(l, LayerWeights))
     assert layer.logits.shape == (3,)
+    stats = build_model(ModelConfig(**{**cfg.__dict__, "temporal": "stats"}))  # mean + std over the real steps
+    alone, padded = stats(batch_inputs([short]), training=False), stats(batch_inputs([short, long]), training=False)
+    for key in alone:
+        np.testing.assert_allclose(np.asarray(alone[key])[0], np.asarray(padded[key])[0], atol=1e-5)
     with pytest.raises(ValueError, match="face and audio branches only"):
         build_model(ModelConfig(pretrained=True, face_dim=16, audio_states=3, audio_dim=8))
 
