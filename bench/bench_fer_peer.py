@@ -5,7 +5,7 @@
 
 (Do not ``pip install fer`` into this project's environment: its package name shadows ours.)
 
-Corpora: JAFFE (faces cut from the photos with the haar detector) and CK+48, which neither model was trained
+Corpora: JAFFE (faces cut from the photos with the default detector, aligned: fer.faces) and CK+48, which neither model was trained
 on: the fair comparison. Also our FER2013 hold-out, where the peer's number is inflated: it was trained on
 FER2013's Training images, which include our hold-out. Reports accuracy, macro-F1 and ms per face on one
 core. Writes bench/results/fer_peer.md and .json (needs ../shared/data; exits 0 with a note without it).
@@ -98,7 +98,7 @@ def corpora(data_root: Path) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
 
     out = {}
     for corpus in ("jaffe", "ckplus"):
-        data = load_corpus(corpus, data_root, size=48, detector="haar")
+        data = load_corpus(corpus, data_root, size=48)  # the default detector and aligned crops, as fer.predict
         out[corpus] = (data.images, data.labels, "neither model trained on it")
     # The hold-out our shipped model was chosen and scored on (its own split settings).
     data, splits = load_split(run_config(read_json(REPO / "saved_models" / "fer" / "config.json"), str(data_root)))
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         cells = [f"{r[n]['accuracy']:.3f} / {r[n]['f1_macro']:.3f}" for n in names]
         lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['size_kb']} KB | {r['ms_per_face']:.1f} |")
     lines += ["", *[f"- {n} (n = {sets[n][0].shape[0]}): {sets[n][2]}." for n in names],
-              "- Faces: 48x48 gray crops (haar detector for JAFFE photos); the peer gets them resized to 64x64.",
+              "- Faces: 48x48 gray crops (JAFFE photos: the default detector, BlazeFace, with aligned crops); the peer gets them resized to 64x64.",
               "- ms per face: median CPU time of one prediction, one thread."]
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write(RESULTS / "fer_peer.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))

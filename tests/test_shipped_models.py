@@ -56,7 +56,7 @@ def test_shipped_compact_ser_tflite_agrees_with_keras(repo_root):
         assert np.abs(a - b).max() < 0.05
 
 
-FER_MODELS = ("fer", "fer_cnn")  # the default (a < 1 MB mini-Xception) and the larger CNN
+FER_MODELS = ("fer", "fer_tiny", "fer_cnn")  # the default (faceres + mini-Xceptions), the < 1 MB one, the CNN
 
 
 @pytest.mark.parametrize("name", FER_MODELS)
@@ -74,8 +74,12 @@ def test_shipped_fer_model_loads_and_is_deterministic(name, repo_root):
     assert "FER2013" in (repo_root / "saved_models" / name / "MODEL_CARD.md").read_text()
 
 
-def test_default_fer_model_is_the_tiny_one_under_one_megabyte(repo_root):
-    assert (repo_root / "saved_models" / "fer" / "model.keras").stat().st_size < 1024 * 1024
+def test_shipped_fer_models_fit_their_size_budgets(repo_root):
+    default, tiny = repo_root / "saved_models" / "fer", repo_root / "saved_models" / "fer_tiny"
+    assert (default / "model.keras").stat().st_size <= 16 * 1024 * 1024
+    assert (default / "model_float16.tflite").stat().st_size <= 10 * 1024 * 1024
+    model_files = [tiny / "model.keras", *tiny.glob("*.tflite")]
+    assert len(model_files) == 3 and sum(f.stat().st_size for f in model_files) <= 1024 * 1024
 
 
 @pytest.mark.parametrize("name", FER_MODELS)
