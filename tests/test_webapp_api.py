@@ -902,3 +902,41 @@ def test_a_batcher_with_two_threads_never_has_an_item_in_two_ticks():
     assert not overlaps
     assert served.count("a") >= 3 and served.count("b") >= 3 and served.count("c") >= 3
     assert batcher.ticks >= 4 and len(batcher._workers) == 0
+
+
+def test_the_live_stream_uses_its_own_small_face_model_and_uploads_the_default(tmp_path, monkeypatch, media):
+    import webapp.models as wm
+
+    for name in ("fer", "fer_tiny"):
+        (tmp_path / name).mkdir()
+        for f in ("model.keras", "config.json"):
+            (tmp_path / name / f).write_text("{}")
+    made = {}
+
+    def face_factory(model_dir, detector):
+        made[model_dir.name] = sm.FakeFace()
+        return made[model_dir.name]
+
+    monkeypatch.setitem(wm.FACTORIES, "fer", face_factory)
+    with make_client(wm.load_models(tmp_path, warmup=False, live_face="fer_tiny")) as c:
+        health = c.get("/api/health").json()
+        assert health["models"]["fer"]["loaded"] and health["models"]["fer_live"]["loaded"]
+        with c.websocket_connect("/ws/stream") as ws:
+            ws.receive_json()
+            ws.send_bytes(binary(1, 1, media["jpeg"]))
+            assert ws.receive_json()["face_state"] == "face"
+        assert made["fer_tiny"].calls == 1 and made["fer"].calls == 0
+        assert c.post("/api/predict/image", content=media["jpeg"], headers={"content-type": "image/jpeg"}).json()["faces"]
+        assert made["fer"].calls == 1 and made["fer_tiny"].calls == 1
+
+    (tmp_path / "fer_tiny" / "model.keras").unlink()  # without it the stream uses fer, and health says so
+    models = wm.load_models(tmp_path, warmup=False, live_face="fer_tiny")
+    assert models.live_face is models.face
+    assert "the live stream uses fer" in models.info()["fer_live"]["error"]
+    assert "fer_live" not in wm.load_models(tmp_path, warmup=False).info()  # none asked for: not listed
+
+
+@pytest.mark.parametrize("name", ["..", "../elsewhere", "/etc", "a/b"])
+def test_the_live_face_model_is_a_folder_inside_the_models_folder(name):
+    with pytest.raises(ValueError, match="--live-face-model must be a folder name"):
+        Settings(live_face_model=name)

@@ -47,6 +47,8 @@ HELP = {
     "video_segment_seconds": "a video upload with ?segments=true gets one row per this many seconds",
     "detector": "face detector, one of fer.faces.DETECTORS (blazeface, blazeface-full, haar, mtcnn); empty: the "
                 "face package's default, as fer.predict uses",
+    "live_face_model": "the live stream's face model: a folder in the models folder, used when it exists (the "
+                       "small fer_tiny: frames come many per second); uploads always use fer. Empty: fer",
     "warmup": "run each model once at start-up so the first request is fast",
 }
 

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import logging
 import math
+import re
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ class Settings:
     voice_weight: float = 0.4
     fresh_seconds: float = 2.0           # older face / voice estimates drop out of the fusion
     detector: str = ""                   # "": the face package's default detector
+    live_face_model: str = "fer_tiny"    # the live stream's face model (a models subfolder) when it exists
     warmup: bool = True
     video_segment_seconds: float = 3.0   # ?segments=true on a video: one row per this many seconds
 
@@ -91,6 +93,9 @@ class Settings:
                             f"got {self.min_face_fraction}")
         if not 0 < self.voice_max_share <= 1:
             problems.append(f"--voice-max-share must be above 0 and at most 1, got {self.voice_max_share}")
+        if self.live_face_model and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", self.live_face_model):
+            problems.append(f"--live-face-model must be a folder name inside the models folder, got "
+                            f"{self.live_face_model!r}")
         if self.detector:
             from fer.faces import DETECTORS
 
@@ -215,7 +220,8 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
     settings = settings or Settings()
     loader = None
     if models is None:
-        loader = ModelLoader(models_dir, settings.detector, settings.warmup, settings.model_threads)
+        loader = ModelLoader(models_dir, settings.detector, settings.warmup, settings.model_threads,
+                             settings.live_face_model)
         models = loader.models
     uploads_in_flight = [0]  # only touched on the event loop, so plain counters are safe
     uploads_reading = [0]

@@ -29,6 +29,7 @@ from core.labels import EMOTIONS
 log = logging.getLogger(__name__)
 
 MODALITIES = ("ser", "fer", "fusion")
+LIVE_FACE = "fer_live"  # the live stream's face model when it is not the uploads' one (see ModelLoader)
 MODEL_FILES = ("model.keras", "config.json")
 WARMUP_SECONDS = 1.0
 PRECISION = 6  # decimals of every probability, as the CLIs print them
@@ -102,12 +103,12 @@ class Models:
     """
 
     def __init__(self, ser: Any = None, fer: Any = None, fusion: Any = None,
-                 errors: dict[str, str] | None = None) -> None:
+                 errors: dict[str, str] | None = None, fer_live: Any = None) -> None:
         errors = errors or {}
         self.slots = {
             name: ModelSlot(name, predictor, _classes_of(predictor) if predictor is not None else [],
                             None if predictor is not None else errors.get(name, "not loaded"))
-            for name, predictor in (("ser", ser), ("fer", fer), ("fusion", fusion))
+            for name, predictor in (("ser", ser), ("fer", fer), ("fusion", fusion), (LIVE_FACE, fer_live))
         }
         self.loading = False
         self.progress = 1.0
@@ -125,8 +126,16 @@ class Models:
     def fusion(self) -> ModelSlot:
         return self.slots["fusion"]
 
+    @property
+    def live_face(self) -> ModelSlot:
+        """The live stream's face model: its own small one when loaded, else the uploads' one."""
+        live = self.slots[LIVE_FACE]
+        return live if live.loaded else self.face
+
     def info(self) -> dict[str, dict[str, Any]]:
-        return {name: slot.info() for name, slot in self.slots.items()}
+        """Every modality; the live face model only when one is configured apart from the uploads' one."""
+        return {name: slot.info() for name, slot in self.slots.items()
+                if name != LIVE_FACE or slot.loaded or slot.error not in (None, "not loaded")}
 
     def set_predictor(self, name: str, predictor: Any = None, error: str | None = None) -> None:
         """Fill one slot (the loader does, while the server already runs)."""
@@ -194,9 +203,10 @@ class Models:
         return to_probabilities(np.mean([scores for _, _, scores in parts], axis=0), slot.classes), segments
 
     # ---- faces ---------------------------------------------------------------------------
-    def predict_faces(self, image_bgr: np.ndarray) -> list[dict]:
-        """FERPredictor.predict_image faces, probabilities in EMOTIONS order, largest face first."""
-        slot = self._require(self.face, "face")
+    def predict_faces(self, image_bgr: np.ndarray, live: bool = False) -> list[dict]:
+        """FERPredictor.predict_image faces, probabilities in EMOTIONS order, largest face first (``live``: by
+        the live stream's face model)."""
+        slot = self._require(self.live_face if live else self.face, "face")
         with slot.lock:
             faces = slot.predictor.predict_image(image_bgr)
         out = []
@@ -213,7 +223,7 @@ class Models:
     def face_batchable(self) -> bool:
         """Whether faces can be found and classified separately (FERPredictor can), so the crops of many
         frames share one model call. Other predictors get ``predict_faces`` frame by frame."""
-        p = self.face.predictor
+        p = self.live_face.predictor
         return p is not None and all(hasattr(p, a) for a in ("predict_crops", "detector", "face_size", "margin"))
 
     def find_faces(self, image_bgr: np.ndarray, near: Sequence[int] | None = None, pad: float = 0.5,
@@ -228,7 +238,7 @@ class Models:
         """
         import fer.faces
 
-        predictor = self._require(self.face, "face").predictor
+        predictor = self._require(self.live_face, "face").predictor
         # detect_faces_with_landmarks where fer.faces has it (landmarks give aligned crops), else plain boxes
         detect = getattr(fer.faces, "detect_faces_with_landmarks", fer.faces.detect_faces)
         if near is None:
@@ -250,7 +260,7 @@ class Models:
         landmarks), so a face gets the same answer either way."""
         from fer.faces import crop_face
 
-        slot = self._require(self.face, "face")
+        slot = self._require(self.live_face, "face")
         predictor = slot.predictor
         crops = [crop_face(image, face, size=predictor.face_size, margin=predictor.margin)
                  for image, faces in frames for face in faces]
@@ -284,22 +294,25 @@ class Models:
             raise ModelUnavailable(f"no {what} model is loaded ({slot.name}: {slot.error})")
         return slot
 
-    def warmup(self, names: Sequence[str] = ("ser", "fer")) -> None:
+    def warmup(self, names: Sequence[str] = ("ser", "fer", LIVE_FACE)) -> None:
         """One call per model so the first live request does not pay graph tracing / numba compilation."""
         def voice() -> None:
             answer = self.predict_voice_batch([warmup_voice(WARMUP_SECONDS)], 16000)[0]
             if isinstance(answer, Exception):
                 raise answer
 
-        calls = {"ser": voice,
-                 "fer": lambda: self.predict_faces(np.full((240, 320, 3), 128, np.uint8))}
+        def live_face() -> None:
+            self.predict_faces(np.full((240, 320, 3), 128, np.uint8), live=True)
+            if self.face_batchable:
+                self.classify_faces([(np.full((96, 96, 3), 128, np.uint8), [[24, 24, 48, 48]])])
+
+        calls = {"ser": voice, "fer": lambda: self.predict_faces(np.full((240, 320, 3), 128, np.uint8)),
+                 LIVE_FACE: live_face}
         for name in names:
             if name in calls and self.slots[name].loaded:
                 start = time.perf_counter()
                 try:
                     calls[name]()
-                    if name == "fer" and self.face_batchable:
-                        self.classify_faces([(np.full((96, 96, 3), 128, np.uint8), [[24, 24, 48, 48]])])
                 except Exception as exc:  # a model that cannot answer is reported, not fatal
                     log.warning("%s warm-up failed: %s", name, exc)
                 log.info("%s warm-up took %.1f s", name, time.perf_counter() - start)
@@ -356,13 +369,20 @@ def configure_threads(threads: int) -> None:
 
 
 class ModelLoader:
-    """Fills a ``Models`` from the models folder, in a background thread or in the caller's."""
+    """Fills a ``Models`` from the models folder, in a background thread or in the caller's.
+
+    ``live_face``: a folder in the models folder (``fer_tiny``) whose face model the live stream uses
+    instead of ``fer``: frames come many per second, and the uploads' model may be one that is more
+    accurate but several times slower per face. Missing, the stream uses ``fer`` too.
+    """
 
     def __init__(self, models_dir: str | Path | None, detector: str = "", warmup: bool = True,
-                 threads: int = 0) -> None:
+                 threads: int = 0, live_face: str = "") -> None:
         self.root = Path(models_dir) if models_dir is not None else None
         self.detector, self.warmup, self.threads = detector, warmup, threads
-        self.models = Models(errors={name: "loading" for name in MODALITIES})
+        self.live_face = live_face if live_face not in ("", "fer") else ""
+        slots = MODALITIES + ((LIVE_FACE,) if self.live_face else ())
+        self.models = Models(errors={name: "loading" for name in slots})
         self.models.loading, self.models.progress, self.models.step = True, 0.0, "starting"
         self.thread: threading.Thread | None = None
 
@@ -379,8 +399,12 @@ class ModelLoader:
         started = time.perf_counter()
         try:
             found = {name: self._missing(name) for name in MODALITIES}
+            if self.live_face:
+                found[LIVE_FACE] = self._missing(self.live_face)
+                if found[LIVE_FACE] is not None:
+                    found[LIVE_FACE] += "; the live stream uses fer"
             todo = [name for name, missing in found.items() if missing is None]
-            warm = [name for name in todo if name in ("ser", "fer")] if self.warmup else []
+            warm = [name for name in todo if name in ("ser", "fer", LIVE_FACE)] if self.warmup else []
             # TensorFlow's import is a large share of the start-up: it counts as a step of its own.
             steps = max(1, len(todo) + len(warm) + (1 if todo else 0))
             done = 0
@@ -416,9 +440,9 @@ class ModelLoader:
         return f"{name}/{' and '.join(missing)} not found in the models folder" if missing else None
 
     def _load(self, name: str) -> tuple[Any, str | None]:
-        model_dir = self.root / name
+        model_dir = self.root / (self.live_face if name == LIVE_FACE else name)
         try:
-            predictor = FACTORIES[name](model_dir, self.detector)
+            predictor = FACTORIES["fer" if name == LIVE_FACE else name](model_dir, self.detector)
         except Exception as exc:  # a broken model must not stop the server: report it in /api/health
             # /api/health is public: name files relative to the models folder, not by server path.
             reason = str(exc).replace(str(model_dir.resolve()), name).replace(str(model_dir), name)
@@ -429,6 +453,6 @@ class ModelLoader:
 
 
 def load_models(models_dir: str | Path | None, detector: str = "", warmup: bool = True,
-                threads: int = 0) -> Models:
+                threads: int = 0, live_face: str = "") -> Models:
     """Load every modality found under ``models_dir`` now; record why the others are missing."""
-    return ModelLoader(models_dir, detector, warmup, threads).run()
+    return ModelLoader(models_dir, detector, warmup, threads, live_face).run()

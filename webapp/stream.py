@@ -210,7 +210,7 @@ class LiveWorkers:
             found = []
             for job in jobs:
                 try:
-                    found.append(self.models.predict_faces(job.image))
+                    found.append(self.models.predict_faces(job.image, live=True))
                 except Exception as exc:
                     found.append(exc)
         for job, faces in zip(jobs, found):
@@ -258,7 +258,7 @@ class StreamSession:
         self.voice_probs: dict[str, float] | None = None
         self.voice_time = 0.0
         self.no_speech: str | None = None  # what the latest voice window held instead of speech
-        self.face_state = "unknown" if models.face.loaded else "no_model"
+        self.face_state = "unknown" if models.live_face.loaded else "no_model"
         self.voice_state = "unknown" if models.voice.loaded else "no_model"
         self.consecutive_errors = 0
 
@@ -317,7 +317,7 @@ class StreamSession:
     # ---- frames --------------------------------------------------------------------------
     async def on_frame(self, incoming: Incoming) -> None:
         self.stats.frames_received += 1
-        if not self.models.face.loaded:
+        if not self.models.live_face.loaded:
             self.stats.frames_processed += 1
             await self.send_result("frame", incoming)
             return
