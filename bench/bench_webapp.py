@@ -269,6 +269,8 @@ def summarize(stats: list[ClientStats], elapsed: float, args, health: dict, watc
         # mean RSS of the run's first and last quarter: a leak shows as growth, a bounded server stays flat
         "server_rss_first_quarter_mb": round(float(np.mean(rss[:quarter])) / 2**20, 1) if rss else None,
         "server_rss_last_quarter_mb": round(float(np.mean(rss[-quarter:])) / 2**20, 1) if rss else None,
+        "server_rss_mb_by_tenth": [round(float(np.mean(part)) / 2**20, 1) for part in np.array_split(rss, 10)
+                                   if len(part)] if len(rss) >= 10 else None,
         "server_cpu_percent_mean": round(float(np.mean(watcher.cpu)), 1) if watcher.cpu else None,
         "server_cpu_seconds": round(watcher.cpu_seconds, 1) if watcher.cpu_seconds is not None else None,
         "bench_client_cpu_seconds": round(client_cpu_seconds, 1),
@@ -333,6 +335,7 @@ def markdown(r: dict) -> str:
         f"| errors | {r['errors']} |",
         f"| server memory (RSS): first quarter / last quarter / peak | {r['server_rss_first_quarter_mb']} / "
         f"{r['server_rss_last_quarter_mb']} / {r['server_peak_rss_mb']} MB |",
+        f"| server memory (RSS) by tenth of the run | {', '.join(map(str, r['server_rss_mb_by_tenth'] or []))} MB |",
         f"| server CPU (mean, 100 % = one core) | {r['server_cpu_percent_mean']} % |",
         f"| server CPU time per prediction (face frame or voice estimate) | "
         f"{r['server_cpu_ms_per_prediction']} ms |",
