@@ -302,13 +302,22 @@ def latency_one_core(clips: list[Path], mode: str, model_dir: str, repeats: int)
 # ---------------------------------------------------------------- report
 
 
+def _w(weights: dict) -> str:
+    return " / ".join(f"{m} {weights.get(m, 0.0):.2f}" for m in ("audio", "face"))
+
+
+def _ids(values: list) -> str:
+    return ", ".join(map(str, values))
+
+
 def write_markdown(path: Path, r: dict) -> None:
     s, late = r["scores"], r["late_fit"]
     variants = [("audio only: shipped `ser`", "audio-only"), ("face only: shipped `fer`", "face-only"),
-                (f"**late fusion** (shipped models; {late['rule']}, weights {late['weights']} fitted on validation)",
-                 "late"),
-                (f"late fusion, best mean-rule mix on validation ({r['late_best']['mean']['weights']})", "late mean"),
-                (f"late fusion, best product-rule mix on validation ({r['late_best']['product']['weights']})",
+                (f"**late fusion of the shipped models** ({late['rule']} rule, {_w(late['weights'])}, fitted on "
+                 "validation: what ships)", "late"),
+                (f"late fusion, best mean-rule mix on validation ({_w(r['late_best']['mean']['weights'])})",
+                 "late mean"),
+                (f"late fusion, best product-rule mix on validation ({_w(r['late_best']['product']['weights'])})",
                  "late product")]
     variants += [(f"{name} (trained on the proxy)", name) for name in r.get("joint", {})]
     c = r["counts"]
@@ -318,8 +327,8 @@ def write_markdown(path: Path, r: dict) -> None:
         f"as mp4 clips ({FRAME_SIZE} px frames, {FACE_PIXELS} px face, {RENDER_FPS:g} fps) and run through the real "
         "paths (decode, BlazeFace, alignment, the models). Classes: "
         f"{', '.join(r['classes'])} (CK+ has no neutral).", "",
-        f"**Split.** Voices: the RAVDESS actors the shipped speech model never heard ({r['held_out_actors']}); "
-        f"validation actor(s) {r['val_actors']}, test actor(s) {r['test_actors']}; the joint models train on the "
+        f"**Split.** Voices: the RAVDESS actors the shipped speech model never heard ({_ids(r['held_out_actors'])}); "
+        f"validation actor(s) {_ids(r['val_actors'])}, test actor(s) {_ids(r['test_actors'])}; the joint models train on the "
         f"other {len(r['train_actors'])} actors. Faces: CK+ subjects split "
         f"{'/'.join(str(int(100 * v)) for v in FACE_POOLS.values())} % into train / validation / test pools, which "
         f"the shipped face model never saw. Test: {c['test_pairs']} clips = {c['test_recordings']} recordings x "
@@ -337,16 +346,25 @@ def write_markdown(path: Path, r: dict) -> None:
         g = s[key]
         lines.append(f"- {key}: {g['f1_macro']:+.3f} macro-F1 (95 % CI {g['ci95'][0]:+.3f} – {g['ci95'][1]:+.3f})")
     e = r["errors"]
+    if r.get("joint"):
+        lines += ["", "The joint models are trained on the proxy: their face branch learns from CK+ faces (training "
+                      "subjects), while the shipped face model never saw CK+, so the joint face-only twin is an "
+                      "in-domain face model, not a better face model in general; each joint gain is measured against "
+                      "the single modality (shipped or joint twin) that scored best on validation."
+                  + (" Their face embeddings come from the shipped face model's own backbone (--face-encoder fer)."
+                     if r.get("joint_face_encoder") == "fer" else "")]
     lines += ["", f"**How independent the modalities are here.** On the test clips audio alone is wrong on "
                   f"{e['audio_wrong']:.1%}, the face alone on {e['face_wrong']:.1%}, both at once on "
                   f"{e['both_wrong']:.1%} (if independent: {e['both_wrong_if_independent']:.1%}; error correlation "
-                  f"phi = {e['phi']:+.3f}). The pairing is random within an emotion, so the errors are independent by "
-                  "construction; in real video the face and the voice of one person in one moment tend to fail "
-                  "together (a subtle or mixed expression is subtle in both), so the gain here is an optimistic bound "
-                  "for late fusion, not a promise.", "",
+                  f"phi = {e['phi']:+.3f}). Within an emotion the face is drawn at random, so the two err independently "
+                  "given the emotion by construction, and across emotions they even err on different ones (each "
+                  "model finds other emotions hard). In real video the face and the voice of one person in one "
+                  "moment tend to fail together (a subtle or mixed expression is subtle in both), so this proxy is an "
+                  "optimistic bound on what fusion adds, not a promise; a real audio-visual test set (e.g. MELD "
+                  "video, or RAVDESS audio-video clips of unheard actors) is needed to measure it.", "",
               f"Late-fusion fit on validation ({late['clips']} clips): single modalities audio "
               f"{late['f1_macro_single_modality']['audio']:.3f}, face {late['f1_macro_single_modality']['face']:.3f}; "
-              f"chosen {late['rule']} {late['weights']} at {late['f1_macro']:.3f}"
+              f"chosen {late['rule']} rule, {_w(late['weights'])}, at {late['f1_macro']:.3f}"
               + (f" (fallback to {late['fallback_to']}: no mix beat it)" if late["fallback"] else "") + ".", "",
               "## Latency, one CPU core (end to end per clip: decode, face detection and alignment, models)", ""]
     for name, x in r["latency_one_core"].items():
@@ -363,7 +381,7 @@ def write_model_card(path: Path, r: dict) -> None:
     gain = s["late - better single"]
     ci = lambda k: f"{s[k]['f1_macro']:.3f} (95 % CI {s[k]['ci95'][0]:.3f} – {s[k]['ci95'][1]:.3f})"  # noqa: E731
     how = (f"fallback to {late['fallback_to']} alone: no mix beat it on validation" if late["fallback"]
-           else f"rule {late['rule']}, weights {late['weights']}")
+           else f"{late['rule']} rule (weighted geometric mean), weights {_w(late['weights'])}")
     text = f"""# Fusion default: late fusion of the shipped speech and face models
 
 `late_fusion.json` holds no network: two weights and a rule that combine `saved_models/ser` (voice) and
@@ -375,17 +393,18 @@ a video where no face is found uses the voice.
 |---|---|
 | task | fusion (late) |
 | fitted | {how}; validation macro-F1 {late['f1_macro']:.3f} (audio alone {late['f1_macro_single_modality']['audio']:.3f}, face alone {late['f1_macro_single_modality']['face']:.3f}) on {late['clips']} clips |
-| fitted on | paired proxy clips: RAVDESS speech of actor(s) {r['val_actors']} (never heard by the speech model) + CK+48 face sequences of the same emotion from validation subjects, rendered as video (bench/bench_fusion.py); 6 classes (CK+ has no neutral) |
+| fitted on | paired proxy clips: RAVDESS speech of actor(s) {_ids(r['val_actors'])} (never heard by the speech model) + CK+48 face sequences of the same emotion from validation subjects, rendered as video (bench/bench_fusion.py); 6 classes (CK+ has no neutral) |
 | models | {r['models']['ser']}; {r['models']['fer']} (sha256 prefixes of model.keras; fusion.predict warns when they differ) |
-| test (actors {r['test_actors']}, CK+ test subjects, {r['counts']['test_pairs']} clips) | audio alone {ci('audio-only')}; face alone {ci('face-only')}; **late fusion {ci('late')}**; gain over the better modality {gain['f1_macro']:+.3f} (95 % CI {gain['ci95'][0]:+.3f} – {gain['ci95'][1]:+.3f}) |
+| test (actors {_ids(r['test_actors'])}, CK+ test subjects, {r['counts']['test_pairs']} clips) | audio alone {ci('audio-only')}; face alone {ci('face-only')}; **late fusion {ci('late')}**; gain over the better modality {gain['f1_macro']:+.3f} (95 % CI {gain['ci95'][0]:+.3f} – {gain['ci95'][1]:+.3f}) |
 | ms per clip, 1 CPU core | {'; '.join(f'{k}: {v}' for k, v in r['latency_one_core'].items() if k.startswith('late'))} |
 | licence of the fitting data | RAVDESS CC BY-NC-SA 4.0, CK+ research licence (only two weights derived from them ship) |
 
 ## Limits
 
 The proxy pairs a voice with a stranger's face of the same emotion, so the two modalities err independently
-(test error correlation phi = {r['errors']['phi']:+.3f}); in real video they tend to fail together, and the gain
-measured here is an optimistic bound. The weights were fitted without neutral clips.
+given the emotion (test error correlation phi = {r['errors']['phi']:+.3f}); in real video they tend to fail
+together, and the gain measured here is an optimistic bound. The weights were fitted without neutral clips.
+They are tied to the two models: after either is replaced, `fusion.predict` warns until they are refitted.
 
 ## Reproduce
 
