@@ -913,11 +913,12 @@ def test_the_live_stream_uses_its_own_small_face_model_and_uploads_the_default(t
             (tmp_path / name / f).write_text("{}")
     made = {}
 
-    def face_factory(model_dir, detector):
+    def face_factory(model_dir, detector, tflite=""):
         made[model_dir.name] = sm.FakeFace()
         return made[model_dir.name]
 
     monkeypatch.setitem(wm.FACTORIES, "fer", face_factory)
+    monkeypatch.setitem(wm.FACTORIES, wm.LIVE_FACE, face_factory)
     with make_client(wm.load_models(tmp_path, warmup=False, live_face="fer_tiny")) as c:
         health = c.get("/api/health").json()
         assert health["models"]["fer"]["loaded"] and health["models"]["fer_live"]["loaded"]

@@ -687,3 +687,25 @@ def test_load_benchmark_reports_the_goals_and_writes_where_told(tmp_path):
     assert (REPO_ROOT / "bench" / "results" / "webapp.json").stat().st_mtime == committed
     with pytest.raises(SystemExit):  # refused while parsing, before anything starts
         bench.main(["--clients", "0", "--url", "ws://127.0.0.1:1/ws/stream"])
+
+
+def test_the_live_face_model_runs_its_tflite_file_and_answers_like_keras(models_dir, tmp_path):
+    """--live-face-model with --live-face-tflite float16: the stream's faces go through the exported file
+    (cheaper per face, and outside TensorFlow's thread pool the voice model uses), within 1e-3 of Keras."""
+    from core.export import TFLiteModel, to_tflite
+    from core.io import load_keras_model
+
+    shutil.copytree(models_dir / "fer", tmp_path / "fer")
+    shutil.copytree(models_dir / "fer", tmp_path / "fer_tiny")
+    model = load_keras_model(tmp_path / "fer_tiny" / "model.keras")
+    (tmp_path / "fer_tiny" / "model_float16.tflite").write_bytes(
+        to_tflite(model, "float16", np.random.default_rng(0).uniform(0, 255, (8, 48, 48, 1)).astype(np.float32)))
+    models = load_models(tmp_path, warmup=False, live_face="fer_tiny", live_tflite="float16")
+    assert models.info()["fer_live"]["loaded"] and isinstance(models.live_face.predictor._forward, TFLiteModel)
+    frames = [sm.face_image(shift=s) for s in (-30, 30)]
+    live = models.classify_faces([(f, models.find_faces(f)) for f in frames])
+    for image, faces in zip(frames, live):
+        keras_faces = models.predict_faces(image)  # the uploads' model: the same weights through Keras
+        assert [f["box"] for f in faces] == [f["box"] for f in keras_faces]
+        for a, b in zip(faces, keras_faces):
+            assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-3)

@@ -49,6 +49,8 @@ HELP = {
                 "face package's default, as fer.predict uses",
     "live_face_model": "the live stream's face model: a folder in the models folder, used when it exists (the "
                        "small fer_tiny: frames come many per second); uploads always use fer. Empty: fer",
+    "live_face_tflite": "the live face model's exported file to run (float16 or int8, when the folder has it; "
+                        "empty: its Keras model)",
     "warmup": "run each model once at start-up so the first request is fast",
 }
 

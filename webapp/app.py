@@ -76,6 +76,7 @@ class Settings:
     fresh_seconds: float = 2.0           # older face / voice estimates drop out of the fusion
     detector: str = ""                   # "": the face package's default detector
     live_face_model: str = "fer_tiny"    # the live stream's face model (a models subfolder) when it exists
+    live_face_tflite: str = "float16"    # ... through its exported TFLite file when it has one ("": Keras)
     warmup: bool = True
     video_segment_seconds: float = 3.0   # ?segments=true on a video: one row per this many seconds
 
@@ -96,6 +97,8 @@ class Settings:
         if self.live_face_model and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", self.live_face_model):
             problems.append(f"--live-face-model must be a folder name inside the models folder, got "
                             f"{self.live_face_model!r}")
+        if self.live_face_tflite not in ("", "float16", "int8"):
+            problems.append(f"--live-face-tflite must be float16, int8 or empty, got {self.live_face_tflite!r}")
         if self.detector:
             from fer.faces import DETECTORS
 
@@ -221,7 +224,7 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
     loader = None
     if models is None:
         loader = ModelLoader(models_dir, settings.detector, settings.warmup, settings.model_threads,
-                             settings.live_face_model)
+                             settings.live_face_model, settings.live_face_tflite)
         models = loader.models
     uploads_in_flight = [0]  # only touched on the event loop, so plain counters are safe
     uploads_reading = [0]
