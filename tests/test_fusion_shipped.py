@@ -167,3 +167,13 @@ def test_fitting_never_scores_below_the_better_modality_and_falls_back_to_it():
     alone = both[0]["audio"]
     np.testing.assert_allclose(fuse({"audio": alone, "face": None}, {"audio": 0.7, "face": 0.3}, "product"), alone,
                                rtol=1e-6)
+
+
+@pytest.mark.realdata
+def test_real_ravdess_clip_with_the_shipped_folder(shared_data):
+    from fusion.predict import load_predictor
+
+    clip = shared_data / "ravdess_video" / "Actor_01" / "01-01-01-01-01-01-01.mp4"
+    result = load_predictor().predict_clip(clip)
+    assert result["mode"] == "late" and result["used"] == ["audio", "face"]
+    assert result["face_frames"] >= 0.8 * result["frames"] and result["label"] in EMOTIONS
