@@ -54,6 +54,7 @@ class ClientStats:
     error_messages: list[str] = field(default_factory=list)
     rtt_frame: list[float] = field(default_factory=list)
     rtt_audio: list[float] = field(default_factory=list)
+    server_frame: list[float] = field(default_factory=list)  # the server's own receipt -> reply time
     voice_age: list[float] = field(default_factory=list)  # voice estimate: newest audio it heard -> its arrival
     voice_estimates: int = 0
     frames_dropped: int = 0
@@ -103,6 +104,8 @@ async def run_client(url: str, index: int, args, frames: list[bytes], pcm: np.nd
                         kind, at = sent.pop(msg["id"], (None, None))
                         if at is not None:
                             (stats.rtt_frame if kind == "frame" else stats.rtt_audio).append(1000 * (now - at))
+                            if kind == "frame":
+                                stats.server_frame.append(float(msg["processing_ms"]))
                         if msg["kind"] == "frame":
                             stats.results_frame += 1
                         else:
@@ -260,6 +263,7 @@ def summarize(stats: list[ClientStats], elapsed: float, args, health: dict, watc
         "audio_sent": sum(s.sent_audio for s in stats), "audio_results": sum(s.results_audio for s in stats),
         "rtt_ms": percentiles(rtt_all), "rtt_frame_ms": percentiles([r for s in stats for r in s.rtt_frame]),
         "rtt_audio_ms": percentiles([r for s in stats for r in s.rtt_audio]),
+        "server_frame_ms": percentiles([r for s in stats for r in s.server_frame]),
         "voice_estimates": voice_estimates,
         "voice_estimates_per_client_per_s": round(voice_estimates / max(1, args.clients) / args.duration, 2),
         "voice_age_ms": percentiles([r for s in stats for r in s.voice_age]),
@@ -348,6 +352,7 @@ def markdown(r: dict) -> str:
         "| messages | p50 | p95 | p99 | mean |", "|---|---|---|---|---|",
         row("all (frames + audio)", r["rtt_ms"]), row("frames (faces analysed)", r["rtt_frame_ms"]),
         row("audio (answered at once)", r["rtt_audio_ms"]),
+        row("frames, inside the server (receipt to reply)", r["server_frame_ms"]),
         row(f"voice estimate age ({r['voice_estimates']}): newest audio heard -> estimate", r["voice_age_ms"]),
         "",
         "Frames the server has no time for are replaced by newer ones (never queued), so answers describe",

@@ -362,11 +362,12 @@ FACTORIES: dict[str, Callable[..., Any]] = {
 
 
 def configure_threads(threads: int) -> None:
-    """TensorFlow threads per model call; must run before TensorFlow starts its runtime.
+    """TensorFlow threads (within an op and across a graph's ops); must run before TensorFlow starts.
 
-    One thread per call lets the face and the voice thread each use one core side by side: with
-    TensorFlow's default (all cores per call) they fight over the same cores, and a 48x48 face batch
-    took 8.7 ms instead of 3.6 ms on the 2-core machine. 0 keeps TensorFlow's default.
+    One lets the face and the voice work each use one core side by side: with TensorFlow's default (all
+    cores) they fight over the same cores; a 48x48 face batch took 8.7 ms instead of 3.6 ms on the 2-core
+    machine, and with two inter-op threads a Whisper call spread over both cores and made the face ticks
+    that ran meanwhile 8x slower (63 ms against 8 ms at the median). 0 keeps TensorFlow's default.
     """
     if threads <= 0:
         return
@@ -374,8 +375,7 @@ def configure_threads(threads: int) -> None:
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-        # one more than intra: ops of the face and voice graphs may wait on the inter-op pool at once
-        tf.config.threading.set_inter_op_parallelism_threads(threads + 1)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:  # already initialised (tests, or a second app in one process): keep what is set
         log.debug("TensorFlow threads already fixed; --model-threads has no effect in this process")
 
