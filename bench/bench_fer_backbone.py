@@ -22,7 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.cli import quiet_tensorflow  # noqa: E402
+from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
 
 C_GRID = (0.003, 0.01, 0.03, 0.1)
 BATCH = 64
@@ -31,7 +31,7 @@ BATCH = 64
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python bench/bench_fer_backbone.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"), help="folder holding fer2013/")
     p.add_argument("--probe", action="append", default=None,
                    help="backbone@size to probe (default faceres@112 and mobilefacenet@112)")
     p.add_argument("--run", action="append", default=[], help="name=run folder of a trained model (repeatable)")
@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--latency-of", default=None, help=argparse.SUPPRESS)  # internal: one model's ms per face
     p.add_argument("--out", default=str(REPO / "runs" / "bench_fer_backbone"),
                    help="folder for fer_backbone.md / .json (bench/results to update the committed results)")
+    add_verbose_flag(p)
     return p.parse_args(argv)
 
 
@@ -173,7 +174,7 @@ def write(out: Path, rows: list[dict], meta: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    quiet_tensorflow()
+    quiet_tensorflow(args.verbose)
     if args.latency_of:
         print(_latency(Path(args.latency_of)))
         return 0

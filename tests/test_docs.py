@@ -29,14 +29,14 @@ CLIS: dict[str, str] = {
     "ser.train": "ser.train", "ser.crossval": "ser.crossval", "ser.predict": "ser.predict",
     "ser.evaluate": "ser.evaluate", "ser.ensemble": "ser.ensemble", "ser.export": "ser.export",
     "fer.train": "fer.train", "fer.tta": "fer.tta", "fer.evaluate": "fer.evaluate", "fer.predict": "fer.predict",
-    "fer.ensemble": "fer.ensemble", "fer.export": "fer.export",
+    "fer.ensemble": "fer.ensemble", "fer.export": "fer.export", "fer.backbones": "fer.backbones",
     "fusion.train": "fusion.train", "fusion.predict": "fusion.predict", "fusion.late": "fusion.late",
     "webapp": "webapp.__main__",
     "bench/bench_ser.py": "bench_ser", "bench/bench_fer.py": "bench_fer", "bench/bench_fer_peer.py": "bench_fer_peer",
     "bench/bench_fusion.py": "bench_fusion", "bench/bench_webapp.py": "bench_webapp", "bench/ship.py": "ship",
     "bench/bench_ser_gain.py": "bench_ser_gain", "bench/bench_ser_whisper.py": "bench_ser_whisper",
     "bench/bench_ser_crossval_ensemble.py": "bench_ser_crossval_ensemble",
-    "bench/bench_fer_detect.py": "bench_fer_detect",
+    "bench/bench_fer_detect.py": "bench_fer_detect", "bench/bench_fer_backbone.py": "bench_fer_backbone",
 }
 
 # Not fixed yet, in files owned by other work in progress. Each entry is a strict xfail: once the file is

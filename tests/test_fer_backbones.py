@@ -189,3 +189,10 @@ def test_real_faceres_deep_says_the_jaffe_women_are_women(shared_data):
     assert np.mean(p_male < 0.5) >= 0.9, p_male
     ages = (out["age"] * np.arange(backbones.FACERES_AGE_BINS)).sum(axis=1)
     assert 15 < np.median(ages) < 45, ages
+
+
+def test_cli_reports_a_missing_package_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(backbones, "CACHE_ROOT", tmp_path / "cache")
+    assert backbones.main(["--package", str(tmp_path / "absent.tgz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --package") and "no such file" in err and len(err.strip().splitlines()) == 1
