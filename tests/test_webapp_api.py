@@ -726,6 +726,46 @@ def test_server_reads_late_fusion_json_from_the_models_folder(tmp_path, monkeypa
     assert cli.main(["--models", str(tmp_path), "--late-fusion", str(tmp_path / "bad.json")]) == 2
 
 
+def test_server_reads_the_shipped_fusion_folder_with_its_rule(tmp_path, monkeypatch, repo_root):
+    import uvicorn
+
+    import webapp.__main__ as cli
+    import webapp.app as app_module
+    from fusion.late import read_late_config
+
+    (tmp_path / "fusion").mkdir()
+    shipped = repo_root / "saved_models" / "fusion" / "late_fusion.json"
+    (tmp_path / "fusion" / "late_fusion.json").write_text(shipped.read_text())
+    want = read_late_config(shipped)
+    seen = {}
+    def fake_create_app(models_dir, settings):
+        seen["s"] = settings
+        return create_app(models_dir, settings, models=Models())
+
+    monkeypatch.setattr(app_module, "create_app", fake_create_app)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    assert cli.main(["--models", str(tmp_path), "--warmup", "false"]) == 0
+    total = want.weights["audio"] + want.weights["face"]
+    assert seen["s"].fusion_rule == want.rule
+    assert seen["s"].voice_weight == pytest.approx(want.weights["audio"] / total)
+
+
+def test_live_fusion_product_rule_is_fusion_late_and_refuses_unknown_rules():
+    from fusion.late import fuse as late_fuse
+
+    face = {e: p for e, p in zip(EMOTIONS, [0.5, 0.2, 0.1, 0.1, 0.05, 0.03, 0.02])}
+    voice = {e: p for e, p in zip(EMOTIONS, [0.1, 0.6, 0.1, 0.1, 0.05, 0.03, 0.02])}
+    out = fuse(face, voice, 0.6, 0.4, "product")
+    want = late_fuse({"face": np.array(list(face.values())), "audio": np.array(list(voice.values()))},
+                     {"face": 0.6, "audio": 0.4}, "product")
+    assert [out["probabilities"][e] for e in EMOTIONS] == pytest.approx(want, abs=1e-4)
+    assert out["sources"] == ["face", "voice"] and out["label"] == EMOTIONS[int(np.argmax(want))]
+    assert fuse(face, None, 0.6, 0.4, "product")["probabilities"] == pytest.approx(face, abs=1e-4)
+    assert fuse(face, voice, 0.0, 0.0) is None
+    with pytest.raises(ValueError, match="--fusion-rule"):
+        Settings(fusion_rule="max")
+
+
 # ---- start-up, uploads drawn, video timeline, settings --------------------------------------
 
 def test_the_server_answers_while_the_models_load(tmp_path, monkeypatch, media):

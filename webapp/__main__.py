@@ -29,6 +29,8 @@ HELP = {
     "min_audio_seconds": "no voice estimate until the rolling audio window holds this many seconds",
     "voice_interval_seconds": "at most one new voice estimate per stream this often",
     "face_weight": "weight of the face in the fused probabilities",
+    "fusion_rule": "how face and voice are fused: mean (weighted average) or product (weighted geometric mean); "
+                   "a late_fusion.json sets it with its weights",
     "voice_weight": "weight of the voice in the fused probabilities",
     "fresh_seconds": "how long a face or voice estimate stays in the fusion",
     "max_frame_side": "live frames larger than this (pixels, longer side) are downscaled before face detection",
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", default="saved_models", help="folder holding ser/, fer/, fusion/ "
                         "(each model.keras + config.json) (default: saved_models)")
     parser.add_argument("--late-fusion", default=None, help="late_fusion.json written by python -m fusion.late: "
-                        "its audio/face weights set --voice-weight/--face-weight (default: <models>/late_fusion.json "
+                        "its audio/face weights and rule set the fusion (default: <models>/fusion/late_fusion.json, then <models>/late_fusion.json "
                         "when present and no weight is given on the command line)")
     parser.add_argument("--ssl-certfile", default=None, help="serve HTTPS (browsers only give camera access "
                         "to pages on localhost or HTTPS)")
@@ -86,9 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    late = args.late_fusion or os.path.join(args.models, "late_fusion.json")
+    from fusion.late import find_late_fusion
+
+    late = args.late_fusion or find_late_fusion(args.models)
     weights_given = (settings.face_weight, settings.voice_weight) != (Settings.face_weight, Settings.voice_weight)
-    if args.late_fusion or (os.path.isfile(late) and not weights_given):
+    if args.late_fusion or (late is not None and not weights_given):
         try:
             settings = with_late_fusion_weights(settings, late)
         except (OSError, ValueError, KeyError) as exc:

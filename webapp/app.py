@@ -73,6 +73,7 @@ class Settings:
     model_threads: int = 1               # TensorFlow threads per model call (0: TensorFlow's default)
     face_weight: float = 0.6
     voice_weight: float = 0.4
+    fusion_rule: str = "mean"
     fresh_seconds: float = 2.0           # older face / voice estimates drop out of the fusion
     detector: str = ""                   # "": the face package's default detector
     live_face_model: str = "fer_tiny"    # the live stream's face model (a models subfolder) when it exists
@@ -99,6 +100,8 @@ class Settings:
                             f"{self.live_face_model!r}")
         if self.live_face_tflite not in ("", "float16", "int8"):
             problems.append(f"--live-face-tflite must be float16, int8 or empty, got {self.live_face_tflite!r}")
+        if self.fusion_rule not in ("mean", "product"):
+            problems.append(f"--fusion-rule must be mean or product, got {self.fusion_rule!r}")
         if self.detector:
             from fer.faces import DETECTORS
 
@@ -109,18 +112,19 @@ class Settings:
 
 
 def with_late_fusion_weights(settings: Settings, path: str | Path) -> Settings:
-    """``settings`` with face/voice weights from a ``late_fusion.json`` (``{"weights": {"audio": a, "face": f}}``)."""
+    """``settings`` with the face/voice weights and the rule (mean or product) of a ``late_fusion.json``."""
     from dataclasses import replace
 
-    from fusion.late import load_weights
+    from fusion.late import read_late_config
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    weights = load_weights(path)
-    voice, face = float(weights.get("audio", 0.0)), float(weights.get("face", 0.0))
+    config = read_late_config(path)
+    voice, face = float(config.weights.get("audio", 0.0)), float(config.weights.get("face", 0.0))
     if min(voice, face) < 0 or voice + face <= 0:
         raise ValueError(f"weights must be non-negative and not both zero, got audio={voice}, face={face}")
-    return replace(settings, face_weight=face / (voice + face), voice_weight=voice / (voice + face))
+    return replace(settings, face_weight=face / (voice + face), voice_weight=voice / (voice + face),
+                   fusion_rule=config.rule)
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -233,7 +237,7 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
         max_message_bytes=settings.max_message_bytes, silence_rms=settings.silence_rms,
         silence_seconds=settings.silence_seconds, audio_window_seconds=settings.audio_window_seconds,
         min_audio_seconds=settings.min_audio_seconds, face_weight=settings.face_weight,
-        voice_weight=settings.voice_weight, fresh_seconds=settings.fresh_seconds,
+        voice_weight=settings.voice_weight, fresh_seconds=settings.fresh_seconds, fusion_rule=settings.fusion_rule,
         voice_interval_seconds=settings.voice_interval_seconds, max_frame_side=settings.max_frame_side,
         full_detect_every=settings.full_detect_every, track_pad=settings.track_pad,
         min_face_fraction=settings.min_face_fraction)
@@ -341,7 +345,8 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
         return {"status": "loading" if models.loading else "ok", "progress": round(models.progress, 3),
                 "step": models.step, "emotions": list(EMOTIONS), "models": models.info(), "limits": limits(),
                 "fusion": {"face_weight": settings.face_weight, "voice_weight": settings.voice_weight,
-                           "fresh_seconds": settings.fresh_seconds, "method": "weighted_average"},
+                           "fresh_seconds": settings.fresh_seconds, "rule": settings.fusion_rule,
+                           "method": "weighted_average" if settings.fusion_rule == "mean" else "weighted_product"},
                 "connections": len(connections)}
 
     @app.get("/api/schema/stream", summary="JSON Schema of the /ws/stream messages")
@@ -480,7 +485,7 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
                 log.warning("%s: fusion model failed (%s); using the weighted average", name, exc)
         if fused is None:
             fused = fuse(face and face["probabilities"], voice and voice["probabilities"],
-                         settings.face_weight, settings.voice_weight)
+                         settings.face_weight, settings.voice_weight, settings.fusion_rule)
     answer = {"path": name, "label": fused["label"] if fused else None,
               "probabilities": fused["probabilities"] if fused else None, "method": method,
               "face": face, "voice": voice, "no_speech": no_speech, "frames_sampled": len(frames),
@@ -506,7 +511,7 @@ def video_segments(per_frame: list[dict[str, float] | None], times: list[float],
         face = _mean_result([p for p in faces if p is not None])
         voice = _mean_result([w["probabilities"] for w in windows if inside((w["start"] + w["end"]) / 2)])
         fused = fuse(face and face["probabilities"], voice and voice["probabilities"],
-                     settings.face_weight, settings.voice_weight)
+                     settings.face_weight, settings.voice_weight, settings.fusion_rule)
         rows.append({"start": round(start, 3), "end": round(end, 3), "face": face, "voice": voice,
                      "fused": {"label": fused["label"], "probabilities": fused["probabilities"]} if fused else None,
                      "frames_sampled": len(faces), "frames_with_face": sum(p is not None for p in faces)})

@@ -81,6 +81,7 @@ class StreamConfig:
     face_weight: float
     voice_weight: float
     fresh_seconds: float
+    fusion_rule: str = "mean"
     voice_interval_seconds: float = 1.0
     max_frame_side: int = 640
     full_detect_every: int = 5
@@ -142,15 +143,22 @@ def parse_message(raw: bytes | str) -> Incoming:
 
 
 def fuse(face: dict[str, float] | None, voice: dict[str, float] | None,
-         face_weight: float, voice_weight: float) -> dict[str, Any] | None:
-    """Weighted average of the modalities present, weights renormalised over them."""
-    parts = [(name, probs, w) for name, probs, w in (("face", face, face_weight), ("voice", voice, voice_weight))
-             if probs is not None and w > 0]
+         face_weight: float, voice_weight: float, rule: str = "mean") -> dict[str, Any] | None:
+    """Late fusion of the modalities present (``fusion.late.fuse``: weighted mean, or weighted geometric mean for
+    ``rule="product"``, weights renormalised over them); a modality with weight 0 is left out."""
+    import numpy as np
+
+    from fusion.late import fuse as late_fuse
+
+    parts = {name: probs for name, probs, w in (("face", face, face_weight), ("voice", voice, voice_weight))
+             if probs is not None and w > 0}
     if not parts:
         return None
-    total = sum(w for _, _, w in parts)
-    fused = {e: round(sum(w * probs.get(e, 0.0) for _, probs, w in parts) / total, PRECISION) for e in EMOTIONS}
-    return {"label": top_label(fused), "probabilities": fused, "sources": [name for name, _, _ in parts]}
+    vectors = {("audio" if name == "voice" else name): np.array([probs.get(e, 0.0) for e in EMOTIONS])
+               for name, probs in parts.items()}
+    fused = late_fuse(vectors, {"face": face_weight, "audio": voice_weight}, rule)
+    probabilities = {e: round(float(p), PRECISION) for e, p in zip(EMOTIONS, fused)}
+    return {"label": top_label(probabilities), "probabilities": probabilities, "sources": list(parts)}
 
 
 @dataclass
@@ -433,7 +441,7 @@ class StreamSession:
             processing_ms=1000.0 * (time.perf_counter() - incoming.received), predicted=predicted,
             face_state=self.face_state, voice_state=self.voice_state, faces=faces or [], image_size=image_size,
             face=face, voice=voice, no_speech=self.no_speech if self.voice_state == "no_speech" else None,
-            fused=fuse(face, voice, self.config.face_weight, self.config.voice_weight),
+            fused=fuse(face, voice, self.config.face_weight, self.config.voice_weight, self.config.fusion_rule),
             stats=self.stats.model_copy())
         await self.send(result.model_dump())
 
