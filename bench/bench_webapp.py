@@ -357,7 +357,10 @@ def markdown(r: dict) -> str:
         "",
         "Frames the server has no time for are replaced by newer ones (never queued), so answers describe",
         "the latest picture. Every audio window is answered at once; voice estimates follow as their own",
-        "results (`kind: \"voice\"`), computed by a lower-priority thread, at most one per client per second.",
+        "results (`kind: \"voice\"`), from a voice thread that works at most `--voice-max-share` of the time,",
+        "at most one per client per second. The frames' tail comes from face ticks that run while a voice batch",
+        "(the Whisper encoder, ~100 ms of CPU per 2 s window) runs: they take several times longer with the same",
+        "CPU per frame (docs/results.md, live page load benchmark).",
         "",
     ] + ([f"Errors seen: {', '.join(r['error_examples'])}", ""] if r["error_examples"] else []))
 
