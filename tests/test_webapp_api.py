@@ -701,14 +701,13 @@ def test_late_fusion_file_sets_the_live_fusion_weights(tmp_path):
         with_late_fusion_weights(Settings(), path)
 
 
-def test_server_reads_late_fusion_json_from_the_models_folder(tmp_path, monkeypatch):
+def _started_settings(monkeypatch) -> dict:
+    """``python -m webapp`` without serving: the returned dict gets the Settings each ``main()`` starts with."""
     import uvicorn
 
-    import webapp.__main__ as cli
     import webapp.app as app_module
 
-    (tmp_path / "late_fusion.json").write_text(json.dumps({"weights": {"audio": 0.8, "face": 0.2}}))
-    seen = {}
+    seen: dict = {}
 
     def fake_create_app(models_dir, settings):
         seen["settings"] = settings
@@ -716,6 +715,14 @@ def test_server_reads_late_fusion_json_from_the_models_folder(tmp_path, monkeypa
 
     monkeypatch.setattr(app_module, "create_app", fake_create_app)
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    return seen
+
+
+def test_server_reads_late_fusion_json_from_the_models_folder(tmp_path, monkeypatch):
+    import webapp.__main__ as cli
+
+    (tmp_path / "late_fusion.json").write_text(json.dumps({"weights": {"audio": 0.8, "face": 0.2}}))
+    seen = _started_settings(monkeypatch)
     assert cli.main(["--models", str(tmp_path), "--warmup", "false"]) == 0
     assert (seen["settings"].voice_weight, seen["settings"].face_weight) == pytest.approx((0.8, 0.2))
     # weights given on the command line win over the file in the models folder
@@ -727,27 +734,18 @@ def test_server_reads_late_fusion_json_from_the_models_folder(tmp_path, monkeypa
 
 
 def test_server_reads_the_shipped_fusion_folder_with_its_rule(tmp_path, monkeypatch, repo_root):
-    import uvicorn
-
     import webapp.__main__ as cli
-    import webapp.app as app_module
     from fusion.late import read_late_config
 
     (tmp_path / "fusion").mkdir()
     shipped = repo_root / "saved_models" / "fusion" / "late_fusion.json"
     (tmp_path / "fusion" / "late_fusion.json").write_text(shipped.read_text())
     want = read_late_config(shipped)
-    seen = {}
-    def fake_create_app(models_dir, settings):
-        seen["s"] = settings
-        return create_app(models_dir, settings, models=Models())
-
-    monkeypatch.setattr(app_module, "create_app", fake_create_app)
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    seen = _started_settings(monkeypatch)
     assert cli.main(["--models", str(tmp_path), "--warmup", "false"]) == 0
     total = want.weights["audio"] + want.weights["face"]
-    assert seen["s"].fusion_rule == want.rule
-    assert seen["s"].voice_weight == pytest.approx(want.weights["audio"] / total)
+    assert seen["settings"].fusion_rule == want.rule
+    assert seen["settings"].voice_weight == pytest.approx(want.weights["audio"] / total)
 
 
 def test_live_fusion_product_rule_is_fusion_late_and_refuses_unknown_rules():
