@@ -422,7 +422,8 @@ def detect_and_align(image: np.ndarray, method: str = DEFAULT_DETECTOR, size: in
     faces = detect_faces_with_landmarks(image, method, min_size)
     if not faces:
         return [], np.zeros((0, size, size), np.uint8)
-    return faces, np.stack([align_face(image, face, size=size, margin=margin) for face in faces])
+    gray = to_gray(image)  # once per frame, not once per face
+    return faces, np.stack([align_face(gray, face, size=size, margin=margin) for face in faces])
 
 
 def draw_faces(image: np.ndarray, faces: Sequence[dict], color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:

