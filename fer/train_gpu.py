@@ -1,0 +1,481 @@
+"""Fine-tune the face models on an accelerator machine that has Keras 3 (JAX or PyTorch backend) and no TensorFlow.
+
+``fer.train`` reads images through tf.data and runs on CPU: a full fine-tune of faceres there takes hours per
+epoch at 160 px. This recipe reads a packed copy of one fixed split and augments on the accelerator, so the whole
+face backbone trains at 160 px in minutes, and the mini-Xception is distilled from it with the teacher seeing the
+same augmented faces as the student.
+
+    # here, with the toolkit installed: pack the split a fer.train run chose (train + val; the hold-out stays home)
+    python -m fer.train_gpu pack --run runs/fer_faceres112 --output gpu_data/fer2013
+    # on the GPU machine (Keras 3 + JAX or torch; no TensorFlow needed)
+    KERAS_BACKEND=jax python -m fer.train_gpu fit --data gpu_data/fer2013 \
+        --weights ~/.cache/emotion-toolkit/faceres-deep.weights.h5 --output gpu_out --budget 480
+    # back here: run folders (model.keras, config, metrics on val and hold-out, confusion matrices, curves)
+    python -m fer.train_gpu collect --weights gpu_out/faceres160.weights.h5 --run runs/fer_faceres112 \
+        --output runs/fer_faceres160_gpu
+
+Every phase is bounded by a wall-clock budget (the cosine schedule is sized to the epochs that fit after the
+first one is timed) and keeps the weights of its best validation epoch, so a run cut short still returns a model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+MOSAIC_COLUMNS = 64  # faces per mosaic row; 64 x 64 faces per JPEG file
+MOSAIC_ROWS = 64
+JPEG_QUALITY = 95  # FER2013's own JPEGs sit on the same 8x8 grid: re-encoding at 95 changes 0.05 grey levels on average
+FACE = 48
+KD_TEMPERATURE = 2.0
+
+
+@dataclass
+class Phase:
+    """One training phase: a model, its size and schedule, and the most wall-clock time it may take."""
+    name: str
+    kind: str  # "faceres" (full fine-tune of the face backbone) or "distill" (mini-Xception from a faceres teacher)
+    image_size: int = 160
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-4
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    distill_weight: float = 0.7
+    seconds: float = 200.0
+    seed: int = 42
+
+
+# Sized for one H200 lease of ~8 minutes. Input size: frozen probes gave 96 px 0.41, 112 px 0.47, 160 px 0.53
+# (val), so the backbone is fine-tuned at 160 px and at its native 224 px; the student is distilled from whichever
+# scores higher on val; 112 px (the CPU-friendly size) gets the time that is left.
+PHASES = (
+    Phase("faceres160", "faceres", image_size=160, epochs=30, learning_rate=1e-4, seconds=150),
+    Phase("faceres224", "faceres", image_size=224, epochs=30, learning_rate=1e-4, seconds=150),
+    Phase("tiny_kd", "distill", epochs=120, batch_size=128, learning_rate=2e-3, warmup_epochs=2, seconds=130),
+    Phase("faceres112", "faceres", image_size=112, epochs=30, learning_rate=1e-4, seconds=120),
+)
+
+
+# ---------------------------------------------------------------------------------------------------- packing
+
+
+def to_mosaics(faces: np.ndarray) -> list[bytes]:
+    """JPEG mosaics of MOSAIC_ROWS x MOSAIC_COLUMNS faces (the last one padded with black faces)."""
+    import cv2
+
+    per_file = MOSAIC_ROWS * MOSAIC_COLUMNS
+    out = []
+    for start in range(0, len(faces), per_file):
+        chunk = faces[start:start + per_file]
+        pad = (-len(chunk)) % MOSAIC_COLUMNS
+        chunk = np.concatenate([chunk, np.zeros((pad, FACE, FACE), np.uint8)])
+        mosaic = chunk.reshape(-1, MOSAIC_COLUMNS, FACE, FACE).transpose(0, 2, 1, 3).reshape(-1, MOSAIC_COLUMNS * FACE)
+        ok, buf = cv2.imencode(".jpg", mosaic, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        out.append(buf.tobytes())
+    return out
+
+
+def from_mosaics(blobs: Sequence[bytes], count: int) -> np.ndarray:
+    import cv2
+
+    faces = []
+    for blob in blobs:
+        mosaic = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_GRAYSCALE)
+        rows = mosaic.shape[0] // FACE
+        faces.append(mosaic.reshape(rows, FACE, MOSAIC_COLUMNS, FACE).transpose(0, 2, 1, 3).reshape(-1, FACE, FACE))
+    faces = np.concatenate(faces)
+    if len(faces) < count:
+        raise ValueError(f"the mosaics hold {len(faces)} faces, the manifest says {count}")
+    return faces[:count]
+
+
+def pack(run_dir: str | os.PathLike, output: str | os.PathLike, data_dir: str | None = None,
+         parts: Sequence[str] = ("train", "val")) -> dict:
+    """Write the ``parts`` of a fer.train run's split (re-created from its config.json, exactly as fer.train and
+    fer.ensemble do) as JPEG mosaics + labels.npy + split.npy + manifest.json into ``output``."""
+    from core.io import atomic_write, read_json, write_json
+    from core.weights import sha256_of
+    from fer.train import load_split, run_config
+
+    config = read_json(Path(run_dir) / "config.json")
+    data, splits = load_split(run_config(config, data_dir))
+    keep = np.isin(splits, list(parts))
+    if not keep.any():
+        raise ValueError(f"{run_dir}'s split has no faces in {', '.join(parts)}")
+    faces, labels, splits = data.images[keep], data.labels[keep].astype(np.int8), splits[keep]
+    if faces.shape[1:] != (FACE, FACE):
+        raise ValueError(f"{run_dir} was trained on {faces.shape[1]} px faces; packing needs {FACE} px")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, blob in enumerate(to_mosaics(faces)):
+        name = f"faces_{i:02d}.jpg"
+        atomic_write(out / name, lambda tmp, blob=blob: Path(tmp).write_bytes(blob), suffix=".jpg")
+        names.append(name)
+    np.save(out / "labels.npy", labels)
+    np.save(out / "split.npy", splits.astype(str))
+    decoded = from_mosaics([(out / n).read_bytes() for n in names], len(faces))
+    manifest = {"run": str(run_dir), "dataset": config.get("dataset"), "seed": config.get("seed"),
+                "parts": list(parts), "count": int(len(faces)),
+                "counts": {p: int((splits == p).sum()) for p in parts}, "mosaics": names,
+                "jpeg_quality": JPEG_QUALITY, "mean_abs_change": float(np.abs(decoded.astype(int) - faces).mean()),
+                "sha256": {n: sha256_of(out / n) for n in names + ["labels.npy", "split.npy"]}}
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def load_packed(folder: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"train": (faces N x 48 x 48 x 1 float32 0..255, labels), "val": ...} from a packed folder."""
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    faces = from_mosaics([(folder / n).read_bytes() for n in manifest["mosaics"]], manifest["count"])
+    labels = np.load(folder / "labels.npy").astype(np.int32)
+    splits = np.load(folder / "split.npy")
+    x = faces[..., None].astype(np.float32)
+    return {p: (x[splits == p], labels[splits == p]) for p in manifest["parts"]}
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+def make_augmenter(seed: int):
+    """fer.data.make_augmenter's recipe (flip, rotation, zoom, brightness, shift), run on the accelerator."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential([
+        layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
+        layers.RandomRotation(0.05, fill_mode="nearest", seed=seed, name="aug_rotation"),
+        layers.RandomZoom(0.1, fill_mode="nearest", seed=seed, name="aug_zoom"),
+        layers.RandomBrightness(0.1, value_range=(0.0, 255.0), seed=seed, name="aug_brightness"),
+        layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed, name="aug_shift"),
+    ], name="augment")
+
+
+class PhaseClock:
+    """Sizes a phase to its budget: after the first (compiling) epoch and the second (steady) one, the planned
+    number of epochs becomes what fits in the time left; the cosine schedule follows the plan."""
+
+    def __init__(self, phase: Phase, deadline: float):
+        self.phase, self.deadline = phase, deadline
+        self.planned = phase.epochs
+        self.started = time.time()
+        self.epoch_started = self.started
+        self.durations: list[float] = []
+
+    def rate(self, epoch: int) -> float:
+        p = self.phase
+        if epoch < p.warmup_epochs:
+            return p.learning_rate * (epoch + 1) / (p.warmup_epochs + 1)
+        span = max(1, self.planned - p.warmup_epochs)
+        progress = min(1.0, (epoch - p.warmup_epochs) / span)
+        return p.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def epoch_done(self, epoch: int) -> bool:
+        """Record an epoch; True when the phase must stop (plan reached or no time for another epoch)."""
+        now = time.time()
+        self.durations.append(now - self.epoch_started)
+        self.epoch_started = now
+        left = self.deadline - now
+        if len(self.durations) == 1:  # the first epoch also compiled: it says nothing about the next ones
+            return epoch + 1 >= self.planned or left <= 0
+        steady = self.durations[-1]
+        if len(self.durations) == 2:
+            self.planned = max(epoch + 1, min(self.phase.epochs, epoch + 1 + int(left / steady)))
+        return epoch + 1 >= self.planned or left < steady
+
+
+def _callbacks(phase: Phase, clock: PhaseClock, save, monitor: str, log):
+    import keras
+
+    class Control(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best = -1.0
+            self.best_epoch = -1
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.optimizer.learning_rate = clock.rate(epoch)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            score = float(logs.get(monitor, -1.0))
+            if score > self.best:
+                self.best, self.best_epoch = score, epoch
+                save()
+            stop = clock.epoch_done(epoch)
+            log(f"{phase.name} epoch {epoch + 1}/{clock.planned} {clock.durations[-1]:.1f}s lr {clock.rate(epoch):.2e} "
+                + " ".join(f"{k} {v:.4f}" for k, v in logs.items()) + (" *" if self.best_epoch == epoch else ""))
+            if stop:
+                self.model.stop_training = True
+
+    return Control()
+
+
+def fit_faceres(phase: Phase, data, weights: str, out: Path, deadline: float, log) -> dict:
+    """Full fine-tune of faceres (batch norm stays on the converted statistics) with a linear warm-up."""
+    import keras
+
+    from core.training import class_weights
+    from fer.models import SmoothedSparseCrossentropy, build_faceres
+
+    keras.utils.set_random_seed(phase.seed)
+    model = build_faceres(weights=weights, image_size=phase.image_size, freeze_base=False)
+    trainer = keras.Sequential([keras.Input((FACE, FACE, 1)), make_augmenter(phase.seed), model], name="trainer")
+    trainer.compile(optimizer=keras.optimizers.Adam(phase.learning_rate),
+                    loss=SmoothedSparseCrossentropy(phase.label_smoothing), metrics=["accuracy"])
+    (x, y), (xv, yv) = data["train"], data["val"]
+    target = out / f"{phase.name}.weights.h5"
+    clock = PhaseClock(phase, deadline)
+    control = _callbacks(phase, clock, lambda: model.save_weights(target), "val_accuracy", log)
+    history = trainer.fit(x, y, batch_size=phase.batch_size, epochs=phase.epochs, validation_data=(xv, yv),
+                          class_weight=class_weights(y, 7), callbacks=[control], verbose=0)
+    model.load_weights(target)
+    return {"phase": asdict(phase), "history": _plain(history.history), "best_epoch": control.best_epoch + 1,
+            "best_val_accuracy": control.best, "epoch_seconds": clock.durations, "weights": target.name,
+            "model": model}
+
+
+def kd_loss(weight: float, smoothing: float, temperature: float = KD_TEMPERATURE):
+    """(1 - weight) x smoothed cross-entropy with the labels + weight x T^2 x cross-entropy with the teacher's
+    softened probabilities. y_pred is [student probabilities | teacher probabilities]."""
+    from keras import ops
+
+    def loss(y_true, y_pred):
+        student, teacher = y_pred[:, :7], y_pred[:, 7:]
+        one_hot = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), 7)
+        hard = ops.mean(-ops.sum((one_hot * (1 - smoothing) + smoothing / 7) * ops.log(student + 1e-7), axis=-1))
+
+        def soften(p):
+            return ops.softmax(ops.log(p + 1e-7) / temperature, axis=-1)
+
+        soft = ops.mean(-ops.sum(soften(teacher) * ops.log(soften(student) + 1e-7), axis=-1))
+        return (1 - weight) * hard + weight * temperature ** 2 * soft
+
+    return loss
+
+
+def student_accuracy(y_true, y_pred):
+    from keras import ops
+
+    predicted = ops.cast(ops.argmax(y_pred[:, :7], axis=-1), "int32")
+    return ops.cast(ops.equal(predicted, ops.cast(ops.reshape(y_true, (-1,)), "int32")), "float32")
+
+
+def fit_distilled(phase: Phase, data, teacher, out: Path, deadline: float, log) -> dict:
+    """The mini-Xception trained on the labels and a faceres teacher's answers for the same augmented faces."""
+    import keras
+    from keras import ops
+
+    from core.training import class_weights
+    from fer.models import build_tiny
+
+    keras.utils.set_random_seed(phase.seed)
+    student = build_tiny()
+    teacher.trainable = False
+    augment = make_augmenter(phase.seed)
+
+    class Distiller(keras.Model):
+        # The three must be attributes: Keras only trains and carries the state of layers a model tracks.
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.student, self.teacher, self.augment = student, teacher, augment
+
+        def call(self, x, training=False):
+            if training:
+                x = self.augment(x, training=True)
+            return ops.concatenate([self.student(x, training=training),
+                                    ops.stop_gradient(self.teacher(x, training=False))], axis=-1)
+
+    distiller = Distiller(name="distiller")
+    distiller.compile(optimizer=keras.optimizers.Adam(phase.learning_rate),
+                      loss=kd_loss(phase.distill_weight, phase.label_smoothing), metrics=[student_accuracy])
+    (x, y), (xv, yv) = data["train"], data["val"]
+    target = out / f"{phase.name}.weights.h5"
+    clock = PhaseClock(phase, deadline)
+    control = _callbacks(phase, clock, lambda: student.save_weights(target), "val_student_accuracy", log)
+    history = distiller.fit(x, y, batch_size=phase.batch_size, epochs=phase.epochs, validation_data=(xv, yv),
+                            class_weight=class_weights(y, 7), callbacks=[control], verbose=0)
+    return {"phase": asdict(phase), "history": _plain(history.history), "best_epoch": control.best_epoch + 1,
+            "best_val_accuracy": control.best, "epoch_seconds": clock.durations, "weights": target.name}
+
+
+def _plain(history: dict) -> dict:
+    return {k: [float(v) for v in values] for k, values in history.items()}
+
+
+def fit(data_dir: str, weights: str, output: str, budget: float, phases: Sequence[Phase] = PHASES,
+        deadline: float | None = None) -> list[dict]:
+    """Run ``phases`` in order inside ``budget`` seconds (or until the absolute ``deadline``); each phase's best
+    weights and a results.json land in ``output`` as soon as they exist."""
+    import keras
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    logfile = open(out / "log.txt", "a")
+
+    def log(line: str) -> None:
+        stamped = f"[{time.strftime('%H:%M:%S')}] {line}"
+        print(stamped, flush=True)
+        logfile.write(stamped + "\n")
+        logfile.flush()
+
+    deadline = deadline or time.time() + budget
+    log(f"keras {keras.__version__} backend {keras.backend.backend()} devices {_devices()}")
+    data = load_packed(data_dir)
+    log(" ".join(f"{p} {len(v[1])}" for p, v in data.items()))
+    results, teacher, teacher_name, teacher_score = [], None, "", -1.0
+    for phase in phases:
+        left = deadline - time.time()
+        if left < 0.25 * phase.seconds:
+            log(f"skip {phase.name}: {left:.0f} s left")
+            continue
+        phase_deadline = time.time() + min(phase.seconds, left)
+        if phase.kind == "faceres":
+            result = fit_faceres(phase, data, weights, out, phase_deadline, log)
+            model = result.pop("model")
+            if result["best_val_accuracy"] > teacher_score:  # the distillation teacher: the best on val so far
+                teacher, teacher_name, teacher_score = model, phase.name, result["best_val_accuracy"]
+        elif teacher is None:
+            log(f"skip {phase.name}: no teacher trained")
+            continue
+        else:
+            result = fit_distilled(phase, data, teacher, out, phase_deadline, log)
+            result["teacher"] = {"phase": teacher_name, "val_accuracy": teacher_score}
+        log(f"{phase.name}: best val accuracy {result['best_val_accuracy']:.4f} at epoch {result['best_epoch']}")
+        results.append(result)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    logfile.close()
+    return results
+
+
+def _devices() -> str:
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+        return ", ".join(str(d) for d in jax.devices())
+    if backend == "torch":
+        import torch
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return backend
+
+
+# ---------------------------------------------------------------------------------------------------- collecting
+
+
+def collect(weights: str | os.PathLike, run_dir: str | os.PathLike, output: str | os.PathLike,
+            data_dir: str | None = None, results: str | os.PathLike | None = None) -> dict:
+    """A fit's weights as an ordinary fer.train run folder: model.keras, config.json (the packed run's, with the
+    phase's recipe under ``trained_with``), split.csv, history.csv + curves, and reports on the run's val and
+    test (hold-out) faces, re-created from the packed run's config exactly as fer.train does."""
+    import pandas as pd
+
+    from core.io import atomic_write, read_json, save_model, write_json
+    from core.reports import format_summary, plot_history, write_report
+    from fer.models import TINY_FILTERS, build_faceres, build_tiny
+    from fer.train import load_split, predict_labels, run_config
+
+    weights, run_dir, out = Path(weights), Path(run_dir), Path(output)
+    results = Path(results) if results else weights.with_name("results.json")
+    entries = [r for r in json.loads(results.read_text()) if r["weights"] == weights.name]
+    if not entries:
+        raise ValueError(f"{results} has no phase that wrote {weights.name}")
+    entry = entries[-1]
+    phase = entry["phase"]
+    if phase["kind"] == "faceres":
+        model = build_faceres(weights=None, image_size=phase["image_size"])
+        built = {"weights": "faceres", "image_size": phase["image_size"], "dropout": 0.5}
+    else:
+        model, built = build_tiny(), {"filters": list(TINY_FILTERS), "dropout": 0.0}
+    model.load_weights(weights)
+    config = read_json(run_dir / "config.json")
+    data, splits = load_split(run_config(config, data_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, out / "model.keras")
+    model_name = "faceres" if phase["kind"] == "faceres" else "tiny"
+    write_json(out / "config.json", config | {
+        "model": model_name, "output": str(out), "base_size": phase["image_size"], "epochs": len(entry["epoch_seconds"]),
+        "batch_size": phase["batch_size"], "learning_rate": phase["learning_rate"], "schedule": "cosine",
+        "label_smoothing": phase["label_smoothing"], "fine_tune_epochs": 0, "init_from": "", "built_with": built,
+        "trained_with": {"module": "fer.train_gpu", "phase": phase, "best_epoch": entry["best_epoch"],
+                         "best_val_accuracy": entry["best_val_accuracy"], "epoch_seconds": entry["epoch_seconds"],
+                         "teacher": entry.get("teacher"), "packed_from": str(run_dir)}})
+    for name in ("split.csv", "data_report.json"):
+        if (run_dir / name).is_file():
+            atomic_write(out / name, lambda tmp, name=name: Path(tmp).write_bytes((run_dir / name).read_bytes()))
+    history = {k.replace("student_", ""): v for k, v in entry["history"].items()}
+    atomic_write(out / "history.csv", lambda tmp: pd.DataFrame(history).rename_axis("epoch").to_csv(tmp))
+    plot_history(history, out)
+    extra = {"dataset": config.get("dataset"), "model": model_name, "params": int(model.count_params())}
+    metrics = {}
+    for which, prefix in (("val", "val_"), ("test", "")):
+        mask = splits == which
+        if mask.any():
+            metrics[which] = write_report(out, data.labels[mask], predict_labels(model, data.images[mask]),
+                                          extra=extra | {"split": which}, prefix=prefix)
+            print(f"{which}: {format_summary(metrics[which])}")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fer.train_gpu", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="write a fer.train run's train + val faces as JPEG mosaics")
+    p.add_argument("--run", required=True, help="a fer.train run folder (its config.json re-creates the split)")
+    p.add_argument("--data-dir", default=None, help="where the corpus is now, if not where the run found it")
+    p.add_argument("--output", required=True)
+    f = sub.add_parser("fit", help="train the phases on a packed folder (any Keras 3 backend)")
+    f.add_argument("--data", required=True, help="folder written by pack")
+    f.add_argument("--weights", required=True, help="faceres-deep.weights.h5 (python -m fer.backbones)")
+    f.add_argument("--output", required=True)
+    f.add_argument("--budget", type=float, default=480.0, help="seconds for all phases")
+    f.add_argument("--deadline", type=float, default=0.0, help="absolute unix time to finish by (overrides --budget)")
+    f.add_argument("--phases", default=",".join(p.name for p in PHASES), help="names of the phases to run, in order")
+    f.add_argument("--scale", type=float, default=1.0, help="multiply every phase's epochs (smoke tests: 0.1)")
+    c = sub.add_parser("collect", help="turn a fit's weights into a run folder evaluated on val and the hold-out")
+    c.add_argument("--weights", required=True, help="a .weights.h5 written by fit")
+    c.add_argument("--results", default="", help="its results.json (default: beside the weights)")
+    c.add_argument("--run", required=True, help="the fer.train run that was packed")
+    c.add_argument("--data-dir", default=None, help="where the corpus is now, if not where the run found it")
+    c.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "pack":
+        manifest = pack(args.run, args.output, args.data_dir)
+        print(json.dumps({k: manifest[k] for k in ("count", "counts", "mean_abs_change")}))
+        return 0
+    if args.command == "fit":
+        by_name = {p.name: p for p in PHASES}
+        names = [n for n in args.phases.split(",") if n]
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            parser.error(f"unknown phases {unknown}; choose from {sorted(by_name)}")
+        for path in (Path(args.data) / "manifest.json", Path(args.weights)):
+            if not path.is_file():
+                parser.error(f"{path} does not exist")
+        phases = [Phase(**{**asdict(by_name[n]), "epochs": max(2, round(by_name[n].epochs * args.scale))})
+                  for n in names]
+        fit(args.data, args.weights, args.output, args.budget, phases, args.deadline or None)
+        return 0
+    collect(args.weights, args.run, args.output, args.data_dir, args.results or None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

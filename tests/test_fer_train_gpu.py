@@ -1,0 +1,130 @@
+"""fer.train_gpu on synthetic faces with the TensorFlow backend (the same code runs on JAX or torch on a GPU
+machine): packing a run's split, the phase clock, the distillation loss, a short fit and its collection into an
+ordinary run folder."""
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from core.io import read_json, write_json
+from fer import train_gpu
+from fer.train import load_split, run_config
+from synth_faces import write_fer2013_csv
+
+
+@pytest.fixture(scope="module")
+def fer_run(tmp_path_factory):
+    """A run folder as fer.train leaves it, as far as packing needs: config.json names the corpus and the seed."""
+    root = tmp_path_factory.mktemp("gpu_data")
+    write_fer2013_csv(root / "fer2013" / "fer2013.csv", per_class=8)
+    run = tmp_path_factory.mktemp("runs") / "source"
+    run.mkdir()
+    write_json(run / "config.json", {"model": "tiny", "dataset": "fer2013", "data_dir": str(root), "seed": 42})
+    return run
+
+
+@pytest.fixture(scope="module")
+def packed(fer_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("packed")
+    manifest = train_gpu.pack(fer_run, out)
+    return out, manifest
+
+
+def test_pack_holds_train_and_val_of_the_runs_split(fer_run, packed):
+    out, manifest = packed
+    assert manifest["counts"] == {"train": 28, "val": 14}  # fer2013.csv's Training / PublicTest rows
+    assert set(manifest["sha256"]) == set(manifest["mosaics"]) | {"labels.npy", "split.npy"}
+    data, splits = load_split(run_config(read_json(fer_run / "config.json")))
+    faces = train_gpu.load_packed(out)
+    for part in ("train", "val"):
+        x, y = faces[part]
+        assert x.shape == ((splits == part).sum(), 48, 48, 1) and x.dtype == np.float32
+        np.testing.assert_array_equal(y, data.labels[splits == part])
+        assert np.abs(x[..., 0] - data.images[splits == part]).mean() < 3.0  # JPEG at quality 95
+    assert "test" not in faces  # the hold-out never leaves
+
+
+def test_mosaics_round_trip_and_padding():
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (70, 48, 48), dtype=np.uint8)
+    blobs = train_gpu.to_mosaics(faces)
+    back = train_gpu.from_mosaics(blobs, 70)
+    assert back.shape == faces.shape
+    assert np.corrcoef(back.ravel().astype(float), faces.ravel().astype(float))[0, 1] > 0.9
+    with pytest.raises(ValueError, match="hold"):
+        train_gpu.from_mosaics(blobs, 64 * 64 + 1)
+
+
+def test_phase_clock_sizes_the_schedule_to_the_time_left(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(train_gpu.time, "time", lambda: now[0])
+    phase = train_gpu.Phase("p", "faceres", epochs=30, learning_rate=1e-4, warmup_epochs=1)
+    clock = train_gpu.PhaseClock(phase, deadline=1100.0)
+    now[0] += 60  # the first epoch compiles
+    assert not clock.epoch_done(0) and clock.planned == 30
+    now[0] += 5
+    assert not clock.epoch_done(1)
+    assert clock.planned == 2 + int(35 / 5)
+    rates = [clock.rate(e) for e in range(clock.planned)]
+    assert rates[0] < rates[1] == pytest.approx(1e-4)  # warm-up, then the peak
+    assert all(a >= b for a, b in zip(rates[1:], rates[2:])) and rates[-1] < 0.1 * rates[1]  # cosine to ~0
+    now[0] += 31  # 4 s left: less than a steady epoch
+    assert clock.epoch_done(2)
+
+
+def test_distillation_loss():
+    from keras import ops
+
+    labels = np.array([0, 3])
+    student = np.array([[0.7, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05], [0.1, 0.1, 0.1, 0.4, 0.1, 0.1, 0.1]], "float32")
+    teacher = np.roll(student, 1, axis=1)
+    both = np.concatenate([student, teacher], axis=1)
+    hard = float(ops.convert_to_numpy(train_gpu.kd_loss(0.0, 0.1)(labels, both)))
+    smoothed = np.eye(7)[labels] * 0.9 + 0.1 / 7
+    assert hard == pytest.approx(np.mean(-np.sum(smoothed * np.log(student + 1e-7), axis=1)), rel=1e-5)
+    soft = train_gpu.kd_loss(1.0, 0.1)
+    agree = np.concatenate([student, student], axis=1)
+    assert float(ops.convert_to_numpy(soft(labels, agree))) < float(ops.convert_to_numpy(soft(labels, both)))
+
+
+def test_fit_then_collect_gives_a_run_folder(fer_run, packed, tmp_path):
+    from fer.backbones import build_faceres_network
+
+    weights = tmp_path / "faceres-deep.weights.h5"
+    build_faceres_network(32).save_weights(weights)  # random weights in the converted layout
+    phases = [train_gpu.Phase("fr32", "faceres", image_size=32, epochs=2, batch_size=16, seconds=600),
+              train_gpu.Phase("kd", "distill", epochs=2, batch_size=16, seconds=600)]
+    out = tmp_path / "gpu_out"
+    results = train_gpu.fit(str(packed[0]), str(weights), str(out), budget=1200, phases=phases)
+    assert [r["phase"]["name"] for r in results] == ["fr32", "kd"]
+    assert results[1]["teacher"]["phase"] == "fr32"
+    assert json.loads((out / "results.json").read_text())[0]["best_epoch"] in (1, 2)
+    assert "fr32 epoch 2/2" in (out / "log.txt").read_text()
+
+    for name, model_name in (("fr32", "faceres"), ("kd", "tiny")):
+        folder = tmp_path / f"run_{name}"
+        metrics = train_gpu.collect(out / f"{name}.weights.h5", fer_run, folder)
+        assert metrics["test"]["n"] == 14 and metrics["val"]["n"] == 14
+        config = read_json(folder / "config.json")
+        assert config["model"] == model_name and config["trained_with"]["phase"]["name"] == name
+        for artifact in ("model.keras", "metrics.json", "val_metrics.json", "confusion_matrix.png", "history.csv",
+                         "curve_accuracy.png"):
+            assert (folder / artifact).is_file(), artifact
+        model = keras.models.load_model(folder / "model.keras")
+        assert model.output_shape == (None, 7)
+    best = results[0]["best_val_accuracy"]
+    # val faces were packed as JPEG: the originals may flip one of the 14
+    assert read_json(tmp_path / "run_fr32" / "val_metrics.json")["accuracy"] == pytest.approx(best, abs=1 / 14 + 1e-6)
+
+
+def test_cli_checks_arguments_before_any_work(tmp_path):
+    with pytest.raises(SystemExit):
+        train_gpu.main(["fit", "--data", str(tmp_path), "--weights", str(tmp_path / "w.h5"), "--output",
+                        str(tmp_path / "o"), "--phases", "faceres160,nope"])
+    with pytest.raises(SystemExit):
+        train_gpu.main(["fit", "--data", str(tmp_path), "--weights", str(tmp_path / "w.h5"), "--output",
+                        str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
