@@ -167,7 +167,7 @@ _DEFAULT_NOTE = re.compile(r"\s*\(default: .*\)\s*$", re.DOTALL)
 def flags_without_help(parser: argparse.ArgumentParser) -> list[str]:
     """Option strings of every optional argument whose help says nothing (a bare "(default: X)" counts)."""
     missing = []
-    for action in parser._actions:  # argparse keeps no public list of its actions
+    for action in _all_actions(parser):
         if not action.option_strings or action.help == argparse.SUPPRESS:
             continue
         text = _DEFAULT_NOTE.sub("", action.help or "").replace("%(default)s", "").strip()
@@ -177,5 +177,16 @@ def flags_without_help(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def parser_flags(parser: argparse.ArgumentParser) -> set[str]:
-    """Every option string (``--model-dir``, ``-h``, ...) the parser accepts."""
-    return {flag for action in parser._actions for flag in action.option_strings}
+    """Every option string (``--model-dir``, ``-h``, ...) the parser and its subcommands accept."""
+    return {flag for action in _all_actions(parser) for flag in action.option_strings}
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The parser's actions and those of its subcommands (argparse keeps no public list of either)."""
+    actions = []
+    for action in parser._actions:
+        actions.append(action)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                actions.extend(_all_actions(sub))
+    return actions

@@ -433,17 +433,20 @@ def collect(weights: str | os.PathLike, run_dir: str | os.PathLike, output: str 
 # ---------------------------------------------------------------------------------------------------- command line
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fer.train_gpu", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    from core.cli import add_verbose_flag, module_prog
+
+    parser = argparse.ArgumentParser(prog=module_prog(__name__), description=__doc__.split("\n\n")[0])
+    add_verbose_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pack", help="write a fer.train run's train + val faces as JPEG mosaics")
     p.add_argument("--run", required=True, help="a fer.train run folder (its config.json re-creates the split)")
     p.add_argument("--data-dir", default=None, help="where the corpus is now, if not where the run found it")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="folder for the mosaics, labels and manifest")
     f = sub.add_parser("fit", help="train the phases on a packed folder (any Keras 3 backend)")
     f.add_argument("--data", required=True, help="folder written by pack")
     f.add_argument("--weights", required=True, help="faceres-deep.weights.h5 (python -m fer.backbones)")
-    f.add_argument("--output", required=True)
+    f.add_argument("--output", required=True, help="folder for each phase's weights, log.txt and results.json")
     f.add_argument("--budget", type=float, default=480.0, help="seconds for all phases")
     f.add_argument("--deadline", type=float, default=0.0, help="absolute unix time to finish by (overrides --budget)")
     f.add_argument("--phases", default=",".join(p.name for p in PHASES), help="names of the phases to run, in order")
@@ -453,7 +456,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--results", default="", help="its results.json (default: beside the weights)")
     c.add_argument("--run", required=True, help="the fer.train run that was packed")
     c.add_argument("--data-dir", default=None, help="where the corpus is now, if not where the run found it")
-    c.add_argument("--output", required=True)
+    c.add_argument("--output", required=True, help="the new run folder")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     if args.command == "pack":
@@ -478,4 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from core.cli import quiet_tensorflow
+
+    quiet_tensorflow()  # quiet TensorFlow's start-up where it is installed (pack, collect); harmless without it
     sys.exit(main())
