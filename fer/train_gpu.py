@@ -227,7 +227,6 @@ def fit_faceres(phase: Phase, data, weights: str, out: Path, deadline: float, lo
     """Full fine-tune of faceres (batch norm stays on the converted statistics) with a linear warm-up."""
     import keras
 
-    from core.training import class_weights
     from fer.models import SmoothedSparseCrossentropy, build_faceres
 
     keras.utils.set_random_seed(phase.seed)
@@ -235,16 +234,24 @@ def fit_faceres(phase: Phase, data, weights: str, out: Path, deadline: float, lo
     trainer = keras.Sequential([keras.Input((FACE, FACE, 1)), make_augmenter(phase.seed), model], name="trainer")
     trainer.compile(optimizer=keras.optimizers.Adam(phase.learning_rate),
                     loss=SmoothedSparseCrossentropy(phase.label_smoothing), metrics=["accuracy"])
+    result = _fit_phase(phase, trainer, model, "val_accuracy", data, out, deadline, log)
+    model.load_weights(out / result["weights"])
+    return result | {"model": model}
+
+
+def _fit_phase(phase: Phase, trainer, saved, monitor: str, data, out: Path, deadline: float, log) -> dict:
+    """Fit ``trainer`` on the packed train part, scored on val each epoch; ``saved`` (the model inside it that
+    ships) is written to PHASE.weights.h5 whenever ``monitor`` improves."""
+    from core.training import class_weights
+
     (x, y), (xv, yv) = data["train"], data["val"]
     target = out / f"{phase.name}.weights.h5"
     clock = PhaseClock(phase, deadline)
-    control = _callbacks(phase, clock, lambda: model.save_weights(target), "val_accuracy", log)
+    control = _callbacks(phase, clock, lambda: saved.save_weights(target), monitor, log)
     history = trainer.fit(x, y, batch_size=phase.batch_size, epochs=phase.epochs, validation_data=(xv, yv),
                           class_weight=class_weights(y, 7), callbacks=[control], verbose=0)
-    model.load_weights(target)
     return {"phase": asdict(phase), "history": _plain(history.history), "best_epoch": control.best_epoch + 1,
-            "best_val_accuracy": control.best, "epoch_seconds": clock.durations, "weights": target.name,
-            "model": model}
+            "best_val_accuracy": control.best, "epoch_seconds": clock.durations, "weights": target.name}
 
 
 def kd_loss(weight: float, smoothing: float, temperature: float = KD_TEMPERATURE):
@@ -278,7 +285,6 @@ def fit_distilled(phase: Phase, data, teacher, out: Path, deadline: float, log) 
     import keras
     from keras import ops
 
-    from core.training import class_weights
     from fer.models import build_tiny
 
     keras.utils.set_random_seed(phase.seed)
@@ -301,14 +307,7 @@ def fit_distilled(phase: Phase, data, teacher, out: Path, deadline: float, log) 
     distiller = Distiller(name="distiller")
     distiller.compile(optimizer=keras.optimizers.Adam(phase.learning_rate),
                       loss=kd_loss(phase.distill_weight, phase.label_smoothing), metrics=[student_accuracy])
-    (x, y), (xv, yv) = data["train"], data["val"]
-    target = out / f"{phase.name}.weights.h5"
-    clock = PhaseClock(phase, deadline)
-    control = _callbacks(phase, clock, lambda: student.save_weights(target), "val_student_accuracy", log)
-    history = distiller.fit(x, y, batch_size=phase.batch_size, epochs=phase.epochs, validation_data=(xv, yv),
-                            class_weight=class_weights(y, 7), callbacks=[control], verbose=0)
-    return {"phase": asdict(phase), "history": _plain(history.history), "best_epoch": control.best_epoch + 1,
-            "best_val_accuracy": control.best, "epoch_seconds": clock.durations, "weights": target.name}
+    return _fit_phase(phase, distiller, student, "val_student_accuracy", data, out, deadline, log)
 
 
 def _plain(history: dict) -> dict:
