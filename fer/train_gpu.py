@@ -320,15 +320,16 @@ def fit(data_dir: str, weights: str, output: str, budget: float, phases: Sequenc
     weights and a results.json land in ``output`` as soon as they exist."""
     import keras
 
+    from core.io import write_json
+
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    logfile = open(out / "log.txt", "a")
 
     def log(line: str) -> None:
         stamped = f"[{time.strftime('%H:%M:%S')}] {line}"
         print(stamped, flush=True)
-        logfile.write(stamped + "\n")
-        logfile.flush()
+        with open(out / "log.txt", "a") as handle:  # reopened per line: a killed run keeps every line written
+            handle.write(stamped + "\n")
 
     deadline = deadline or time.time() + budget
     log(f"keras {keras.__version__} backend {keras.backend.backend()} devices {_devices()}")
@@ -354,8 +355,7 @@ def fit(data_dir: str, weights: str, output: str, budget: float, phases: Sequenc
             result["teacher"] = {"phase": teacher_name, "val_accuracy": teacher_score}
         log(f"{phase.name}: best val accuracy {result['best_val_accuracy']:.4f} at epoch {result['best_epoch']}")
         results.append(result)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
-    logfile.close()
+        write_json(out / "results.json", results)
     return results
 
 
