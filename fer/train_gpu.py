@@ -31,6 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
+from core.labels import NUM_CLASSES
+
 MOSAIC_COLUMNS = 64  # faces per mosaic row; 64 x 64 faces per JPEG file
 MOSAIC_ROWS = 64
 JPEG_QUALITY = 95  # FER2013's own JPEGs sit on the same 8x8 grid: re-encoding at 95 changes 0.05 grey levels on average
@@ -150,17 +152,10 @@ def load_packed(folder: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.nda
 
 
 def make_augmenter(seed: int):
-    """fer.data.make_augmenter's recipe (flip, rotation, zoom, brightness, shift), run on the accelerator."""
-    import keras
-    from keras import layers
+    """fer.train's augmentation (flip, rotation, zoom, brightness, its default 10 % shift), run on the accelerator."""
+    from fer.data import make_augmenter as augmenter  # Keras layers only: no TensorFlow needed
 
-    return keras.Sequential([
-        layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
-        layers.RandomRotation(0.05, fill_mode="nearest", seed=seed, name="aug_rotation"),
-        layers.RandomZoom(0.1, fill_mode="nearest", seed=seed, name="aug_zoom"),
-        layers.RandomBrightness(0.1, value_range=(0.0, 255.0), seed=seed, name="aug_brightness"),
-        layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed, name="aug_shift"),
-    ], name="augment")
+    return augmenter(seed, shift=0.1)
 
 
 class PhaseClock:
@@ -249,7 +244,7 @@ def _fit_phase(phase: Phase, trainer, saved, monitor: str, data, out: Path, dead
     clock = PhaseClock(phase, deadline)
     control = _callbacks(phase, clock, lambda: saved.save_weights(target), monitor, log)
     history = trainer.fit(x, y, batch_size=phase.batch_size, epochs=phase.epochs, validation_data=(xv, yv),
-                          class_weight=class_weights(y, 7), callbacks=[control], verbose=0)
+                          class_weight=class_weights(y, NUM_CLASSES), callbacks=[control], verbose=0)
     return {"phase": asdict(phase), "history": _plain(history.history), "best_epoch": control.best_epoch + 1,
             "best_val_accuracy": control.best, "epoch_seconds": clock.durations, "weights": target.name}
 
@@ -258,17 +253,18 @@ def kd_loss(weight: float, smoothing: float, temperature: float = KD_TEMPERATURE
     """(1 - weight) x smoothed cross-entropy with the labels + weight x T^2 x cross-entropy with the teacher's
     softened probabilities. y_pred is [student probabilities | teacher probabilities]."""
     from keras import ops
+    from keras.losses import categorical_crossentropy
 
     def loss(y_true, y_pred):
-        student, teacher = y_pred[:, :7], y_pred[:, 7:]
-        one_hot = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), 7)
-        hard = ops.mean(-ops.sum((one_hot * (1 - smoothing) + smoothing / 7) * ops.log(student + 1e-7), axis=-1))
+        student, teacher = y_pred[:, :NUM_CLASSES], y_pred[:, NUM_CLASSES:]
+        one_hot = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), NUM_CLASSES)
+        hard = categorical_crossentropy(one_hot, student, label_smoothing=smoothing)
 
         def soften(p):
             return ops.softmax(ops.log(p + 1e-7) / temperature, axis=-1)
 
-        soft = ops.mean(-ops.sum(soften(teacher) * ops.log(soften(student) + 1e-7), axis=-1))
-        return (1 - weight) * hard + weight * temperature ** 2 * soft
+        soft = categorical_crossentropy(soften(teacher), soften(student))
+        return ops.mean((1 - weight) * hard + weight * temperature ** 2 * soft)
 
     return loss
 
@@ -276,7 +272,7 @@ def kd_loss(weight: float, smoothing: float, temperature: float = KD_TEMPERATURE
 def student_accuracy(y_true, y_pred):
     from keras import ops
 
-    predicted = ops.cast(ops.argmax(y_pred[:, :7], axis=-1), "int32")
+    predicted = ops.cast(ops.argmax(y_pred[:, :NUM_CLASSES], axis=-1), "int32")
     return ops.cast(ops.equal(predicted, ops.cast(ops.reshape(y_true, (-1,)), "int32")), "float32")
 
 
