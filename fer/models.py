@@ -119,8 +119,13 @@ def build_faceres(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = N
         conv1.set_weights([conv1.get_weights()[0] * 255.0])
     x = layers.Rescaling(1.0 / 255, name="rescale")(x)
     base.trainable = not freeze_base
-    # training=False keeps batch norm on the converted statistics: the source graph has it folded into the
-    # convolutions, so batch statistics would be a different function altogether.
+    # Batch norm stays on the converted statistics (the source graph has it folded into the convolutions; batch
+    # statistics would be a different function altogether). training=False alone does not do it: Keras 3 passes
+    # the outer model's training=True down to a nested model, and a full fine-tune then collapses to one class.
+    # A frozen BatchNormalization layer always runs in inference mode.
+    for layer in base.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
     x = base(x, training=False)
     x = layers.Dropout(dropout, name="features_dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="emotion")(x)

@@ -50,6 +50,8 @@ class Phase:
     batch_size: int = 64
     learning_rate: float = 1e-4
     warmup_epochs: int = 1
+    head_epochs: int = 1  # faceres: epochs with the base frozen first (a random head's gradients wreck the features)
+    head_learning_rate: float = 1e-3
     label_smoothing: float = 0.1
     distill_weight: float = 0.7
     seconds: float = 200.0
@@ -219,16 +221,27 @@ def _callbacks(phase: Phase, clock: PhaseClock, save, monitor: str, log):
 
 
 def fit_faceres(phase: Phase, data, weights: str, out: Path, deadline: float, log) -> dict:
-    """Full fine-tune of faceres (batch norm stays on the converted statistics) with a linear warm-up."""
+    """fer.train's faceres recipe on the whole network: the head alone first (base frozen), then every
+    convolution unfrozen with a linear warm-up and cosine decay; batch norm stays on the converted statistics."""
     import keras
 
-    from fer.models import SmoothedSparseCrossentropy, build_faceres
+    from core.training import class_weights
+    from fer.models import SmoothedSparseCrossentropy, build_faceres, unfreeze_top
 
     keras.utils.set_random_seed(phase.seed)
-    model = build_faceres(weights=weights, image_size=phase.image_size, freeze_base=False)
+    model = build_faceres(weights=weights, image_size=phase.image_size, freeze_base=True)
     trainer = keras.Sequential([keras.Input((FACE, FACE, 1)), make_augmenter(phase.seed), model], name="trainer")
-    trainer.compile(optimizer=keras.optimizers.Adam(phase.learning_rate),
-                    loss=SmoothedSparseCrossentropy(phase.label_smoothing), metrics=["accuracy"])
+    loss = SmoothedSparseCrossentropy(phase.label_smoothing)
+    if phase.head_epochs:
+        started = time.time()
+        trainer.compile(optimizer=keras.optimizers.Adam(phase.head_learning_rate), loss=loss, metrics=["accuracy"])
+        (x, y), val = data["train"], data["val"]
+        history = trainer.fit(x, y, batch_size=phase.batch_size, epochs=phase.head_epochs, validation_data=val,
+                              class_weight=class_weights(y, NUM_CLASSES), verbose=0).history
+        log(f"{phase.name} head only: {time.time() - started:.1f}s val_accuracy {history['val_accuracy'][-1]:.4f}")
+    unfrozen = unfreeze_top(model, len(model.get_layer("faceres_backbone").layers))
+    log(f"{phase.name}: {unfrozen} base layers unfrozen")
+    trainer.compile(optimizer=keras.optimizers.Adam(phase.learning_rate), loss=loss, metrics=["accuracy"])
     result = _fit_phase(phase, trainer, model, "val_accuracy", data, out, deadline, log)
     model.load_weights(out / result["weights"])
     return result | {"model": model}

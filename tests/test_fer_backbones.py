@@ -150,6 +150,28 @@ def test_faceres_emotion_model_shapes_training_step_and_save_load(tmp_path, grap
     np.testing.assert_allclose(reloaded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-5)
 
 
+def test_unfrozen_faceres_keeps_batch_norm_on_the_converted_statistics(tmp_path, graph_path):
+    """A whole-network fine-tune (fer.train_gpu) must not switch batch norm to batch statistics: with dropout
+    off, training and inference mode are the same function, and a training step leaves the statistics alone."""
+    from fer.models import build_model
+
+    network = backbones.build_faceres_network(SIZE, alpha=ALPHA)
+    backbones.load_tfjs_faceres(network, TfjsGraph(graph_path))
+    weights = tmp_path / "faceres.weights.h5"
+    network.save_weights(weights)
+    model = build_model("faceres", (48, 48, 1), 7, weights=str(weights), image_size=SIZE, alpha=ALPHA,
+                        freeze_base=False, dropout=0.0)
+    x = np.random.default_rng(1).uniform(0, 255, (8, 48, 48, 1)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model(x, training=True)), np.asarray(model(x, training=False)), atol=1e-5)
+    bn = model.get_layer("faceres_backbone").get_layer("conv_pw_13_bn")
+    moving = [w.copy() for w in bn.get_weights()]
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.train_on_batch(x, np.arange(8) % 7)
+    for before, after in zip(moving, bn.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    assert model.get_layer("faceres_backbone").get_layer("conv_pw_13").trainable
+
+
 def test_faceres_model_with_a_missing_weights_file_fails_clearly(tmp_path):
     from fer.models import WeightsUnavailableError, build_model
 

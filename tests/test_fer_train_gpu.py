@@ -91,10 +91,15 @@ def test_distillation_loss():
 
 
 def test_fit_then_collect_gives_a_run_folder(fer_run, packed, tmp_path):
-    from fer.backbones import build_faceres_network
+    from fer.backbones import build_faceres_network, load_tfjs_faceres
+    from fer.tfjs import TfjsGraph
+    from tests.synth_tfjs import write_faceres_graph
 
+    # Converted from a synthetic graph of faceres-deep's layout (a random Keras init passes no gradient back).
+    network = build_faceres_network(32)
+    load_tfjs_faceres(network, TfjsGraph(write_faceres_graph(tmp_path / "tfjs", alpha=1.0)))
     weights = tmp_path / "faceres-deep.weights.h5"
-    build_faceres_network(32).save_weights(weights)  # random weights in the converted layout
+    network.save_weights(weights)
     phases = [train_gpu.Phase("fr32", "faceres", image_size=32, epochs=2, batch_size=16, seconds=600),
               train_gpu.Phase("kd", "distill", epochs=2, batch_size=16, seconds=600)]
     out = tmp_path / "gpu_out"
@@ -102,7 +107,21 @@ def test_fit_then_collect_gives_a_run_folder(fer_run, packed, tmp_path):
     assert [r["phase"]["name"] for r in results] == ["fr32", "kd"]
     assert results[1]["teacher"]["phase"] == "fr32"
     assert json.loads((out / "results.json").read_text())[0]["best_epoch"] in (1, 2)
-    assert "fr32 epoch 2/2" in (out / "log.txt").read_text()
+    log = (out / "log.txt").read_text()
+    assert "fr32 head only" in log and "fr32 epoch 2/2" in log
+
+    # The whole network trained, except batch norm: it stays on the converted statistics.
+    from fer.models import build_faceres
+
+    start = build_faceres(weights=str(weights), image_size=32).get_layer("faceres_backbone")
+    tuned = build_faceres(weights=str(weights), image_size=32)
+    tuned.load_weights(out / "fr32.weights.h5")
+    tuned = tuned.get_layer("faceres_backbone")
+    for name in ("conv1", "conv_dw_1", "conv_pw_13"):
+        assert not np.array_equal(start.get_layer(name).get_weights()[0], tuned.get_layer(name).get_weights()[0]), name
+    for name in ("conv1_bn", "conv_pw_13_bn"):
+        for before, after in zip(start.get_layer(name).get_weights(), tuned.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(before, after)
 
     for name, model_name in (("fr32", "faceres"), ("kd", "tiny")):
         folder = tmp_path / f"run_{name}"
