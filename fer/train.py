@@ -221,6 +221,23 @@ def _fit(model, cfg: TrainConfig, run_dir: Path, train_ds, val_ds, weights, epoc
                      class_weight=weights, callbacks=callbacks, shuffle=False, verbose=2)  # tf.data shuffles
 
 
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Every weighted layer of ``target`` takes the weights of ``source``'s layer of the same name. Convolutions
+    do not depend on the input size, so a faceres trained at 112 px can continue at 160 (--init-from with a
+    different --base-size)."""
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        try:
+            weights = source.get_layer(layer.name).get_weights()
+        except ValueError:
+            raise ValueError(f"--init-from {source.name} has no layer {layer.name!r}: train the same --model") from None
+        shapes = [w.shape for w in weights], [tuple(w.shape) for w in layer.weights]
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"--init-from: layer {layer.name!r} has weights {shapes[0]}, this model needs {shapes[1]}")
+        layer.set_weights(weights)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train, evaluate on the test split, write the run folder; returns the test metrics."""
     if cfg.threads:
@@ -298,11 +315,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = keras.models.load_model(stage1_path)
         done = int(read_json(stage1_info)["epochs"])
     else:
+        model = build_model(cfg.model, input_shape, NUM_CLASSES, **model_kwargs(cfg))
         if cfg.init_from:
             log.info("warm start from %s", cfg.init_from)
-            model = keras.models.load_model(cfg.init_from, compile=False)
-        else:
-            model = build_model(cfg.model, input_shape, NUM_CLASSES, **model_kwargs(cfg))
+            copy_weights(keras.models.load_model(cfg.init_from, compile=False), model)
         compile_model(model, learning_rate(cfg, cfg.learning_rate, len(train_ds), cfg.epochs), cfg.label_smoothing,
                       soft_targets=bool(cfg.teacher))
         history = _fit(model, cfg, run_dir, train_ds, val_ds, weights, cfg.epochs)

@@ -367,3 +367,17 @@ def test_a_missing_teacher_or_bad_weight_fails_before_loading_data(tmp_path, cap
     teacher.write_bytes(b"")
     assert fer_train.main([*missing, "--teacher", str(teacher), "--distill-weight", "1.5"]) == 2
     assert "--distill-weight must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_warm_start_carries_weights_across_input_sizes_and_refuses_other_architectures():
+    from fer.models import build_faceres, build_tiny
+
+    small = build_faceres(weights=None, image_size=32, alpha=0.25)
+    large = build_faceres(weights=None, image_size=40, alpha=0.25)
+    fer_train.copy_weights(small, large)
+    for a, b in zip(small.get_weights(), large.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="has no layer"):
+        fer_train.copy_weights(build_tiny(), large)
+    with pytest.raises(ValueError, match="this model needs"):
+        fer_train.copy_weights(build_faceres(weights=None, image_size=32, alpha=0.5), large)
