@@ -381,6 +381,43 @@ def _devices() -> str:
     return backend
 
 
+def probe(data_dir: str, weights: str, output: str, image_size: int = 160, batch_sizes: Sequence[int] = (64, 256),
+          steps: int = 20) -> list[dict]:
+    """Time the faceres phase's training step on this machine before spending a lease on phases: for each batch
+    size, without and with the augmenter, the first step (compilation) and the median of ``steps`` more."""
+    import keras
+
+    from core.io import write_json
+    from fer.models import SmoothedSparseCrossentropy, build_faceres, unfreeze_top
+
+    x, y = load_packed(data_dir)["train"]
+    rng = np.random.default_rng(0)
+    rows: list[dict] = []
+    for batch in batch_sizes:
+        for augment in (False, True):
+            keras.utils.set_random_seed(0)
+            model = build_faceres(weights=weights, image_size=image_size)
+            unfreeze_top(model, len(model.get_layer("faceres_backbone").layers))
+            layers = [keras.Input((FACE, FACE, 1))] + ([make_augmenter(0)] if augment else []) + [model]
+            trainer = keras.Sequential(layers, name="probe")
+            trainer.compile(optimizer=keras.optimizers.Adam(1e-5), loss=SmoothedSparseCrossentropy(0.1))
+            times = []
+            for _ in range(steps + 1):
+                pick = rng.choice(len(y), batch, replace=len(y) < batch)
+                started = time.perf_counter()
+                trainer.train_on_batch(x[pick], y[pick])  # returns the loss as a number: the step has finished
+                times.append(time.perf_counter() - started)
+            step = float(np.median(times[1:]))
+            rows.append({"backend": keras.backend.backend(), "image_size": image_size, "batch_size": int(batch),
+                         "augment": augment, "first_step_s": round(times[0], 3), "step_ms": round(1000 * step, 2),
+                         "faces_per_s": round(batch / step, 1),
+                         "epoch_s_estimate": round(step * math.ceil(len(y) / batch), 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    Path(output).mkdir(parents=True, exist_ok=True)
+    write_json(Path(output) / "probe.json", rows)
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------------- collecting
 
 
@@ -459,6 +496,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--deadline", type=float, default=0.0, help="absolute unix time to finish by (overrides --budget)")
     f.add_argument("--phases", default=",".join(p.name for p in PHASES), help="names of the phases to run, in order")
     f.add_argument("--scale", type=float, default=1.0, help="multiply every phase's epochs (smoke tests: 0.1)")
+    f.add_argument("--batch-size", type=int, default=0, help="every phase's batch size (0: each phase's own; the "
+                   "learning rates stay as they are)")
+    b = sub.add_parser("probe", help="time training steps (batch sizes, with and without augmentation) first")
+    b.add_argument("--data", required=True, help="folder written by pack")
+    b.add_argument("--weights", required=True, help="faceres-deep.weights.h5 (python -m fer.backbones)")
+    b.add_argument("--output", required=True, help="folder for probe.json")
+    b.add_argument("--image-size", type=int, default=160, help="the faceres input size to time")
+    b.add_argument("--batch-sizes", default="64,256", help="comma-separated batch sizes")
+    b.add_argument("--steps", type=int, default=20, help="timed steps per setting, after the first")
     c = sub.add_parser("collect", help="turn a fit's weights into a run folder evaluated on val and the hold-out")
     c.add_argument("--weights", required=True, help="a .weights.h5 written by fit")
     c.add_argument("--results", default="", help="its results.json (default: beside the weights)")
@@ -485,9 +531,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in (Path(args.data) / "manifest.json", Path(args.weights)):
             if not path.is_file():
                 parser.error(f"{path} does not exist")
-        phases = [Phase(**{**asdict(by_name[n]), "epochs": max(2, round(by_name[n].epochs * args.scale))})
-                  for n in names]
+        if args.batch_size < 0:
+            parser.error(f"--batch-size must be positive (0: each phase's own), got {args.batch_size}")
+        phases = [Phase(**{**asdict(by_name[n]), "epochs": max(2, round(by_name[n].epochs * args.scale)),
+                           "batch_size": args.batch_size or by_name[n].batch_size}) for n in names]
         fit(args.data, args.weights, args.output, args.budget, phases, args.deadline or None)
+        return 0
+    if args.command == "probe":
+        try:
+            sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+        except ValueError:
+            parser.error(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}")
+        if not sizes or min(sizes) < 1 or args.steps < 1 or args.image_size < 32:
+            parser.error("--batch-sizes and --steps must be at least 1, --image-size at least 32")
+        for path in (Path(args.data) / "manifest.json", Path(args.weights)):
+            if not path.is_file():
+                parser.error(f"{path} does not exist")
+        probe(args.data, args.weights, args.output, args.image_size, sizes, args.steps)
         return 0
     collect(args.weights, args.run, args.output, args.data_dir, args.results or None)
     return 0

@@ -139,6 +139,21 @@ def test_fit_then_collect_gives_a_run_folder(fer_run, packed, tmp_path):
     assert read_json(tmp_path / "run_fr32" / "val_metrics.json")["accuracy"] == pytest.approx(best, abs=1 / 14 + 1e-6)
 
 
+def test_probe_times_each_batch_size_with_and_without_augmentation(packed, tmp_path):
+    from fer.backbones import build_faceres_network
+
+    weights = tmp_path / "faceres-deep.weights.h5"
+    build_faceres_network(32).save_weights(weights)
+    assert train_gpu.main(["probe", "--data", str(packed[0]), "--weights", str(weights), "--output",
+                           str(tmp_path / "probe"), "--image-size", "32", "--batch-sizes", "4,8", "--steps", "2"]) == 0
+    rows = read_json(tmp_path / "probe" / "probe.json")
+    assert [(r["batch_size"], r["augment"]) for r in rows] == [(4, False), (4, True), (8, False), (8, True)]
+    for row in rows:
+        assert row["step_ms"] > 0 and row["first_step_s"] > 0
+        assert row["faces_per_s"] == pytest.approx(row["batch_size"] / (row["step_ms"] / 1000), rel=0.01)
+        assert row["epoch_s_estimate"] == pytest.approx(row["step_ms"] / 1000 * -(-28 // row["batch_size"]), abs=0.06)
+
+
 def test_cli_checks_arguments_before_any_work(tmp_path):
     with pytest.raises(SystemExit):
         train_gpu.main(["fit", "--data", str(tmp_path), "--weights", str(tmp_path / "w.h5"), "--output",
@@ -146,4 +161,10 @@ def test_cli_checks_arguments_before_any_work(tmp_path):
     with pytest.raises(SystemExit):
         train_gpu.main(["fit", "--data", str(tmp_path), "--weights", str(tmp_path / "w.h5"), "--output",
                         str(tmp_path / "o")])
+    with pytest.raises(SystemExit):
+        train_gpu.main(["probe", "--data", str(tmp_path), "--weights", str(tmp_path / "w.h5"), "--output",
+                        str(tmp_path / "o"), "--batch-sizes", "64,x"])
+    with pytest.raises(SystemExit):
+        train_gpu.main(["fit", "--data", str(tmp_path), "--weights", str(tmp_path / "w.h5"), "--output",
+                        str(tmp_path / "o"), "--batch-size", "-1"])
     assert not (tmp_path / "o").exists()
