@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", default=str(REPO / "saved_models" / "fer"), help="face model (default: %(default)s)")
     p.add_argument("--detectors", default="all", help="comma-separated, or all (default: %(default)s)")
     p.add_argument("--no-jaffe-accuracy", action="store_true", help="skip the JAFFE accuracy per detector")
+    p.add_argument("--tflite", choices=["float16", "int8"], default=None,
+                   help="classify with the model's exported TFLite file (fer.export) instead of its Keras graph")
+    p.add_argument("--out", default=str(RESULTS), help="folder for fer_detect.md / .json (default: %(default)s)")
     add_verbose_flag(p)
     return p
 
@@ -248,10 +251,11 @@ def tuning_thresholds(sets: dict) -> dict:
 
 # ----------------------------------------------------------------------------- report
 
-def write_results(results: dict) -> None:
+def write_results(results: dict, out: Path = RESULTS) -> None:
     from core.io import atomic_write, write_json
 
-    write_json(RESULTS / "fer_detect.json", results)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "fer_detect.json", results)
     lines = [
         "| detector | ms / 640x480 frame, detect + align + classify (1 core) | detect only | wall | "
         f"false faces, {N_FRAMES} textured frames | hits, {N_FRAMES} JAFFE-on-texture frames | JAFFE accuracy |",
@@ -267,7 +271,9 @@ def write_results(results: dict) -> None:
     t = results["tuning"]
     load = results["load_average"]
     notes = [
-        f"Model: `{results['model_dir']}` ({results['face_size']} px gray faces, margin {results['margin']}). "
+        f"Model: `{results['model_dir']}` ({results['face_size']} px gray faces, margin {results['margin']}"
+        + (f"; classified by its {results['tflite']} TFLite file" if results.get("tflite") else "; its Keras graph")
+        + "). "
         "Time: median process CPU time per frame over 20 frames with one JAFFE face on texture, the process "
         "pinned to CPU 0, TensorFlow 1 intra-op / 1 inter-op thread, OpenCV 1 thread ('detect only' is the "
         "detector alone; the calling thread's own CPU time and wall-clock medians are in fer_detect.json).",
@@ -286,9 +292,10 @@ def write_results(results: dict) -> None:
     ]
     notes += [f"Note: {n}" for n in results.get("notes", [])]
     text = ("# Face detectors: speed, false faces, hits (640x480 frames)\n\n"
-            "`python bench/bench_fer_detect.py`\n\n" + "\n".join(lines) + "\n\n"
+            f"`python bench/bench_fer_detect.py{' --tflite ' + results['tflite'] if results.get('tflite') else ''}`\n\n"
+            + "\n".join(lines) + "\n\n"
             + "\n".join(f"- {n}" for n in notes) + "\n")
-    atomic_write(RESULTS / "fer_detect.md", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out / "fer_detect.md", lambda tmp: Path(tmp).write_text(text))
     print(text)
 
 
@@ -320,11 +327,11 @@ def main(argv=None) -> int:
             names.append("yuface")
         except ImportError:
             notes.append("yuface (YuNet) not installed: not measured (pip install yuface==2023.5.1 to compare)")
-    predictor = FERPredictor(args.model_dir)
+    predictor = FERPredictor(args.model_dir, tflite=args.tflite)
     sets = make_sets(data_root)
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                "model_dir": os.path.relpath(args.model_dir, REPO), "face_size": predictor.face_size,
-               "margin": predictor.margin, "detectors": {}, "notes": notes}
+               "margin": predictor.margin, "tflite": args.tflite, "detectors": {}, "notes": notes}
     for name in names:
         start = time.perf_counter()
         results["detectors"][name] = measure(name, sets, predictor)
@@ -333,7 +340,7 @@ def main(argv=None) -> int:
         print(f"{name}: {results['detectors'][name]} ({time.perf_counter() - start:.0f} s)", flush=True)
     results["tuning"] = tuning_thresholds(sets)
     results["load_average"] = {"before": load_before, "after": [round(v, 2) for v in os.getloadavg()]}
-    write_results(results)
+    write_results(results, Path(args.out))
     return 0
 
 

@@ -391,6 +391,7 @@ def probe(data_dir: str, weights: str, output: str, image_size: int = 160, batch
     from fer.models import SmoothedSparseCrossentropy, build_faceres, unfreeze_top
 
     x, y = load_packed(data_dir)["train"]
+    Path(output).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     rows: list[dict] = []
     for batch in batch_sizes:
@@ -413,8 +414,7 @@ def probe(data_dir: str, weights: str, output: str, image_size: int = 160, batch
                          "faces_per_s": round(batch / step, 1),
                          "epoch_s_estimate": round(step * math.ceil(len(y) / batch), 1)})
             print(json.dumps(rows[-1]), flush=True)
-    Path(output).mkdir(parents=True, exist_ok=True)
-    write_json(Path(output) / "probe.json", rows)
+            write_json(Path(output) / "probe.json", rows)  # after every setting: a lease that ends keeps the rows
     return rows
 
 
