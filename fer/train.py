@@ -315,7 +315,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = keras.models.load_model(stage1_path)
         done = int(read_json(stage1_info)["epochs"])
     else:
-        model = build_model(cfg.model, input_shape, NUM_CLASSES, **model_kwargs(cfg))
+        kwargs = model_kwargs(cfg)
+        if cfg.init_from and cfg.model == "faceres":
+            kwargs["weights"] = None  # the warm start brings every weight: no need for the converted backbone
+        model = build_model(cfg.model, input_shape, NUM_CLASSES, **kwargs)
         if cfg.init_from:
             log.info("warm start from %s", cfg.init_from)
             copy_weights(keras.models.load_model(cfg.init_from, compile=False), model)

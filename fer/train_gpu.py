@@ -220,13 +220,20 @@ def _callbacks(phase: Phase, clock: PhaseClock, save, monitor: str, log):
     return Control()
 
 
+def unfreeze_backbone(model) -> int:
+    """Every convolution of the faceres backbone trainable, batch norm frozen (fer.models.unfreeze_top)."""
+    from fer.models import unfreeze_top
+
+    return unfreeze_top(model, len(model.get_layer("faceres_backbone").layers))
+
+
 def fit_faceres(phase: Phase, data, weights: str, out: Path, deadline: float, log) -> dict:
     """fer.train's faceres recipe on the whole network: the head alone first (base frozen), then every
     convolution unfrozen with a linear warm-up and cosine decay; batch norm stays on the converted statistics."""
     import keras
 
     from core.training import class_weights
-    from fer.models import SmoothedSparseCrossentropy, build_faceres, unfreeze_top
+    from fer.models import SmoothedSparseCrossentropy, build_faceres
 
     keras.utils.set_random_seed(phase.seed)
     model = build_faceres(weights=weights, image_size=phase.image_size, freeze_base=True)
@@ -239,7 +246,7 @@ def fit_faceres(phase: Phase, data, weights: str, out: Path, deadline: float, lo
         history = trainer.fit(x, y, batch_size=phase.batch_size, epochs=phase.head_epochs, validation_data=val,
                               class_weight=class_weights(y, NUM_CLASSES), verbose=0).history
         log(f"{phase.name} head only: {time.time() - started:.1f}s val_accuracy {history['val_accuracy'][-1]:.4f}")
-    unfrozen = unfreeze_top(model, len(model.get_layer("faceres_backbone").layers))
+    unfrozen = unfreeze_backbone(model)
     log(f"{phase.name}: {unfrozen} base layers unfrozen")
     trainer.compile(optimizer=keras.optimizers.Adam(phase.learning_rate), loss=loss, metrics=["accuracy"])
     result = _fit_phase(phase, trainer, model, "val_accuracy", data, out, deadline, log)
@@ -388,7 +395,7 @@ def probe(data_dir: str, weights: str, output: str, image_size: int = 160, batch
     import keras
 
     from core.io import write_json
-    from fer.models import SmoothedSparseCrossentropy, build_faceres, unfreeze_top
+    from fer.models import SmoothedSparseCrossentropy, build_faceres
 
     x, y = load_packed(data_dir)["train"]
     Path(output).mkdir(parents=True, exist_ok=True)
@@ -398,7 +405,7 @@ def probe(data_dir: str, weights: str, output: str, image_size: int = 160, batch
         for augment in (False, True):
             keras.utils.set_random_seed(0)
             model = build_faceres(weights=weights, image_size=image_size)
-            unfreeze_top(model, len(model.get_layer("faceres_backbone").layers))
+            unfreeze_backbone(model)
             layers = [keras.Input((FACE, FACE, 1))] + ([make_augmenter(0)] if augment else []) + [model]
             trainer = keras.Sequential(layers, name="probe")
             trainer.compile(optimizer=keras.optimizers.Adam(1e-5), loss=SmoothedSparseCrossentropy(0.1))
