@@ -521,6 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _require_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """fit and probe: the packed folder and the backbone weights exist, before anything slow starts."""
+    for path in (Path(args.data) / "manifest.json", Path(args.weights)):
+        if not path.is_file():
+            parser.error(f"{path} does not exist")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -535,9 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = [n for n in names if n not in by_name]
         if unknown:
             parser.error(f"unknown phases {unknown}; choose from {sorted(by_name)}")
-        for path in (Path(args.data) / "manifest.json", Path(args.weights)):
-            if not path.is_file():
-                parser.error(f"{path} does not exist")
+        _require_inputs(parser, args)
         if args.batch_size < 0:
             parser.error(f"--batch-size must be positive (0: each phase's own), got {args.batch_size}")
         phases = [Phase(**{**asdict(by_name[n]), "epochs": max(2, round(by_name[n].epochs * args.scale)),
@@ -551,9 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}")
         if not sizes or min(sizes) < 1 or args.steps < 1 or args.image_size < 32:
             parser.error("--batch-sizes and --steps must be at least 1, --image-size at least 32")
-        for path in (Path(args.data) / "manifest.json", Path(args.weights)):
-            if not path.is_file():
-                parser.error(f"{path} does not exist")
+        _require_inputs(parser, args)
         probe(args.data, args.weights, args.output, args.image_size, sizes, args.steps)
         return 0
     collect(args.weights, args.run, args.output, args.data_dir, args.results or None)
