@@ -30,7 +30,7 @@ CLIS: dict[str, str] = {
     "ser.evaluate": "ser.evaluate", "ser.ensemble": "ser.ensemble", "ser.export": "ser.export",
     "fer.train": "fer.train", "fer.tta": "fer.tta", "fer.evaluate": "fer.evaluate", "fer.predict": "fer.predict",
     "fer.ensemble": "fer.ensemble", "fer.export": "fer.export", "fer.backbones": "fer.backbones",
-    "fer.train_gpu": "fer.train_gpu",
+    "fer.train_gpu": "fer.train_gpu", "ser.finetune": "ser.finetune",
     "fusion.train": "fusion.train", "fusion.predict": "fusion.predict", "fusion.late": "fusion.late",
     "webapp": "webapp.__main__",
     "bench/bench_ser.py": "bench_ser", "bench/bench_fer.py": "bench_fer", "bench/bench_fer_peer.py": "bench_fer_peer",

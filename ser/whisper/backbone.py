@@ -138,3 +138,40 @@ def load_ct2_encoder_weights(model: keras.Model, variables: dict[str, np.ndarray
                         qkv_b[j * d:(j + 1) * d].reshape(heads, head_dim)]
         weights += [out_w.T.reshape(heads, head_dim, d), v[f"{ct2}/self_attention/linear_1/bias"]]
         model.get_layer(f"{keras_name}_attention").set_weights(weights)
+
+
+def ct2_encoder_variables(model: keras.Model) -> dict[str, np.ndarray]:
+    """The inverse of ``load_ct2_encoder_weights``: CTranslate2 ``encoder/...`` arrays (float32) of ``model``,
+    so a fine-tuned encoder is written as a folder that ``--encoder-dir`` and ``ctranslate2`` both read."""
+    num_layers = sum(1 for layer in model.layers if layer.name.endswith("_ffn_in"))
+    hidden = model.get_layer("conv1").get_weights()[0].shape[-1]
+    heads = model.get_layer("layer0_attention").get_weights()[0].shape[1]
+    v: dict[str, np.ndarray] = {"encoder/num_heads": np.array(heads, np.int16)}
+
+    def put(prefix, layer, kind):
+        w = [np.asarray(a, np.float32) for a in model.get_layer(layer).get_weights()]
+        if kind == "conv":  # (k, in, out) -> (out, in, k)
+            v[f"{prefix}/weight"], v[f"{prefix}/bias"] = w[0].transpose(2, 1, 0), w[1]
+        elif kind == "norm":
+            v[f"{prefix}/gamma"], v[f"{prefix}/beta"] = w
+        else:
+            v[f"{prefix}/weight"], v[f"{prefix}/bias"] = w[0].T, w[1]
+
+    put("encoder/conv1", "conv1", "conv")
+    put("encoder/conv2", "conv2", "conv")
+    v["encoder/position_encodings/encodings"] = np.asarray(model.get_layer("positions").get_weights()[0], np.float32)
+    put("encoder/layer_norm", "final_norm", "norm")
+    for i in range(num_layers):
+        ct2, name = f"encoder/layer_{i}", f"layer{i}"
+        put(f"{ct2}/self_attention/layer_norm", f"{name}_attention_norm", "norm")
+        put(f"{ct2}/ffn/layer_norm", f"{name}_ffn_norm", "norm")
+        put(f"{ct2}/ffn/linear_0", f"{name}_ffn_in", "dense")
+        put(f"{ct2}/ffn/linear_1", f"{name}_ffn_out", "dense")
+        q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b = (np.asarray(a, np.float32)
+                                                  for a in model.get_layer(f"{name}_attention").get_weights())
+        v[f"{ct2}/self_attention/linear_0/weight"] = np.concatenate(
+            [w.reshape(hidden, hidden).T for w in (q_w, k_w, v_w)])
+        v[f"{ct2}/self_attention/linear_0/bias"] = np.concatenate([b.reshape(hidden) for b in (q_b, k_b, v_b)])
+        v[f"{ct2}/self_attention/linear_1/weight"] = o_w.reshape(hidden, hidden).T
+        v[f"{ct2}/self_attention/linear_1/bias"] = o_b
+    return v
