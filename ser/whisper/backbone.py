@@ -55,6 +55,9 @@ class PositionalEmbedding(layers.Layer):
     def call(self, x):
         return x + ops.expand_dims(self.table[: ops.shape(x)[1]], 0)
 
+    def compute_output_shape(self, input_shape):  # JAX cannot infer it through the slice of a dynamic length
+        return input_shape
+
     def get_config(self):
         return {**super().get_config(), "max_positions": self.max_positions, "dim": self.dim}
 
@@ -142,7 +145,8 @@ def load_ct2_encoder_weights(model: keras.Model, variables: dict[str, np.ndarray
 
 def ct2_encoder_variables(model: keras.Model) -> dict[str, np.ndarray]:
     """The inverse of ``load_ct2_encoder_weights``: CTranslate2 ``encoder/...`` arrays (float32) of ``model``,
-    so a fine-tuned encoder is written as a folder that ``--encoder-dir`` and ``ctranslate2`` both read."""
+    so a fine-tuned encoder is written as a folder that ``--encoder-dir`` reads (encoder only: ``ctranslate2``
+    itself needs the decoder too)."""
     num_layers = sum(1 for layer in model.layers if layer.name.endswith("_ffn_in"))
     hidden = model.get_layer("conv1").get_weights()[0].shape[-1]
     heads = model.get_layer("layer0_attention").get_weights()[0].shape[1]
