@@ -14,7 +14,6 @@ standard deviation). Re-running the command skips finished folds and resumes an 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from core.config import parse_config
 from core.io import read_json, write_json
 from core.reports import format_summary, write_report
+from ser.corpora import speaker_folds
 from ser.train import ADVANCED
 from ser.train import HELP as TRAIN_HELP
 from ser.train import TrainConfig, with_model_recipe
@@ -48,15 +48,6 @@ HELP = TRAIN_HELP | {
     "fold": "run only this fold (0-based) and stop, e.g. folds in parallel on several machines sharing --output; "
             "a later run without --fold trains what is missing and pools",
 }
-
-
-def speaker_folds(speakers: Sequence[str], folds: int) -> list[list[str]]:
-    """Sorted speakers cut into ``folds`` contiguous groups (RAVDESS alternates male / female actors, so
-    neighbours mix both)."""
-    unique = sorted(set(speakers))
-    if not 2 <= folds <= len(unique):
-        raise ValueError(f"--folds must be between 2 and the number of speakers ({len(unique)}), got {folds}")
-    return [list(group) for group in np.array_split(np.array(unique, dtype=object), folds)]
 
 
 def fold_configs(cfg: CrossValConfig) -> list[tuple[list[str], TrainConfig]]:

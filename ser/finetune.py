@@ -180,15 +180,17 @@ def _crop(mel: np.ndarray, length: int, rng: np.random.Generator | None) -> np.n
 
 
 def predict(model, mels: list[np.ndarray]) -> np.ndarray:
-    """Probabilities, each clip at its own full length (equal lengths share a call)."""
-    out = np.zeros((len(mels), NUM_CLASSES), np.float32)
+    """``model``'s outputs, each clip at its own full length (clips of equal length share a call)."""
+    out = None
     by_length: dict[int, list[int]] = {}
     for i, m in enumerate(mels):
         by_length.setdefault(len(m), []).append(i)
     for idx in by_length.values():
         for s in range(0, len(idx), 64):
             part = idx[s:s + 64]
-            out[part] = np.asarray(model.predict_on_batch(np.stack([mels[i] for i in part])))
+            values = np.asarray(model.predict_on_batch(np.stack([mels[i] for i in part])))
+            out = np.zeros((len(mels), values.shape[1]), np.float32) if out is None else out
+            out[part] = values
     return out
 
 
@@ -204,7 +206,7 @@ def train(pack_dir: Path, mels, labels, cfg: FinetuneConfig, log=print, watch=No
     keras.utils.set_random_seed(cfg.seed)
     encoder, ecfg = load_encoder(pack_dir / "encoder")
     model, statistics = build_model(encoder, ecfg.num_states, cfg.dropout)
-    stats = predict_stats(statistics, mels)
+    stats = predict(statistics, mels)
     scaler = StandardScaler().fit(stats)
     probe = LogisticRegression(C=cfg.head_c, max_iter=5000).fit(scaler.transform(stats), labels)
     norm = model.get_layer("standardise")
@@ -237,30 +239,12 @@ def train(pack_dir: Path, mels, labels, cfg: FinetuneConfig, log=print, watch=No
     return model, encoder, history
 
 
-def predict_stats(statistics, mels: list[np.ndarray]) -> np.ndarray:
-    out = None
-    by_length: dict[int, list[int]] = {}
-    for i, m in enumerate(mels):
-        by_length.setdefault(len(m), []).append(i)
-    for idx in by_length.values():
-        for s in range(0, len(idx), 64):
-            part = idx[s:s + 64]
-            values = np.asarray(statistics.predict_on_batch(np.stack([mels[i] for i in part])))
-            out = np.zeros((len(mels), values.shape[1]), np.float32) if out is None else out
-            out[part] = values
-    return out
-
-
 # ---------------------------------------------------------------- commands
-
-def speaker_folds(speakers: Sequence[str], folds: int) -> list[list[str]]:
-    """Sorted speakers in ``folds`` contiguous groups: the same folds as ``ser.crossval``."""
-    unique = sorted(set(speakers))
-    return [list(g) for g in np.array_split(np.array(unique, dtype=object), folds)]
-
 
 def crossval(pack_dir: Path, output: Path, cfg: FinetuneConfig) -> dict:
     from sklearn.metrics import accuracy_score, f1_score
+
+    from ser.corpora import speaker_folds
 
     data = load_pack(pack_dir)
     speakers = data["speaker"]
@@ -374,7 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = FinetuneConfig(**{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)})
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.learning_rate <= 0:
         raise SystemExit("--epochs, --batch-size and --learning-rate must be positive")
-    (crossval if args.command == "cv" else fit)(pack_dir, Path(args.output), cfg)
+    try:
+        (crossval if args.command == "cv" else fit)(pack_dir, Path(args.output), cfg)
+    except ValueError as err:  # e.g. more folds than speakers: the message names the fix
+        raise SystemExit(f"error: {err}") from None
     return 0
 
 

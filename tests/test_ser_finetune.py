@@ -82,3 +82,9 @@ def test_cv_then_fit_give_scores_and_a_fine_tuned_encoder_folder(packed, tmp_pat
 def test_cv_refuses_a_folder_without_a_pack(tmp_path, capsys):
     with pytest.raises(SystemExit, match="mels.npz missing"):
         finetune.main(["cv", "--pack", str(tmp_path), "--output", str(tmp_path / "out")])
+
+
+def test_cv_with_more_folds_than_speakers_says_so(packed, tmp_path):
+    out, _ = packed
+    with pytest.raises(SystemExit, match="--folds must be between 2 and the number of speakers"):
+        finetune.main(["cv", "--pack", str(out), "--output", str(tmp_path / "cv"), "--folds", "9"])

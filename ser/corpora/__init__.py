@@ -10,7 +10,9 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
 
 from core.datasets import resolve_corpus_dir
 
@@ -101,3 +103,12 @@ def load_clips(corpora: Iterable[str], data_dir: str | os.PathLike | None = None
         clips.extend(found)
         reports[name] = {"root": str(root), **report.as_dict()}
     return clips, reports
+
+
+def speaker_folds(speakers: Sequence[str], folds: int) -> list[list[str]]:
+    """Sorted speakers cut into ``folds`` contiguous groups (RAVDESS alternates male / female actors, so
+    neighbours mix both)."""
+    unique = sorted(set(speakers))
+    if not 2 <= folds <= len(unique):
+        raise ValueError(f"--folds must be between 2 and the number of speakers ({len(unique)}), got {folds}")
+    return [list(group) for group in np.array_split(np.array(unique, dtype=object), folds)]
