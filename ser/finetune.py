@@ -64,18 +64,23 @@ def pack(data_dir: str, output: Path, corpora: Sequence[str] = ("ravdess",), enc
     from ser.whisper.preprocessor import log_mel
     from ser.whisper.weights import resolve_encoder_dir
 
+    folder = resolve_encoder_dir(encoder_dir or None)  # a missing encoder fails before minutes of audio
+    _, variables = read_model_bin(folder / "model.bin", prefix="encoder/")
+    n_mels = variables["encoder/conv1/weight"].shape[1]
     fcfg = whisper_feature_config(encoder_dir)
     clips, _ = load_clips(corpora, data_dir)
     mels, kept, skipped = [], [], 0
     for i, clip in enumerate(clips):
         try:
-            mels.append(log_mel(fcfg.prepare(load_audio(clip.path)), 80))
+            mels.append(log_mel(fcfg.prepare(load_audio(clip.path)), n_mels))
             kept.append(clip)
         except Exception as err:  # one unreadable file is counted, not fatal
             skipped += 1
             print(f"skipped {clip.path}: {err}", file=sys.stderr)
         if (i + 1) % 200 == 0:
             print(f"pack: {i + 1}/{len(clips)} clips", file=sys.stderr)
+    if not mels:
+        raise RuntimeError(f"no readable clips among {len(clips)} (see the messages above)")
     lo = float(min(m.min() for m in mels))
     hi = float(max(m.max() for m in mels))
     frames = np.concatenate(mels)
@@ -85,8 +90,6 @@ def pack(data_dir: str, output: Path, corpora: Sequence[str] = ("ravdess",), enc
                         offsets=np.cumsum([0] + [len(m) for m in mels]),
                         label=np.array([EMOTIONS.index(c.label) for c in kept], np.int32),
                         speaker=np.array([c.speaker for c in kept]), path=np.array([Path(c.path).name for c in kept]))
-    folder = resolve_encoder_dir(encoder_dir or None)
-    _, variables = read_model_bin(folder / "model.bin", prefix="encoder/")
     variables.pop("encoder/position_encodings/encodings", None)  # sinusoids: rebuilt, not carried
     (output / "encoder").mkdir(exist_ok=True)
     write_model_bin(output / "encoder" / "model.bin", variables)
@@ -107,20 +110,21 @@ def load_pack(folder: Path) -> dict:
 # ---------------------------------------------------------------- model (Keras 3, any backend)
 
 def load_encoder(folder: Path):
-    from ser.whisper.backbone import build_whisper_encoder, config_from_variables, load_ct2_encoder_weights, sinusoids
+    from ser.whisper.backbone import (MAX_FRAMES, build_whisper_encoder, config_from_variables,
+                                      load_ct2_encoder_weights, sinusoids)
     from ser.whisper.ct2 import read_model_bin
 
     _, variables = read_model_bin(folder / "model.bin", prefix="encoder/")
     if "encoder/position_encodings/encodings" not in variables:  # packed without the sinusoid table
         hidden = variables["encoder/conv1/weight"].shape[0]
-        variables["encoder/position_encodings/encodings"] = sinusoids(1500, hidden)
+        variables["encoder/position_encodings/encodings"] = sinusoids(MAX_FRAMES // 2, hidden)
     cfg = config_from_variables(variables)
     encoder = build_whisper_encoder(cfg)
     load_ct2_encoder_weights(encoder, variables, cfg)
     return encoder, cfg
 
 
-def build_model(encoder, num_states: int, dropout: float):
+def build_model(encoder, dropout: float):
     """log-mel -> every state's mean and std over time -> fixed standardisation -> dropout -> softmax."""
     import keras
     from keras import layers, ops
@@ -204,8 +208,8 @@ def train(pack_dir: Path, mels, labels, cfg: FinetuneConfig, log=print, watch=No
     from sklearn.preprocessing import StandardScaler
 
     keras.utils.set_random_seed(cfg.seed)
-    encoder, ecfg = load_encoder(pack_dir / "encoder")
-    model, statistics = build_model(encoder, ecfg.num_states, cfg.dropout)
+    encoder, _ = load_encoder(pack_dir / "encoder")
+    model, statistics = build_model(encoder, cfg.dropout)
     stats = predict(statistics, mels)
     scaler = StandardScaler().fit(stats)
     probe = LogisticRegression(C=cfg.head_c, max_iter=5000).fit(scaler.transform(stats), labels)

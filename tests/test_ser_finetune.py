@@ -88,3 +88,16 @@ def test_cv_with_more_folds_than_speakers_says_so(packed, tmp_path):
     out, _ = packed
     with pytest.raises(SystemExit, match="--folds must be between 2 and the number of speakers"):
         finetune.main(["cv", "--pack", str(out), "--output", str(tmp_path / "cv"), "--folds", "9"])
+
+
+def test_pack_counts_an_unreadable_clip_and_refuses_a_missing_encoder(tmp_path):
+    root = tmp_path / "data"
+    synth.make_ravdess(root, actors=1)
+    (root / "ravdess" / "Actor_01" / "03-01-05-01-01-02-01.wav").write_bytes(b"not audio")
+    with pytest.raises(Exception, match="no model.bin"):  # checked before any audio is read
+        finetune.pack(str(root), tmp_path / "none", ["ravdess"], str(tmp_path / "no_encoder"))
+    encoder_dir = tmp_path / "encoder"
+    encoder_dir.mkdir()
+    write_model_bin(encoder_dir / "model.bin", tiny_variables())
+    info = finetune.pack(str(root), tmp_path / "pack", ["ravdess"], str(encoder_dir))
+    assert info["skipped"] == 1 and info["clips"] == len(finetune.load_pack(tmp_path / "pack")["label"])
