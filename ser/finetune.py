@@ -144,11 +144,8 @@ def length_batches(mels: list[np.ndarray], labels: np.ndarray, batch_size: int, 
                    spec_augment: bool = False):
     """Batches of clips cut to a shared multiple of BUCKET frames (shuffled, and random crops, when ``rng`` is
     given; masked as well with ``spec_augment``)."""
-    buckets: dict[int, list[int]] = {}
-    for i, m in enumerate(mels):
-        buckets.setdefault(max(BUCKET, len(m) // BUCKET * BUCKET), []).append(i)
     batches = []
-    for length, idx in buckets.items():
+    for length, idx in _buckets(mels).items():
         idx = list(rng.permutation(idx)) if rng is not None else idx
         for s in range(0, len(idx), batch_size):
             part = idx[s:s + batch_size]
@@ -157,6 +154,14 @@ def length_batches(mels: list[np.ndarray], labels: np.ndarray, batch_size: int, 
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
+
+
+def _buckets(mels: list[np.ndarray]) -> dict[int, list[int]]:
+    """Bucket length (frames) -> indices of the clips cut to it."""
+    buckets: dict[int, list[int]] = {}
+    for i, m in enumerate(mels):
+        buckets.setdefault(max(BUCKET, len(m) // BUCKET * BUCKET), []).append(i)
+    return buckets
 
 
 def mask_spectrogram(x: np.ndarray, rng: np.random.Generator, masks: int = 2, max_bands: int = 8,
@@ -204,28 +209,24 @@ def train(pack_dir: Path, mels, labels, cfg: FinetuneConfig, log=print, watch=No
     ``watch(model)`` -> dict of scores, called after the linear probe (epoch 0) and after every epoch: the
     cross-validation records its held-out fold's accuracy by epoch with it."""
     import keras
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+
+    from ser.whisper.head import fit_logistic
 
     keras.utils.set_random_seed(cfg.seed)
     encoder, _ = load_encoder(pack_dir / "encoder")
     model, statistics = build_model(encoder, cfg.dropout)
     stats = predict(statistics, mels)
-    scaler = StandardScaler().fit(stats)
-    probe = LogisticRegression(C=cfg.head_c, max_iter=5000).fit(scaler.transform(stats), labels)
+    scaler, coef, bias = fit_logistic(stats, labels, cfg.head_c, NUM_CLASSES)
     norm = model.get_layer("standardise")
     shape = norm.get_weights()[0].shape
     norm.set_weights([scaler.mean_.reshape(shape), (scaler.scale_ ** 2).reshape(shape)] + norm.get_weights()[2:])
     norm.finalize_state()
     norm.trainable = False
-    coef = np.zeros((NUM_CLASSES, stats.shape[1]))
-    bias = np.full(NUM_CLASSES, -1e4)
-    coef[probe.classes_], bias[probe.classes_] = probe.coef_, probe.intercept_
     model.get_layer("emotion").set_weights([coef.T.astype(np.float32), bias.astype(np.float32)])
     for name in FROZEN:
         encoder.get_layer(name).trainable = False
     rng = np.random.default_rng(cfg.seed)
-    steps = cfg.epochs * len(length_batches(mels, labels, cfg.batch_size, None))
+    steps = cfg.epochs * sum(-(-len(idx) // cfg.batch_size) for idx in _buckets(mels).values())
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, max(1, steps))
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])

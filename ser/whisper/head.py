@@ -24,20 +24,28 @@ def pooled_statistics(model, x: np.ndarray) -> np.ndarray:
                            for i in range(0, len(x), BATCH)])
 
 
-def fit_linear_head(model, x: np.ndarray, y: np.ndarray, c: float, num_classes: int,
-                    validation: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, list[float]]:
-    """Fit the last layer of ``model`` (built by ``ser.models.build_whisper``) in place; returns a one-row history."""
+def fit_logistic(stats: np.ndarray, y: np.ndarray, c: float, num_classes: int):
+    """``(scaler, coef (classes, features), intercept)`` of an L2 logistic regression on standardised ``stats``;
+    a class absent from ``y`` gets a -1e4 intercept, so it is never predicted."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, log_loss
     from sklearn.preprocessing import StandardScaler
 
-    stats = pooled_statistics(model, x)
     scaler = StandardScaler().fit(stats)
     classifier = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(stats), y)
     coef = np.zeros((num_classes, stats.shape[1]))
-    intercept = np.full(num_classes, -1e4)  # a class absent from training is never predicted
+    intercept = np.full(num_classes, -1e4)
     coef[classifier.classes_] = classifier.coef_
     intercept[classifier.classes_] = classifier.intercept_
+    return scaler, coef, intercept
+
+
+def fit_linear_head(model, x: np.ndarray, y: np.ndarray, c: float, num_classes: int,
+                    validation: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, list[float]]:
+    """Fit the last layer of ``model`` (built by ``ser.models.build_whisper``) in place; returns a one-row history."""
+    from sklearn.metrics import accuracy_score, log_loss
+
+    stats = pooled_statistics(model, x)
+    scaler, coef, intercept = fit_logistic(stats, y, c, num_classes)
     # W (x - mu) / sd + b  ==  (W / sd) x + (b - W mu / sd): the scaler folds into the Dense layer.
     kernel = (coef / scaler.scale_).T
     bias = intercept - coef @ (scaler.mean_ / scaler.scale_)
