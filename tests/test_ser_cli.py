@@ -121,6 +121,15 @@ def test_refit_needs_a_fixed_schedule(trained, tmp_path, capsys):
     assert "--schedule cosine" in capsys.readouterr().err
 
 
+def test_whisper_padding_past_its_window_is_refused_before_any_audio_is_read(tmp_path, capsys):
+    argv = ["--model", "whisper", "--pad-seconds", "40", "--data-dir", str(tmp_path / "nowhere"),
+            "--output", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as exit_:
+        ser_train.main(argv)
+    assert exit_.value.code == 2
+    assert "--pad-seconds 40" in capsys.readouterr().err  # named before the missing data folder is noticed
+
+
 def test_model_recipe_fills_only_the_options_not_given():
     cfg = ser_train.with_model_recipe(ser_train.TrainConfig(model="cnn", epochs=2), ["--model", "cnn", "--epochs", "2"])
     assert (cfg.epochs, cfg.augment, cfg.schedule) == (2, 3, "cosine")  # --epochs given; the rest from the recipe

@@ -341,3 +341,23 @@ def test_whisper_run_says_no_speech_for_a_hum(tiny_runs):
     hum = sum(0.1 / k * np.sin(2 * np.pi * 50 * k * t) for k in range(1, 6)).astype(np.float32)
     with pytest.raises(NoSpeechError):
         SERPredictor(tiny_runs[2]["whisper"]).predict_waveform(hum, 16_000)
+
+
+def test_padding_keeps_the_clips_own_steps_and_changes_only_the_context(tiny_dir):
+    alone = WhisperFeatureConfig(encoder=str(tiny_dir), encoder_sha256="tiny", num_states=LAYERS + 1,
+                                 hidden_dim=DIM, max_seconds=1.0)
+    padded = WhisperFeatureConfig(**{**alone.__dict__, "pad_seconds": 30.0})  # clamped to the tiny encoder's 1.28 s
+    y = synth.tone("angry", seconds=1.0)
+    a, p = alone.frames(y).astype(np.float32), padded.frames(y).astype(np.float32)
+    assert a.shape == p.shape == (math.ceil(50 / 4), LAYERS + 1, DIM)  # the padding's steps are dropped
+    # The embeddings (convolutions + positions) see only their neighbours: equal away from the clip's end.
+    np.testing.assert_allclose(p[:-1, 0], a[:-1, 0], atol=1e-2)
+    # Attention layers see the whole window, so the silence after the clip changes them.
+    assert np.abs(p[:, -1] - a[:, -1]).max() > 0.05
+    assert padded.key() != alone.key()
+
+
+@pytest.mark.parametrize("pad", [2.0, 31.0, -1.0])
+def test_padding_shorter_than_the_clip_or_past_whispers_window_is_refused(pad):
+    with pytest.raises(ValueError, match="pad_seconds"):
+        WhisperFeatureConfig(max_seconds=3.0, pad_seconds=pad)

@@ -4,6 +4,11 @@
 encoder, the clip length and the pooling, gives the cache key, and turns a waveform into the cached
 array: every hidden state of the encoder, (steps, num_states, hidden_dim) float16, averaged over
 ``pool`` consecutive 20 ms steps (pool 4: 80 ms, a tenth of a syllable; 272 KB per 3 s clip).
+
+``pad_seconds`` encodes each clip inside that much trailing silence, as Whisper always saw its input in
+training (30 s), and keeps only the clip's own steps. It costs time (one core: ~70 ms for a 3 s clip alone,
+~250 ms padded to 10 s, ~1 s padded to 30 s) and buys accuracy: the upper layers of a clip encoded alone drift
+from what Whisper learned (docs/whisper.md#padding-pays).
 """
 from __future__ import annotations
 
@@ -87,8 +92,14 @@ class WhisperFeatureConfig:
     trim_db: float = 30.0
     level_norm: bool = True
     pool: int = 4                    # 20 ms encoder steps averaged per cached step
+    pad_seconds: float = 0.0         # encode inside this much trailing silence (Whisper's own 30 s); 0 = clip alone
     num_states: int = 7              # filled from the encoder when features are first made
     hidden_dim: int = 512
+
+    def __post_init__(self):
+        if self.pad_seconds and not self.max_seconds <= self.pad_seconds <= 30.0:
+            raise ValueError(f"pad_seconds {self.pad_seconds:g}: use 0 (clip alone) or a value from max_seconds "
+                             f"({self.max_seconds:g}) to 30 (Whisper's window)")
 
     @property
     def max_frames(self) -> int:
@@ -107,6 +118,8 @@ class WhisperFeatureConfig:
     def key(self) -> str:
         fields = asdict(self) | {"level_norm": level_norm_fingerprint() if self.level_norm else None}
         fields.pop("encoder")  # the hash names the weights; the folder they sit in does not matter
+        if not self.pad_seconds:
+            fields.pop("pad_seconds")  # caches made before the option existed keep their keys
         return "whisper-" + hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     def prepare(self, y: np.ndarray) -> np.ndarray:
@@ -134,7 +147,11 @@ class WhisperFeatureConfig:
         from ser.whisper.preprocessor import log_mel
 
         encoder = get_encoder(self.encoder)
-        mels = [log_mel(self.prepare(np.asarray(y, np.float32)), encoder.config.n_mels) for y in waveforms]
+        prepared = [self.prepare(np.asarray(y, np.float32)) for y in waveforms]
+        window = 2 * encoder.config.max_positions * 160 / self.sample_rate  # 30 s for every Whisper size
+        pad = min(self.pad_seconds, window)
+        mels = [log_mel(y, encoder.config.n_mels, pad_to_seconds=pad) for y in prepared]
+        steps = [math.ceil((y.size // 160) / 2) for y in prepared]  # the clip's own encoder steps, padding dropped
         out: list[np.ndarray | None] = [None] * len(mels)
         by_length: dict[int, list[int]] = {}
         for i, mel in enumerate(mels):
@@ -142,7 +159,7 @@ class WhisperFeatureConfig:
         for idx in by_length.values():
             states = encoder.hidden_states(np.stack([mels[i] for i in idx]))  # (b, S, T, D)
             for i, s in zip(idx, states):
-                out[i] = pool_steps(s.transpose(1, 0, 2), self.pool).astype(np.float16)
+                out[i] = pool_steps(s[:, : steps[i]].transpose(1, 0, 2), self.pool).astype(np.float16)
         return out  # type: ignore[return-value]
 
 
