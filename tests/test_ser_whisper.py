@@ -355,6 +355,7 @@ def test_padding_keeps_the_clips_own_steps_and_changes_only_the_context(tiny_dir
     # Attention layers see the whole window, so the silence after the clip changes them.
     assert np.abs(p[:, -1] - a[:, -1]).max() > 0.05
     assert padded.key() != alone.key()
+    assert WhisperFeatureConfig(pad_seconds=30).key() == WhisperFeatureConfig(pad_seconds=30.0).key()
 
 
 @pytest.mark.parametrize("pad", [2.0, 31.0, -1.0])

@@ -120,6 +120,8 @@ class WhisperFeatureConfig:
         fields.pop("encoder")  # the hash names the weights; the folder they sit in does not matter
         if not self.pad_seconds:
             fields.pop("pad_seconds")  # caches made before the option existed keep their keys
+        else:
+            fields["pad_seconds"] = float(self.pad_seconds)  # 30 and 30.0 are the same features
         return "whisper-" + hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     def prepare(self, y: np.ndarray) -> np.ndarray:
