@@ -16,7 +16,8 @@ Recipe (LP-FT, Kumar et al. 2022): the head is first fitted as a logistic regres
 statistics (what ``--model whisper`` ships), then the encoder's layers and the head train together at a small
 learning rate, so the random-head phase never reaches the pretrained features. The convolutions and positions
 stay frozen. Clips are batched by length (cut down to a multiple of ``BUCKET`` frames) instead of padded, so
-the encoder sees what it sees at inference: a clip at its own length.
+the encoder sees what it sees at inference: a clip at its own length, followed by ``pad_seconds`` of Whisper's
+silence (``ser.train``'s default of 30 s; the statistics read only the clip's own steps).
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class FinetuneConfig:
     fold: int = -1            # run one fold only (-1: all)
     exclude: str = ""         # speakers left out entirely, e.g. the default split's test actors for recipe choice
     fold_corpus: str = "ravdess"
+    pad_seconds: float = 30.0  # each clip inside Whisper's trailing silence, as ser.train --model whisper encodes it
 
 
 # ---------------------------------------------------------------- pack (here, with the toolkit installed)
@@ -130,14 +132,31 @@ def build_model(encoder, dropout: float):
     from keras import layers, ops
 
     mel = keras.Input((None, encoder.input_shape[-1]), name="log_mel")
+    mask = keras.Input((None,), name="clip_steps")  # 1 on the clip's own encoder steps, 0 on the padding's
     states = ops.stack(encoder(mel), axis=2)  # (batch, steps, states, dim)
-    mean = ops.mean(states, axis=1)
-    std = ops.sqrt(ops.var(states, axis=1) + 1e-6)
+    weight = mask[:, :, None, None]
+    count = ops.sum(weight, axis=1)
+    mean = ops.sum(states * weight, axis=1) / count
+    std = ops.sqrt(ops.sum(ops.square(states - mean[:, None]) * weight, axis=1) / count + 1e-6)
     stats = layers.Flatten(name="flatten")(ops.concatenate([mean, std], axis=-1))
     x = layers.Normalization(name="standardise")(stats)
     x = layers.Dropout(dropout, name="dropout")(x)
     out = layers.Dense(NUM_CLASSES, activation="softmax", name="emotion")(x)
-    return keras.Model(mel, out, name="whisper_finetune"), keras.Model(mel, stats, name="statistics")
+    return (keras.Model([mel, mask], out, name="whisper_finetune"),
+            keras.Model([mel, mask], stats, name="statistics"))
+
+
+def pad_clips(x: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clips of one length (batch, length, bands) followed by silence up to ``frames``, and the mask of their
+    own encoder steps. Silence is what ``log_mel`` gives a zero-padded waveform: the floor 80 dB below the clip's
+    peak, i.e. its maximum minus 2 after Whisper's ``(x + 4) / 4``."""
+    batch, length, bands = x.shape
+    mask = np.zeros((batch, -(-max(length, frames) // 2)), np.float32)
+    mask[:, : -(-length // 2)] = 1.0
+    if frames > length:
+        floor = x.max(axis=(1, 2), keepdims=True) - 2.0
+        x = np.concatenate([x, np.broadcast_to(floor, (batch, frames - length, bands))], axis=1)
+    return x.astype(np.float32), mask
 
 
 def length_batches(mels: list[np.ndarray], labels: np.ndarray, batch_size: int, rng: np.random.Generator | None,
@@ -188,8 +207,9 @@ def _crop(mel: np.ndarray, length: int, rng: np.random.Generator | None) -> np.n
     return mel[start:start + length]
 
 
-def predict(model, mels: list[np.ndarray]) -> np.ndarray:
-    """``model``'s outputs, each clip at its own full length (clips of equal length share a call)."""
+def predict(model, mels: list[np.ndarray], frames: int = 0) -> np.ndarray:
+    """``model``'s outputs, each clip at its own full length inside ``frames`` of silence (clips of equal length
+    share a call)."""
     out = None
     by_length: dict[int, list[int]] = {}
     for i, m in enumerate(mels):
@@ -197,10 +217,15 @@ def predict(model, mels: list[np.ndarray]) -> np.ndarray:
     for idx in by_length.values():
         for s in range(0, len(idx), 64):
             part = idx[s:s + 64]
-            values = np.asarray(model.predict_on_batch(np.stack([mels[i] for i in part])))
+            values = np.asarray(model.predict_on_batch(list(pad_clips(np.stack([mels[i] for i in part]), frames))))
             out = np.zeros((len(mels), values.shape[1]), np.float32) if out is None else out
             out[part] = values
     return out
+
+
+def padded_frames(cfg: FinetuneConfig, encoder_cfg) -> int:
+    """Mel frames every clip is padded to: ``pad_seconds`` (10 ms frames), at most the encoder's window."""
+    return min(int(round(cfg.pad_seconds * 100)), 2 * encoder_cfg.max_positions)
 
 
 def train(pack_dir: Path, mels, labels, cfg: FinetuneConfig, log=print, watch=None):
@@ -213,9 +238,10 @@ def train(pack_dir: Path, mels, labels, cfg: FinetuneConfig, log=print, watch=No
     from ser.whisper.head import fit_logistic
 
     keras.utils.set_random_seed(cfg.seed)
-    encoder, _ = load_encoder(pack_dir / "encoder")
+    encoder, encoder_cfg = load_encoder(pack_dir / "encoder")
+    frames = padded_frames(cfg, encoder_cfg)
     model, statistics = build_model(encoder, cfg.dropout)
-    stats = predict(statistics, mels)
+    stats = predict(statistics, mels, frames)
     scaler, coef, bias = fit_logistic(stats, labels, cfg.head_c, NUM_CLASSES)
     norm = model.get_layer("standardise")
     shape = norm.get_weights()[0].shape
@@ -235,7 +261,7 @@ def train(pack_dir: Path, mels, labels, cfg: FinetuneConfig, log=print, watch=No
         start = time.time()
         losses, accs = [], []
         for x, y in length_batches(mels, labels, cfg.batch_size, rng, cfg.spec_augment):
-            loss, acc = model.train_on_batch(x, y)
+            loss, acc = model.train_on_batch(list(pad_clips(x, frames)), y)
             losses.append(loss)
             accs.append(acc)
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "accuracy": float(np.mean(accs)),
@@ -257,6 +283,7 @@ def crossval(pack_dir: Path, output: Path, cfg: FinetuneConfig) -> dict:
     keep = ~np.isin(speakers, excluded)
     pool = [s for s in speakers[keep] if s.startswith(cfg.fold_corpus)]
     folds = speaker_folds(pool, cfg.folds)
+    frames = padded_frames(cfg, load_encoder(pack_dir / "encoder")[1])
     output.mkdir(parents=True, exist_ok=True)
     for k, test in enumerate(folds):
         done = output / f"fold{k}.json"
@@ -268,11 +295,11 @@ def crossval(pack_dir: Path, output: Path, cfg: FinetuneConfig) -> dict:
         test_mels, y = [data["mels"][i] for i in te], data["label"][te]
 
         def watch(model):
-            return {"test_accuracy": float(accuracy_score(y, predict(model, test_mels).argmax(1)))}
+            return {"test_accuracy": float(accuracy_score(y, predict(model, test_mels, frames).argmax(1)))}
 
         model, _, history = train(pack_dir, [data["mels"][i] for i in tr], data["label"][tr], cfg,
                                   log=lambda m: print(f"fold {k} {m}", flush=True), watch=watch)
-        probs = predict(model, test_mels)
+        probs = predict(model, test_mels, frames)
         result = {"fold": k, "speakers": test, "accuracy": float(accuracy_score(y, probs.argmax(1))),
                   "macro_f1": float(f1_score(y, probs.argmax(1), average="macro")), "history": history,
                   "y_true": y.tolist(), "y_pred": probs.argmax(1).tolist(), "paths": data["path"][te].tolist()}
@@ -322,6 +349,8 @@ HELP = {
     "fold": "cv: run only this fold (0-based); -1 runs every fold not yet done, then pools",
     "exclude": "comma-separated speakers left out entirely (e.g. the default split's test actors while choosing)",
     "fold_corpus": "cv: the corpus whose speakers take turns as test speakers",
+    "pad_seconds": "each clip inside this much of Whisper's silence (30 = as ser.train encodes it; 0 = alone); "
+                   "use the same value with ser.train --encoder-dir afterwards",
 }
 
 
@@ -363,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = FinetuneConfig(**{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)})
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.learning_rate <= 0:
         raise SystemExit("--epochs, --batch-size and --learning-rate must be positive")
+    if not 0 <= cfg.pad_seconds <= 30:
+        raise SystemExit(f"--pad-seconds {cfg.pad_seconds:g}: use 0 (clip alone) to 30 (Whisper's window)")
     try:
         (crossval if args.command == "cv" else fit)(pack_dir, Path(args.output), cfg)
     except ValueError as err:  # e.g. more folds than speakers: the message names the fix

@@ -58,6 +58,22 @@ def test_length_batches_cut_clips_to_a_shared_bucket():
     assert sorted(int(v) for _, y in batches for v in y) == list(range(5))
 
 
+def test_padded_clips_match_the_log_mel_of_a_zero_padded_waveform():
+    from ser.whisper.preprocessor import log_mel
+
+    y = synth.tone("fear", seconds=1.0)
+    alone, padded = log_mel(y), log_mel(y, pad_to_seconds=2.0)
+    x, mask = finetune.pad_clips(alone[None], len(padded))
+    assert x.shape == (1, len(padded), 80) and mask.shape == (1, len(padded) // 2)
+    assert mask[0].sum() == len(alone) // 2 and mask[0, : len(alone) // 2].all()
+    # Away from the clip's last frames (whose STFT windows reach into the padding) the two are the same.
+    np.testing.assert_allclose(x[0, len(alone) + 3:], padded[len(alone) + 3:], atol=1e-5)
+    np.testing.assert_array_equal(x[0, : len(alone)], alone)
+    x, mask = finetune.pad_clips(alone[None], 0)  # --pad-seconds 0: the clip alone, every step its own
+    np.testing.assert_array_equal(x[0], alone)
+    assert mask.shape == (1, len(alone) // 2) and mask.all()
+
+
 def test_cv_then_fit_give_scores_and_a_fine_tuned_encoder_folder(packed, tmp_path):
     out, _ = packed
     cfg = finetune.FinetuneConfig(epochs=1, batch_size=4, learning_rate=1e-3, folds=2)
