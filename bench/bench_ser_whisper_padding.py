@@ -1,6 +1,6 @@
 """Does encoding a clip inside Whisper's usual trailing silence help emotion recognition, and what does it cost?
 
-    python bench/bench_ser_whisper_padding.py --data-dir ../shared/data --pads 0,5,10,20,30
+    python bench/bench_ser_whisper_padding.py --data-dir ../shared/data --pads 0,5,10,20,30,30r
 
 For every RAVDESS clip (actors 01-20) and every padding (seconds; 0 = the clip alone), the shipped front end
 (``WhisperFeatureConfig(pad_seconds=...)``: trim, level, first 3 s, log-mel, Whisper-base, the clip's own
@@ -36,15 +36,26 @@ CHOICE_EXCLUDE = ("ravdess_10", "ravdess_15", "ravdess_16")  # the default split
 HEAD_C = 0.02
 
 
-def padded_statistics(paths: list[str], pad_seconds: float, cache_dir: Path | None) -> np.ndarray:
+def parse_padding(text: str) -> tuple[float, str]:
+    """"30" -> (30.0, "encoded"); "30r" -> (30.0, "reference"): the padding's states from ser.whisper.silence."""
+    return (float(text[:-1]), "reference") if text.endswith("r") else (float(text), "encoded")
+
+
+def padding_label(text: str) -> str:
+    pad, states = parse_padding(text)
+    return "alone" if not pad else f"{pad:g} s, reference padding" if states == "reference" else f"{pad:g} s"
+
+
+def padded_statistics(paths: list[str], padding: str, cache_dir: Path | None) -> np.ndarray:
     """(clips, states, 2 * dim): each hidden state's mean and std over the clip's own 80 ms steps.
 
     The states come through the toolkit's feature cache, so a padding ``ser.train`` already used costs nothing."""
     from ser.features import extract_many
     from ser.whisper.encoder import whisper_feature_config
 
-    cfg = whisper_feature_config("", pad_seconds=pad_seconds)
-    frames, errors = extract_many(paths, cfg, cache_dir, desc=f"{pad_seconds:g} s padding")
+    pad_seconds, pad_states = parse_padding(padding)
+    cfg = whisper_feature_config("", pad_seconds=pad_seconds, pad_states=pad_states)
+    frames, errors = extract_many(paths, cfg, cache_dir, desc=f"{padding_label(padding)} padding")
     if errors:
         raise SystemExit(f"{len(errors)} unreadable clips, e.g. {next(iter(errors.items()))}")
     return np.stack([np.concatenate([f.astype(np.float32).mean(0), f.astype(np.float32).std(0)], -1)
@@ -73,7 +84,7 @@ def speaker_cv(stats: np.ndarray, labels: np.ndarray, speakers: np.ndarray, excl
                               for f in folds]}
 
 
-def latency_ms(pads: list[float], clip: str) -> dict[str, float]:
+def latency_ms(pads: list[str], clip: str) -> dict[str, float]:
     """Median ms of the Whisper front end (trim, level, log-mel, encoder) on a 3 s clip per padding, in a
     one-thread process pinned to one core."""
     code = ("import sys, json, time, numpy as np, tensorflow as tf\n"
@@ -83,11 +94,12 @@ def latency_ms(pads: list[float], clip: str) -> dict[str, float]:
             "from ser.audio import load_audio\n"
             "from ser.whisper.encoder import WhisperFeatureConfig\n"
             f"y = load_audio({clip!r}); out = {{}}\n"
-            f"for pad in {pads!r}:\n"
-            "    cfg = WhisperFeatureConfig(pad_seconds=pad); cfg.frames(y); times = []\n"
+            f"for text in {pads!r}:\n"
+            "    pad, states = (float(text[:-1]), 'reference') if text.endswith('r') else (float(text), 'encoded')\n"
+            "    cfg = WhisperFeatureConfig(pad_seconds=pad, pad_states=states); cfg.frames(y); times = []\n"
             "    for _ in range(7):\n"
             "        t = time.perf_counter(); cfg.frames(y); times.append(time.perf_counter() - t)\n"
-            "    out[f'{pad:g}'] = round(1000 * float(np.median(times)), 1)\n"
+            "    out[text] = round(1000 * float(np.median(times)), 1)\n"
             "print(json.dumps(out))\n")
     pin = ["taskset", "-c", "0"] if sys.platform.startswith("linux") else []
     result = subprocess.run([*pin, sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -98,7 +110,9 @@ def latency_ms(pads: list[float], clip: str) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=None, help="folder holding ravdess/")
-    parser.add_argument("--pads", default="0,5,10,20,30", help="comma-separated seconds of padding (0 = alone)")
+    parser.add_argument("--pads", default="0,5,10,20,30,30r",
+                        help="comma-separated seconds of padding (0 = alone); a trailing r takes the padding's "
+                             "states from the reference (ser.whisper.silence) instead of encoding them")
     parser.add_argument("--cache-dir", default=None, help="feature cache (default: the toolkit's; '' disables)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     add_verbose_flag(parser)
@@ -107,10 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> int:
     args = build_parser().parse_args()
-    pads = [float(p) for p in args.pads.split(",")]
-    for pad in pads:  # refused before any audio is read
-        if pad and not 3.0 <= pad <= 30.0:
-            raise SystemExit(f"--pads: {pad:g} s; use 0 or 3..30")
+    pads = [p.strip() for p in args.pads.split(",")]
+    from ser.whisper.encoder import check_pad_seconds, check_pad_states
+
+    for text in pads:  # refused before any audio is read
+        try:
+            pad, states = parse_padding(text)
+            check_pad_seconds(pad, 3.0, "--pads")
+            check_pad_states(states, pad, "--pads")
+        except ValueError as e:
+            raise SystemExit(f"--pads {text}: {e}")
     quiet_tensorflow(args.verbose)
     from core.labels import EMOTION_INDEX
     from ser.corpora import load_clips
@@ -122,16 +142,15 @@ def main() -> int:
     start = time.time()
     cache = DEFAULT_CACHE_DIR if args.cache_dir is None else (Path(args.cache_dir) if args.cache_dir else None)
     paths = [str(c.path) for c in clips]
-    data = {f"pad{pad:g}": padded_statistics(paths, pad, cache) for pad in pads}
+    data = {text: padded_statistics(paths, text, cache) for text in pads}
     results: dict = {"clips": len(clips), "extraction_s": round(time.time() - start, 1), "head_c": HEAD_C,
                      "choice_cv": {}, "cv_20": {}, "per_state_choice_cv": {}}
-    for pad in pads:
-        stats = data[f"pad{pad:g}"]
-        results["choice_cv"][f"{pad:g}"] = speaker_cv(stats, labels, speakers, CHOICE_EXCLUDE)
-        results["cv_20"][f"{pad:g}"] = speaker_cv(stats, labels, speakers, ())
-    for pad in (min(pads), max(pads)):
-        stats = data[f"pad{pad:g}"]
-        results["per_state_choice_cv"][f"{pad:g}"] = [
+    for text in pads:
+        results["choice_cv"][text] = speaker_cv(data[text], labels, speakers, CHOICE_EXCLUDE)
+        results["cv_20"][text] = speaker_cv(data[text], labels, speakers, ())
+    for text in dict.fromkeys((pads[0], pads[-1])):
+        stats = data[text]
+        results["per_state_choice_cv"][text] = [
             speaker_cv(stats[:, [s]], labels, speakers, CHOICE_EXCLUDE)["accuracy"] for s in range(stats.shape[1])]
     results["ms_per_3s_clip_one_core"] = latency_ms(pads, str(clips[0].path))
 
@@ -144,15 +163,14 @@ def main() -> int:
              "(10, 15, 16), n = 1020; 20-actor CV: actors 01-20, n = 1200.", "",
              "| padding (s) | choice CV accuracy / macro-F1 | its folds | 20-actor CV accuracy / macro-F1 "
              "| ms per 3 s clip (trim, level, log-mel, encoder), 1 core |", "|---|---|---|---|---|"]
-    for pad in pads:
-        k = f"{pad:g}"
+    for k in pads:
         c, t = results["choice_cv"][k], results["cv_20"][k]
-        lines.append(f"| {'alone' if not pad else k} | {c['accuracy']:.3f} / {c['f1_macro']:.3f} | "
+        lines.append(f"| {padding_label(k)} | {c['accuracy']:.3f} / {c['f1_macro']:.3f} | "
                      f"{', '.join(f'{a:.3f}' for a in c['fold_accuracy'])} | {t['accuracy']:.3f} / "
                      f"{t['f1_macro']:.3f} | {results['ms_per_3s_clip_one_core'][k]} |")
     lines += ["", "One state's statistics alone (choice CV accuracy; embeddings, then layers 1-6):", ""]
     for k, accs in results["per_state_choice_cv"].items():
-        lines.append(f"- {'alone' if k == '0' else k + ' s'}: " + ", ".join(f"{a:.3f}" for a in accs))
+        lines.append(f"- {padding_label(k)}: " + ", ".join(f"{a:.3f}" for a in accs))
     (out / "ser_whisper_padding.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

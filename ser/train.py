@@ -64,6 +64,7 @@ class TrainConfig:
     encoder_dir: str = ""            # CTranslate2 Whisper folder; "" = the pinned Whisper-base (PyPI packages)
     pool: int = 4                    # encoder steps (20 ms) averaged per cached step
     pad_seconds: float = 30.0        # encode each clip inside this much silence, as Whisper was trained; 0 = alone
+    pad_states: str = "reference"    # the 30 s padding's states from ser.whisper.silence, or "encoded" with each clip
     head_c: float = 0.02             # --model whisper: inverse L2 strength of the logistic-regression head
 
     def validate(self) -> None:
@@ -78,9 +79,10 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown --schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.model in ENCODER_MODELS:
-            from ser.whisper.encoder import check_pad_seconds
+            from ser.whisper.encoder import check_pad_seconds, check_pad_states
 
             check_pad_seconds(self.pad_seconds, self.max_seconds, "--pad-seconds")
+            check_pad_states(self.pad_states, self.pad_seconds, "--pad-states")
         if self.features not in ("mfcc", "logmel"):
             raise ValueError(f"unknown --features {self.features!r}; choose mfcc or logmel")
 
@@ -92,7 +94,7 @@ class TrainConfig:
             from ser.whisper.encoder import whisper_feature_config
 
             return whisper_feature_config(self.encoder_dir, max_seconds=self.max_seconds, trim_db=self.trim_db,
-                                          pool=self.pool, pad_seconds=self.pad_seconds)
+                                          pool=self.pool, pad_seconds=self.pad_seconds, pad_states=self.pad_states)
         return FeatureConfig(n_mfcc=self.n_mfcc, max_seconds=self.max_seconds, trim_db=self.trim_db,
                              deltas=self.deltas, utterance_norm=self.utterance_norm, kind=self.features,
                              n_mels=self.n_mels, pitch=self.pitch)
@@ -106,6 +108,9 @@ HELP = {
     "pad_seconds": "--model whisper: encode each clip inside this much trailing silence, as Whisper saw 30 s in "
                    "training (more accurate, ~1 s per clip on one core at 30); 0 encodes the clip alone (37 ms); "
                    "docs/whisper.md has the trade-off",
+    "pad_states": "--model whisper with --pad-seconds 30: 'reference' takes the padding's keys and values from a "
+                  "reference computed once (ser.whisper.silence) and encodes only the clip's own steps (MS_REF ms per "
+                  "clip); 'encoded' runs the encoder over the whole 30 s window with each clip (~1 s)",
     "head_c": "--model whisper: inverse L2 regularisation strength (scikit-learn's C) of the logistic-regression "
               "head on the states' pooled statistics; chosen on speaker-held-out folds",
     "features": "mfcc (40 MFCC + ZCR + RMS per frame) or logmel (n_mels log-mel bands; pairs well with cnn2d)",
@@ -324,7 +329,8 @@ def with_model_recipe(cfg: TrainConfig, argv: Sequence[str] | None) -> TrainConf
 
 DESCRIPTION = ("Train a speech emotion recognition model. Options not given take the model's best measured "
                "recipe: --augment 3 --schedule cosine --epochs 30 for the MFCC models; for whisper, --corpora ravdess "
-               "--augment 0 (each clip inside Whisper's 30 s window, --pad-seconds 30).")
+               "--augment 0 (each clip inside Whisper's 30 s window, --pad-seconds 30, its padding from the reference: "
+               "--pad-states reference).")
 ADVANCED = frozenset({"mixup", "spec_augment", "deltas", "pitch", "utterance_norm", "n_mels", "n_mfcc", "pool",
                       "head_c"})  # measured no gain, or expert knobs (docs/results.md)
 

@@ -6,9 +6,11 @@ array: every hidden state of the encoder, (steps, num_states, hidden_dim) float1
 ``pool`` consecutive 20 ms steps (pool 4: 80 ms, a tenth of a syllable; 272 KB per 3 s clip).
 
 ``pad_seconds`` encodes each clip inside that much trailing silence, as Whisper always saw its input in
-training (30 s), and keeps only the clip's own steps. It costs time (one core: 37 ms for a 3 s clip alone,
-250 ms padded to 10 s, ~1 s padded to 30 s) and buys accuracy: the upper layers of a clip encoded alone drift
-from what Whisper learned (docs/whisper.md#padding-pays).
+training (30 s), and keeps only the clip's own steps. It buys accuracy: the upper layers of a clip encoded
+alone drift from what Whisper learned (docs/whisper.md#padding-pays). ``pad_states`` says where the padding's
+states come from: ``"encoded"`` runs the encoder over the whole padded window (one core: ~1 s for a 3 s clip in
+30 s), ``"reference"`` takes the 30 s padding's keys and values from a reference computed once
+(``ser.whisper.silence``) and runs only the clip's own steps (tens of ms).
 """
 from __future__ import annotations
 
@@ -46,6 +48,16 @@ class WhisperEncoder:
         load_ct2_encoder_weights(self.model, variables, self.config)
         spec = tf.TensorSpec([None, None, self.config.n_mels], tf.float32)
         self._call = tf.function(lambda mel: self.model(mel, training=False), input_signature=[spec])
+        self._silence: dict[str, "SilenceReference"] = {}
+
+    def silence_reference(self, encoder_sha256: str) -> "SilenceReference":
+        """The padding's keys and values for ``pad_states="reference"`` (made on first use: ~1 s, 37 MB)."""
+        from ser.whisper.silence import SilenceReference, load_reference
+
+        with _LOCK:
+            if encoder_sha256 not in self._silence:
+                self._silence[encoder_sha256] = SilenceReference(self, load_reference(encoder_sha256))
+            return self._silence[encoder_sha256]
 
     def hidden_states(self, mel: np.ndarray) -> np.ndarray:
         """(batch, frames, n_mels) -> (batch, num_states, ceil(frames / 2), hidden_dim) float32."""
@@ -93,11 +105,13 @@ class WhisperFeatureConfig:
     level_norm: bool = True
     pool: int = 4                    # 20 ms encoder steps averaged per cached step
     pad_seconds: float = 0.0         # encode inside this much trailing silence (Whisper's own 30 s); 0 = clip alone
+    pad_states: str = "encoded"      # the padding encoded with each clip, or "reference" (ser.whisper.silence; 30 s)
     num_states: int = 7              # filled from the encoder when features are first made
     hidden_dim: int = 512
 
     def __post_init__(self):
         check_pad_seconds(self.pad_seconds, self.max_seconds)
+        check_pad_states(self.pad_states, self.pad_seconds)
 
     @property
     def max_frames(self) -> int:
@@ -120,6 +134,12 @@ class WhisperFeatureConfig:
             fields.pop("pad_seconds")  # caches made before the option existed keep their keys
         else:
             fields["pad_seconds"] = float(self.pad_seconds)  # 30 and 30.0 are the same features
+        if self.pad_states == "encoded":
+            fields.pop("pad_states")  # as above
+        else:
+            from ser.whisper.silence import reference_fingerprint
+
+            fields["pad_states"] = f"reference:{reference_fingerprint(self.encoder_sha256)}"
         return "whisper-" + hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     def prepare(self, y: np.ndarray) -> np.ndarray:
@@ -148,6 +168,10 @@ class WhisperFeatureConfig:
 
         encoder = get_encoder(self.encoder)
         prepared = [self.prepare(np.asarray(y, np.float32)) for y in waveforms]
+        if self.pad_states == "reference":
+            silence = encoder.silence_reference(self.encoder_sha256)
+            return [pool_steps(silence.hidden_states(y).transpose(1, 0, 2), self.pool).astype(np.float16)
+                    for y in prepared]
         window = 2 * encoder.config.max_positions * 160 / self.sample_rate  # 30 s for every Whisper size
         pad = min(self.pad_seconds, window)
         mels = [log_mel(y, encoder.config.n_mels, pad_to_seconds=pad) for y in prepared]
@@ -168,6 +192,18 @@ def check_pad_seconds(pad_seconds: float, max_seconds: float, option: str = "pad
     if pad_seconds and not max_seconds <= pad_seconds <= 30.0:
         raise ValueError(f"{option} {pad_seconds:g}: use 0 (clip alone) or a value from max_seconds "
                          f"({max_seconds:g}) to 30 (Whisper's window)")
+
+
+PAD_STATES = ("encoded", "reference")
+
+
+def check_pad_states(pad_states: str, pad_seconds: float, option: str = "pad_states") -> None:
+    """The reference is the padding of Whisper's full window, so it goes with 30 s of padding only."""
+    if pad_states not in PAD_STATES:
+        raise ValueError(f"unknown {option} {pad_states!r}; choose one of {', '.join(PAD_STATES)}")
+    if pad_states == "reference" and pad_seconds != 30:
+        raise ValueError(f"{option} reference stands for Whisper's full 30 s window; it needs a padding of 30 s, "
+                         f"not {pad_seconds:g} (or use {option} encoded)")
 
 
 def pool_steps(states: np.ndarray, pool: int) -> np.ndarray:

@@ -1,0 +1,213 @@
+"""Whisper's 30 s window at the cost of the clip alone: the padding's keys and values come from a reference.
+
+Whisper saw every training input followed by silence up to 30 s, and a clip encoded inside that window gives
+better emotion features than the clip alone (docs/whisper.md#padding-pays). But a 3 s clip is 150 of the
+window's 1500 steps, so encoding the window costs ~27 times the clip. The padding's hidden states barely depend
+on which speech came before them: they are "silence after speech" at each position. So they are computed once
+per encoder, as the inputs of every layer over the padding averaged over reference clips each encoded in the
+full window, and turned into each attention layer's keys and values. A clip then runs through the transformer on
+its own steps only, its queries attending to its own keys and to the reference's (the padding is not updated by
+the clip). On real clips this matches the full window to cosine >= 0.998 per state (docs/whisper.md).
+
+The reference for the pinned Whisper-base ships as ``assets/silence-<sha256[:16]>.npz``, built from TESS clips
+(no RAVDESS speaker, so no cross-validation fold of the benchmark sees its own voices) with
+``python -m ser.whisper.silence --data-dir ../shared/data``. It stores the mean padding states minus those of
+pure silence (the window with no speech, computed from the encoder on load) at rank 16, 0.4 MB instead of 18 MB.
+Another encoder (``--encoder-dir``) without a reference file uses pure silence: close (cosine >= 0.98 for
+Whisper-base), not as close.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ASSET_DIR = Path(__file__).parent / "assets"
+RANK = 16
+# The padding's log-mel value is the clip's peak minus 2 (log_mel's 80 dB floor); after level normalisation it
+# sits at -0.79 (median of RAVDESS, range -0.83 to -0.70, which changes the states by < 1e-4 in cosine).
+PURE_SILENCE_VALUE = -0.79
+
+
+def reference_path(encoder_sha256: str) -> Path:
+    return ASSET_DIR / f"silence-{encoder_sha256[:16]}.npz"
+
+
+def reference_fingerprint(encoder_sha256: str) -> str:
+    """Part of the feature cache key: features made with another reference (or pure silence) never mix."""
+    path = reference_path(encoder_sha256)
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:12] if path.is_file() else "pure-silence"
+
+
+def clip_steps(num_samples: int) -> int:
+    """Encoder steps (20 ms) of a clip of ``num_samples`` at 16 kHz, as in the full window."""
+    return math.ceil((num_samples // 160) / 2)
+
+
+def window_seconds(encoder) -> float:
+    return 2 * encoder.config.max_positions * 160 / 16_000
+
+
+def pure_silence_states(encoder, value: float = PURE_SILENCE_VALUE) -> np.ndarray:
+    """(num_layers, positions, dim): each layer's input over a window with no speech at all."""
+    cfg = encoder.config
+    mel = np.full((1, 2 * cfg.max_positions, cfg.n_mels), value, np.float32)
+    return encoder.hidden_states(mel)[0, : cfg.num_layers]
+
+
+def build_reference(encoder, waveforms, rank: int = RANK, progress=None) -> dict[str, np.ndarray]:
+    """Each layer's input over the padding, averaged over ``waveforms`` (prepared clips, each encoded in the full
+    window), stored as its difference from pure silence at ``rank``."""
+    from ser.whisper.preprocessor import log_mel
+
+    cfg = encoder.config
+    total = np.zeros((cfg.num_layers, cfg.max_positions, cfg.hidden_dim))
+    count = np.zeros(cfg.max_positions)
+    values = []
+    for y in progress(waveforms) if progress else waveforms:
+        mel = log_mel(y, cfg.n_mels, pad_to_seconds=window_seconds(encoder))
+        steps = clip_steps(y.size)
+        values.append(float(mel[-1, 0]))  # the padding's value: the clip's peak minus 2
+        states = encoder.hidden_states(mel[None])[0, : cfg.num_layers]
+        total[:, steps:] += states[:, steps:]
+        count[steps:] += 1
+    value = float(np.median(values))
+    pure = pure_silence_states(encoder, value)
+    # Positions no reference clip reached (inside the shortest clip) keep pure silence.
+    mean = np.where(count[None, :, None] > 0, total / np.maximum(count, 1)[None, :, None], pure)
+    left, right = [], []
+    for delta in mean - pure:
+        u, s, vt = np.linalg.svd(delta, full_matrices=False)
+        left.append(u[:, :rank] * s[:rank])
+        right.append(vt[:rank])
+    return {"value": np.float32(value), "left": np.stack(left).astype(np.float16),
+            "right": np.stack(right).astype(np.float16), "clips": np.int32(len(values))}
+
+
+def padding_states(encoder, reference: dict[str, np.ndarray] | None) -> np.ndarray:
+    """(num_layers, positions, dim) the layers' inputs over the padding: pure silence plus the reference's part."""
+    if reference is None:
+        return pure_silence_states(encoder)
+    delta = np.einsum("lpr,lrd->lpd", reference["left"].astype(np.float32), reference["right"].astype(np.float32))
+    return pure_silence_states(encoder, float(reference["value"])) + delta
+
+
+class SilenceReference:
+    """A loaded encoder's transformer run on a clip's own steps, attending to the reference padding's keys/values."""
+
+    def __init__(self, encoder, reference: dict[str, np.ndarray] | None):
+        import tensorflow as tf
+
+        cfg = encoder.config
+        model = encoder.model
+        self.config = cfg
+        weights = lambda name: [tf.constant(w, tf.float32) for w in model.get_layer(name).get_weights()]  # noqa: E731
+        self.layers = [{part: weights(f"layer{i}_{part}") for part in
+                        ("attention_norm", "attention", "ffn_norm", "ffn_in", "ffn_out")}
+                       for i in range(cfg.num_layers)]
+        self.final_norm = weights("final_norm")
+        import keras
+
+        self.front = keras.Model(model.input, model.get_layer("positions").output)  # convolutions + positions
+        states = tf.constant(padding_states(encoder, reference), tf.float32)
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            _, _, k_w, k_b, v_w, v_b, _, _ = layer["attention"]
+            h = _layer_norm(states[i], layer["attention_norm"])
+            keys.append(tf.einsum("td,dhk->thk", h, k_w) + k_b)
+            values.append(tf.einsum("td,dhk->thk", h, v_w) + v_b)
+        self.keys, self.values = tf.stack(keys), tf.stack(values)  # (layers, positions, heads, head_dim)
+        spec = [tf.TensorSpec([1, None, cfg.n_mels], tf.float32), tf.TensorSpec([], tf.int32)]
+        self._call = tf.function(self._encode, input_signature=spec)
+
+    def _encode(self, mel, steps):
+        import tensorflow as tf
+
+        head_dim = self.config.hidden_dim // self.config.num_heads
+        x = self.front(mel, training=False)[0, :steps]
+        states = [x]
+        for i, layer in enumerate(self.layers):
+            q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b = layer["attention"]
+            h = _layer_norm(x, layer["attention_norm"])
+            q = (tf.einsum("td,dhk->thk", h, q_w) + q_b) / math.sqrt(head_dim)
+            k = tf.concat([tf.einsum("td,dhk->thk", h, k_w) + k_b, self.keys[i, steps:]], 0)
+            v = tf.concat([tf.einsum("td,dhk->thk", h, v_w) + v_b, self.values[i, steps:]], 0)
+            attention = tf.nn.softmax(tf.einsum("thk,shk->hts", q, k), axis=-1)
+            x = x + tf.einsum("thk,hkd->td", tf.einsum("hts,shk->thk", attention, v), o_w) + o_b
+            h = _layer_norm(x, layer["ffn_norm"])
+            h = tf.nn.gelu(tf.matmul(h, layer["ffn_in"][0]) + layer["ffn_in"][1], approximate=False)
+            x = x + tf.matmul(h, layer["ffn_out"][0]) + layer["ffn_out"][1]
+            states.append(x)
+        states[-1] = _layer_norm(x, self.final_norm)
+        return tf.stack(states)
+
+    def hidden_states(self, y: np.ndarray) -> np.ndarray:
+        """(num_states, clip steps, dim) float32 of a prepared 16 kHz waveform, as if followed by the padding."""
+        from ser.whisper.preprocessor import log_mel
+
+        steps = clip_steps(y.size)
+        if steps > self.config.max_positions:
+            raise ValueError(f"{y.size / 16_000:.1f} s: Whisper encodes at most 30 s")
+        # Enough of the padding for the convolutions at the clip's end (its frames take the clip's own value).
+        mel = log_mel(y, self.config.n_mels, pad_to_seconds=(y.size + 1600) / 16_000)[: 2 * steps + 2]
+        return self._call(mel[None], steps).numpy()
+
+
+def _layer_norm(x, gamma_beta, epsilon: float = 1e-5):
+    import tensorflow as tf
+
+    mean, variance = tf.nn.moments(x, [-1], keepdims=True)
+    return (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma_beta[0] + gamma_beta[1]
+
+
+def load_reference(encoder_sha256: str) -> dict[str, np.ndarray] | None:
+    path = reference_path(encoder_sha256)
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the reference for an encoder from clips of a corpus (a maintainer's step; the result ships)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--data-dir", required=True, help="folder holding the corpus")
+    parser.add_argument("--corpus", default="tess", help="corpus whose clips make the reference (default tess)")
+    parser.add_argument("--clips", type=int, default=200, help="clips drawn, evenly over speakers and emotions")
+    parser.add_argument("--encoder-dir", default="", help="CTranslate2 Whisper folder; empty = pinned Whisper-base")
+    parser.add_argument("--out", default="", help="file to write (default: the packaged asset for the encoder)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.clips < 1:
+        parser.error("--clips must be at least 1")
+
+    from tqdm import tqdm
+
+    from core.io import atomic_write
+    from ser.audio import load_audio
+    from ser.corpora import load_clips
+    from ser.whisper.encoder import WhisperFeatureConfig, encoder_fingerprint, get_encoder
+
+    clips, _ = load_clips([args.corpus], args.data_dir)
+    rng = np.random.default_rng(args.seed)
+    picked = sorted(rng.choice(len(clips), min(args.clips, len(clips)), replace=False))
+    prepare = WhisperFeatureConfig().prepare  # the front end every feature config uses: trim, level, first 3 s
+    waveforms = [prepare(load_audio(str(clips[i].path))) for i in picked]
+    encoder = get_encoder(args.encoder_dir or None)
+    reference = build_reference(encoder, waveforms, progress=lambda xs: tqdm(xs, desc="reference clips"))
+    out = Path(args.out) if args.out else reference_path(encoder_fingerprint(args.encoder_dir or None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: np.savez(tmp, **reference))
+    print(f"{out}: {int(reference['clips'])} {args.corpus} clips, padding value {float(reference['value']):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    from core.cli import quiet_tensorflow
+
+    quiet_tensorflow()
+    sys.exit(main())
