@@ -35,13 +35,18 @@ def test_a_reference_made_of_the_clips_own_padding_reproduces_the_full_window(ti
     exact = full_window(tiny_encoder, y)
     assert exact.shape == (LAYERS + 1, 50, DIM) and 50 < POSITIONS  # the tiny window: 64 steps, 14 of padding
     own = silence.build_reference(tiny_encoder, [y], rank=DIM)  # full rank: only float16 storage is lost
-    ours = silence.SilenceReference(tiny_encoder, own).hidden_states(y)
+    ours = silence.SilenceReference(tiny_encoder, own, near_steps=0).hidden_states(y)  # all 14 from the reference
     assert ours.shape == exact.shape
     np.testing.assert_allclose(ours, exact, atol=1e-3)  # measured 9e-5
     # Pure silence (no reference) is a different padding: the attention layers move, the embeddings do not.
-    pure = silence.SilenceReference(tiny_encoder, None).hidden_states(y)
+    pure = silence.SilenceReference(tiny_encoder, None, near_steps=0).hidden_states(y)
     np.testing.assert_allclose(pure[0], exact[0], atol=1e-4)
     assert np.abs(pure[1:] - exact[1:]).max() > 10 * np.abs(ours[1:] - exact[1:]).max()
+    # Padding steps encoded with the clip replace the reference's: the whole window encoded is the full window.
+    whole = silence.SilenceReference(tiny_encoder, None, near_steps=POSITIONS).hidden_states(y)
+    np.testing.assert_allclose(whole, exact, atol=1e-4)
+    some = silence.SilenceReference(tiny_encoder, None, near_steps=7).hidden_states(y)
+    assert np.abs(some - exact).max() < np.abs(pure - exact).max()
 
 
 def test_reference_is_stored_at_low_rank_with_its_padding_value(tiny_encoder):
