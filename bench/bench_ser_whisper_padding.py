@@ -108,13 +108,15 @@ def latency_ms(pads: list[str], clip: str) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python bench/bench_ser_whisper_padding.py",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=None, help="folder holding ravdess/")
     parser.add_argument("--pads", default="0,5,10,20,30,30r",
                         help="comma-separated seconds of padding (0 = alone); a trailing r takes the padding's "
                              "states from the reference (ser.whisper.silence) instead of encoding them")
     parser.add_argument("--cache-dir", default=None, help="feature cache (default: the toolkit's; '' disables)")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"),
+                        help="folder for ser_whisper_padding.md / .json")
     add_verbose_flag(parser)
     return parser
 

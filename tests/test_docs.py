@@ -30,13 +30,14 @@ CLIS: dict[str, str] = {
     "ser.evaluate": "ser.evaluate", "ser.ensemble": "ser.ensemble", "ser.export": "ser.export",
     "fer.train": "fer.train", "fer.tta": "fer.tta", "fer.evaluate": "fer.evaluate", "fer.predict": "fer.predict",
     "fer.ensemble": "fer.ensemble", "fer.export": "fer.export", "fer.backbones": "fer.backbones",
-    "fer.train_gpu": "fer.train_gpu", "ser.finetune": "ser.finetune",
+    "fer.train_gpu": "fer.train_gpu", "ser.finetune": "ser.finetune", "ser.whisper.silence": "ser.whisper.silence",
     "fusion.train": "fusion.train", "fusion.predict": "fusion.predict", "fusion.late": "fusion.late",
     "webapp": "webapp.__main__",
     "bench/bench_ser.py": "bench_ser", "bench/bench_fer.py": "bench_fer", "bench/bench_fer_peer.py": "bench_fer_peer",
     "bench/bench_fusion.py": "bench_fusion", "bench/bench_webapp.py": "bench_webapp", "bench/ship.py": "ship",
     "bench/bench_ser_gain.py": "bench_ser_gain", "bench/bench_ser_whisper.py": "bench_ser_whisper",
     "bench/bench_ser_crossval_ensemble.py": "bench_ser_crossval_ensemble",
+    "bench/bench_ser_whisper_padding.py": "bench_ser_whisper_padding",
     "bench/bench_fer_detect.py": "bench_fer_detect", "bench/bench_fer_backbone.py": "bench_fer_backbone",
 }
 

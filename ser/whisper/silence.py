@@ -181,19 +181,28 @@ def load_reference(encoder_sha256: str) -> dict[str, np.ndarray] | None:
         return {k: data[k] for k in data.files}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Build the reference for an encoder from clips of a corpus (a maintainer's step; the result ships)."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    from core.cli import add_verbose_flag, module_prog
+
+    parser = argparse.ArgumentParser(prog=module_prog("ser.whisper.silence"),
+                                     description="Build the padding reference of a Whisper encoder from clips of a "
+                                                 "corpus (a maintainer's step: the result ships in ser/whisper/assets).")
     parser.add_argument("--data-dir", required=True, help="folder holding the corpus")
-    parser.add_argument("--corpus", default="tess", help="corpus whose clips make the reference (default tess)")
-    parser.add_argument("--clips", type=int, default=200, help="clips drawn, evenly over speakers and emotions")
+    parser.add_argument("--corpus", default="tess", help="corpus whose clips make the reference (default tess: "
+                        "no RAVDESS speaker, so no RAVDESS fold sees its own voices)")
+    parser.add_argument("--clips", type=int, default=200, help="clips drawn at random from the corpus")
     parser.add_argument("--encoder-dir", default="", help="CTranslate2 Whisper folder; empty = pinned Whisper-base")
     parser.add_argument("--out", default="", help="file to write (default: the packaged asset for the encoder)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the clip draw")
+    add_verbose_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.clips < 1:
         parser.error("--clips must be at least 1")
-
     from tqdm import tqdm
 
     from core.io import atomic_write
