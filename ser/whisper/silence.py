@@ -112,7 +112,8 @@ class SilenceReference:
         model = encoder.model
         self.config = cfg
         self.near_steps = near_steps
-        weights = lambda name: [tf.constant(w, tf.float32) for w in model.get_layer(name).get_weights()]  # noqa: E731
+        # The encoder's own variables, not copies (80 MB for Whisper-base), in get_weights() order.
+        weights = lambda name: [v.value for v in model.get_layer(name).weights]  # noqa: E731
         self.layers = [{part: weights(f"layer{i}_{part}") for part in
                         ("attention_norm", "attention", "ffn_norm", "ffn_in", "ffn_out")}
                        for i in range(cfg.num_layers)]
