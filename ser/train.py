@@ -64,7 +64,7 @@ class TrainConfig:
     encoder_dir: str = ""            # CTranslate2 Whisper folder; "" = the pinned Whisper-base (PyPI packages)
     pool: int = 4                    # encoder steps (20 ms) averaged per cached step
     pad_seconds: float = 30.0        # encode each clip inside this much silence, as Whisper was trained; 0 = alone
-    pad_states: str = "reference"    # the 30 s padding's states from ser.whisper.silence, or "encoded" with each clip
+    pad_states: str = "auto"         # auto: "reference" (ser.whisper.silence) for 30 s of padding, else "encoded"
     head_c: float = 0.02             # --model whisper: inverse L2 strength of the logistic-regression head
 
     def validate(self) -> None:
@@ -82,9 +82,15 @@ class TrainConfig:
             from ser.whisper.encoder import check_pad_seconds, check_pad_states
 
             check_pad_seconds(self.pad_seconds, self.max_seconds, "--pad-seconds")
-            check_pad_states(self.pad_states, self.pad_seconds, "--pad-states")
+            check_pad_states(self.resolved_pad_states(), self.pad_seconds, "--pad-states")
         if self.features not in ("mfcc", "logmel"):
             raise ValueError(f"unknown --features {self.features!r}; choose mfcc or logmel")
+
+    def resolved_pad_states(self) -> str:
+        """``auto``: the padding from the reference when it is Whisper's 30 s window, else encoded with each clip."""
+        if self.pad_states != "auto":
+            return self.pad_states
+        return "reference" if self.pad_seconds == 30 else "encoded"
 
     def feature_config(self):
         from ser.features import FeatureConfig
@@ -94,7 +100,8 @@ class TrainConfig:
             from ser.whisper.encoder import whisper_feature_config
 
             return whisper_feature_config(self.encoder_dir, max_seconds=self.max_seconds, trim_db=self.trim_db,
-                                          pool=self.pool, pad_seconds=self.pad_seconds, pad_states=self.pad_states)
+                                          pool=self.pool, pad_seconds=self.pad_seconds,
+                                          pad_states=self.resolved_pad_states())
         return FeatureConfig(n_mfcc=self.n_mfcc, max_seconds=self.max_seconds, trim_db=self.trim_db,
                              deltas=self.deltas, utterance_norm=self.utterance_norm, kind=self.features,
                              n_mels=self.n_mels, pitch=self.pitch)
@@ -107,9 +114,10 @@ HELP = {
     "pool": "--model whisper: encoder steps (20 ms each) averaged into one cached step",
     "pad_seconds": "--model whisper: encode each clip inside this much trailing silence, as Whisper saw 30 s in "
                    "training (more accurate); 0 encodes the clip alone; docs/whisper.md has the trade-off",
-    "pad_states": "--model whisper with --pad-seconds 30: 'reference' takes the padding's keys and values from a "
+    "pad_states": "--model whisper: 'reference' (needs --pad-seconds 30) takes the padding's keys and values from a "
                   "reference computed once (ser.whisper.silence) and encodes only the clip and 1 s of padding "
-                  "(~50 ms per 3 s clip on one core); 'encoded' runs the encoder over the whole window (~0.5-1 s)",
+                  "(~50 ms per 3 s clip on one core); 'encoded' runs the encoder over the whole padded window "
+                  "(~0.5-1 s at 30 s); auto (default) = reference at 30 s, encoded otherwise",
     "head_c": "--model whisper: inverse L2 regularisation strength (scikit-learn's C) of the logistic-regression "
               "head on the states' pooled statistics; chosen on speaker-held-out folds",
     "features": "mfcc (40 MFCC + ZCR + RMS per frame) or logmel (n_mels log-mel bands; pairs well with cnn2d)",

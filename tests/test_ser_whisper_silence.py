@@ -96,6 +96,17 @@ def test_train_refuses_a_reference_with_a_shorter_padding_before_reading_audio(t
     assert "--pad-states reference" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("pad, given, expected", [(30.0, "auto", "reference"), (5.0, "auto", "encoded"),
+                                                   (0.0, "auto", "encoded"), (30.0, "encoded", "encoded")])
+def test_train_takes_the_reference_only_for_whispers_full_window(tiny_encoder, pad, given, expected):
+    from ser.train import TrainConfig
+
+    cfg = TrainConfig(model="whisper", encoder_dir=str(tiny_encoder.folder), max_seconds=1.0, pad_seconds=pad,
+                      pad_states=given)
+    cfg.validate()  # --pad-seconds 5 alone is fine: the default follows the padding
+    assert cfg.feature_config().pad_states == expected
+
+
 def test_shipped_reference_matches_the_pinned_encoder():
     ref = silence.load_reference(whisper_weights.SHA256)
     assert ref is not None, f"{silence.reference_path(whisper_weights.SHA256)} is missing"

@@ -10,7 +10,7 @@ training (30 s), and keeps only the clip's own steps. It buys accuracy: the uppe
 alone drift from what Whisper learned (docs/whisper.md#padding-pays). ``pad_states`` says where the padding's
 states come from: ``"encoded"`` runs the encoder over the whole padded window (one core: ~1 s for a 3 s clip in
 30 s), ``"reference"`` takes the 30 s padding's keys and values from a reference computed once
-(``ser.whisper.silence``) and runs only the clip's own steps (tens of ms).
+(``ser.whisper.silence``) and runs only the clip and its first second of padding (~50 ms).
 """
 from __future__ import annotations
 
