@@ -7,6 +7,7 @@ The output folder is an ordinary run folder that ``ser.predict`` / ``ser.evaluat
 from __future__ import annotations
 
 import argparse
+import csv
 import shutil
 import sys
 from pathlib import Path
@@ -43,15 +44,30 @@ def same_front_end(run_dirs: Sequence[Path]) -> bool:
     return True
 
 
+def split_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "split.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def check_compatible(run_dirs: Sequence[Path]) -> None:
-    split0 = (run_dirs[0] / "split.csv").read_bytes()
+    """Members may have trained on different corpora (the Whisper recipe leaves TESS out, the MFCC one keeps
+    it), but all must hold out the same test clips, and none may have trained on a test speaker."""
     for d in run_dirs:
         if not (d / "config.json").is_file():
             raise FileNotFoundError(f"{d}: not a ser.train run folder (config.json missing)")
         if read_json(d / "config.json").get("members_dirs"):
             raise ValueError(f"{d}: is an ensemble itself; pass its member runs instead")
-        if (d / "split.csv").read_bytes() != split0:
-            raise ValueError(f"{d}: split differs from {run_dirs[0]}; ensemble runs must share one split")
+    first = split_rows(run_dirs[0])
+    test = sorted((r["file"], r["label"]) for r in first if r["split"] == "test")
+    test_speakers = {r["speaker"] for r in first if r["split"] == "test"}
+    for d in run_dirs[1:]:
+        rows = split_rows(d)
+        if sorted((r["file"], r["label"]) for r in rows if r["split"] == "test") != test:
+            raise ValueError(f"{d}: its test split differs from {run_dirs[0]}'s; ensemble runs must hold out the "
+                             f"same test clips")
+        heard = {r["speaker"] for r in rows if r["split"] != "test"} & test_speakers
+        if heard:
+            raise ValueError(f"{d}: trained on test speakers of {run_dirs[0]} ({', '.join(sorted(heard))})")
 
 
 def write_member_ensemble(runs: Sequence[Path], out: Path) -> dict:
@@ -73,8 +89,10 @@ def write_member_ensemble(runs: Sequence[Path], out: Path) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=module_prog(__name__),
-                                     description="Average trained SER runs (same split) into one model folder.")
-    parser.add_argument("runs", nargs="+", help="run folders written by ser.train, all with the same split.csv")
+                                     description="Average trained SER runs (same test clips) into one model folder.")
+    parser.add_argument("runs", nargs="+",
+                        help="run folders written by ser.train that hold out the same test clips (training data may "
+                             "differ)")
     parser.add_argument("--output", required=True, help="folder for the ensemble (an ordinary model folder for "
                         "ser.predict / ser.evaluate / the web app)")
     parser.add_argument("--data-dir", default=None, help="corpora, to score the ensemble on the runs' test split")
