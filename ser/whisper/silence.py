@@ -103,7 +103,8 @@ def padding_states(encoder, reference: dict[str, np.ndarray] | None) -> np.ndarr
 
 
 class SilenceReference:
-    """A loaded encoder's transformer run on a clip's own steps, attending to the reference padding's keys/values."""
+    """A loaded encoder's transformer run on a clip and its first ``near_steps`` of padding, attending also to the
+    reference's keys and values for the rest of the window."""
 
     def __init__(self, encoder, reference: dict[str, np.ndarray] | None, near_steps: int = NEAR_STEPS):
         import tensorflow as tf
@@ -132,18 +133,18 @@ class SilenceReference:
         spec = [tf.TensorSpec([1, None, cfg.n_mels], tf.float32), tf.TensorSpec([], tf.int32)]
         self._call = tf.function(self._encode, input_signature=spec)
 
-    def _encode(self, mel, steps):
+    def _encode(self, mel, run):
         import tensorflow as tf
 
         head_dim = self.config.hidden_dim // self.config.num_heads
-        x = self.front(mel, training=False)[0, :steps]
+        x = self.front(mel, training=False)[0, :run]  # the steps encoded here; the reference has the rest
         states = [x]
         for i, layer in enumerate(self.layers):
             q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b = layer["attention"]
             h = _layer_norm(x, layer["attention_norm"])
             q = (tf.einsum("td,dhk->thk", h, q_w) + q_b) / math.sqrt(head_dim)
-            k = tf.concat([tf.einsum("td,dhk->thk", h, k_w) + k_b, self.keys[i, steps:]], 0)
-            v = tf.concat([tf.einsum("td,dhk->thk", h, v_w) + v_b, self.values[i, steps:]], 0)
+            k = tf.concat([tf.einsum("td,dhk->thk", h, k_w) + k_b, self.keys[i, run:]], 0)
+            v = tf.concat([tf.einsum("td,dhk->thk", h, v_w) + v_b, self.values[i, run:]], 0)
             attention = tf.nn.softmax(tf.einsum("thk,shk->hts", q, k), axis=-1)
             x = x + tf.einsum("thk,hkd->td", tf.einsum("hts,shk->thk", attention, v), o_w) + o_b
             h = _layer_norm(x, layer["ffn_norm"])
