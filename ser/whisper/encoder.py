@@ -165,6 +165,7 @@ class WhisperFeatureConfig:
     def frames_batch(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
         """``frames`` of several waveforms; equal-length ones share one encoder call."""
         from ser.whisper.preprocessor import log_mel
+        from ser.whisper.silence import clip_steps, window_seconds
 
         encoder = get_encoder(self.encoder)
         prepared = [self.prepare(np.asarray(y, np.float32)) for y in waveforms]
@@ -172,10 +173,9 @@ class WhisperFeatureConfig:
             silence = encoder.silence_reference(self.encoder_sha256)
             return [pool_steps(silence.hidden_states(y).transpose(1, 0, 2), self.pool).astype(np.float16)
                     for y in prepared]
-        window = 2 * encoder.config.max_positions * 160 / self.sample_rate  # 30 s for every Whisper size
-        pad = min(self.pad_seconds, window)
+        pad = min(self.pad_seconds, window_seconds(encoder))  # the window: 30 s for every Whisper size
         mels = [log_mel(y, encoder.config.n_mels, pad_to_seconds=pad) for y in prepared]
-        steps = [math.ceil((y.size // 160) / 2) for y in prepared]  # the clip's own encoder steps, padding dropped
+        steps = [clip_steps(y.size) for y in prepared]  # the clip's own encoder steps, padding dropped
         out: list[np.ndarray | None] = [None] * len(mels)
         by_length: dict[int, list[int]] = {}
         for i, mel in enumerate(mels):

@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import math
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,10 @@ def reference_path(encoder_sha256: str) -> Path:
     return ASSET_DIR / f"silence-{encoder_sha256[:16]}.npz"
 
 
+@lru_cache(maxsize=8)
 def reference_fingerprint(encoder_sha256: str) -> str:
-    """Part of the feature cache key: features made with another reference (or pure silence) never mix."""
+    """Part of the feature cache key: features made with another reference (or pure silence) never mix.
+    Hashed once per process: the key is computed for every cached clip."""
     path = reference_path(encoder_sha256)
     source = hashlib.sha1(path.read_bytes()).hexdigest()[:12] if path.is_file() else "pure-silence"
     return f"{source}:near{NEAR_STEPS}"
