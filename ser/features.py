@@ -167,23 +167,32 @@ def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: int, se
     return cache_dir / cfg.key() / digest[:2] / f"{digest}.npy"
 
 
+def _load_waveform(path: str, cfg: FeatureConfig, variant: int, seed: int) -> np.ndarray:
+    y = load_audio(path, cfg.sample_rate)
+    if variant:
+        digest = int(hashlib.sha1(f"{path}|{variant}|{seed}".encode()).hexdigest()[:8], 16)
+        y = augment_waveform(y, cfg.sample_rate, np.random.default_rng(digest))
+    return y
+
+
+def _save(cached: Path | None, feats: np.ndarray) -> None:
+    if cached is None:
+        return
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, feats)
+    os.replace(tmp, cached)
+
+
 def extract_file(path: str, cfg: FeatureConfig, cache_dir: Path | None = None, variant: int = 0,
                  seed: int = 0) -> np.ndarray:
     """Features of one file (``variant`` > 0: an augmented copy, reproducible from ``seed``)."""
     cached = _cache_path(cache_dir, cfg, path, variant, seed) if cache_dir else None
     if cached is not None and cached.exists():
         return np.load(cached)
-    y = load_audio(path, cfg.sample_rate)
-    if variant:
-        digest = int(hashlib.sha1(f"{path}|{variant}|{seed}".encode()).hexdigest()[:8], 16)
-        y = augment_waveform(y, cfg.sample_rate, np.random.default_rng(digest))
     # Encoder configs (ser.whisper) bring their own front end; MFCC / log-mel configs use this module's.
-    feats = waveform_frames(y, cfg)
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, feats)
-        os.replace(tmp, cached)
+    feats = waveform_frames(_load_waveform(path, cfg, variant, seed), cfg)
+    _save(cached, feats)
     return feats
 
 
@@ -196,6 +205,41 @@ def _safe_extract(path: str, cfg: FeatureConfig, cache_dir: Path | None, variant
         return None, f"{type(exc).__name__}: {exc}"
 
 
+# Files per encoder call group: the encoder sorts each group by length into its own batches.
+ENCODER_CHUNK = 32
+
+
+def _extract_encoder_chunks(paths: list[str], cfg, cache_dir: Path | None, variant: int, seed: int):
+    """``_safe_extract`` of every path, in order, with uncached files of a chunk encoded together (an
+    encoder's matrix products get more out of the cores with several clips at once)."""
+    for start in range(0, len(paths), ENCODER_CHUNK):
+        chunk = paths[start:start + ENCODER_CHUNK]
+        results: list[tuple[np.ndarray | None, str | None] | None] = [None] * len(chunk)
+        todo: list[tuple[int, Path | None, np.ndarray]] = []
+        for i, path in enumerate(chunk):
+            try:
+                cached = _cache_path(cache_dir, cfg, path, variant, seed) if cache_dir else None
+                if cached is not None and cached.exists():
+                    results[i] = (np.load(cached), None)
+                else:
+                    todo.append((i, cached, _load_waveform(path, cfg, variant, seed)))
+            except Exception as exc:  # unreadable: counted, the chunk goes on
+                results[i] = (None, f"{type(exc).__name__}: {exc}")
+        if todo:
+            try:
+                batch = cfg.frames_batch([y for _, _, y in todo])
+            except Exception:  # find the file that fails by doing the chunk's files one by one
+                batch = None
+            for k, (i, cached, y) in enumerate(todo):
+                try:
+                    feats = batch[k] if batch is not None else cfg.frames(y)
+                    _save(cached, feats)
+                    results[i] = (feats, None)
+                except Exception as exc:
+                    results[i] = (None, f"{type(exc).__name__}: {exc}")
+        yield from results
+
+
 def extract_many(paths: Sequence[str], cfg: FeatureConfig, cache_dir: Path | None = DEFAULT_CACHE_DIR,
                  variant: int = 0, seed: int = 0, n_jobs: int = -1,
                  desc: str = "features") -> tuple[list[np.ndarray | None], dict[str, str]]:
@@ -204,13 +248,14 @@ def extract_many(paths: Sequence[str], cfg: FeatureConfig, cache_dir: Path | Non
     from tqdm.auto import tqdm
 
     paths = list(paths)
-    if hasattr(cfg, "frames"):  # an encoder: one process, its matrix products already use every core
-        n_jobs = 1
-    # The first file runs here so librosa's numba kernels compile (and reach numba's on-disk cache) once,
-    # not in every worker at the same time.
-    first = [_safe_extract(paths[0], cfg, cache_dir, variant, seed)] if paths else []
-    jobs = (delayed(_safe_extract)(p, cfg, cache_dir, variant, seed) for p in paths[1:])
-    results = itertools.chain(first, Parallel(n_jobs=n_jobs, return_as="generator", batch_size=8)(jobs))
+    if hasattr(cfg, "frames_batch"):  # an encoder: one process, its matrix products already use every core
+        results = _extract_encoder_chunks(paths, cfg, cache_dir, variant, seed)
+    else:
+        # The first file runs here so librosa's numba kernels compile (and reach numba's on-disk cache) once,
+        # not in every worker at the same time.
+        first = [_safe_extract(paths[0], cfg, cache_dir, variant, seed)] if paths else []
+        jobs = (delayed(_safe_extract)(p, cfg, cache_dir, variant, seed) for p in paths[1:])
+        results = itertools.chain(first, Parallel(n_jobs=n_jobs, return_as="generator", batch_size=8)(jobs))
     feats: list[np.ndarray | None] = []
     errors: dict[str, str] = {}
     for path, (value, error) in zip(paths, tqdm(results, total=len(paths), desc=desc, leave=False, disable=None)):

@@ -155,6 +155,36 @@ def test_features_cache_and_shapes_with_a_tiny_encoder(tiny_dir, tmp_path):
     assert other.key() != cfg.key()  # other weights never reuse these features
 
 
+def test_bulk_extraction_encodes_clips_together_keeps_order_and_counts_bad_files(tiny_dir, tmp_path, monkeypatch):
+    from ser import features
+    from ser.features import extract_file, extract_many
+
+    monkeypatch.setattr(features, "ENCODER_CHUNK", 3)  # chunks of 3 over 5 files: a partial last one
+    cfg = WhisperFeatureConfig(encoder=str(tiny_dir), encoder_sha256="tiny", num_states=LAYERS + 1, hidden_dim=DIM,
+                               max_seconds=1.0)
+    paths = [str(synth.write(tmp_path / f"{i}.wav", synth.tone(e, seconds=s)))
+             for i, (e, s) in enumerate([("sad", 1.5), ("happy", 0.5), ("angry", 0.8), ("fear", 1.2)])]
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"not audio")
+    paths.insert(1, str(bad))
+    calls = []
+    frames_batch = WhisperFeatureConfig.frames_batch
+    monkeypatch.setattr(WhisperFeatureConfig, "frames_batch",
+                        lambda self, ws: calls.append(len(ws)) or frames_batch(self, ws))
+    feats, errors = extract_many(paths, cfg, tmp_path / "cache")
+    assert list(errors) == [str(bad)] and feats[1] is None
+    assert calls == [2, 2]  # the good files of each chunk in one call; the broken one never reaches the encoder
+    for path, got in zip(paths, feats):
+        if path != str(bad):  # each the same as extracted alone (and in the input order)
+            np.testing.assert_allclose(got.astype(np.float32),
+                                       extract_file(path, cfg, None).astype(np.float32), atol=2e-2)
+    calls.clear()
+    again, errors = extract_many(paths, cfg, tmp_path / "cache")
+    assert calls == [] and list(errors) == [str(bad)]  # all from the cache
+    for a, b in zip(again, feats):
+        assert (a is None and b is None) or np.array_equal(a, b)
+
+
 def test_missing_encoder_folder_names_the_fix(tmp_path):
     with pytest.raises(whisper_weights.EncoderWeightsError, match="no model.bin"):
         whisper_weights.resolve_encoder_dir(tmp_path)

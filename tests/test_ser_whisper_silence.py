@@ -49,6 +49,27 @@ def test_a_reference_made_of_the_clips_own_padding_reproduces_the_full_window(ti
     assert np.abs(some - exact).max() < np.abs(pure - exact).max()
 
 
+def test_clips_encoded_together_get_what_each_gets_alone(tiny_encoder):
+    prepare = WhisperFeatureConfig(max_seconds=1.0).prepare
+    clips = [prepare(synth.tone(e, seconds=s)) for e, s in (("happy", 0.9), ("sad", 0.3), ("fear", 0.6))]
+    ref = silence.build_reference(tiny_encoder, clips[:1], rank=4)
+    reference = silence.SilenceReference(tiny_encoder, ref, near_steps=7)
+    alone = [reference.hidden_states(y) for y in clips]
+    together = reference.hidden_states_batch(clips)
+    for a, b in zip(alone, together):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(b, a, atol=1e-4)
+    # What the shorter clips would get if the longest clip's encoded padding stood in for the reference.
+    longer = silence.SilenceReference(tiny_encoder, ref, near_steps=7 + 30).hidden_states(clips[1])
+    assert np.abs(longer - alone[1]).max() > 1e-3
+    # The feature config sorts clips by length into batches and hands them back in the order given.
+    cfg = WhisperFeatureConfig(encoder=str(tiny_encoder.folder), encoder_sha256="tiny", num_states=LAYERS + 1,
+                               hidden_dim=DIM, max_seconds=1.0, pad_seconds=30.0, pad_states="reference")
+    waveforms = [synth.tone(e, seconds=s) for e, s in (("angry", 0.8), ("neutral", 0.4), ("happy", 1.0))]
+    for one, batched in zip([cfg.frames(y) for y in waveforms], cfg.frames_batch(waveforms)):
+        np.testing.assert_allclose(batched.astype(np.float32), one.astype(np.float32), atol=2e-2)  # float16
+
+
 def test_reference_is_stored_at_low_rank_with_its_padding_value(tiny_encoder):
     clips = [WhisperFeatureConfig(max_seconds=1.0).prepare(synth.tone(e, seconds=s))
              for e, s in (("sad", 0.6), ("happy", 0.9))]

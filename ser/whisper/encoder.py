@@ -28,6 +28,9 @@ from ser.whisper.weights import DEFAULT_ENCODER, SHA256, resolve_encoder_dir
 
 _ENCODERS: dict[str, "WhisperEncoder"] = {}
 _LOCK = threading.Lock()
+# Clips per encoder call (sorted by length first). With the reference padding, 8 clips of ~2 s together cost
+# 38 ms each on 2 cores against 51 ms one by one; on one core batching gains little (docs/whisper.md).
+ENCODER_BATCH = 8
 
 
 class WhisperEncoder:
@@ -163,28 +166,39 @@ class WhisperFeatureConfig:
         return self.frames_batch([y])[0]
 
     def frames_batch(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
-        """``frames`` of several waveforms; equal-length ones share one encoder call."""
+        """``frames`` of several waveforms, in the order given; up to ``ENCODER_BATCH`` of similar length share
+        an encoder call (each gets what it would get alone, to float rounding)."""
         from ser.whisper.preprocessor import log_mel
         from ser.whisper.silence import clip_steps, window_seconds
 
         encoder = get_encoder(self.encoder)
         prepared = [self.prepare(np.asarray(y, np.float32)) for y in waveforms]
+        steps = [clip_steps(y.size) for y in prepared]  # the clip's own encoder steps, padding dropped
+        out: list[np.ndarray | None] = [None] * len(prepared)
+
+        def keep(idx, states):
+            for i, s in zip(idx, states):  # s: (num_states, steps, dim)
+                out[i] = pool_steps(s[:, : steps[i]].transpose(1, 0, 2), self.pool).astype(np.float16)
+
         if self.pad_states == "reference":
             silence = encoder.silence_reference(self.encoder_sha256)
-            return [pool_steps(silence.hidden_states(y).transpose(1, 0, 2), self.pool).astype(np.float16)
-                    for y in prepared]
+            order = sorted(range(len(prepared)), key=lambda i: prepared[i].size)  # a call runs to its longest
+            for idx in _chunks(order, ENCODER_BATCH):
+                keep(idx, silence.hidden_states_batch([prepared[i] for i in idx]))
+            return out  # type: ignore[return-value]
         pad = min(self.pad_seconds, window_seconds(encoder))  # the window: 30 s for every Whisper size
         mels = [log_mel(y, encoder.config.n_mels, pad_to_seconds=pad) for y in prepared]
-        steps = [clip_steps(y.size) for y in prepared]  # the clip's own encoder steps, padding dropped
-        out: list[np.ndarray | None] = [None] * len(mels)
-        by_length: dict[int, list[int]] = {}
+        by_length: dict[int, list[int]] = {}  # only equal-length log-mels stack (with padding: all of them)
         for i, mel in enumerate(mels):
             by_length.setdefault(mel.shape[0], []).append(i)
-        for idx in by_length.values():
-            states = encoder.hidden_states(np.stack([mels[i] for i in idx]))  # (b, S, T, D)
-            for i, s in zip(idx, states):
-                out[i] = pool_steps(s[:, : steps[i]].transpose(1, 0, 2), self.pool).astype(np.float16)
+        for group in by_length.values():
+            for idx in _chunks(group, ENCODER_BATCH):
+                keep(idx, encoder.hidden_states(np.stack([mels[i] for i in idx])))
         return out  # type: ignore[return-value]
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[k:k + size] for k in range(0, len(items), size)]
 
 
 def check_pad_seconds(pad_seconds: float, max_seconds: float, option: str = "pad_seconds") -> None:

@@ -132,43 +132,68 @@ class SilenceReference:
             h = _layer_norm(states[i], layer["attention_norm"])
             keys.append(tf.einsum("td,dhk->thk", h, k_w) + k_b)
             values.append(tf.einsum("td,dhk->thk", h, v_w) + v_b)
-        self.keys, self.values = tf.stack(keys), tf.stack(values)  # (layers, positions, heads, head_dim)
-        spec = [tf.TensorSpec([1, None, cfg.n_mels], tf.float32), tf.TensorSpec([], tf.int32)]
+        # Stored as the attention's matrix products take them: keys (layers, heads, head_dim, positions),
+        # values (layers, heads, positions, head_dim).
+        self.keys = tf.transpose(tf.stack(keys), [0, 2, 3, 1])
+        self.values = tf.transpose(tf.stack(values), [0, 2, 1, 3])
+        spec = [tf.TensorSpec([None, None, cfg.n_mels], tf.float32), tf.TensorSpec([None], tf.int32)]
         self._call = tf.function(self._encode, input_signature=spec)
 
-    def _encode(self, mel, run):
+    def _encode(self, mel, runs):
         import tensorflow as tf
 
         head_dim = self.config.hidden_dim // self.config.num_heads
-        x = self.front(mel, training=False)[0, :run]  # the steps encoded here; the reference has the rest
+        run = tf.reduce_max(runs)
+        x = self.front(mel, training=False)[:, :run]  # the steps encoded here; the reference has the rest
+        # In a batch, a clip's keys and values past its own run are the reference's, so it gets exactly what
+        # it would get alone (its rows there are computed and dropped).
+        own = tf.sequence_mask(runs, run)[:, :, None, None]
         states = [x]
         for i, layer in enumerate(self.layers):
             q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b = layer["attention"]
             h = _layer_norm(x, layer["attention_norm"])
-            q = (tf.einsum("td,dhk->thk", h, q_w) + q_b) / math.sqrt(head_dim)
-            k = tf.concat([tf.einsum("td,dhk->thk", h, k_w) + k_b, self.keys[i, run:]], 0)
-            v = tf.concat([tf.einsum("td,dhk->thk", h, v_w) + v_b, self.values[i, run:]], 0)
-            attention = tf.nn.softmax(tf.einsum("thk,shk->hts", q, k), axis=-1)
-            x = x + tf.einsum("thk,hkd->td", tf.einsum("hts,shk->thk", attention, v), o_w) + o_b
+            q = (tf.einsum("btd,dhk->bthk", h, q_w) + q_b) / math.sqrt(head_dim)
+            k = tf.where(own, tf.einsum("btd,dhk->bthk", h, k_w) + k_b,
+                         tf.transpose(self.keys[i, None, :, :, :run], [0, 3, 1, 2]))
+            v = tf.where(own, tf.einsum("btd,dhk->bthk", h, v_w) + v_b,
+                         tf.transpose(self.values[i, None, :, :run], [0, 2, 1, 3]))
+            q, k, v = tf.transpose(q, [0, 2, 1, 3]), tf.transpose(k, [0, 2, 3, 1]), tf.transpose(v, [0, 2, 1, 3])
+            # Scores over the batch's own steps and over the shared reference (broadcast over the batch), one
+            # softmax over both.
+            scores = tf.concat([tf.matmul(q, k), tf.matmul(q, self.keys[i, :, :, run:])], -1)
+            attention = tf.nn.softmax(scores, axis=-1)
+            mixed = tf.matmul(attention[..., :run], v) + tf.matmul(attention[..., run:], self.values[i, :, run:])
+            mixed = tf.transpose(mixed, [0, 2, 1, 3])  # (batch, steps, heads, head_dim)
+            x = x + tf.einsum("bthk,hkd->btd", mixed, o_w) + o_b
             h = _layer_norm(x, layer["ffn_norm"])
             h = tf.nn.gelu(tf.matmul(h, layer["ffn_in"][0]) + layer["ffn_in"][1], approximate=False)
             x = x + tf.matmul(h, layer["ffn_out"][0]) + layer["ffn_out"][1]
             states.append(x)
         states[-1] = _layer_norm(x, self.final_norm)
-        return tf.stack(states)
+        return tf.stack(states, axis=1)  # (batch, states, run, dim)
 
     def hidden_states(self, y: np.ndarray) -> np.ndarray:
         """(num_states, clip steps, dim) float32 of a prepared 16 kHz waveform, as if followed by the padding."""
+        return self.hidden_states_batch([y])[0]
+
+    def hidden_states_batch(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
+        """``hidden_states`` of several waveforms in one call, each the same as alone (to float rounding).
+
+        The call runs to the longest clip's steps, so clips of similar length batch best."""
         from ser.whisper.preprocessor import log_mel
 
-        steps = clip_steps(y.size)
-        if steps > self.config.max_positions:
-            raise ValueError(f"{y.size / 16_000:.1f} s: Whisper encodes at most 30 s")
-        run = min(steps + self.near_steps, self.config.max_positions)
-        # Enough of the padding for the convolutions at the end (its frames take the clip's own value).
+        steps = [clip_steps(y.size) for y in waveforms]
+        if max(steps) > self.config.max_positions:
+            raise ValueError(f"{max(y.size for y in waveforms) / 16_000:.1f} s: Whisper encodes at most 30 s")
+        runs = [min(s + self.near_steps, self.config.max_positions) for s in steps]
+        run = max(runs)
+        # Enough of the padding for the convolutions at the end of the longest run (a clip's padding frames
+        # take its own value; the frames past a shorter clip's run only feed rows that are dropped).
         frames = min(2 * run + 2, 2 * self.config.max_positions)
-        mel = log_mel(y, self.config.n_mels, pad_to_seconds=(max(y.size, run * 320) + 1600) / 16_000)[:frames]
-        return self._call(mel[None], run).numpy()[:, :steps]
+        mels = [log_mel(y, self.config.n_mels, pad_to_seconds=(max(y.size, run * 320) + 1600) / 16_000)[:frames]
+                for y in waveforms]
+        out = self._call(np.stack(mels), np.asarray(runs, np.int32)).numpy()
+        return [states[:, :n] for states, n in zip(out, steps)]
 
 
 def _layer_norm(x, gamma_beta, epsilon: float = 1e-5):
