@@ -263,15 +263,18 @@ def test_linear_head_equals_the_scikit_learn_fit():
     from ser.whisper.head import fit_linear_head, pooled_statistics, state_weights
 
     rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(7), 6)
-    x = rng.standard_normal((42, 5, 3, 4)).astype(np.float32) + y[:, None, None, None] * 0.3
+    y = np.repeat(np.arange(7), [12, 6, 6, 6, 6, 6, 6])  # neutral 2x as common, as calm + neutral in RAVDESS
+    x = rng.standard_normal((len(y), 5, 3, 4)).astype(np.float32) + y[:, None, None, None] * 0.3
     model = build_model("whisper", (5, 3, 4))
     history = fit_linear_head(model, x, y, 0.5, 7, validation=(x[:7], y[:7]))
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     stats = pooled_statistics(model, x)
     scaler = StandardScaler().fit(stats)
-    reference = LogisticRegression(C=0.5, max_iter=5000).fit(scaler.transform(stats), y)
+    # Classes weighted like every other ser.train model: scikit-learn's "balanced" is the same n / (k * count).
+    reference = LogisticRegression(C=0.5, max_iter=5000, class_weight="balanced").fit(scaler.transform(stats), y)
     np.testing.assert_allclose(model(x).numpy(), reference.predict_proba(scaler.transform(stats)), atol=1e-4)
+    unweighted = LogisticRegression(C=0.5, max_iter=5000).fit(scaler.transform(stats), y)
+    assert np.abs(model(x).numpy() - unweighted.predict_proba(scaler.transform(stats))).max() > 1e-2
     weights = state_weights(model, 3)
     assert weights.shape == (3,) and np.isclose(weights.sum(), 1)
 

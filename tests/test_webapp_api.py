@@ -778,7 +778,10 @@ def test_the_server_answers_while_the_models_load(tmp_path, monkeypatch, media):
     monkeypatch.setitem(wm.FACTORIES, "fer", slow_face)
     app = create_app(tmp_path, Settings(**(SMALL | dict(model_threads=0))))
     with TestClient(app, raise_server_exceptions=False) as c:
-        health = Health.model_validate(c.get("/api/health").json())
+        deadline = time.time() + 10  # the loader thread may not have begun when the first request comes
+        while (health := Health.model_validate(c.get("/api/health").json())).step == "starting" \
+                and time.time() < deadline:
+            time.sleep(0.02)
         assert health.status == "loading" and 0 < health.progress < 1 and "fer" in health.step
         assert health.models["fer"].error == "loading"
         busy = c.post("/api/predict/image", content=media["jpeg"], headers={"content-type": "image/jpeg"})

@@ -26,12 +26,19 @@ def pooled_statistics(model, x: np.ndarray) -> np.ndarray:
 
 def fit_logistic(stats: np.ndarray, y: np.ndarray, c: float, num_classes: int):
     """``(scaler, coef (classes, features), intercept)`` of an L2 logistic regression on standardised ``stats``;
-    a class absent from ``y`` gets a -1e4 intercept, so it is never predicted."""
+    a class absent from ``y`` gets a -1e4 intercept, so it is never predicted.
+
+    Classes are weighted as in every model ``ser.train`` fits (``core.training.class_weights``): with calm
+    merged into neutral, RAVDESS has 1.5 times as many neutral clips as any other class."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
+    from core.training import class_weights
+
+    weights = class_weights(y, num_classes)
     scaler = StandardScaler().fit(stats)
-    classifier = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(stats), y)
+    classifier = LogisticRegression(C=c, max_iter=5000).fit(
+        scaler.transform(stats), y, sample_weight=np.array([weights[int(k)] for k in y]))
     coef = np.zeros((num_classes, stats.shape[1]))
     intercept = np.full(num_classes, -1e4)
     coef[classifier.classes_] = classifier.coef_

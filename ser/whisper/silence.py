@@ -147,24 +147,22 @@ class SilenceReference:
         x = self.front(mel, training=False)[:, :run]  # the steps encoded here; the reference has the rest
         # In a batch, a clip's keys and values past its own run are the reference's, so it gets exactly what
         # it would get alone (its rows there are computed and dropped).
-        own = tf.sequence_mask(runs, run)[:, :, None, None]
+        own = tf.sequence_mask(runs, run)
+        own_keys, own_values = own[:, None, None, :], own[:, None, :, None]
         states = [x]
         for i, layer in enumerate(self.layers):
             q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b = layer["attention"]
             h = _layer_norm(x, layer["attention_norm"])
-            q = (tf.einsum("btd,dhk->bthk", h, q_w) + q_b) / math.sqrt(head_dim)
-            k = tf.where(own, tf.einsum("btd,dhk->bthk", h, k_w) + k_b,
-                         tf.transpose(self.keys[i, None, :, :, :run], [0, 3, 1, 2]))
-            v = tf.where(own, tf.einsum("btd,dhk->bthk", h, v_w) + v_b,
-                         tf.transpose(self.values[i, None, :, :run], [0, 2, 1, 3]))
-            q, k, v = tf.transpose(q, [0, 2, 1, 3]), tf.transpose(k, [0, 2, 3, 1]), tf.transpose(v, [0, 2, 1, 3])
+            q = (tf.einsum("btd,dhk->bhtk", h, q_w) + q_b[:, None, :]) / math.sqrt(head_dim)
+            k = tf.where(own_keys, tf.einsum("btd,dhk->bhkt", h, k_w) + k_b[:, :, None], self.keys[i, None, :, :, :run])
+            v = tf.where(own_values, tf.einsum("btd,dhk->bhtk", h, v_w) + v_b[:, None, :],
+                         self.values[i, None, :, :run])
             # Scores over the batch's own steps and over the shared reference (broadcast over the batch), one
             # softmax over both.
             scores = tf.concat([tf.matmul(q, k), tf.matmul(q, self.keys[i, :, :, run:])], -1)
             attention = tf.nn.softmax(scores, axis=-1)
             mixed = tf.matmul(attention[..., :run], v) + tf.matmul(attention[..., run:], self.values[i, :, run:])
-            mixed = tf.transpose(mixed, [0, 2, 1, 3])  # (batch, steps, heads, head_dim)
-            x = x + tf.einsum("bthk,hkd->btd", mixed, o_w) + o_b
+            x = x + tf.einsum("bhtk,hkd->btd", mixed, o_w) + o_b
             h = _layer_norm(x, layer["ffn_norm"])
             h = tf.nn.gelu(tf.matmul(h, layer["ffn_in"][0]) + layer["ffn_in"][1], approximate=False)
             x = x + tf.matmul(h, layer["ffn_out"][0]) + layer["ffn_out"][1]
