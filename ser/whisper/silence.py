@@ -116,20 +116,20 @@ class SilenceReference:
         model = encoder.model
         self.config = cfg
         self.near_steps = near_steps
-        # The encoder's own variables, not copies (80 MB for Whisper-base), in get_weights() order.
-        weights = lambda name: [v.value for v in model.get_layer(name).weights]  # noqa: E731
-        self.layers = [{part: weights(f"layer{i}_{part}") for part in
+        # The encoder's own layers and variables, not copies (80 MB for Whisper-base). Only the attention is
+        # written out here: its keys and values past the clip come from the reference.
+        self.blocks = [{part: model.get_layer(f"layer{i}_{part}") for part in
                         ("attention_norm", "attention", "ffn_norm", "ffn_in", "ffn_out")}
                        for i in range(cfg.num_layers)]
-        self.final_norm = weights("final_norm")
+        self.final_norm = model.get_layer("final_norm")
         import keras
 
         self.front = keras.Model(model.input, model.get_layer("positions").output)  # convolutions + positions
         states = tf.constant(padding_states(encoder, reference), tf.float32)
         keys, values = [], []
-        for i, layer in enumerate(self.layers):
-            _, _, k_w, k_b, v_w, v_b, _, _ = layer["attention"]
-            h = _layer_norm(states[i], layer["attention_norm"])
+        for i, block in enumerate(self.blocks):
+            _, _, k_w, k_b, v_w, v_b, _, _ = [v.value for v in block["attention"].weights]  # get_weights() order
+            h = block["attention_norm"](states[i])
             keys.append(tf.einsum("td,dhk->thk", h, k_w) + k_b)
             values.append(tf.einsum("td,dhk->thk", h, v_w) + v_b)
         # Stored as the attention's matrix products take them: keys (layers, heads, head_dim, positions),
@@ -150,9 +150,9 @@ class SilenceReference:
         own = tf.sequence_mask(runs, run)
         own_keys, own_values = own[:, None, None, :], own[:, None, :, None]
         states = [x]
-        for i, layer in enumerate(self.layers):
-            q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b = layer["attention"]
-            h = _layer_norm(x, layer["attention_norm"])
+        for i, block in enumerate(self.blocks):
+            q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b = [v.value for v in block["attention"].weights]
+            h = block["attention_norm"](x)
             q = (tf.einsum("btd,dhk->bhtk", h, q_w) + q_b[:, None, :]) / math.sqrt(head_dim)
             k = tf.where(own_keys, tf.einsum("btd,dhk->bhkt", h, k_w) + k_b[:, :, None], self.keys[i, None, :, :, :run])
             v = tf.where(own_values, tf.einsum("btd,dhk->bhtk", h, v_w) + v_b[:, None, :],
@@ -163,11 +163,9 @@ class SilenceReference:
             attention = tf.nn.softmax(scores, axis=-1)
             mixed = tf.matmul(attention[..., :run], v) + tf.matmul(attention[..., run:], self.values[i, :, run:])
             x = x + tf.einsum("bhtk,hkd->btd", mixed, o_w) + o_b
-            h = _layer_norm(x, layer["ffn_norm"])
-            h = tf.nn.gelu(tf.matmul(h, layer["ffn_in"][0]) + layer["ffn_in"][1], approximate=False)
-            x = x + tf.matmul(h, layer["ffn_out"][0]) + layer["ffn_out"][1]
+            x = x + block["ffn_out"](block["ffn_in"](block["ffn_norm"](x)))
             states.append(x)
-        states[-1] = _layer_norm(x, self.final_norm)
+        states[-1] = self.final_norm(x)
         return tf.stack(states, axis=1)  # (batch, states, run, dim)
 
     def hidden_states(self, y: np.ndarray) -> np.ndarray:
@@ -192,13 +190,6 @@ class SilenceReference:
                 for y in waveforms]
         out = self._call(np.stack(mels), np.asarray(runs, np.int32)).numpy()
         return [states[:, :n] for states, n in zip(out, steps)]
-
-
-def _layer_norm(x, gamma_beta, epsilon: float = 1e-5):
-    import tensorflow as tf
-
-    mean, variance = tf.nn.moments(x, [-1], keepdims=True)
-    return (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma_beta[0] + gamma_beta[1]
 
 
 def load_reference(encoder_sha256: str) -> dict[str, np.ndarray] | None:
