@@ -56,7 +56,7 @@ def test_shipped_compact_ser_tflite_agrees_with_keras(repo_root):
         assert np.abs(a - b).max() < 0.05
 
 
-FER_MODELS = ("fer", "fer_tiny", "fer_cnn")  # the default (faceres + mini-Xceptions), the < 1 MB one, the CNN
+FER_MODELS = ("fer", "fer_tiny", "fer_cnn")  # the default (faceres at 160 px, flip-averaged), the < 1 MB one, the CNN
 
 
 @pytest.mark.parametrize("name", FER_MODELS)
