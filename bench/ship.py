@@ -8,8 +8,10 @@ Only what inference, evaluation and the card need is copied (no checkpoints, no 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,20 +37,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--licence", required=True, help="model card: licence of the training data")
     parser.add_argument("--command", action="append", default=[],
                         help="model card: one command to reproduce the model (repeatable, in order)")
-    parser.add_argument("--row", action="append", default=[], help="extra card row 'name=value'")
+    parser.add_argument("--row", action="append", default=[],
+                        help="extra card row 'name=value' (split at the first '=' with no space around it)")
     parser.add_argument("--notes", default="", help="model card: free-text notes (targets met or not, caveats)")
     add_verbose_flag(parser)
     return parser
 
 
-def main() -> None:
+def parse_row(text: str) -> tuple[str, str]:
+    """``'name=value'`` -> ``(name, value)``, split at the first ``=`` with no space on either side, so the name
+    may hold prose such as ``(n = 2871)``."""
+    match = re.search(r"(?<! )=(?! )", text)
+    if not match or match.start() == 0:
+        raise ValueError(f"--row {text!r}: expected 'name=value', the '=' with no space around it")
+    return text[:match.start()].strip(), text[match.end():].strip()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     import importlib
 
     from core.model_card import write_model_card
 
-    args = build_parser().parse_args()
-    importlib.import_module(f"{args.task}.models")  # registers custom layers, so the card can count parameters
+    parser = build_parser()
+    args = parser.parse_args(argv)
     run, dest = Path(args.run), REPO / "saved_models" / (args.name or args.task)
+    # Everything is checked before the model shipped now is removed.
+    try:
+        rows = dict(parse_row(r) for r in args.row)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not (run / "model.keras").is_file():
+        parser.error(f"--run {run}: no model.keras there (a finished run folder is needed)")
+    importlib.import_module(f"{args.task}.models")  # registers custom layers, so the card can count parameters
     dest.mkdir(parents=True, exist_ok=True)
     for stale in (dest / name for name in KEEP + ("MODEL_CARD.md",)):  # files of the model shipped before
         stale.unlink(missing_ok=True)
@@ -57,7 +77,6 @@ def main() -> None:
             continue  # 2 MB for FER2013; fer.train.load_split re-creates it from config.json
         if (run / name).exists():
             shutil.copy2(run / name, dest / name)
-    rows = dict(r.split("=", 1) for r in args.row)
     card = write_model_card(dest, args.title, args.data, args.split, args.licence, args.command, rows, args.notes,
                             task=args.task)
     total = sum(p.stat().st_size for p in dest.iterdir()) / 1024
