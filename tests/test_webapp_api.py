@@ -547,7 +547,8 @@ def test_audio_is_answered_at_once_while_the_voice_model_is_slow():
         ws.send_bytes(binary(2, 2, pcm16(sm.voice(0.25, seed=2))))
         assert ws.receive_json()["id"] == 2 and time.perf_counter() - start < 0.4
         later = receive_until(ws, lambda m: m.get("kind") == "voice")
-        assert (later["id"], later["predicted"], later["voice_state"]) == (1, True, "voice")
+        # The voice thread takes the newest window when it starts: clip 1's, or clip 2's on a loaded machine.
+        assert later["id"] in (1, 2) and (later["predicted"], later["voice_state"]) == (True, "voice")
         assert time.perf_counter() - start >= 0.5
 
 
