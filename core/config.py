@@ -131,12 +131,12 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, description: str,
 
 # Range checks by field name, shared by every recipe (a field a recipe lacks is simply not checked).
 POSITIVE_INTS = frozenset({"epochs", "batch_size", "image_size", "n_mfcc", "n_mels", "pool", "dense_units",
-                           "resnet_size", "base_size", "face_size", "sample_rate", "lstm_units", "audio_filters",
+                           "resnet_size", "face_size", "sample_rate", "lstm_units", "audio_filters",
                            "audio_lstm_units", "detect_every", "folds", "video_frames", "max_connections",
                            "upload_workers"})
 NON_NEGATIVE = frozenset({"patience", "lr_patience", "augment", "fine_tune_epochs", "fine_tune_layers",
                           "max_per_class", "max_train_per_class", "limit", "threads", "frozen_epochs", "workers",
-                          "mixup", "trim_db", "aux_weight", "shift", "erasing"})
+                          "mixup", "trim_db", "aux_weight", "shift", "erasing", "base_size"})
 POSITIVE_FLOATS = frozenset({"learning_rate", "fine_tune_lr", "max_seconds", "fps", "head_c", "cache_seconds"})
 FRACTIONS = frozenset({"val_fraction", "test_fraction", "dropout", "label_smoothing"})  # 0 <= x < 1
 

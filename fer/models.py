@@ -60,12 +60,18 @@ def build_cnn(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_C
 
 
 def build_tiny(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_CLASSES,
-               filters: Sequence[int] = TINY_FILTERS, dropout: float = 0.0) -> keras.Model:
+               filters: Sequence[int] = TINY_FILTERS, dropout: float = 0.0,
+               image_size: int | None = None) -> keras.Model:
     """Mini-Xception (Arriaga et al. 2017): two plain convs, then one residual block per width in ``filters``
     (two separable 3x3 convs + stride-2 max-pool, a strided 1x1 conv on the shortcut), a 3x3 conv to the
-    classes and global average pooling. About 60k parameters with the default widths."""
+    classes and global average pooling. About 60k parameters with the default widths.
+
+    ``image_size`` resizes the face inside the model first (the network is fully convolutional, so the
+    parameter count and file size stay the same; compute grows with the area)."""
     inputs = keras.Input(shape=tuple(input_shape), name="face")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    if image_size and image_size != input_shape[0]:
+        x = layers.Resizing(image_size, image_size, name="resize")(x)
     for conv in (1, 2):
         x = layers.Conv2D(8, 3, use_bias=False, name=f"stem_conv{conv}")(x)
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"stem_bn{conv}")(x)

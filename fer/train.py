@@ -43,7 +43,7 @@ class TrainConfig:
     filters: str = "64,128,256"
     dense_units: int = 512
     dropout: float = 0.5
-    base_size: int = 96
+    base_size: int = 0  # 0: the model's own size (resnet50 96, faceres 112, tiny no resize)
     fine_tune_epochs: int = 0
     fine_tune_layers: int = 30
     fine_tune_lr: float = 1e-5
@@ -96,7 +96,9 @@ HELP = {
     "image_size": "face size in pixels (FER2013 is 48)",
     "filters": "cnn / tiny conv widths, comma separated (tiny default 16,32,64,128)",
     "dense_units": "units of the dense layer before the classifier (cnn; resnet50 uses half)",
-    "base_size": "size faces are resized to inside a pretrained base (resnet50, faceres; >= 32)",
+    "base_size": "size faces are resized to inside the model: the pretrained base's input for resnet50 and faceres "
+                 "(>= 32), the mini-Xception's for tiny (fully convolutional: same parameters, more compute); "
+                 "0 = the model's own (resnet50 96, faceres 112, tiny none)",
     "fine_tune_epochs": "resnet50 / faceres stage 2: epochs with the top of the base unfrozen (0 = no stage 2)",
     "fine_tune_layers": "resnet50 / faceres stage 2: number of base layers unfrozen (faceres has 86)",
     "fine_tune_lr": "resnet50 / faceres stage 2 learning rate",
@@ -147,18 +149,18 @@ def _csv(text: str) -> list[str]:
 
 
 def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    from fer.models import FACERES_IMAGE_SIZE, RESNET_IMAGE_SIZE, TINY_FILTERS
+
     if cfg.model == "cnn":
         return {"filters": [int(f) for f in _csv(cfg.filters)], "dense_units": cfg.dense_units,
                 "dropout": cfg.dropout}
     if cfg.model == "tiny":
-        from fer.models import TINY_FILTERS
-
         filters = cfg.filters if cfg.filters != TrainConfig.filters else ",".join(map(str, TINY_FILTERS))
-        return {"filters": [int(f) for f in _csv(filters)], "dropout": cfg.dropout}
+        return {"filters": [int(f) for f in _csv(filters)], "dropout": cfg.dropout, "image_size": cfg.base_size or None}
     if cfg.model == "faceres":
-        return {"weights": cfg.weights, "image_size": cfg.base_size, "dropout": cfg.dropout}
-    return {"weights": cfg.weights, "image_size": cfg.base_size, "dense_units": max(1, cfg.dense_units // 2),
-            "dropout": cfg.dropout}
+        return {"weights": cfg.weights, "image_size": cfg.base_size or FACERES_IMAGE_SIZE, "dropout": cfg.dropout}
+    return {"weights": cfg.weights, "image_size": cfg.base_size or RESNET_IMAGE_SIZE,
+            "dense_units": max(1, cfg.dense_units // 2), "dropout": cfg.dropout}
 
 
 def run_config(config: dict[str, Any], data_dir: str | None = None) -> TrainConfig:

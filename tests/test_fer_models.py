@@ -69,6 +69,18 @@ def test_tiny_is_under_one_megabyte_trains_and_round_trips(tmp_path):
     assert build_model("tiny", filters=(8, 16)).get_layer("block2_sepconv1").filters == 16
 
 
+def test_tiny_resized_inside_keeps_its_parameters_and_sees_more_pixels():
+    plain, larger = build_tiny(), build_tiny(image_size=64)
+    assert larger.count_params() == plain.count_params()  # fully convolutional: same weights, same file size
+    assert larger.get_layer("resize").output.shape[1:3] == (64, 64)
+    assert larger.get_layer("block4_add").output.shape[1:3] == (4, 4)  # 48 px ends at 3 x 3
+    assert plain.get_layer("block4_add").output.shape[1:3] == (3, 3)
+    assert "resize" not in [layer.name for layer in build_tiny(image_size=48).layers]
+    faces = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 1)).astype("float32")
+    probs = larger.predict_on_batch(faces)
+    assert probs.shape == (2, 7) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
 def test_label_smoothing_matches_keras_on_one_hot_labels():
     y_true = np.array([0, 3, 6])
     y_pred = np.full((3, 7), 0.02, np.float32)

@@ -196,6 +196,7 @@ def test_tiny_model_trains_end_to_end(fer_data, tmp_path):
     assert model.name == "fer_tiny" and model.count_params() < 250_000
     assert read_json(run / "config.json")["built_with"]["filters"] == [16, 32, 64, 128]
     assert read_json(run / "metrics.json")["n"] == 14
+    assert "resize" not in [layer.name for layer in model.layers]  # no --base-size: the faces as they are
 
 
 def test_flip_tta_is_decided_on_validation_and_rewrites_the_run(cnn_run, fer_data, tmp_path):
