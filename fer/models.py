@@ -77,7 +77,10 @@ def build_tiny(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"stem_bn{conv}")(x)
         x = layers.Activation("relu", name=f"stem_relu{conv}")(x)
     for block, width in enumerate(filters, start=1):
-        shortcut = layers.Conv2D(width, 1, strides=2, padding="same", use_bias=False, name=f"block{block}_shortcut")(x)
+        # Subsample, then a 1x1 conv: the same function and weights as a strided 1x1 conv, which oneDNN's CPU
+        # kernels crash on (heap corruption in training) for many input sizes, e.g. 60 or 64 px.
+        shortcut = layers.MaxPooling2D(1, strides=2, padding="same", name=f"block{block}_subsample")(x)
+        shortcut = layers.Conv2D(width, 1, use_bias=False, name=f"block{block}_shortcut")(shortcut)
         shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block}_shortcut_bn")(shortcut)
         x = layers.SeparableConv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_sepconv1")(x)
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block}_bn1")(x)

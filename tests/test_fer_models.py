@@ -79,6 +79,26 @@ def test_tiny_resized_inside_keeps_its_parameters_and_sees_more_pixels():
     faces = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 1)).astype("float32")
     probs = larger.predict_on_batch(faces)
     assert probs.shape == (2, 7) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    compile_model(larger, 1e-3, label_smoothing=0.1)
+    _one_step_changes_weights(larger)  # with a strided 1x1 shortcut this step corrupted the heap (oneDNN) at 64 px
+
+
+def test_tiny_shortcut_subsampled_then_1x1_equals_the_strided_1x1_of_shipped_models():
+    # Shipped tiny models (saved_models/fer_tiny) use a strided 1x1 conv on the shortcut; the builder now
+    # subsamples first (oneDNN crashes training the strided form at e.g. 64 px). Same weights, same outputs.
+    from fer.train import copy_weights
+
+    inputs = keras.Input((48, 48, 1))
+    strided = keras.layers.Conv2D(16, 1, strides=2, padding="same", use_bias=False, name="block1_shortcut")
+    old = keras.Model(inputs, strided(inputs))
+    sub = keras.layers.MaxPooling2D(1, strides=2, padding="same")(inputs)
+    new = keras.Model(inputs, keras.layers.Conv2D(16, 1, use_bias=False, name="block1_shortcut")(sub))
+    copy_weights(old, new)
+    x = np.random.default_rng(1).normal(size=(3, 48, 48, 1)).astype("float32")
+    np.testing.assert_allclose(new.predict_on_batch(x), old.predict_on_batch(x), atol=1e-6)
+    assert new.get_layer("block1_shortcut").get_weights()[0].shape == (1, 1, 1, 16)
+    tiny = build_tiny()
+    assert tiny.get_layer("block1_subsample").output.shape[1:3] == tiny.get_layer("block1_pool").output.shape[1:3]
 
 
 def test_label_smoothing_matches_keras_on_one_hot_labels():
