@@ -375,13 +375,16 @@ def write_markdown(path: Path, r: dict) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+RULE_WORDS = {"mean": "weighted mean of the probabilities", "product": "weighted geometric mean"}
+
+
 def write_model_card(path: Path, r: dict) -> None:
     """saved_models/fusion/MODEL_CARD.md: what the late-fusion file holds, how it was fitted, what it scores."""
     s, late = r["scores"], r["late_fit"]
     gain = s["late - better single"]
     ci = lambda k: f"{s[k]['f1_macro']:.3f} (95 % CI {s[k]['ci95'][0]:.3f} – {s[k]['ci95'][1]:.3f})"  # noqa: E731
     how = (f"fallback to {late['fallback_to']} alone: no mix beat it on validation" if late["fallback"]
-           else f"{late['rule']} rule (weighted geometric mean), weights {_w(late['weights'])}")
+           else f"{late['rule']} rule ({RULE_WORDS[late['rule']]}), weights {_w(late['weights'])}")
     text = f"""# Fusion default: late fusion of the shipped speech and face models
 
 `late_fusion.json` holds no network: two weights and a rule that combine `saved_models/ser` (voice) and
