@@ -24,6 +24,16 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+def load_bench_script(name: str):
+    """A script of bench/ (not a package) as a module, e.g. ``load_bench_script("ship")``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real corpora in ../shared/data; tests that need them skip cleanly without it."""

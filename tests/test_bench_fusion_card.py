@@ -1,17 +1,15 @@
 """bench/bench_fusion.py's model card names the fusion rule that was fitted, in words that match fusion.late."""
 import copy
-import importlib.util
 import json
 
 import pytest
 
+from conftest import load_bench_script
+
 
 @pytest.fixture(scope="module")
-def bench_fusion(repo_root):
-    spec = importlib.util.spec_from_file_location("bench_fusion", repo_root / "bench" / "bench_fusion.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench_fusion():
+    return load_bench_script("bench_fusion")
 
 
 @pytest.mark.parametrize("rule, words, not_words", [("mean", "weighted mean of the probabilities", "geometric"),

@@ -1,15 +1,12 @@
 """bench/ship.py: card rows parse as written, and a bad call leaves the shipped model where it is."""
-import importlib.util
-
 import pytest
+
+from conftest import load_bench_script
 
 
 @pytest.fixture(scope="module")
-def ship(repo_root):
-    spec = importlib.util.spec_from_file_location("ship", repo_root / "bench" / "ship.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def ship():
+    return load_bench_script("ship")
 
 
 def test_a_row_splits_at_the_first_unspaced_equals_sign(ship):
