@@ -375,11 +375,10 @@ def write_markdown(path: Path, r: dict) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-RULE_WORDS = {"mean": "weighted mean of the probabilities", "product": "weighted geometric mean"}
-
-
 def write_model_card(path: Path, r: dict) -> None:
     """saved_models/fusion/MODEL_CARD.md: what the late-fusion file holds, how it was fitted, what it scores."""
+    from fusion.late import RULE_WORDS
+
     s, late = r["scores"], r["late_fit"]
     gain = s["late - better single"]
     ci = lambda k: f"{s[k]['f1_macro']:.3f} (95 % CI {s[k]['ci95'][0]:.3f} – {s[k]['ci95'][1]:.3f})"  # noqa: E731

@@ -63,7 +63,7 @@ def build_tiny(input_shape: Sequence[int] = INPUT_SHAPE, num_classes: int = NUM_
                filters: Sequence[int] = TINY_FILTERS, dropout: float = 0.0,
                image_size: int | None = None) -> keras.Model:
     """Mini-Xception (Arriaga et al. 2017): two plain convs, then one residual block per width in ``filters``
-    (two separable 3x3 convs + stride-2 max-pool, a strided 1x1 conv on the shortcut), a 3x3 conv to the
+    (two separable 3x3 convs + stride-2 max-pool, a 1x1 conv on the subsampled shortcut), a 3x3 conv to the
     classes and global average pooling. About 60k parameters with the default widths.
 
     ``image_size`` resizes the face inside the model first (the network is fully convolutional, so the

@@ -41,9 +41,10 @@ WEIGHTS_FILE = "late_fusion.json"
 LATE_FPS = 5.0          # faces change slowly; 5 frames/s halves detection cost against the joint model's 10
 GRID_STEPS = 21         # audio weight 0.00, 0.05, ..., 1.00
 MAX_CLIP_SECONDS = 60.0
-# "mean": weighted mean of probabilities; "product": weighted geometric mean (log-linear pooling), which
-# treats the modalities as independent evidence: one confident modality can overrule a hesitant one.
-RULES = ("mean", "product")
+# "product" (log-linear pooling) treats the modalities as independent evidence: one confident modality can
+# overrule a hesitant one.
+RULE_WORDS = {"mean": "weighted mean of the probabilities", "product": "weighted geometric mean"}
+RULES = tuple(RULE_WORDS)
 PROB_FLOOR = 1e-4       # product rule: a single near-zero probability must not veto a class outright
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MODELS = REPO_ROOT / "saved_models"
