@@ -131,6 +131,16 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(VERBOSE_FLAG, action="store_true", help=VERBOSE_HELP)
 
 
+def path_arg(text: str) -> str:
+    """argparse ``type`` for a file or folder argument: refuses an empty one.
+
+    ``Path("")`` is the current folder, so ``predict "$UNSET"`` would otherwise walk everything below it.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path (an unset shell variable?)")
+    return text
+
+
 def module_prog(module: str) -> str:
     """``python -m ser.train`` for a module name, also when the module runs as ``__main__``.
 

@@ -42,6 +42,8 @@ def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
         if not container.streams.audio:
             raise CorruptAudioError(f"{path}: no audio stream")
         stream = container.streams.audio[0]
+        if stream.codec_context is None:  # FFmpeg parsed the header but has no decoder (36-bit PCM, ...)
+            raise CorruptAudioError(f"{path}: not readable as audio (no decoder for its audio encoding)")
         resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate or SAMPLE_RATE)
         chunks = []
         for frame in container.decode(stream):

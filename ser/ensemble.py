@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from core.cli import add_verbose_flag, module_prog, quiet_tensorflow
+from core.cli import add_verbose_flag, module_prog, path_arg, quiet_tensorflow
 from core.io import read_json, save_model, write_json
 from core.reports import format_summary, write_report
 
@@ -90,7 +90,7 @@ def write_member_ensemble(runs: Sequence[Path], out: Path) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=module_prog(__name__),
                                      description="Average trained SER runs (same test clips) into one model folder.")
-    parser.add_argument("runs", nargs="+",
+    parser.add_argument("runs", nargs="+", type=path_arg,
                         help="run folders written by ser.train that hold out the same test clips (training data may "
                              "differ)")
     parser.add_argument("--output", required=True, help="folder for the ensemble (an ordinary model folder for "

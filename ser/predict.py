@@ -200,12 +200,12 @@ def expand_paths(paths: Sequence[str]) -> list[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.cli import add_verbose_flag, module_prog
+    from core.cli import add_verbose_flag, module_prog, path_arg
 
     parser = argparse.ArgumentParser(
         prog=module_prog(__name__), description="Predict the emotion of speech recordings.",
         epilog="exit status: 0 every file got an emotion; 1 some file was unreadable or held no speech; 2 usage error")
-    parser.add_argument("paths", nargs="+", help="audio files or folders (any common format)")
+    parser.add_argument("paths", nargs="+", type=path_arg, help="audio files or folders (any common format)")
     parser.add_argument("--model-dir", default=None, help=f"trained run folder (default: {DEFAULT_MODEL_DIR})")
     parser.add_argument("--json", action="store_true", help="one JSON object per line: path, label, probabilities "
                         "(label null and no_speech: reason for a file without speech)")

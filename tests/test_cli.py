@@ -117,6 +117,24 @@ def test_startup_notices_are_filtered_from_stderr_and_the_rest_passes(capfd):
     assert sorted(capfd.readouterr().err.splitlines()) == ["error: a real problem", "python-level warning"]
 
 
+def test_path_arg_refuses_an_empty_path():
+    assert cli.path_arg("clip.wav") == "clip.wav"
+    for empty in ("", "  "):
+        with pytest.raises(argparse.ArgumentTypeError, match="empty path"):
+            cli.path_arg(empty)
+
+
+@pytest.mark.parametrize("module", ["ser.predict", "fer.predict", "fusion.predict", "ser.ensemble", "fer.ensemble"])
+def test_an_empty_path_is_a_usage_error_not_the_current_folder(module, capsys):
+    # Path("") is ".", which the predict tools would walk recursively (an unset "$FILE" in a script).
+    main = __import__(module, fromlist=["main"]).main
+    args = ["", "--output", "unused"] if module.endswith("ensemble") else [""]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert "empty path" in capsys.readouterr().err
+
+
 def test_progress_is_silent_off_a_terminal(capsys):
     assert list(cli.progress(range(5), total=5, desc="x")) == [0, 1, 2, 3, 4]
     cli.echo("result line")

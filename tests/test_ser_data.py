@@ -195,3 +195,16 @@ def test_speaker_split_holds_out_whole_speakers_per_corpus(corpora):
     named = split_clips(clips, "speaker", 0.25, 0.25, 0, val_speakers=["ravdess_01"], test_speakers=["tess_YAF"])
     assert {s for c, s in zip(clips, named) if c.speaker == "tess_YAF"} == {"test"}
     assert {s for c, s in zip(clips, named) if c.speaker == "ravdess_01"} == {"val"}
+
+
+def test_audio_in_an_encoding_without_a_decoder_names_that(tmp_path):
+    # A valid WAV header announcing 36-bit PCM: libsndfile refuses it and FFmpeg parses it without a decoder.
+    import struct
+
+    data = bytes(5 * 5)
+    fmt = struct.pack("<HHIIHH", 1, 1, 8000, 8000 * 5, 5, 36)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    path = tmp_path / "deep.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    with pytest.raises(audio.CorruptAudioError, match="no decoder for its audio encoding"):
+        audio.load_audio(path)
