@@ -3,12 +3,15 @@ and optionally over crops moved a few pixels.
 
     python -m fer.tta --model-dir runs/fer_cnn --data-dir ../shared/data            # flips
     python -m fer.tta --model-dir runs/fer_tiny --data-dir ../shared/data --shift 2  # flips, or flips x 5 crops
+    python -m fer.tta --model-dir runs/fer_refit --decided-by runs/fer_tiny --data-dir ../shared/data
 
 Faces are (nearly) left-right symmetric and the models are trained with random flips and shifts, so
 averaging views removes some of the noise of one view, for 2 (flips) or 10 (flips x 5 crops) times the
 compute. The CLI scores the run's validation split plain and with each candidate and, only when the best
 candidate beats the plain model on validation, replaces ``model.keras`` by it (the plain one is kept as
 ``model_plain.keras``) and rewrites the run's reports. The test split is reported, never used to decide.
+A refit run has no validation images left: ``--decided-by`` applies the decision fer.tta made on the run its
+recipe was chosen with.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ class TTAConfig:
     batch_size: int = 256
     min_gain: float = 0.0
     shift: int = 0
+    decided_by: str = ""
 
 
 HELP = {
@@ -47,6 +51,8 @@ HELP = {
     "min_gain": "keep test-time averaging only when it raises validation accuracy by more than this",
     "shift": "also try averaging 5 crops (centre, and moved this many pixels left/right/up/down) of both flips; "
              "0 = flips only",
+    "decided_by": "apply the decision fer.tta made on this run folder instead of deciding on validation (for a "
+                  "--refit run: the run its recipe was chosen with)",
 }
 
 
@@ -69,9 +75,10 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
     if not (run_dir / "model.keras").is_file() or not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished fer.train run (model.keras + config.json)")
     config = read_json(run_dir / "config.json")
-    if config.get("refit"):
-        raise ValueError(f"{run_dir} was refit on its validation images: nothing is left to decide on; decide on "
-                         "the run before the refit (fer.ensemble adds flip averaging to refit members)")
+    decision = earlier_decision(Path(cfg.decided_by), config) if cfg.decided_by else None
+    if config.get("refit") and decision is None:
+        raise ValueError(f"{run_dir} was refit on its validation images: nothing is left to decide on; apply the "
+                         "decision made on the run its recipe was chosen with: --decided-by RUN")
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
     if is_flip_averaged(model) or config.get("flip_tta"):
         raise ValueError(f"{run_dir}/model.keras already averages flips")
@@ -80,6 +87,9 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
     train_cfg = run_config(config, cfg.data_dir)
     data, splits = load_split(train_cfg)
     val, test = splits == "val", splits == "test"
+    if decision is not None:
+        return _apply_decision(run_dir, config, model, decision, cfg, train_cfg, data.labels[test],
+                               data.images[test])
     val_pred_plain = predict_labels(model, data.images[val], cfg.batch_size)
     val_plain = float(np.mean(val_pred_plain == data.labels[val]))
     result: dict[str, Any] = {"val_accuracy_plain": val_plain}
@@ -109,6 +119,46 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
             metrics = write_report(run_dir, data.labels[test], predicted, extra=extra | {"split": "test"})
             print(f"test (test-time averaged): {format_summary(metrics)}")
     write_json(run_dir / "config.json", config | {"flip_tta": bool(kept), "tta_shift": result["shift"],
+                                                  "flip_tta_validation": result})
+    return result
+
+
+def earlier_decision(decided_by: Path, config: dict) -> dict[str, Any]:
+    """The fer.tta decision recorded in ``decided_by``'s config.json (a run of the same classes and input)."""
+    path = decided_by / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--decided-by {decided_by}: not a fer.train run folder (no config.json)")
+    earlier = read_json(path)
+    validation = earlier.get("flip_tta_validation")
+    if validation is None:
+        raise ValueError(f"--decided-by {decided_by}: fer.tta has not decided on that run yet (run fer.tta on it)")
+    for key in ("class_names", "input_shape", "dataset"):
+        if earlier.get(key) != config.get(key):
+            raise ValueError(f"--decided-by {decided_by}: {key} differs from the run being averaged")
+    return {"run": str(decided_by), **validation}
+
+
+def _apply_decision(run_dir: Path, config: dict, model, decision: dict[str, Any], cfg: TTAConfig, train_cfg,
+                    test_labels: np.ndarray, test_images: np.ndarray) -> dict[str, Any]:
+    from core.reports import format_summary, write_report
+    from fer.models import with_tta
+    from fer.train import predict_labels
+
+    kept, shift = bool(decision["kept"]), decision.get("shift") or 0
+    print(f"decided on {decision['run']}: " + (f"flips x 5 crops (shift {shift})" if shift else "flips" if kept
+                                               else "plain model") + " kept")
+    if kept:
+        tta_model = with_tta(model, shift)
+        save_model(model, run_dir / PLAIN_FILE)
+        save_model(tta_model, run_dir / "model.keras")
+        if len(test_labels):
+            extra = {"dataset": train_cfg.dataset, "model": train_cfg.model, "params": int(model.count_params()),
+                     "flip_tta": True, "tta_shift": shift, "split": "test"}
+            metrics = write_report(run_dir, test_labels, predict_labels(tta_model, test_images, cfg.batch_size),
+                                   extra=extra)
+            print(f"test (test-time averaged): {format_summary(metrics)}")
+    result = {**decision, "kept": kept, "shift": shift if kept else None}
+    write_json(run_dir / "config.json", config | {"flip_tta": kept, "tta_shift": result["shift"],
                                                   "flip_tta_validation": result})
     return result
 

@@ -325,7 +325,7 @@ def test_refit_trains_on_validation_images_and_keeps_the_test_images(cnn_run, fe
     from fer import tta
 
     assert tta.main(["--model-dir", str(run), "--data-dir", str(fer_data)]) == 2
-    assert "refit on its validation images" in capsys.readouterr().err
+    assert "--decided-by RUN" in capsys.readouterr().err
     twin = tmp_path / "twin"
     assert fer_train.main([*args, "--output", str(twin), "--refit", "true", "--schedule", "cosine",
                            "--erasing", "0.5"]) == 0
@@ -333,6 +333,40 @@ def test_refit_trains_on_validation_images_and_keeps_the_test_images(cnn_run, fe
     assert ensemble.main([str(run), str(twin), "--output", str(ens), "--data-dir", str(fer_data)]) == 0
     assert read_json(ens / "metrics.json")["n"] == read_json(run / "metrics.json")["n"]
     assert not (ens / "val_metrics.json").exists()
+
+
+def test_a_refit_run_takes_flip_averaging_from_the_run_its_recipe_was_chosen_with(cnn_run, fer_data, tmp_path,
+                                                                                   capsys):
+    import shutil
+
+    from fer import tta
+    from fer.models import is_flip_averaged
+
+    chosen = tmp_path / "chosen"
+    shutil.copytree(cnn_run, chosen)
+    refit = tmp_path / "refit"
+    args = ["--model", "cnn", "--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "1", *TINY]
+    assert fer_train.main([*args, "--output", str(refit), "--refit", "true", "--schedule", "cosine"]) == 0
+    plain = keras.models.load_model(refit / "model.keras")
+    decide = ["--model-dir", str(refit), "--data-dir", str(fer_data), "--decided-by", str(chosen)]
+    assert tta.main(decide) == 2  # fer.tta has not decided on the chosen run yet
+    assert "has not decided on that run" in capsys.readouterr().err
+    assert tta.main(["--model-dir", str(chosen), "--data-dir", str(fer_data), "--min-gain", "-1"]) == 0
+    capsys.readouterr()
+
+    assert tta.main(decide) == 0
+    assert f"decided on {chosen}: flips kept" in capsys.readouterr().out
+    averaged = keras.models.load_model(refit / "model.keras")
+    assert is_flip_averaged(averaged) and (refit / tta.PLAIN_FILE).is_file()
+    x = np.random.default_rng(1).uniform(0, 255, (2, 48, 48, 1)).astype(np.float32)
+    np.testing.assert_allclose(averaged.predict_on_batch(x),
+                               (plain.predict_on_batch(x) + plain.predict_on_batch(x[:, :, ::-1])) / 2, atol=1e-5)
+    config = read_json(refit / "config.json")
+    assert config["flip_tta"] is True and config["flip_tta_validation"]["run"] == str(chosen)
+    assert read_json(refit / "metrics.json")["flip_tta"] is True  # the test report is the averaged model's
+    assert not (refit / "val_metrics.json").exists()
+    assert tta.main(decide) == 2  # applying twice is refused
+    assert "already averages flips" in capsys.readouterr().err
 
 
 def test_distill_targets_mix_the_teachers_flip_averaged_probabilities_with_the_labels(cnn_run):
