@@ -316,3 +316,17 @@ def test_real_ravdess_clips_are_speech_at_any_level(shared_data):
         for gain in (0.1, 1.0, 3.0):
             check = speech_check(gain * y, SR)
             assert check.is_speech, (path.name, gain, check)
+
+
+@pytest.mark.realdata
+def test_real_ravdess_clips_over_white_noise_at_10_db_snr_are_speech(shared_data):
+    # A fan or a noisy room must not turn a speaker into "no speech"; noise at the speech's own level (0 dB) may.
+    from ser.audio import load_audio
+
+    rng = np.random.default_rng(0)
+    clips = [sorted((shared_data / "ravdess" / f"Actor_{a:02d}").glob("*"))[(11 * a) % 60] for a in range(1, 21)]
+    for path in clips:
+        y = load_audio(path).astype(np.float64)
+        noise = rng.standard_normal(y.size) * active_rms(y) * 10 ** (-10 / 20)
+        check = speech_check(y + noise, SR)
+        assert check.is_speech, (path.name, check)
