@@ -217,7 +217,8 @@ def format_text(result: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=module_prog(__name__),
                                      description="Emotion of video clips (or audio files) from speech and faces.")
-    parser.add_argument("paths", nargs="+", type=path_arg, metavar="CLIP", help="video or audio files, or folders of them")
+    parser.add_argument("paths", nargs="+", type=path_arg, metavar="CLIP",
+                        help="video or audio files, or folders of them")
     parser.add_argument("--mode", choices=MODES, default="auto",
                         help="auto: the joint model if --model-dir holds one, else late fusion (default); joint: "
                              "the fusion.train model; late: saved ser + fer models combined")
