@@ -238,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    paths = expand_paths(args.paths)  # before the models load: an empty folder is a usage error, found at once
+    if not paths:
+        media = ", ".join(sorted(VIDEO_EXTENSIONS + AUDIO_EXTENSIONS))
+        print(f"error: no video or audio files ({media}) in {args.paths}", file=sys.stderr)
+        return 2
     try:
         predictor = load_predictor(args.mode, args.model_dir, args.ser_model_dir, args.fer_model_dir,
                                    args.late_weights, args.detector)
@@ -245,7 +250,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failures = 0
-    paths = expand_paths(args.paths)
     for path in progress(paths, desc="clips", unit="clip"):
         try:
             result = predictor.predict_clip(path)

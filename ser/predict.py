@@ -225,14 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (np.isfinite(args.hop) and args.hop > 0):
         parser.error(f"--hop must be a finite number of seconds > 0, got {args.hop}")
+    files = expand_paths(args.paths)  # before the model loads: an empty folder is a usage error, found at once
+    if not files:
+        print(f"error: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in {args.paths}", file=sys.stderr)
+        return 2
     try:
         predictor = SERPredictor(args.model_dir, tflite=args.tflite)
     except (FileNotFoundError, ModelFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    files = expand_paths(args.paths)
-    if not files:
-        print(f"error: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in {args.paths}", file=sys.stderr)
         return 2
     failures = 0
     for path in progress(files, desc="recordings", unit="file"):

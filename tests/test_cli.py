@@ -135,6 +135,16 @@ def test_an_empty_path_is_a_usage_error_not_the_current_folder(module, capsys):
     assert "empty path" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("module, words", [("ser.predict", "no audio files"),
+                                           ("fusion.predict", "no video or audio files")])
+def test_a_folder_without_media_is_a_usage_error_before_any_model_loads(module, words, tmp_path, capsys):
+    # The model folder does not exist either: the folder's error comes first, so no model was loaded.
+    (tmp_path / "notes.txt").write_text("not media")
+    main = __import__(module, fromlist=["main"]).main
+    assert main([str(tmp_path), "--model-dir", str(tmp_path / "no_model")]) == 2
+    assert words in capsys.readouterr().err
+
+
 def test_progress_is_silent_off_a_terminal(capsys):
     assert list(cli.progress(range(5), total=5, desc="x")) == [0, 1, 2, 3, 4]
     cli.echo("result line")
