@@ -75,6 +75,8 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
     if not (run_dir / "model.keras").is_file() or not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished fer.train run (model.keras + config.json)")
     config = read_json(run_dir / "config.json")
+    if cfg.decided_by and cfg.shift:
+        raise ValueError("--shift comes from the --decided-by run's decision; leave it out")
     decision = earlier_decision(Path(cfg.decided_by), config) if cfg.decided_by else None
     if config.get("refit") and decision is None:
         raise ValueError(f"{run_dir} was refit on its validation images: nothing is left to decide on; apply the "

@@ -354,6 +354,8 @@ def test_a_refit_run_takes_flip_averaging_from_the_run_its_recipe_was_chosen_wit
     assert tta.main(["--model-dir", str(chosen), "--data-dir", str(fer_data), "--min-gain", "-1"]) == 0
     capsys.readouterr()
 
+    assert tta.main([*decide, "--shift", "2"]) == 2  # the decision fixes the crops too
+    assert "leave it out" in capsys.readouterr().err
     assert tta.main(decide) == 0
     assert f"decided on {chosen}: flips kept" in capsys.readouterr().out
     averaged = keras.models.load_model(refit / "model.keras")
