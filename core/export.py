@@ -97,6 +97,16 @@ def export_model_dir(model, model_dir: str | os.PathLike, modes: Iterable[str], 
     return report
 
 
+def parse_modes(text: str) -> list[str]:
+    """argparse ``type`` for ``--modes``: ``"float16,int8"`` -> ``["float16", "int8"]``, refused while parsing
+    (before a model or corpus loads) when empty or when a mode is unknown."""
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if not modes or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose one or more of {', '.join(MODES)}, comma-separated")
+    return modes
+
+
 def export_parser(module: str, what: str, default_model_dir: str | os.PathLike, data_help: str) -> argparse.ArgumentParser:
     """The options every ``<task>.export`` CLI shares: --model-dir, --data-dir, --modes, --verbose."""
     from core.cli import add_verbose_flag, module_prog
@@ -106,7 +116,7 @@ def export_parser(module: str, what: str, default_model_dir: str | os.PathLike, 
                         help="run folder to export; the .tflite files and export.json are written next to "
                              "model.keras (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, help=data_help)
-    parser.add_argument("--modes", default="float16,int8",
+    parser.add_argument("--modes", default="float16,int8", type=parse_modes,
                         help="comma-separated TFLite variants: float16, int8 (default: %(default)s)")
     add_verbose_flag(parser)
     return parser

@@ -14,6 +14,7 @@ import numpy as np
 
 from core.cli import quiet_tensorflow
 from core.export import export_model_dir, export_parser
+from core.io import ModelFolderError
 
 REPRESENTATIVE_FACES = 300
 MAX_TEST_FACES = 2000  # TFLite runs one face per call: cap the accuracy check
@@ -56,7 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fer.predict import FERPredictor
 
     args = build_parser().parse_args(argv)
-    predictor = FERPredictor(args.model_dir)
+    try:
+        predictor = FERPredictor(args.model_dir)
+    except (FileNotFoundError, ModelFolderError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     sets, problem = split_faces(predictor, args.data_dir, args.max_test)
     if problem:
         print(f"warning: {problem}; calibrating int8 on random faces, accuracy not measured", file=sys.stderr)
@@ -64,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             0, 256, (REPRESENTATIVE_FACES, predictor.face_size, predictor.face_size, 1)).astype(np.float32)
     else:
         representative = sets["train"][0]
-    export_model_dir(predictor.model, predictor.model_dir, args.modes.split(","), representative,
+    export_model_dir(predictor.model, predictor.model_dir, args.modes, representative,
                      sets.get("test"))
     return 0
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from core.cli import quiet_tensorflow
 from core.export import export_model_dir, export_parser
+from core.io import ModelFolderError
 
 REPRESENTATIVE_CLIPS = 200
 
@@ -50,7 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ser.predict import SERPredictor
 
     args = build_parser().parse_args(argv)
-    predictor = SERPredictor(args.model_dir)
+    try:
+        predictor = SERPredictor(args.model_dir)
+    except (FileNotFoundError, ModelFolderError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     train = split_arrays(predictor, args.data_dir, "train")
     test = split_arrays(predictor, args.data_dir, "test")
     rng = np.random.default_rng(0)
@@ -59,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:  # normalised features are ~N(0, 1): a usable stand-in when no data is at hand
         print("warning: no training data found; calibrating int8 on random normal features", file=sys.stderr)
         representative = rng.standard_normal((REPRESENTATIVE_CLIPS, *predictor.model.input_shape[1:]), np.float32)
-    export_model_dir(predictor.model, predictor.model_dir, args.modes.split(","), representative, test)
+    export_model_dir(predictor.model, predictor.model_dir, args.modes, representative, test)
     return 0
 
 

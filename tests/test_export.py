@@ -22,6 +22,23 @@ def test_recurrent_model_exports_and_matches_keras(mode, tmp_path):
     assert np.allclose(probs, model.predict_on_batch(x), atol=0.05)
 
 
+@pytest.mark.parametrize("module", ["ser.export", "fer.export"])
+def test_export_clis_refuse_a_missing_model_and_unknown_modes_clearly(module, tmp_path, capsys):
+    import importlib
+
+    from core.export import parse_modes
+
+    export = importlib.import_module(module)
+    assert export.main(["--model-dir", str(tmp_path)]) == 2  # no model: one line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and str(tmp_path) in err
+    for bad in ("float8", "int8,fp32", ""):
+        with pytest.raises(SystemExit) as exit_:  # refused while parsing, before the model loads
+            export.main(["--model-dir", str(tmp_path), "--modes", bad])
+        assert exit_.value.code == 2 and "choose one or more of float16, int8" in capsys.readouterr().err
+    assert parse_modes(" int8 , float16,") == ["int8", "float16"]
+
+
 def test_ser_export_cli_writes_files_report_and_predicts(tmp_path, capsys):
     from ser import export, predict, train
     from tests import synth_audio as synth
