@@ -24,6 +24,7 @@ def build_ensemble(run_dirs: Sequence[Path]):
     """One Keras model whose output is the mean of the runs' softmax outputs."""
     import keras
 
+    import ser.layers  # noqa: F401  (registers the custom layers a Whisper member holds)
     from core.ensemble import average_models
 
     models = [keras.saving.load_model(Path(d) / "model.keras", compile=False) for d in run_dirs]
@@ -52,6 +53,8 @@ def split_rows(run_dir: Path) -> list[dict[str, str]]:
 def check_compatible(run_dirs: Sequence[Path]) -> None:
     """Members may have trained on different corpora (the Whisper recipe leaves TESS out, the MFCC one keeps
     it), but all must hold out the same test clips, and none may have trained on a test speaker."""
+    if len(run_dirs) < 2:
+        raise ValueError("an ensemble needs at least two runs")
     for d in run_dirs:
         if not (d / "config.json").is_file():
             raise FileNotFoundError(f"{d}: not a ser.train run folder (config.json missing)")

@@ -336,6 +336,33 @@ def test_ensemble_of_whisper_and_mfcc_runs_averages_their_probabilities(tiny_run
     assert read_json(tmp_path / "eval" / "metrics.json")["n"] == 8
 
 
+def test_ensemble_of_two_whisper_runs_is_one_graph_and_one_run_is_refused(tiny_runs, tmp_path, capsys, repo_root):
+    # Same front end, so the members become one Keras graph. A fresh process, as a user runs it: loading the
+    # members needs the Whisper head's custom layers registered by ser.ensemble itself, not by an earlier import.
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from ser.ensemble import main as ensemble_main
+    from ser.predict import SERPredictor
+
+    _, _, runs, _ = tiny_runs
+    assert ensemble_main([str(runs["whisper"]), "--output", str(tmp_path / "one")]) == 2
+    assert "at least two runs" in capsys.readouterr().err
+    twin = tmp_path / "twin"
+    shutil.copytree(runs["whisper"], twin)
+    out = tmp_path / "pair"
+    proc = subprocess.run([sys.executable, "-m", "ser.ensemble", str(runs["whisper"]), str(twin), "--output", str(out)],
+                          cwd=repo_root, env=os.environ | {"PYTHONPATH": str(repo_root)}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "model.keras").is_file() and not (out / "members").exists()
+    wave = synth.tone("sad", seconds=1.0)
+    np.testing.assert_allclose(SERPredictor(out).predict_waveform(wave, 16_000),
+                               SERPredictor(runs["whisper"]).predict_waveform(wave, 16_000), atol=1e-5)
+
+
 @pytest.mark.realdata
 def test_keras_encoder_matches_ctranslate2_on_a_real_clip(shared_data):
     """The pinned Whisper-base through our Keras layers vs ctranslate2's own encoder, same log-mel input."""
