@@ -32,6 +32,9 @@ def member_model_file(run_dir: Path) -> Path:
     path = plain if plain.is_file() else run_dir / "model.keras"
     if not path.is_file() or not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished fer.train run (model.keras + config.json)")
+    if not (run_dir / "split.csv").is_file():  # shipped folders leave it out: it names 28 k training images
+        raise FileNotFoundError(f"{run_dir} has no split.csv, which the members' held-out images are checked "
+                                "against: pass the fer.train run folders")
     return path
 
 

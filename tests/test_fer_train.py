@@ -299,6 +299,9 @@ def test_ensemble_averages_members_with_flips_and_checks_held_out_images(cnn_run
     assert "validation/test images differ" in capsys.readouterr().err
     assert ensemble.main([str(cnn_run), "--output", str(tmp_path / "one")]) == 2
     assert "at least two runs" in capsys.readouterr().err
+    (twin / "split.csv").unlink()  # a shipped folder: no split to check the held-out images against
+    assert ensemble.main([str(cnn_run), str(twin), "--output", str(tmp_path / "shipped")]) == 2
+    assert "has no split.csv" in capsys.readouterr().err
 
 
 def test_refit_trains_on_validation_images_and_keeps_the_test_images(cnn_run, fer_data, tmp_path, capsys):
