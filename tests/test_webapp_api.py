@@ -684,6 +684,15 @@ def test_command_line_options_reach_the_settings():
     assert (settings.max_connections, settings.face_weight, settings.warmup) == (5, 0.5, False)
 
 
+@pytest.mark.parametrize("port", ["-1", "0", "65536", "http"])
+def test_a_port_outside_the_tcp_range_is_refused_while_parsing(port, capsys):
+    from webapp.__main__ import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["--port", port])
+    assert exit_.value.code == 2 and "--port" in capsys.readouterr().err
+
+
 def test_late_fusion_file_sets_the_live_fusion_weights(tmp_path):
     from webapp.app import with_late_fusion_weights
 

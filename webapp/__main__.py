@@ -57,10 +57,21 @@ HELP = {
 }
 
 
+def port_number(text: str) -> int:
+    """argparse ``type`` for ``--port``: refused while parsing, not as a socket traceback after the models load."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is outside 1-65535")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m webapp", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    parser.add_argument("--port", type=port_number, default=8000, help="TCP port (default: 8000)")
     parser.add_argument("--models", default="saved_models", help="folder holding ser/, fer/, fusion/ "
                         "(each model.keras + config.json) (default: saved_models)")
     parser.add_argument("--late-fusion", default=None, help="late_fusion.json written by python -m fusion.late: "
