@@ -83,6 +83,9 @@ class TrainConfig:
             raise ValueError(f"unknown --dataset {self.dataset!r}; choose one of {', '.join(CORPORA)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown --schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.model in ("faceres", "resnet50") and 0 < self.base_size < 32:
+            raise ValueError(f"--base-size must be 0 (the model's own size) or at least 32 for --model {self.model}, "
+                             f"got {self.base_size}")
 
 
 HELP = {
@@ -277,9 +280,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             raise WeightsUnavailableError(str(exc)) from exc
     set_seed(cfg.seed)
     run_dir = Path(cfg.output)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
     data, splits = load_split(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)  # once the data is found: a run refused for it leaves no folder
     write_json(run_dir / "data_report.json", data.report() | {
         "split_counts": {str(s): int(c) for s, c in zip(*np.unique(splits, return_counts=True))}})
     write_split_csv(run_dir / "split.csv", data, splits)

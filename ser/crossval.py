@@ -89,10 +89,10 @@ def run(cfg: CrossValConfig) -> dict[str, Any]:
     from ser.train import run as train_run
 
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
     plan = fold_configs(cfg)
     if cfg.fold >= len(plan):
         raise ValueError(f"--fold {cfg.fold} does not exist: there are {len(plan)} folds (0-based)")
+    out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves no folder
     fold_metrics = []
     for k, (speakers, fold_cfg) in enumerate(plan):
         if cfg.fold >= 0 and k != cfg.fold:

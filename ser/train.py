@@ -164,8 +164,7 @@ def run(cfg: TrainConfig) -> dict:
     encoder_model = cfg.model in ENCODER_MODELS
     if encoder_model and (cfg.mixup > 0 or cfg.spec_augment):
         raise ValueError(f"--mixup and --spec-augment apply to MFCC models, not --model {cfg.model}")
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.output)  # made once the data is found: a run refused for its data leaves no folder
     set_seed(cfg.seed)
     fcfg = cfg.feature_config()
     cache = Path(cfg.cache_dir) if cfg.cache_dir else None
@@ -178,6 +177,7 @@ def run(cfg: TrainConfig) -> dict:
                          _csv(cfg.val_speakers), _csv(cfg.test_speakers))
     if cfg.refit:
         splits = np.where(splits == "val", "train", splits)
+    out.mkdir(parents=True, exist_ok=True)
     _write_split(out, clips, splits, corpus_reports)
     part = {name: [i for i, s in enumerate(splits) if s == name] for name in ("train", "val", "test")}
     if not part["train"] or not (part["val"] or cfg.refit):

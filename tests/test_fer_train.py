@@ -153,6 +153,19 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     rc = fer_train.main(["--dataset", "jaffe", "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path)])
     assert rc == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    run = tmp_path / "run"
+    assert fer_train.main(["--dataset", "fer2013", "--data-dir", str(tmp_path / "empty"), "--output", str(run)]) == 2
+    assert "no FER2013 data found" in capsys.readouterr().err
+    assert not run.exists()  # a run refused for its data leaves no run folder
+
+
+def test_a_backbone_input_below_32_pixels_is_refused_before_the_data_loads(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        fer_train.main(["--model", "faceres", "--base-size", "8", "--data-dir", str(tmp_path / "nowhere"),
+                        "--output", str(tmp_path / "run")])
+    assert exit_.value.code == 2 and "--base-size must be 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_evaluate_reproduces_the_test_metrics(cnn_run, fer_data, tmp_path):

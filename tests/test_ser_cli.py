@@ -141,6 +141,10 @@ def test_model_recipe_fills_only_the_options_not_given():
 def test_train_reports_missing_data_folder(tmp_path, capsys):
     assert ser_train.main(["--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert ser_train.main(["--data-dir", str(tmp_path / "empty"), "--output", str(tmp_path / "r")]) == 2
+    assert "no clips found" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # a run refused for its data leaves no run folder
 
 
 def test_train_without_data_offline_names_data_dir(tmp_path, monkeypatch, capsys):

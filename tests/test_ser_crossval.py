@@ -74,3 +74,4 @@ def test_bad_settings_are_clear_errors(corpora, tmp_path, capsys):
     assert "not among --corpora" in capsys.readouterr().err
     assert crossval.main(_argv(corpora, tmp_path / "e", tmp_path / "c", "--fold", "2")) == 2
     assert "--fold 2 does not exist" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abde")  # a refused run leaves no run folder
