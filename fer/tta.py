@@ -68,7 +68,6 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
     import keras  # here, not at the top: `python -m fer.tta` must quiet TensorFlow before it loads
 
     from fer.models import is_flip_averaged, with_tta
-    from core.reports import format_summary, write_report
     from fer.train import load_split, predict_labels, run_config
 
     run_dir = Path(cfg.model_dir)
@@ -111,15 +110,8 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
     print(f"validation accuracy: {scores} -> {choice}")
     if kept:
         _, shift, tta_model, val_predicted = best
-        save_model(model, run_dir / PLAIN_FILE)
-        save_model(tta_model, run_dir / "model.keras")
-        extra = {"dataset": train_cfg.dataset, "model": train_cfg.model, "params": int(model.count_params()),
-                 "flip_tta": True, "tta_shift": shift}
-        write_report(run_dir, data.labels[val], val_predicted, extra=extra | {"split": "val"}, prefix="val_")
-        if test.any():
-            predicted = predict_labels(tta_model, data.images[test], cfg.batch_size)
-            metrics = write_report(run_dir, data.labels[test], predicted, extra=extra | {"split": "test"})
-            print(f"test (test-time averaged): {format_summary(metrics)}")
+        _keep(run_dir, model, tta_model, shift, train_cfg, cfg.batch_size, (data.labels[test], data.images[test]),
+              val=(data.labels[val], val_predicted))
     write_json(run_dir / "config.json", config | {"flip_tta": bool(kept), "tta_shift": result["shift"],
                                                   "flip_tta_validation": result})
     return result
@@ -142,27 +134,37 @@ def earlier_decision(decided_by: Path, config: dict) -> dict[str, Any]:
 
 def _apply_decision(run_dir: Path, config: dict, model, decision: dict[str, Any], cfg: TTAConfig, train_cfg,
                     test_labels: np.ndarray, test_images: np.ndarray) -> dict[str, Any]:
-    from core.reports import format_summary, write_report
     from fer.models import with_tta
-    from fer.train import predict_labels
 
     kept, shift = bool(decision["kept"]), decision.get("shift") or 0
     print(f"decided on {decision['run']}: " + (f"flips x 5 crops (shift {shift})" if shift else "flips" if kept
                                                else "plain model") + " kept")
     if kept:
-        tta_model = with_tta(model, shift)
-        save_model(model, run_dir / PLAIN_FILE)
-        save_model(tta_model, run_dir / "model.keras")
-        if len(test_labels):
-            extra = {"dataset": train_cfg.dataset, "model": train_cfg.model, "params": int(model.count_params()),
-                     "flip_tta": True, "tta_shift": shift, "split": "test"}
-            metrics = write_report(run_dir, test_labels, predict_labels(tta_model, test_images, cfg.batch_size),
-                                   extra=extra)
-            print(f"test (test-time averaged): {format_summary(metrics)}")
+        _keep(run_dir, model, with_tta(model, shift), shift, train_cfg, cfg.batch_size, (test_labels, test_images))
     result = {**decision, "kept": kept, "shift": shift if kept else None}
     write_json(run_dir / "config.json", config | {"flip_tta": kept, "tta_shift": result["shift"],
                                                   "flip_tta_validation": result})
     return result
+
+
+def _keep(run_dir: Path, model, tta_model, shift: int, train_cfg, batch_size: int,
+          test: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Make ``tta_model`` the run's model (the plain one kept beside it) and rewrite the reports for it:
+    validation from its already computed (labels, predictions), the test split predicted here."""
+    from core.reports import format_summary, write_report
+    from fer.train import predict_labels
+
+    save_model(model, run_dir / PLAIN_FILE)
+    save_model(tta_model, run_dir / "model.keras")
+    extra = {"dataset": train_cfg.dataset, "model": train_cfg.model, "params": int(model.count_params()),
+             "flip_tta": True, "tta_shift": shift}
+    if val is not None:
+        write_report(run_dir, *val, extra=extra | {"split": "val"}, prefix="val_")
+    labels, images = test
+    if len(labels):
+        metrics = write_report(run_dir, labels, predict_labels(tta_model, images, batch_size),
+                               extra=extra | {"split": "test"})
+        print(f"test (test-time averaged): {format_summary(metrics)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
