@@ -40,6 +40,12 @@ def group_split(groups: Sequence[str], val_fraction: float, test_fraction: float
     unknown = (set(val_groups) | set(test_groups)) - set(unique)
     if unknown:
         raise ValueError(f"unknown speakers/subjects in the split: {sorted(unknown)}; known: {unique}")
+    both = set(val_groups) & set(test_groups)
+    if both:  # one of the two would silently lose them
+        raise ValueError(f"speakers/subjects named for both validation and test: {sorted(both)}")
+    for name, fraction in (("validation", val_fraction), ("test", test_fraction)):
+        if not 0 <= fraction < 1:
+            raise ValueError(f"the {name} fraction must be in [0, 1), got {fraction}")
     assigned = {g: "test" for g in test_groups} | {g: "val" for g in val_groups}
     free = [g for g in unique if g not in assigned]
     np.random.default_rng(seed).shuffle(free)

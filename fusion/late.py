@@ -197,6 +197,8 @@ class LateFusion:
         from fer.predict import FERPredictor
         from ser.predict import SERPredictor
 
+        if not fps > 0 or not max_seconds > 0:  # before the models load: fps 0 would sample no frame at all
+            raise ValueError(f"fps and max_seconds must be > 0, got fps {fps}, max_seconds {max_seconds}")
         self.ser = SERPredictor(ser_model_dir)
         self.fer = FERPredictor(fer_model_dir, detector=detector)
         config = LateFusionConfig(_checked_weights(weights, "weights")) if isinstance(weights, dict) \
@@ -353,6 +355,8 @@ def _validation_clips(args: argparse.Namespace) -> tuple[list[str], np.ndarray]:
     import pandas as pd
 
     if args.split_csv:
+        if not Path(args.split_csv).is_file():
+            raise FileNotFoundError(f"--split-csv {args.split_csv}: no such file (the split.csv of a fusion.train run)")
         frame = pd.read_csv(args.split_csv)
         if "status" in frame:
             frame = frame[frame["status"].isin(["ok", "cached"])]
@@ -378,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", default="ravdess", help="meld | ravdess (when no --split-csv)")
     parser.add_argument("--data-dir", default=None, help="folder holding the corpus (when no --split-csv); "
                         "default $EMOTION_DATA_DIR, else a kagglehub download")
-    parser.add_argument("--split", default="val", help="which split to fit on (default: val; fitting on test leaks it into the score)")
+    parser.add_argument("--split", default="val", choices=("train", "val", "test"),
+                        help="which split to fit on (default: val; fitting on test leaks it into the score)")
     parser.add_argument("--val-fraction", type=float, default=0.15,
                         help="RAVDESS without --split-csv: fraction of the actors held out for validation")
     parser.add_argument("--test-fraction", type=float, default=0.15,
@@ -410,9 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad_rules or not args.rules:
         print(f"error: --rules takes a comma-separated subset of {RULES}, got {args.rules!r}", file=sys.stderr)
         return 2
-    try:
-        late = LateFusion(args.ser_model_dir, args.fer_model_dir, fps=args.fps, detector=args.detector)
+    try:  # the clips first: a wrong split or corpus is reported before the models take their seconds to load
         paths, labels = _validation_clips(args)
+        late = LateFusion(args.ser_model_dir, args.fer_model_dir, fps=args.fps, detector=args.detector)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -88,6 +88,15 @@ def test_group_split_keeps_groups_whole_and_is_seeded():
         group_split(groups, 0.2, 0.2, seed=1, test_groups=["nobody"])
 
 
+def test_group_split_refuses_a_group_named_twice_and_impossible_fractions():
+    groups = [f"s{i // 10}" for i in range(100)]
+    with pytest.raises(ValueError, match=r"both validation and test: \['s1'\]"):
+        group_split(groups, 0.2, 0.2, seed=1, val_groups=["s1", "s2"], test_groups=["s1"])
+    for val_fraction, test_fraction in ((1.5, 0.2), (0.2, -0.1), (0.2, 1.0)):
+        with pytest.raises(ValueError, match="fraction must be in"):
+            group_split(groups, val_fraction, test_fraction, seed=1)
+
+
 def test_random_split_is_stratified():
     y = np.repeat(np.arange(7), 20)
     s = random_split(y, 0.15, 0.15, seed=0)

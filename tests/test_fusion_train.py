@@ -179,6 +179,20 @@ def test_late_cli_fit_and_predict(trained, ser_fer, capsys):
     assert rc == 0 and result["mode"] == "late" and result["weights"] == fitted["weights"]
 
 
+def test_late_cli_checks_its_clips_and_frame_rate_before_loading_models(trained, tmp_path, capsys):
+    from fusion.late import main as fit_main
+
+    missing = str(tmp_path / "no_model")  # would fail to load: each error below must come before that
+    base = ["--ser-model-dir", missing, "--fer-model-dir", missing, "--output", str(tmp_path / "out")]
+    assert fit_main(base + ["--split-csv", str(tmp_path / "split.csv")]) == 2
+    assert "--split-csv" in capsys.readouterr().err
+    assert fit_main(base + ["--split-csv", str(trained / "split.csv"), "--fps", "0"]) == 2
+    assert "fps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fit_main(base + ["--split-csv", str(trained / "split.csv"), "--split", "valid"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_notebook_runs_headless_on_a_synthetic_clip(trained, corpus, repo_root):
     import nbclient
     import nbformat
