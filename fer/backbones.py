@@ -179,7 +179,7 @@ def load_faceres_network(image_size: int = FACERES_SIZE, weights: str | os.PathL
     ``alpha`` must be the width the weights were converted at (1.0 for faceres-deep; tests use narrower ones)."""
     path = Path(weights).expanduser() if weights else faceres_weights_file()
     if not path.is_file():
-        raise BackboneWeightsError(f"face backbone weights {path} do not exist; run `python -m fer.backbones convert`")
+        raise BackboneWeightsError(f"face backbone weights {path} do not exist; run `python -m fer.backbones` (converts them once)")
     network = build_faceres_network(image_size, alpha)
     network.load_weights(path)
     return network
@@ -191,18 +191,23 @@ def mobilefacenet_graph(package: str | os.PathLike | None = None):
     return TfjsGraph(human_models_dir(package) / "models" / MOBILEFACENET_JSON)
 
 
-def _check(images: Sequence[Path], size: int) -> None:
+def _check(images: Sequence[Path], size: int) -> int:
+    """Print each photo's gender and age, Keras next to the TF.js graph; returns how many were unreadable."""
     import cv2
 
+    from core.images import ImageReadError, read_image
     from fer.faces import to_rgb
     from fer.tfjs import TfjsGraph
 
     network = load_faceres_network(FACERES_SIZE)
     graph = TfjsGraph(human_models_dir() / "models" / FACERES_JSON)
+    failed = 0
     for path in images:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            print(f"{path}: unreadable", file=sys.stderr)
+        try:  # the reader fer.predict and the server use, so all three accept and refuse the same files
+            image = read_image(path)
+        except ImageReadError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
             continue
         rgb = cv2.resize(to_rgb(image), (FACERES_SIZE, FACERES_SIZE)).astype(np.float32)[None]
         out = network.predict_on_batch(rgb)
@@ -210,6 +215,7 @@ def _check(images: Sequence[Path], size: int) -> None:
         age = float((out["age"][0] * np.arange(FACERES_AGE_BINS)).sum())
         print(f"{path.name}: P(male) {float(out['gender'][0, 0]):.2f} (TF.js graph {float(reference[0, 0]):.2f}), "
               f"age {age:.0f}")
+    return failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -223,12 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(faceres_weights_file(args.package))
-        if args.check:
-            _check(args.check, FACERES_SIZE)
+        failed = _check(args.check, FACERES_SIZE) if args.check else 0
     except (BackboneWeightsError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return 1 if failed else 0  # like fer.predict: the other photos are still checked
 
 
 if __name__ == "__main__":

@@ -218,3 +218,37 @@ def test_cli_reports_a_missing_package_in_one_line(tmp_path, monkeypatch, capsys
     assert backbones.main(["--package", str(tmp_path / "absent.tgz")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --package") and "no such file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_check_reads_photos_like_fer_predict_and_exits_1_for_unreadable_ones(tmp_path, monkeypatch, capsys):
+    """--check goes through core.images.read_image: a missing file and a text file are named on stderr, the
+    readable photo is still checked, and the exit code says something failed."""
+    import cv2
+
+    class Network:
+        def predict_on_batch(self, x):
+            assert x.shape == (1, backbones.FACERES_SIZE, backbones.FACERES_SIZE, 3)
+            age = np.zeros((1, backbones.FACERES_AGE_BINS), np.float32)
+            age[0, 30] = 1.0
+            return {"gender": np.array([[0.2]]), "age": age}
+
+    class Graph:
+        def __init__(self, path):
+            pass
+
+        def run(self, name, feeds):
+            return np.array([[0.25]])
+
+    monkeypatch.setattr(backbones, "faceres_weights_file", lambda package=None: tmp_path / "w.weights.h5")
+    monkeypatch.setattr(backbones, "load_faceres_network", lambda size: Network())
+    monkeypatch.setattr(backbones, "human_models_dir", lambda package=None: tmp_path)
+    monkeypatch.setattr("fer.tfjs.TfjsGraph", Graph)
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), np.full((60, 50, 3), 128, np.uint8))
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    assert backbones.main(["--check", str(tmp_path / "absent.jpg"), str(text), str(photo)]) == 1
+    out, err = capsys.readouterr()
+    assert "face.png: P(male) 0.20 (TF.js graph 0.25), age 30" in out
+    assert "absent.jpg: no such file" in err and "notes.jpg" in err and "not a readable image" in err
+    assert "WARN" not in err
