@@ -376,28 +376,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_options(cfg: FinetuneConfig) -> str | None:
+    """What is wrong with the options, in one line, or None: checked before the pack is read."""
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.learning_rate <= 0 or cfg.head_c <= 0:
+        return "--epochs, --batch-size, --learning-rate and --head-c must be positive"
+    if cfg.weight_decay < 0 or not 0 <= cfg.dropout < 1:
+        return f"--weight-decay must be >= 0 and --dropout in [0, 1), got {cfg.weight_decay:g} and {cfg.dropout:g}"
+    if not 0 <= cfg.pad_seconds <= 30:
+        return f"--pad-seconds {cfg.pad_seconds:g}: use 0 (clip alone) to 30 (Whisper's window)"
+    if cfg.folds < 2 or not -1 <= cfg.fold < cfg.folds:
+        return f"--folds must be >= 2 and --fold -1 or 0..{max(cfg.folds, 2) - 1}, got {cfg.folds} and {cfg.fold}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from core.cli import quiet_tensorflow
 
     quiet_tensorflow()  # on a TensorFlow machine (pack, or cv on CPU); does nothing where there is none
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "pack":
-        info = pack(args.data_dir, Path(args.output), [c for c in args.corpora.split(",") if c], args.encoder_dir)
+        from core.datasets import DatasetNotFoundError
+        from ser.whisper.weights import EncoderWeightsError
+
+        try:
+            info = pack(args.data_dir, Path(args.output), [c for c in args.corpora.split(",") if c],
+                        args.encoder_dir)
+        except (DatasetNotFoundError, EncoderWeightsError, RuntimeError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(json.dumps({k: info[k] for k in ("clips", "skipped", "frames")}))
         return 0
+    cfg = FinetuneConfig(**{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)})
+    problem = check_options(cfg)
+    if problem:
+        parser.error(problem)
     pack_dir = Path(args.pack)
     for needed in ("mels.npz", "encoder/model.bin"):
         if not (pack_dir / needed).is_file():
-            raise SystemExit(f"--pack {pack_dir}: {needed} missing (make it with `python -m ser.finetune pack`)")
-    cfg = FinetuneConfig(**{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)})
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.learning_rate <= 0:
-        raise SystemExit("--epochs, --batch-size and --learning-rate must be positive")
-    if not 0 <= cfg.pad_seconds <= 30:
-        raise SystemExit(f"--pad-seconds {cfg.pad_seconds:g}: use 0 (clip alone) to 30 (Whisper's window)")
+            print(f"error: --pack {pack_dir}: {needed} missing (make it with `python -m ser.finetune pack`)",
+                  file=sys.stderr)
+            return 2
     try:
         (crossval if args.command == "cv" else fit)(pack_dir, Path(args.output), cfg)
     except ValueError as err:  # e.g. more folds than speakers: the message names the fix
-        raise SystemExit(f"error: {err}") from None
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -96,14 +96,35 @@ def test_cv_then_fit_give_scores_and_a_fine_tuned_encoder_folder(packed, tmp_pat
 
 
 def test_cv_refuses_a_folder_without_a_pack(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="mels.npz missing"):
-        finetune.main(["cv", "--pack", str(tmp_path), "--output", str(tmp_path / "out")])
+    assert finetune.main(["cv", "--pack", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("error: --pack") and not (tmp_path / "out").exists()
 
 
-def test_cv_with_more_folds_than_speakers_says_so(packed, tmp_path):
+def test_cv_with_more_folds_than_speakers_says_so(packed, tmp_path, capsys):
     out, _ = packed
-    with pytest.raises(SystemExit, match="--folds must be between 2 and the number of speakers"):
-        finetune.main(["cv", "--pack", str(out), "--output", str(tmp_path / "cv"), "--folds", "9"])
+    assert finetune.main(["cv", "--pack", str(out), "--output", str(tmp_path / "cv"), "--folds", "9"]) == 2
+    assert "--folds must be between 2 and the number of speakers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--epochs", "-1"], ["--batch-size", "0"], ["--fold", "4"], ["--folds", "1"],
+                                    ["--dropout", "1.5"], ["--head-c", "0"], ["--pad-seconds", "40"]])
+def test_cv_and_fit_check_their_options_before_reading_the_pack(tmp_path, capsys, option):
+    """tmp_path holds no pack: each bad option must be the error named, as a usage error (exit 2)."""
+    for command in ("cv", "fit"):
+        with pytest.raises(SystemExit) as exited:
+            finetune.main([command, "--pack", str(tmp_path), "--output", str(tmp_path / "out"), *option])
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and option[0] in err and "mels.npz" not in err
+
+
+def test_pack_of_a_missing_data_folder_is_one_error_line(tmp_path, capsys):
+    encoder_dir = tmp_path / "tiny_encoder"
+    encoder_dir.mkdir()
+    write_model_bin(encoder_dir / "model.bin", tiny_variables())
+    assert finetune.main(["pack", "--data-dir", str(tmp_path / "absent"), "--output", str(tmp_path / "p"),
+                          "--encoder-dir", str(encoder_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not exist" in err and "Traceback" not in err
 
 
 def test_pack_counts_an_unreadable_clip_and_refuses_a_missing_encoder(tmp_path):
