@@ -112,7 +112,7 @@ def pack(run_dir: str | os.PathLike, output: str | os.PathLike, data_dir: str | 
     from core.weights import sha256_of
     from fer.train import load_split, run_config
 
-    config = read_json(Path(run_dir) / "config.json")
+    config = read_json(_run_config_path(run_dir))
     data, splits = load_split(run_config(config, data_dir))
     keep = np.isin(splits, list(parts))
     if not keep.any():
@@ -428,6 +428,13 @@ def probe(data_dir: str, weights: str, output: str, image_size: int = 160, batch
 # ---------------------------------------------------------------------------------------------------- collecting
 
 
+def _run_config_path(run_dir: str | os.PathLike) -> Path:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--run {run_dir}: not a fer.train run folder (no config.json)")
+    return path
+
+
 def collect(weights: str | os.PathLike, run_dir: str | os.PathLike, output: str | os.PathLike,
             data_dir: str | None = None, results: str | os.PathLike | None = None) -> dict:
     """A fit's weights as an ordinary fer.train run folder: model.keras, config.json (the packed run's, with the
@@ -442,6 +449,9 @@ def collect(weights: str | os.PathLike, run_dir: str | os.PathLike, output: str 
 
     weights, run_dir, out = Path(weights), Path(run_dir), Path(output)
     results = Path(results) if results else weights.with_name("results.json")
+    for path, what in ((weights, "--weights"), (results, "--results")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} {path}: no such file (written by `python -m fer.train_gpu fit`)")
     entries = [r for r in json.loads(results.read_text()) if r["weights"] == weights.name]
     if not entries:
         raise ValueError(f"{results} has no phase that wrote {weights.name}")
@@ -452,8 +462,8 @@ def collect(weights: str | os.PathLike, run_dir: str | os.PathLike, output: str 
         built = {"weights": "faceres", "image_size": phase["image_size"], "dropout": 0.5}
     else:
         model, built = build_tiny(), {"filters": list(TINY_FILTERS), "dropout": 0.0}
+    config = read_json(_run_config_path(run_dir))
     model.load_weights(weights)
-    config = read_json(run_dir / "config.json")
     data, splits = load_split(run_config(config, data_dir))
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, out / "model.keras")
@@ -532,8 +542,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    if args.command == "pack":
-        manifest = pack(args.run, args.output, args.data_dir)
+    if args.command in ("pack", "collect"):  # the two halves that run here, next to the data
+        try:
+            if args.command == "collect":
+                collect(args.weights, args.run, args.output, args.data_dir, args.results or None)
+                return 0
+            manifest = pack(args.run, args.output, args.data_dir)
+        except (FileNotFoundError, ValueError) as exc:  # DatasetNotFoundError and FaceDataError are among them
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(json.dumps({k: manifest[k] for k in ("count", "counts", "mean_abs_change")}))
         return 0
     if args.command == "fit":
@@ -558,8 +575,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--batch-sizes and --steps must be at least 1, --image-size at least 32")
         _require_inputs(parser, args)
         probe(args.data, args.weights, args.output, args.image_size, sizes, args.steps)
-        return 0
-    collect(args.weights, args.run, args.output, args.data_dir, args.results or None)
     return 0
 
 

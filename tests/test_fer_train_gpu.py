@@ -168,3 +168,13 @@ def test_cli_checks_arguments_before_any_work(tmp_path):
         train_gpu.main(["fit", "--data", str(tmp_path), "--weights", str(tmp_path / "w.h5"), "--output",
                         str(tmp_path / "o"), "--batch-size", "-1"])
     assert not (tmp_path / "o").exists()
+
+
+def test_pack_and_collect_name_a_missing_run_or_weights_in_one_line(tmp_path, capsys):
+    assert train_gpu.main(["pack", "--run", str(tmp_path / "norun"), "--output", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --run") and "no config.json" in err and "Traceback" not in err
+    assert train_gpu.main(["collect", "--weights", str(tmp_path / "w.weights.h5"), "--run", str(tmp_path),
+                           "--output", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err.startswith("error: --weights")
+    assert not (tmp_path / "p").exists() and not (tmp_path / "c").exists()
