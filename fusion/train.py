@@ -473,12 +473,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     strategy = make_strategy(cfg.devices)
     import tensorflow as tf
 
-    from fusion.models import build_model, parse_modalities
+    from fusion.models import TEMPORAL, build_model, parse_modalities
     from fusion.pipeline import make_dataset
 
     n_workers, task_index, chief = cluster_spec()
     chief = chief or n_workers == 1
     modalities = parse_modalities(cfg.modalities)
+    if cfg.temporal not in TEMPORAL:  # build_model checks it too, but only after the clips are preprocessed
+        raise ValueError(f"--temporal must be one of {TEMPORAL}, got {cfg.temporal!r}")
     if cfg.pretrained:  # checked before minutes of preprocessing
         encoders = {"face": cfg.face_encoder, "audio": cfg.audio_encoder}
         if "frame" in modalities:

@@ -97,7 +97,18 @@ TRAIN_CASES = [
     ("fer.train", ["--dropout", "1.0"], "--dropout must be from 0 to below 1"),
     ("fer.train", ["--learning-rate", "-0.1"], "--learning-rate must be > 0"),
     ("fusion.train", ["--epochs", "0"], "--epochs must be > 0"),
+    ("fusion.train", ["--alpha", "-1"], "--alpha must be > 0"),
+    ("fusion.train", ["--clipnorm", "0"], "--clipnorm must be > 0"),
 ]
+
+
+def test_fusion_train_names_an_unknown_temporal_reader_before_reading_data(tmp_path, capsys):
+    from fusion import train
+
+    assert train.main(["--temporal", "gru", "--output", str(tmp_path / "run"),
+                       "--data-dir", str(tmp_path / "no-data")]) == 2
+    err = capsys.readouterr().err
+    assert "--temporal must be one of" in err and "no-data" not in err
 
 
 @pytest.mark.parametrize("module,args,message", TRAIN_CASES, ids=[f"{m}{' '.join(a)}" for m, a, _ in TRAIN_CASES])
