@@ -87,6 +87,21 @@ def write_clip(path: str | Path, frames: np.ndarray | None = None, audio: np.nda
     return encode_clip(path, frames, fps, audio if with_audio else None, sample_rate)
 
 
+def write_audio_only_mp4(path: str | Path, y: np.ndarray, sample_rate: int = 16_000) -> Path:
+    """An mp4 with an AAC track and no video stream (what a phone's voice memo can be)."""
+    import av
+
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=sample_rate, layout="mono")
+        for start in range(0, len(y), 1024):
+            frame = av.AudioFrame.from_ndarray(y[start:start + 1024].reshape(1, -1).astype(np.float32),
+                                               format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = sample_rate, start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return Path(path)
+
+
 def corrupt_clip(path: str | Path, keep_fraction: float = 0.3) -> Path:
     """Truncate a clip in place (like an interrupted download)."""
     path = Path(path)

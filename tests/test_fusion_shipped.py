@@ -10,23 +10,9 @@ import pytest
 
 from core.io import read_json
 from core.labels import EMOTIONS
-from tests.synth_video import render_audio, write_clip
+from tests.synth_video import render_audio, write_audio_only_mp4, write_clip
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-def _audio_only_mp4(path, y: np.ndarray, sr: int = 16_000):
-    """An mp4 with an AAC track and no video stream (what a phone's voice memo can be)."""
-    import av
-
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=sr, layout="mono")
-        for start in range(0, len(y), 1024):
-            frame = av.AudioFrame.from_ndarray(y[start:start + 1024].reshape(1, -1), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = sr, start
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +24,7 @@ def clips(tmp_path_factory):
     soundfile.write(base / "voice.wav", voice, 16_000)
     return {"av": write_clip(base / "av.mp4", seconds=2.0, size=(160, 160), emotion=1),
             "silent": write_clip(base / "silent.mp4", seconds=2.0, size=(160, 160), emotion=1, with_audio=False),
-            "voice_mp4": _audio_only_mp4(base / "voice.mp4", voice), "wav": base / "voice.wav"}
+            "voice_mp4": write_audio_only_mp4(base / "voice.mp4", voice), "wav": base / "voice.wav"}
 
 
 def _vector(probs: dict) -> np.ndarray:

@@ -200,6 +200,24 @@ def test_predict_video_without_audio_uses_the_face_alone(client, media):
     assert body["probabilities"] == pytest.approx(body["face"]["probabilities"], abs=1e-5)
 
 
+def test_predict_video_without_a_video_stream_uses_the_voice_alone_like_fusion_predict(client, tmp_path):
+    """An audio-only mp4 (a phone's voice memo): `python -m fusion.predict` answers from the voice, so the server
+    must too, rather than refuse it; a silent one is refused, as the CLI refuses it."""
+    from tests.synth_video import render_audio, write_audio_only_mp4
+
+    memo = write_audio_only_mp4(tmp_path / "memo.mp4", render_audio(2.0, 16_000, emotion=3)).read_bytes()
+    response = client.post("/api/predict/video", files={"file": ("memo.mp4", memo, "video/mp4")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["face"] is None and body["voice"] is not None and body["frames_sampled"] == 0
+    assert body["probabilities"] == pytest.approx(body["voice"]["probabilities"], abs=1e-5)
+    assert body["duration_seconds"] == pytest.approx(2.0, abs=0.3)
+    silent = write_audio_only_mp4(tmp_path / "silent.mp4", np.zeros(32_000, np.float32)).read_bytes()
+    answer = client.post("/api/predict/video", files={"file": ("silent.mp4", silent, "video/mp4")})
+    assert answer.status_code == 400  # nothing to predict from, as fusion.predict says
+    assert answer.json()["detail"] == "the file has no video stream and no usable audio track"
+
+
 def test_predict_video_uses_the_fusion_model_when_loaded_and_falls_back_when_it_fails(media):
     for fusion, method in ((sm.FakeFusion(), "fusion_model"), (sm.FakeFusion(fail=True), "weighted_average")):
         with make_client(Models(ser=sm.FakeVoice(), fer=sm.FakeFace(), fusion=fusion)) as c:

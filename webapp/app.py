@@ -453,7 +453,10 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
         if segments:  # two sampled frames per segment, so every segment can show a face
             span = min(media.video_duration(path) or settings.max_video_seconds, settings.max_video_seconds)
             n_frames = max(n_frames, min(MAX_SEGMENT_FRAMES, 2 * math.ceil(span / settings.video_segment_seconds)))
-        frames, times, duration = media.sample_video_timed(path, n_frames, settings.max_video_seconds)
+        try:
+            frames, times, duration = media.sample_video_timed(path, n_frames, settings.max_video_seconds)
+        except media.NoVideoStreamError:  # a voice memo: the voice alone decides, as in `python -m fusion.predict`
+            frames, times, duration = [], [], media.video_duration(path)
         voice = no_speech = None
         per_frame: list[dict[str, float] | None] = [None] * len(frames)
         if models.face.loaded:
@@ -476,8 +479,10 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
                 except NoSpeechError as exc:  # hum, noise, music: not a voice, so not the joint model either
                     log.info("%s: %s", name, exc)
                     no_speech = exc.reason
+        if not frames and voice is None and no_speech is None:
+            raise media.MediaError("the file has no video stream and no usable audio track")
         method, fused = "weighted_average", None
-        if models.fusion.loaded and no_speech is None:
+        if models.fusion.loaded and no_speech is None and frames:
             try:
                 probs = models.predict_fusion_file(str(path))
                 fused, method = {"label": top_label(probs), "probabilities": probs}, "fusion_model"

@@ -24,6 +24,10 @@ class MediaError(ValueError):
     """Bytes that cannot be used as the media the request claims; the message says why."""
 
 
+class NoVideoStreamError(MediaError):
+    """A readable file without a video stream: an audio-only mp4 such as a phone's voice memo."""
+
+
 def safe_suffix(filename: str | None) -> str:
     """A short extension for a temp file (decoders sniff content, the suffix only helps FFmpeg guess)."""
     match = re.search(r"\.([A-Za-z0-9]{1,5})$", filename or "")
@@ -146,7 +150,7 @@ def sample_video_timed(path: str | os.PathLike, n_frames: int,
         raise MediaError(f"not a readable video ({reason(exc)})") from None
     with container:
         if not container.streams.video:
-            raise MediaError("the file has no video stream")
+            raise NoVideoStreamError("the file has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         duration = (container.duration / av.time_base) if container.duration else 0.0
