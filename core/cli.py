@@ -31,9 +31,10 @@ _NOISY_LOGGERS = ("tensorflow", "absl", "keras", "h5py", "numba")
 _NOISY_MODULES = r"(tensorflow|tf_keras|keras|absl|h5py|google\.protobuf|tensorboard)(\.|$)"
 # What TensorFlow's shared libraries print while they load: absl-formatted lines ("I0000 00:00:1796359590.208
 # 9290 port.cc:153] oneDNN custom operations are on ..."; before absl is initialised the seconds are epoch seconds), absl's note about its own initialisation, and the
-# second line of the CPU-instructions notice.
+# second line of the CPU-instructions notice; and the TFLite runtime's note when an interpreter allocates.
 _STARTUP_NOISE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |WARNING: All log messages before "
-                            r"absl::InitializeLog|To enable the following instructions: .* rebuild TensorFlow)")
+                            r"absl::InitializeLog|To enable the following instructions: .* rebuild TensorFlow|"
+                            r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$)")
 
 
 def quiet_tensorflow(verbose: bool | None = None) -> None:
@@ -68,8 +69,9 @@ def quiet_tensorflow(verbose: bool | None = None) -> None:
 
 
 @contextlib.contextmanager
-def _without_startup_noise() -> Iterator[None]:
-    """Capture file descriptor 2 (C++ libraries write there directly), then pass on all but the notices."""
+def without_library_notices() -> Iterator[None]:
+    """Capture file descriptor 2 (C++ libraries write there directly), then pass on all but the notices
+    (TensorFlow's start-up lines, the TFLite runtime's delegate note); everything else still shows."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -98,7 +100,7 @@ class _QuietLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
-        with _without_startup_noise():
+        with without_library_notices():
             self._loader.exec_module(module)
 
     def __getattr__(self, name: str) -> Any:  # get_resource_reader, get_code, ...: the real loader's

@@ -8,6 +8,8 @@ means dynamic-range quantisation: int8 weights, float activations.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import warnings
 from pathlib import Path
@@ -36,28 +38,33 @@ def to_tflite(model, mode: str, representative: Iterable[np.ndarray] | None = No
         raise ValueError(f"unknown TFLite mode {mode!r}; choose from {MODES}")
     inputs = keras.Input(batch_shape=(1, *model.input_shape[1:]), name="input")
     fixed = keras.Model(inputs, model(inputs, training=False))
-    converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if mode == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    elif representative is not None and not has_recurrent_layers(model):
-        samples = [np.asarray(x, np.float32)[None] for x in representative]
-        converter.representative_dataset = lambda: ([s] for s in samples)
-    return converter.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the temporary SavedModel's signature here
+        converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif representative is not None and not has_recurrent_layers(model):
+            samples = [np.asarray(x, np.float32)[None] for x in representative]
+            converter.representative_dataset = lambda: ([s] for s in samples)
+        return converter.convert()
 
 
 class TFLiteModel:
     """Batch-of-one TFLite interpreter with a ``predict_on_batch``-like call."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, export_command: str = ""):
         import tensorflow as tf
 
+        from core.cli import without_library_notices
+
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no TFLite model; create it with the package's export command")
+            how = f"`{export_command}`" if export_command else "the package's export command"
+            raise FileNotFoundError(f"{path}: no TFLite model; create it with {how}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
             self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
-        self.interpreter.allocate_tensors()
+        with without_library_notices():  # the runtime notes on stderr that it made an XNNPACK delegate
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
 

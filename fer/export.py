@@ -64,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     sets, problem = split_faces(predictor, args.data_dir, args.max_test)
     if problem:
-        print(f"warning: {problem}; calibrating int8 on random faces, accuracy not measured", file=sys.stderr)
+        note = "; int8 is calibrated on random faces" if "int8" in args.modes else ""
+        print(f"warning: {problem}{note}; the exports' accuracy is not measured", file=sys.stderr)
         representative = np.random.default_rng(0).integers(
             0, 256, (REPRESENTATIVE_FACES, predictor.face_size, predictor.face_size, 1)).astype(np.float32)
     else:

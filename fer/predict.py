@@ -66,7 +66,8 @@ class FERPredictor:
         if tflite:
             from core.export import TFLiteModel
 
-            self._forward = TFLiteModel(self.model_dir / f"model_{tflite}.tflite")
+            self._forward = TFLiteModel(self.model_dir / f"model_{tflite}.tflite",
+                                        export_command=f"python -m fer.export --model-dir {self.model_dir}")
 
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """Probabilities (n, 7) for gray faces (n, size, size) (or one (size, size)); resized if needed."""

@@ -62,7 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if train is not None:
         representative = train[0][rng.permutation(len(train[0]))[:REPRESENTATIVE_CLIPS]]
     else:  # normalised features are ~N(0, 1): a usable stand-in when no data is at hand
-        print("warning: no training data found; calibrating int8 on random normal features", file=sys.stderr)
+        note = "; int8 is calibrated on random normal features" if "int8" in args.modes else ""
+        print(f"warning: the model's training clips were not found (give --data-dir){note}", file=sys.stderr)
+    if test is None:
+        print("warning: the model's test clips were not found: the exports' accuracy is not measured", file=sys.stderr)
         representative = rng.standard_normal((REPRESENTATIVE_CLIPS, *predictor.model.input_shape[1:]), np.float32)
     export_model_dir(predictor.model, predictor.model_dir, args.modes, representative, test)
     return 0

@@ -98,7 +98,8 @@ class SERPredictor:
             from core.export import TFLiteModel
 
             self.model = None
-            self._infer = TFLiteModel(self.model_dir / f"model_{tflite}.tflite")
+            self._infer = TFLiteModel(self.model_dir / f"model_{tflite}.tflite",
+                                      export_command=f"python -m ser.export --model-dir {self.model_dir}")
             return
         import ser.layers  # noqa: F401 - registers the custom layers (masking, pooling) that model files name
 

@@ -108,8 +108,9 @@ def test_startup_notices_are_filtered_from_stderr_and_the_rest_passes(capfd):
              "I0000 00:00:1796359590.208438    9290 port.cc:153] oneDNN custom operations are on.\n"
              "E0000 00:00:1796359590.2 9290 cuda_dnn.cc:8579] Unable to register cuDNN factory\n"
              "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the "
-             "appropriate compiler flags.\n")
-    with cli._without_startup_noise():
+             "appropriate compiler flags.\n"
+             "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+    with cli.without_library_notices():
         os.write(2, noise.encode())
         os.write(2, b"error: a real problem\n")
         print("python-level warning", file=sys.stderr)

@@ -39,7 +39,7 @@ def test_export_clis_refuse_a_missing_model_and_unknown_modes_clearly(module, tm
     assert parse_modes(" int8 , float16,") == ["int8", "float16"]
 
 
-def test_ser_export_cli_writes_files_report_and_predicts(tmp_path, capsys):
+def test_ser_export_cli_writes_files_report_and_predicts(tmp_path, capfd):
     from ser import export, predict, train
     from tests import synth_audio as synth
 
@@ -48,20 +48,32 @@ def test_ser_export_cli_writes_files_report_and_predicts(tmp_path, capsys):
     assert train.main(["--model", "cnn", "--corpora", "ravdess", "--data-dir", str(tmp_path / "data"),
                        "--epochs", "1", "--augment", "0", "--max-seconds", "1.0", "--output", str(run),
                        "--cache-dir", "", "--n-jobs", "1", "--val-fraction", "0.2", "--test-fraction", "0.2"]) == 0
+    capfd.readouterr()
     assert export.main(["--model-dir", str(run), "--data-dir", str(tmp_path / "data")]) == 0
+    out = capfd.readouterr().out  # one line per export, not the converter's temporary SavedModel signature
+    assert [line.split(":")[0] for line in out.splitlines()] == ["float16", "int8"], out
     report = json.loads((run / "export.json").read_text())
     assert set(report["exports"]) == {"float16", "int8"}
     for entry in report["exports"].values():
         assert (run / entry["file"]).stat().st_size > 10_000
         assert 0.0 <= entry["accuracy"] <= 1.0 and entry["agreement_with_keras"] >= 0.5
-    capsys.readouterr()
     clip = next((tmp_path / "data" / "ravdess" / "Actor_01").iterdir())
     assert predict.main(["--model-dir", str(run), "--tflite", "float16", "--json", str(clip)]) == 0
-    tflite_out = json.loads(capsys.readouterr().out)
+    tflite = capfd.readouterr()
+    assert "XNNPACK" not in tflite.err  # the TFLite runtime's note is filtered from stderr
+    tflite_out = json.loads(tflite.out)
     assert predict.main(["--model-dir", str(run), "--json", str(clip)]) == 0
-    keras_out = json.loads(capsys.readouterr().out)
+    keras_out = json.loads(capfd.readouterr().out)
     assert tflite_out["label"] == keras_out["label"]
     assert tflite_out["probabilities"]["happy"] == pytest.approx(keras_out["probabilities"]["happy"], abs=0.02)
+
+    # Without data, float16 only: the warnings say what is missing and mention no int8 calibration.
+    (run / "model_int8.tflite").unlink()
+    assert export.main(["--model-dir", str(run), "--data-dir", str(tmp_path / "none"), "--modes", "float16"]) == 0
+    err = capfd.readouterr().err
+    assert "--data-dir" in err and "accuracy is not measured" in err and "int8" not in err
+    assert predict.main(["--model-dir", str(run), "--tflite", "int8", str(clip)]) == 2
+    assert f"python -m ser.export --model-dir {run}" in capfd.readouterr().err
 
 
 def test_ensemble_of_two_runs_is_a_loadable_run(tmp_path):
