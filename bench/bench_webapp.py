@@ -422,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             server.wait(timeout=30)
     write_json(out / "webapp.json", report)
     atomic_write(out / "webapp.md", lambda tmp: Path(tmp).write_text(markdown(report)))
+    (out / "webapp.server.log.tmp").unlink(missing_ok=True)  # kept only when the run failed, to read why
     print(markdown(report))
     print(f"written: {out / 'webapp.json'}, {out / 'webapp.md'}")
     return 0 if report["errors"] == 0 and report["connected"] == args.clients else 1
