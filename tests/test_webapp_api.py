@@ -726,11 +726,16 @@ def test_late_fusion_file_sets_the_live_fusion_weights(tmp_path):
         with_late_fusion_weights(Settings(), path)
 
 
-def _started_settings(monkeypatch) -> dict:
-    """``python -m webapp`` without serving: the returned dict gets the Settings each ``main()`` starts with."""
+def _started_settings(monkeypatch, check_listen: bool = False) -> dict:
+    """``python -m webapp`` without serving: the returned dict gets the Settings each ``main()`` starts with.
+    The host/port check is skipped unless ``check_listen`` (port 8000 may be taken on the test machine)."""
     import uvicorn
 
+    import webapp.__main__ as cli
     import webapp.app as app_module
+
+    if not check_listen:
+        monkeypatch.setattr(cli, "listen_problem", lambda host, port: None)
 
     seen: dict = {}
 
@@ -756,6 +761,50 @@ def test_server_reads_late_fusion_json_from_the_models_folder(tmp_path, monkeypa
     # a broken file named explicitly is an error, not a silent default
     (tmp_path / "bad.json").write_text("{}")
     assert cli.main(["--models", str(tmp_path), "--late-fusion", str(tmp_path / "bad.json")]) == 2
+
+
+def test_a_port_in_use_an_unknown_host_or_a_bad_certificate_is_one_error_line_before_serving(tmp_path,
+                                                                                              monkeypatch, capsys):
+    """uvicorn's own bind error could come while TensorFlow's import held stderr: the server exited with status
+    3 and no message. These are now checked first, with exit status 2."""
+    import socket
+
+    import webapp.__main__ as cli
+
+    seen = _started_settings(monkeypatch, check_listen=True)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["--models", str(tmp_path), "--port", str(port)]) == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert cli.main(["--models", str(tmp_path), "--host", "no-such-host.invalid"]) == 2
+    assert "--host no-such-host.invalid" in capsys.readouterr().err
+    text = tmp_path / "notes.pem"
+    text.write_text("not a certificate")
+    for args, words in ((["--ssl-certfile", str(tmp_path / "absent.pem")], "no such file"),
+                        (["--ssl-certfile", str(text)], "not a usable PEM certificate"),
+                        (["--ssl-keyfile", str(text)], "--ssl-keyfile needs --ssl-certfile")):
+        assert cli.main(["--models", str(tmp_path), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and "Traceback" not in err
+    assert "settings" not in seen  # nothing was served
+    assert cli.tls_problem(None, None) is None and cli.listen_problem("127.0.0.1", 0) is None
+
+
+def test_a_real_self_signed_certificate_passes_the_check(tmp_path):
+    import shutil
+    import subprocess
+
+    import webapp.__main__ as cli
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    assert cli.tls_problem(str(cert), str(key)) is None
+    assert "not a usable PEM" in cli.tls_problem(str(cert), str(cert))  # the certificate is not its own key
 
 
 def test_server_reads_the_shipped_fusion_folder_with_its_rule(tmp_path, monkeypatch, repo_root):
@@ -883,6 +932,7 @@ def test_favicon_and_page_links():
     ("voice_max_share", 0.0, "--voice-max-share must be above 0 and at most 1"),
     ("detector", "eyeball", "--detector must be one of"),
     ("audio_window_seconds", 0.0, "--audio-window-seconds must be greater than 0"),
+    ("face_weight", -1.0, "--face-weight and --voice-weight must be >= 0"),
 ])
 def test_bad_settings_are_refused_with_the_option_named(option, value, message, capsys):
     from webapp.__main__ import main

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
+import ssl
 import sys
 from typing import Sequence
 
@@ -68,6 +70,43 @@ def port_number(text: str) -> int:
     return port
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on ``host:port`` (an unknown host, a port in use), or None. Checked before
+    uvicorn starts: its own bind error can come while TensorFlow's import holds stderr, and the message was lost
+    (the process exited with status 3 and said nothing)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        return f"--host {host}: {exc.strerror}"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def tls_problem(certfile: str | None, keyfile: str | None) -> str | None:
+    """Why the certificate / key cannot serve HTTPS, or None (also None without a certificate)."""
+    if keyfile and not certfile:
+        return "--ssl-keyfile needs --ssl-certfile"
+    if not certfile:
+        return None
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except FileNotFoundError as exc:
+        return f"--ssl-certfile / --ssl-keyfile: no such file: {exc.filename or certfile}"
+    except ssl.SSLError as exc:
+        return f"--ssl-certfile {certfile}: not a usable PEM certificate and key ({exc.reason or exc})"
+    except OSError as exc:
+        return f"--ssl-certfile {certfile}: {exc.strerror or exc}"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m webapp", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
@@ -80,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ssl-certfile", default=None, help="serve HTTPS (browsers only give camera access "
                         "to pages on localhost or HTTPS)")
     parser.add_argument("--ssl-keyfile", default=None, help="private key of --ssl-certfile")
-    parser.add_argument("--log-level", default="info", help="server log level: debug, info, warning, error "
-                        "(default: info)")
+    parser.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS,
+                        help="server log level (default: info)")
     add_dataclass_args(parser, Settings, HELP)
     add_verbose_flag(parser)
     return parser
@@ -111,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         logging.info("fusion weights from %s: face %.2f, voice %.2f", late, settings.face_weight,
                      settings.voice_weight)
+    problem = tls_problem(args.ssl_certfile, args.ssl_keyfile) or listen_problem(args.host, args.port)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if not os.path.isdir(args.models):
         logging.warning("models folder %s does not exist; the server starts with no models", args.models)
     # The models load in a background thread: the port answers at once, /api/health says "loading".

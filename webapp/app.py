@@ -100,6 +100,9 @@ class Settings:
                             f"{self.live_face_model!r}")
         if self.live_face_tflite not in ("", "float16", "int8"):
             problems.append(f"--live-face-tflite must be float16, int8 or empty, got {self.live_face_tflite!r}")
+        if min(self.face_weight, self.voice_weight) < 0 or self.face_weight + self.voice_weight <= 0:
+            problems.append(f"--face-weight and --voice-weight must be >= 0 and not both 0, got "
+                            f"{self.face_weight} and {self.voice_weight}")
         if self.fusion_rule not in ("mean", "product"):
             problems.append(f"--fusion-rule must be mean or product, got {self.fusion_rule!r}")
         if self.detector:
