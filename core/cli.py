@@ -31,10 +31,11 @@ _NOISY_LOGGERS = ("tensorflow", "absl", "keras", "h5py", "numba")
 _NOISY_MODULES = r"(tensorflow|tf_keras|keras|absl|h5py|google\.protobuf|tensorboard)(\.|$)"
 # What TensorFlow's shared libraries print while they load: absl-formatted lines ("I0000 00:00:1796359590.208
 # 9290 port.cc:153] oneDNN custom operations are on ..."; before absl is initialised the seconds are epoch seconds), absl's note about its own initialisation, and the
-# second line of the CPU-instructions notice; and the TFLite runtime's note when an interpreter allocates.
+# second line of the CPU-instructions notice; and the TFLite runtime's note when an interpreter allocates
+# and the converter's settings line when it calibrates int8.
 _STARTUP_NOISE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |WARNING: All log messages before "
                             r"absl::InitializeLog|To enable the following instructions: .* rebuild TensorFlow|"
-                            r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$)")
+                            r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$|fully_quantize: \d+, inference_type: )")
 
 
 def quiet_tensorflow(verbose: bool | None = None) -> None:

@@ -34,6 +34,8 @@ def to_tflite(model, mode: str, representative: Iterable[np.ndarray] | None = No
     import keras
     import tensorflow as tf
 
+    from core.cli import without_library_notices
+
     if mode not in MODES:
         raise ValueError(f"unknown TFLite mode {mode!r}; choose from {MODES}")
     inputs = keras.Input(batch_shape=(1, *model.input_shape[1:]), name="input")
@@ -46,7 +48,8 @@ def to_tflite(model, mode: str, representative: Iterable[np.ndarray] | None = No
         elif representative is not None and not has_recurrent_layers(model):
             samples = [np.asarray(x, np.float32)[None] for x in representative]
             converter.representative_dataset = lambda: ([s] for s in samples)
-        return converter.convert()
+        with without_library_notices():  # the calibrator prints its settings on stderr
+            return converter.convert()
 
 
 class TFLiteModel:

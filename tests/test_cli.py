@@ -109,7 +109,8 @@ def test_startup_notices_are_filtered_from_stderr_and_the_rest_passes(capfd):
              "E0000 00:00:1796359590.2 9290 cuda_dnn.cc:8579] Unable to register cuDNN factory\n"
              "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the "
              "appropriate compiler flags.\n"
-             "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+             "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+             "fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, output_inference_type: FLOAT32\n")
     with cli.without_library_notices():
         os.write(2, noise.encode())
         os.write(2, b"error: a real problem\n")

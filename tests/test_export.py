@@ -50,8 +50,9 @@ def test_ser_export_cli_writes_files_report_and_predicts(tmp_path, capfd):
                        "--cache-dir", "", "--n-jobs", "1", "--val-fraction", "0.2", "--test-fraction", "0.2"]) == 0
     capfd.readouterr()
     assert export.main(["--model-dir", str(run), "--data-dir", str(tmp_path / "data")]) == 0
-    out = capfd.readouterr().out  # one line per export, not the converter's temporary SavedModel signature
-    assert [line.split(":")[0] for line in out.splitlines()] == ["float16", "int8"], out
+    exported = capfd.readouterr()  # one line per export, not the converter's temporary SavedModel signature
+    assert [line.split(":")[0] for line in exported.out.splitlines()] == ["float16", "int8"], exported.out
+    assert "fully_quantize" not in exported.err  # nor the int8 calibrator's settings
     report = json.loads((run / "export.json").read_text())
     assert set(report["exports"]) == {"float16", "int8"}
     for entry in report["exports"].values():
