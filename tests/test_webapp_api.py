@@ -782,7 +782,9 @@ def test_a_port_in_use_an_unknown_host_or_a_bad_certificate_is_one_error_line_be
     assert "--host no-such-host.invalid" in capsys.readouterr().err
     text = tmp_path / "notes.pem"
     text.write_text("not a certificate")
-    for args, words in ((["--ssl-certfile", str(tmp_path / "absent.pem")], "no such file"),
+    for args, words in ((["--ssl-certfile", str(tmp_path / "absent.pem")], "absent.pem: no such file"),
+                        (["--ssl-certfile", str(text), "--ssl-keyfile", str(tmp_path / "nokey.pem")],
+                         "--ssl-keyfile " + str(tmp_path / "nokey.pem") + ": no such file"),
                         (["--ssl-certfile", str(text)], "not a usable PEM certificate"),
                         (["--ssl-keyfile", str(text)], "--ssl-keyfile needs --ssl-certfile")):
         assert cli.main(["--models", str(tmp_path), *args]) == 2

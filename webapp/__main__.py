@@ -96,10 +96,11 @@ def tls_problem(certfile: str | None, keyfile: str | None) -> str | None:
         return "--ssl-keyfile needs --ssl-certfile"
     if not certfile:
         return None
+    for flag, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if path and not os.path.isfile(path):
+            return f"{flag} {path}: no such file"
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
-    except FileNotFoundError as exc:
-        return f"--ssl-certfile / --ssl-keyfile: no such file: {exc.filename or certfile}"
     except ssl.SSLError as exc:
         return f"--ssl-certfile {certfile}: not a usable PEM certificate and key ({exc.reason or exc})"
     except OSError as exc:
