@@ -73,6 +73,11 @@ def test_corpora_combine_and_unknown_names_are_rejected(corpora):
     assert parse_corpus_list("ravdess, CREMA-D") == ["ravdess", "crema_d"]
     with pytest.raises(ValueError, match="iemocap"):
         parse_corpus_list("ravdess,iemocap")
+    # a corpus named twice (or by an alias) is loaded once: twice put every clip in training and test twice
+    assert parse_corpus_list("ravdess,RAVDESS, crema-d,crema_d") == ["ravdess", "crema_d"]
+    for empty in ("", " , "):
+        with pytest.raises(ValueError, match="no corpus named"):
+            parse_corpus_list(empty)
     clips, reports = load_clips(["ravdess", "tess"], root)
     assert set(reports) == {"ravdess", "tess"} and {c.corpus for c in clips} == {"ravdess", "tess"}
 

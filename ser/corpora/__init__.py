@@ -81,11 +81,15 @@ ALIASES = {"crema-d": "crema_d", "cremad": "crema_d", "crema": "crema_d"}
 
 
 def parse_corpus_list(text: str) -> list[str]:
+    """``"RAVDESS, tess"`` -> ``["ravdess", "tess"]``: aliases resolved, each corpus once (a repeat would load its
+    clips twice, into training and test alike); ValueError when none or an unknown one is named."""
     names = [ALIASES.get(n.strip().lower(), n.strip().lower()) for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in CORPORA]
     if unknown:
         raise ValueError(f"unknown corpora {unknown}; choose from {', '.join(CORPORA)}")
-    return names
+    if not names:
+        raise ValueError(f"no corpus named in {text!r}; choose from {', '.join(CORPORA)}")
+    return list(dict.fromkeys(names))
 
 
 def load_clips(corpora: Iterable[str], data_dir: str | os.PathLike | None = None,
