@@ -1,7 +1,20 @@
 """Averaging trained models into one Keras model (used by ser.ensemble and fer.ensemble)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
+
+
+def check_member_count(run_dirs: Sequence) -> None:
+    """ValueError unless at least two different runs are given (the same folder twice is one model)."""
+    if len(run_dirs) < 2:
+        raise ValueError("an ensemble needs at least two runs")
+    seen: dict = {}
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            raise ValueError(f"{d} is given twice (as {seen[key]} too): an ensemble needs different runs")
+        seen[key] = d
 
 
 def average_models(models: Sequence, input_name: str, name: str):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.cli import add_verbose_flag, module_prog, path_arg, quiet_tensorflow
+from core.ensemble import check_member_count
 from core.config import parse_bool
 from core.io import read_json, save_model, write_json
 
@@ -72,8 +73,7 @@ def make(run_dirs: Sequence[Path], output: Path, data_dir: str | None, flip: boo
     from core.reports import format_summary, write_report
     from fer.train import load_split, predict_labels, run_config
 
-    if len(run_dirs) < 2:
-        raise ValueError("an ensemble needs at least two runs")
+    check_member_count(run_dirs)
     if shift < 0:
         raise ValueError(f"--shift must be >= 0 pixels, got {shift}")
     for d in run_dirs:

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from core.cli import add_verbose_flag, module_prog, path_arg, quiet_tensorflow
+from core.ensemble import check_member_count
 from core.io import read_json, save_model, write_json
 from core.reports import format_summary, write_report
 
@@ -53,8 +54,7 @@ def split_rows(run_dir: Path) -> list[dict[str, str]]:
 def check_compatible(run_dirs: Sequence[Path]) -> None:
     """Members may have trained on different corpora (the Whisper recipe leaves TESS out, the MFCC one keeps
     it), but all must hold out the same test clips, and none may have trained on a test speaker."""
-    if len(run_dirs) < 2:
-        raise ValueError("an ensemble needs at least two runs")
+    check_member_count(run_dirs)
     for d in run_dirs:
         if not (d / "config.json").is_file():
             raise FileNotFoundError(f"{d}: not a ser.train run folder (config.json missing)")

@@ -154,3 +154,13 @@ def test_faceres_recipe_is_the_face_backbone_fine_tune():
     cfg = apply_recipe(fer_train.TrainConfig(model="faceres", fine_tune_epochs=2), fer_train.MODEL_RECIPES, argv)
     assert (cfg.weights, cfg.base_size, cfg.schedule, cfg.fine_tune_layers) == ("faceres", 112, "cosine", 50)
     assert cfg.fine_tune_epochs == 2  # given on the command line: kept
+
+
+def test_an_ensemble_needs_two_different_runs(tmp_path):
+    from core.ensemble import check_member_count
+
+    check_member_count([tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(ValueError, match="at least two runs"):
+        check_member_count([tmp_path / "a"])
+    with pytest.raises(ValueError, match="given twice"):
+        check_member_count([tmp_path / "a", tmp_path / "b", tmp_path / "x" / ".." / "a"])

@@ -312,6 +312,8 @@ def test_ensemble_averages_members_with_flips_and_checks_held_out_images(cnn_run
     assert "validation/test images differ" in capsys.readouterr().err
     assert ensemble.main([str(cnn_run), "--output", str(tmp_path / "one")]) == 2
     assert "at least two runs" in capsys.readouterr().err
+    assert ensemble.main([str(cnn_run), str(cnn_run) + "/", "--output", str(tmp_path / "same")]) == 2
+    assert "is given twice" in capsys.readouterr().err  # one model averaged with itself is not an ensemble
     (twin / "split.csv").unlink()  # a shipped folder: no split to check the held-out images against
     assert ensemble.main([str(cnn_run), str(twin), "--output", str(tmp_path / "shipped")]) == 2
     assert "has no split.csv" in capsys.readouterr().err
