@@ -281,15 +281,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     set_seed(cfg.seed)
     run_dir = Path(cfg.output)
     data, splits = load_split(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)  # once the data is found: a run refused for it leaves no folder
-    write_json(run_dir / "data_report.json", data.report() | {
-        "split_counts": {str(s): int(c) for s, c in zip(*np.unique(splits, return_counts=True))}})
-    write_split_csv(run_dir / "split.csv", data, splits)
     x = {s: data.images[splits == s] for s in ("train", "val", "test")}
     y = {s: data.labels[splits == s] for s in ("train", "val", "test")}
     if len(y["train"]) == 0 or (len(y["val"]) == 0 and not cfg.refit):
         raise ValueError(f"{cfg.dataset}: empty train or validation split "
                          f"(train {len(y['train'])}, val {len(y['val'])}); adjust --val-fraction / subjects")
+    run_dir.mkdir(parents=True, exist_ok=True)  # once data and split are usable: a refused run leaves no folder
+    write_json(run_dir / "data_report.json", data.report() | {
+        "split_counts": {str(s): int(c) for s, c in zip(*np.unique(splits, return_counts=True))}})
+    write_split_csv(run_dir / "split.csv", data, splits)
     log.info("split: train %d, val %d, test %d", len(y["train"]), len(y["val"]), len(y["test"]))
 
     input_shape = (cfg.image_size, cfg.image_size, 1)

@@ -160,6 +160,15 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert not run.exists()  # a run refused for its data leaves no run folder
 
 
+def test_a_split_without_validation_faces_is_refused_without_leaving_a_run_folder(tmp_path, capsys):
+    write_ckplus(tmp_path / "ckplus48")
+    run = tmp_path / "run"
+    assert fer_train.main(["--dataset", "ckplus", "--data-dir", str(tmp_path), "--val-fraction", "0",
+                           "--test-fraction", "0", "--output", str(run)]) == 2
+    assert "empty train or validation split" in capsys.readouterr().err
+    assert not run.exists()  # it held split.csv and data_report.json, and looked like a run to resume
+
+
 def test_a_backbone_input_below_32_pixels_is_refused_before_the_data_loads(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         fer_train.main(["--model", "faceres", "--base-size", "8", "--data-dir", str(tmp_path / "nowhere"),
