@@ -177,14 +177,19 @@ def run(cfg: TrainConfig) -> dict:
                          _csv(cfg.val_speakers), _csv(cfg.test_speakers))
     if cfg.refit:
         splits = np.where(splits == "val", "train", splits)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_split(out, clips, splits, corpus_reports)
     part = {name: [i for i, s in enumerate(splits) if s == name] for name in ("train", "val", "test")}
     if not part["train"] or not (part["val"] or cfg.refit):
         speakers = len({c.speaker for c in clips})
-        hint = (f"; {speakers} speaker(s) are too few for --split speaker: use --split random, or name the "
-                "held-out speakers with --val-speakers / --test-speakers") if cfg.split == "speaker" else ""
+        if not part["val"] and not cfg.val_fraction and not cfg.val_speakers:
+            hint = "; --val-fraction is 0 and no --val-speakers are named"
+        elif cfg.split == "speaker":
+            hint = (f"; {speakers} speaker(s) are too few for --split speaker: use --split random, or name the "
+                    "held-out speakers with --val-speakers / --test-speakers")
+        else:
+            hint = ""
         raise RuntimeError(f"empty train or validation split: {({k: len(v) for k, v in part.items()})}{hint}")
+    out.mkdir(parents=True, exist_ok=True)  # once the split is usable: a refused run leaves no folder
+    _write_split(out, clips, splits, corpus_reports)
 
     train_clips = [clips[i] for i in part["train"]]
     train_feats = [feats[i] for i in part["train"]]

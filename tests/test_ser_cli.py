@@ -147,6 +147,17 @@ def test_train_reports_missing_data_folder(tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # a run refused for its data leaves no run folder
 
 
+def test_train_without_a_validation_split_says_why_and_leaves_no_run_folder(tmp_path, capsys):
+    synth.make_ravdess(tmp_path / "data", actors=4)
+    run = tmp_path / "r"
+    assert ser_train.main(["--model", "cnn", "--corpora", "ravdess", "--data-dir", str(tmp_path / "data"),
+                           "--val-fraction", "0", "--max-seconds", "1.0", "--cache-dir", "", "--n-jobs", "1",
+                           "--output", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "empty train or validation split" in err and "--val-fraction is 0" in err
+    assert not run.exists()  # it held a split.csv, like a run to resume
+
+
 def test_train_without_data_offline_names_data_dir(tmp_path, monkeypatch, capsys):
     from core import datasets
 
