@@ -397,11 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "pack":
         from core.datasets import DatasetNotFoundError
+        from ser.corpora import parse_corpus_list
         from ser.whisper.weights import EncoderWeightsError
 
-        try:
-            info = pack(args.data_dir, Path(args.output), [c for c in args.corpora.split(",") if c],
-                        args.encoder_dir)
+        try:  # parse_corpus_list: aliases resolved, each corpus once (ravdess,ravdess would pack every clip twice)
+            info = pack(args.data_dir, Path(args.output), parse_corpus_list(args.corpora), args.encoder_dir)
         except (DatasetNotFoundError, EncoderWeightsError, RuntimeError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

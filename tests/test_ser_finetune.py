@@ -125,6 +125,8 @@ def test_pack_of_a_missing_data_folder_is_one_error_line(tmp_path, capsys):
                           "--encoder-dir", str(encoder_dir)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "does not exist" in err and "Traceback" not in err
+    assert finetune.main(["pack", "--data-dir", str(tmp_path), "--output", str(tmp_path / "p"), "--corpora", ","]) == 2
+    assert "no corpus named" in capsys.readouterr().err  # before the encoder or any clip is read
 
 
 def test_pack_counts_an_unreadable_clip_and_refuses_a_missing_encoder(tmp_path):
