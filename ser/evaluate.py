@@ -57,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.split != "all":
         split = pd.read_csv(predictor.model_dir / "split.csv")
         wanted = set(split.loc[split["split"] == args.split, "file"])
+        if not wanted:  # say why, rather than blame the data folder
+            refit = args.split == "val" and predictor.config.get("train", {}).get("refit")
+            why = "was refit on its validation speakers: they are training data" if refit else \
+                f"has no {args.split} split in its split.csv"
+            print(f"error: {predictor.model_dir} {why}", file=sys.stderr)
+            return 2
         clips = [c for c in clips if clip_key(c, reports) in wanted]
         if not clips:
             print(f"error: none of the model's {args.split} files are in this data folder", file=sys.stderr)

@@ -217,6 +217,26 @@ def test_evaluate_writes_metrics_for_test_split(trained, tmp_path):
     assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "predictions.csv").is_file()
 
 
+def test_evaluate_of_a_split_the_model_does_not_have_says_why(trained, tmp_path, capsys):
+    import shutil
+
+    root, out, _ = trained
+    refit = tmp_path / "refit"
+    shutil.copytree(out, refit)
+    split = pd.read_csv(refit / "split.csv")
+    split["split"] = split["split"].replace("val", "train")  # what --refit writes
+    split.to_csv(refit / "split.csv", index=False)
+    args = ["--model-dir", str(refit), "--data-dir", str(root), "--corpora", "ravdess,tess", "--split", "val",
+            "--output", str(tmp_path / "eval"), "--n-jobs", "1"]
+    assert evaluate_main(args) == 2
+    assert "has no val split in its split.csv" in capsys.readouterr().err  # not "not in this data folder"
+    config = read_json(refit / "config.json")
+    config["train"]["refit"] = True
+    (refit / "config.json").write_text(json.dumps(config))
+    assert evaluate_main(args) == 2
+    assert "was refit on its validation speakers" in capsys.readouterr().err
+
+
 def _speech_with_pause(pause_seconds: float) -> np.ndarray:
     silence = np.zeros(8_000, np.float32)  # 0.5 s at both ends, trimmed away
     pause = np.zeros(int(pause_seconds * 16_000), np.float32)
