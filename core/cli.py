@@ -35,7 +35,8 @@ _NOISY_MODULES = r"(tensorflow|tf_keras|keras|absl|h5py|google\.protobuf|tensorb
 # and the converter's settings line when it calibrates int8.
 _STARTUP_NOISE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |WARNING: All log messages before "
                             r"absl::InitializeLog|To enable the following instructions: .* rebuild TensorFlow|"
-                            r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$|fully_quantize: \d+, inference_type: )")
+                            r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$|"
+                            r"fully_quantize: \d+, inference_type: )")
 
 
 def quiet_tensorflow(verbose: bool | None = None) -> None:

@@ -179,7 +179,8 @@ def load_faceres_network(image_size: int = FACERES_SIZE, weights: str | os.PathL
     ``alpha`` must be the width the weights were converted at (1.0 for faceres-deep; tests use narrower ones)."""
     path = Path(weights).expanduser() if weights else faceres_weights_file()
     if not path.is_file():
-        raise BackboneWeightsError(f"face backbone weights {path} do not exist; run `python -m fer.backbones` (converts them once)")
+        raise BackboneWeightsError(f"face backbone weights {path} do not exist; run `python -m fer.backbones` "
+                                   "(converts them once)")
     network = build_faceres_network(image_size, alpha)
     network.load_weights(path)
     return network

@@ -164,7 +164,7 @@ def run(cfg: TrainConfig) -> dict:
     encoder_model = cfg.model in ENCODER_MODELS
     if encoder_model and (cfg.mixup > 0 or cfg.spec_augment):
         raise ValueError(f"--mixup and --spec-augment apply to MFCC models, not --model {cfg.model}")
-    out = Path(cfg.output)  # made once the data is found: a run refused for its data leaves no folder
+    out = Path(cfg.output)
     set_seed(cfg.seed)
     fcfg = cfg.feature_config()
     cache = Path(cfg.cache_dir) if cfg.cache_dir else None
