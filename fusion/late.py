@@ -31,7 +31,7 @@ from core.labels import EMOTIONS
 from core.reports import compute_metrics, format_summary, write_report
 from core.weights import sha256_of
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
-from fusion.media import Clip, MediaError, NoVideoError, decode_clip
+from fusion.media import MAX_CLIP_SECONDS, Clip, MediaError, NoVideoError, decode_clip, duration_seconds
 
 log = logging.getLogger("fusion.late")
 
@@ -40,7 +40,6 @@ DEFAULT_WEIGHTS = {"audio": 0.5, "face": 0.5}
 WEIGHTS_FILE = "late_fusion.json"
 LATE_FPS = 5.0          # faces change slowly; 5 frames/s halves detection cost against the joint model's 10
 GRID_STEPS = 21         # audio weight 0.00, 0.05, ..., 1.00
-MAX_CLIP_SECONDS = 60.0
 # "product" (log-linear pooling) treats the modalities as independent evidence: one confident modality can
 # overrule a hesitant one.
 RULE_WORDS = {"mean": "weighted mean of the probabilities", "product": "weighted geometric mean"}
@@ -253,7 +252,8 @@ class LateFusion:
         from ser.audio import AudioError
 
         clip, info = self.decode(path)
-        info = {"seconds": round(clip.seconds, 3), "frames": int(len(clip.frames)), **info}
+        info = {"seconds": round(clip.seconds, 3), "frames": int(len(clip.frames)),
+                **clip_span(path, clip.seconds, self.max_seconds), **info}
         probs: dict[str, np.ndarray | None] = {"audio": None, "face": None}
         if clip.audio.size == 0:
             info["audio_missing"] = "no audio track"
@@ -286,6 +286,14 @@ class LateFusion:
             raise ValueError(f"{path}: nothing to predict from ({info.get('audio_missing')}; "
                              f"{info.get('face_missing')})")
         return self.result(path, probs, info)
+
+
+def clip_span(path: str | os.PathLike, seconds_used: float, max_seconds: float) -> dict[str, Any]:
+    """``duration_seconds`` (the whole file, as the container says; the part used when it does not say) and
+    ``truncated``: whether ``max_seconds`` cut the clip, so a long recording is never judged on its start
+    without saying so."""
+    duration = duration_seconds(path) or seconds_used
+    return {"duration_seconds": round(duration, 3), "truncated": bool(duration > max_seconds + 0.05)}
 
 
 def as_result(probs: np.ndarray, class_names: Sequence[str] = EMOTIONS) -> dict:

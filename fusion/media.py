@@ -17,6 +17,9 @@ FPS = 10.0
 SAMPLE_RATE = 16_000
 MAX_SIDE = 480          # decoded frames are downscaled to this longer side (faces stay detectable)
 MIN_AUDIO_SAMPLES = 160  # 10 ms: a shorter track counts as no audio
+# Seconds of a clip analysed by prediction, from its start; the server's --max-video-seconds default is the same,
+# so the command line and an upload hear and see the same span. A longer clip is reported as truncated.
+MAX_CLIP_SECONDS = 120.0
 
 
 class MediaError(ValueError):
@@ -145,6 +148,18 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
                  max_seconds: float | None = None) -> np.ndarray:
     """Only the audio track of a video (or audio) file, mono float32 at ``sample_rate``."""
     return decode_clip(path, sample_rate=sample_rate, max_seconds=max_seconds, with_video=False).audio
+
+
+def duration_seconds(path: str | os.PathLike) -> float:
+    """The container's duration in seconds, without decoding; 0 when it does not say or cannot be read (the
+    decoder then says why). Tells a caller that a cap (``max_seconds``) left part of a long clip unheard."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return float(container.duration / av.time_base) if container.duration else 0.0
+    except (av.error.FFmpegError, OSError):
+        return 0.0
 
 
 def probe(path: str | os.PathLike) -> dict:

@@ -31,14 +31,13 @@ from core.cli import add_verbose_flag, echo, module_prog, path_arg, progress, qu
 from core.io import load_keras_model, read_model_config
 from core.labels import EMOTIONS
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
-from fusion.media import MediaError, NoAudioError, NoVideoError
+from fusion.media import MAX_CLIP_SECONDS, MediaError, NoAudioError, NoVideoError
 from fusion.preprocess import PreprocessConfig, preprocess_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "saved_models" / "fusion"
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")
-MAX_CLIP_SECONDS = 60.0
 MODES = ("auto", "joint", "late")
 
 log = logging.getLogger("fusion.predict")
@@ -47,7 +46,7 @@ log = logging.getLogger("fusion.predict")
 class FusionPredictor:
     """A trained ``fusion.train`` run folder (model.keras + config.json) ready for inference."""
 
-    def __init__(self, model_dir: str | os.PathLike | None = None):
+    def __init__(self, model_dir: str | os.PathLike | None = None, max_seconds: float = MAX_CLIP_SECONDS):
         import tensorflow as tf
 
         import fusion.models  # noqa: F401  registers the custom layers of a saved fusion model
@@ -72,7 +71,8 @@ class FusionPredictor:
                 log.warning("%s was trained on other encoder outputs (%s) than these (%s), e.g. a replaced face "
                             "model: retrain it for trustworthy predictions", self.model_dir,
                             self.preprocess.encoder_key, now)
-        self.max_seconds = float(self.config["max_seconds"])
+        self.max_seconds = float(self.config["max_seconds"])  # the training cap: longer clips go in windows
+        self.clip_seconds = check_max_seconds(max_seconds)       # what is read of a clip at all
         self.model = load_keras_model(self.model_dir / "model.keras")
         self.keys = input_keys(self.modalities, self.preprocess.pretrained)
         specs = {k: tf.TensorSpec([None, *v.shape[1:]], v.dtype) for k, v in self.model.input.items()}
@@ -101,10 +101,11 @@ class FusionPredictor:
 
     def predict_clip(self, path: str | os.PathLike) -> dict[str, Any]:
         """Fused and per-modality predictions; raises FileNotFoundError / MediaError with the reason."""
+        from fusion.late import clip_span
         from fusion.pipeline import clip_seconds
 
         try:
-            arrays = preprocess_file(path, self.preprocess, max_seconds=MAX_CLIP_SECONDS)
+            arrays = preprocess_file(path, self.preprocess, max_seconds=self.clip_seconds)
         except NoAudioError as exc:
             raise NoAudioError(f"{exc}; the joint model needs speech: use --mode late for face-only "
                                "prediction") from exc
@@ -112,10 +113,17 @@ class FusionPredictor:
         result = {"path": str(path), "mode": "joint", **as_result(probs["emotion"], self.class_names),
                   "modalities": {k: as_result(v, self.class_names) for k, v in probs.items() if k != "emotion"},
                   "seconds": round(clip_seconds(arrays, self.preprocess), 3)}
+        result.update(clip_span(path, result["seconds"], self.clip_seconds))
         if "face_mask" in arrays:
             result["face_frames"] = int(arrays["face_mask"].sum())
             result["frames"] = int(len(arrays["face_mask"]))
         return result
+
+
+def check_max_seconds(max_seconds: float) -> float:
+    if not max_seconds > 0 or not np.isfinite(max_seconds):  # NaN too
+        raise ValueError(f"--max-seconds must be a number of seconds > 0, got {max_seconds}")
+    return float(max_seconds)
 
 
 def as_result(probs: np.ndarray, class_names: Sequence[str] = EMOTIONS) -> dict:
@@ -137,11 +145,12 @@ class AutoPredictor:
 
     def __init__(self, model_dir: str | os.PathLike | None = None, ser_model_dir: str | os.PathLike | None = None,
                  fer_model_dir: str | os.PathLike | None = None, late_weights: str | os.PathLike | None = None,
-                 detector: str = DEFAULT_DETECTOR):
+                 detector: str = DEFAULT_DETECTOR, max_seconds: float = MAX_CLIP_SECONDS):
         from fusion.late import read_late_config
 
         self.model_dir = Path(model_dir or DEFAULT_MODEL_DIR)
-        self.joint = FusionPredictor(self.model_dir) if has_joint_model(self.model_dir) else None
+        check_max_seconds(max_seconds)
+        self.joint = FusionPredictor(self.model_dir, max_seconds) if has_joint_model(self.model_dir) else None
         if late_weights:
             self.late_config = read_late_config(late_weights)
         elif (self.model_dir / "late_fusion.json").is_file():
@@ -151,7 +160,7 @@ class AutoPredictor:
                                     "nor late-fusion weights (late_fusion.json)")
         else:  # no shipped folder: the even default, as --mode late without --late-weights
             self.late_config = read_late_config(None)
-        self._late_args = (ser_model_dir, fer_model_dir, detector)
+        self._late_args = (ser_model_dir, fer_model_dir, detector, max_seconds)
         self._late = None
         if self.joint is None:
             self.late  # noqa: B018  load now: a missing SER / FER model is an error at start, not per clip
@@ -161,8 +170,8 @@ class AutoPredictor:
         if self._late is None:
             from fusion.late import LateFusion
 
-            ser_dir, fer_dir, detector = self._late_args
-            self._late = LateFusion(ser_dir, fer_dir, self.late_config, detector=detector)
+            ser_dir, fer_dir, detector, max_seconds = self._late_args
+            self._late = LateFusion(ser_dir, fer_dir, self.late_config, detector=detector, max_seconds=max_seconds)
         return self._late
 
     def predict_clip(self, path: str | os.PathLike) -> dict[str, Any]:
@@ -176,25 +185,28 @@ class AutoPredictor:
 
 def load_predictor(mode: str = "auto", model_dir: str | os.PathLike | None = None,
                    ser_model_dir: str | os.PathLike | None = None, fer_model_dir: str | os.PathLike | None = None,
-                   late_weights: str | os.PathLike | None = None, detector: str = DEFAULT_DETECTOR) -> Any:
+                   late_weights: str | os.PathLike | None = None, detector: str = DEFAULT_DETECTOR,
+                   max_seconds: float = MAX_CLIP_SECONDS) -> Any:
     """A predictor with ``predict_clip(path) -> dict`` for ``mode`` auto | joint | late (see the module doc).
 
     Late mode reads ``late_weights`` (a late_fusion.json, a folder holding one, or 'audio=W,face=W'), else
-    ``model_dir``'s late_fusion.json, else the shipped one, else even weights.
+    ``model_dir``'s late_fusion.json, else the shipped one, else even weights. The first ``max_seconds`` of
+    each clip are used; a result says ``truncated`` when the clip was longer.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_max_seconds(max_seconds)
     if mode == "joint":
-        return FusionPredictor(model_dir)
+        return FusionPredictor(model_dir, max_seconds)
     if mode == "auto":
-        return AutoPredictor(model_dir, ser_model_dir, fer_model_dir, late_weights, detector)
+        return AutoPredictor(model_dir, ser_model_dir, fer_model_dir, late_weights, detector, max_seconds)
     from fusion.late import LateFusion, find_late_fusion
 
     if not late_weights:
         folder = Path(model_dir) if model_dir else None
         late_weights = (folder / "late_fusion.json" if folder and (folder / "late_fusion.json").is_file()
                         else find_late_fusion())
-    return LateFusion(ser_model_dir, fer_model_dir, late_weights, detector=detector)
+    return LateFusion(ser_model_dir, fer_model_dir, late_weights, detector=detector, max_seconds=max_seconds)
 
 
 def expand_paths(paths: Sequence[str]) -> list[Path]:
@@ -231,13 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the fusion folder's late_fusion.json)")
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
                         help="late fusion face detector (default: %(default)s)")
+    parser.add_argument("--max-seconds", type=float, default=MAX_CLIP_SECONDS,
+                        help="seconds of each clip analysed, from its start (the server's --max-video-seconds); a "
+                             "longer clip is reported as truncated, with a warning (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     add_verbose_flag(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_max_seconds(args.max_seconds)
+    except ValueError as exc:
+        parser.error(str(exc))
     paths = expand_paths(args.paths)  # before the models load: an empty folder is a usage error, found at once
     if not paths:
         media = ", ".join(sorted(VIDEO_EXTENSIONS + AUDIO_EXTENSIONS))
@@ -245,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         predictor = load_predictor(args.mode, args.model_dir, args.ser_model_dir, args.fer_model_dir,
-                                   args.late_weights, args.detector)
+                                   args.late_weights, args.detector, args.max_seconds)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -257,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             failures += 1
             echo(f"error: {exc}", err=True)
             continue
+        if result.get("truncated"):
+            echo(f"warning: {path}: {result['duration_seconds']:.1f} s long; only its first {args.max_seconds:g} s "
+                 "were used (--max-seconds)", err=True)
         echo(json.dumps(result) if args.json else format_text(result))
     return 1 if failures else 0
 

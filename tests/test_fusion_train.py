@@ -179,6 +179,33 @@ def test_late_cli_fit_and_predict(trained, ser_fer, capsys):
     assert rc == 0 and result["mode"] == "late" and result["weights"] == fitted["weights"]
 
 
+def test_a_clip_longer_than_max_seconds_is_reported_as_truncated(trained, ser_fer, tmp_path, capsys):
+    from fusion.predict import FusionPredictor
+    from fusion.predict import main as predict_main
+    from tests.synth_video import write_clip
+
+    clip = str(write_clip(tmp_path / "long.mp4", seconds=3.0, emotion=2))
+    late = ["--mode", "late", "--json", "--ser-model-dir", str(ser_fer[0]), "--fer-model-dir", str(ser_fer[1]),
+            "--late-weights", "audio=0.5,face=0.5"]
+    assert predict_main([clip, *late]) == 0
+    whole = capsys.readouterr()
+    assert predict_main([clip, *late, "--max-seconds", "1.5"]) == 0
+    cut = capsys.readouterr()
+    whole_result, cut_result = json.loads(whole.out), json.loads(cut.out)
+    assert not whole_result["truncated"] and "warning" not in whole.err
+    assert cut_result["truncated"] and cut_result["seconds"] == pytest.approx(1.5, abs=0.2)  # + one frame at 5/s
+    assert cut_result["duration_seconds"] == pytest.approx(3.0, abs=0.1)
+    assert cut_result["frames"] < whole_result["frames"]
+    assert "3.0 s long; only its first 1.5 s were used (--max-seconds)" in cut.err
+    joint = FusionPredictor(trained, max_seconds=1.5).predict_clip(clip)  # the joint model reads the same span
+    assert joint["truncated"] and joint["duration_seconds"] == pytest.approx(3.0, abs=0.1)
+    missing = str(tmp_path / "no_model")  # refused before any model loads
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit):
+            predict_main([clip, "--max-seconds", bad, "--ser-model-dir", missing])
+        assert "--max-seconds must be a number of seconds > 0" in capsys.readouterr().err
+
+
 def test_late_cli_checks_its_clips_and_frame_rate_before_loading_models(trained, tmp_path, capsys):
     from fusion.late import main as fit_main
 

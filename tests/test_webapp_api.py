@@ -920,6 +920,18 @@ def test_a_video_gets_face_voice_and_fused_per_segment(client, tmp_path):
     assert body.label in EMOTIONS and body.face and body.voice
 
 
+def test_a_video_longer_than_max_video_seconds_says_it_was_truncated(tmp_path):
+    clip = sm.write_mp4(tmp_path / "long.mp4", seconds=4.0).read_bytes()
+    with make_client(max_video_seconds=2.0) as short, make_client() as default:
+        cut = short.post("/api/predict/video?segments=true", content=clip, headers={"content-type": "video/mp4"})
+        whole = default.post("/api/predict/video", content=clip, headers={"content-type": "video/mp4"})
+    assert cut.status_code == 200 and whole.status_code == 200, (cut.text, whole.text)
+    cut, whole = VideoPrediction.model_validate(cut.json()), VideoPrediction.model_validate(whole.json())
+    assert cut.truncated and not whole.truncated
+    assert cut.duration_seconds == pytest.approx(4.0, abs=0.3)  # the file's length, not the part analysed
+    assert cut.segments[-1].end == pytest.approx(2.0, abs=0.05)
+
+
 def test_favicon_and_page_links():
     with make_client() as c:
         icon = c.get("/favicon.ico")

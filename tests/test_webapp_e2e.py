@@ -592,7 +592,9 @@ def test_page_analyses_uploaded_files(tmp_path, live_models):
     speech = sm.wav_bytes(sm.voice(5.0))  # expected from the same 16-bit samples the server will decode
     _, expected = live_models.predict_voice_segments(decode_audio(speech, "talk.wav"), SAMPLE_RATE)
     assert len(expected) >= 2
-    server = ServerThread(create_app(settings=Settings(warmup=False), models=live_models), free_port()).start()
+    # 6.5 s analysed of the 7 s video below: the page must say that only its start was heard and seen.
+    settings = Settings(warmup=False, max_video_seconds=6.5)
+    server = ServerThread(create_app(settings=settings, models=live_models), free_port()).start()
     try:
         with sync_playwright() as p:
             browser = launch_browser(p, tmp_path, sm.write_y4m(tmp_path / "face.y4m", n_frames=5, fps=15),
@@ -640,7 +642,8 @@ def test_page_analyses_uploaded_files(tmp_path, live_models):
             segments = page.evaluate("window.emotionApp.fileResult.segments")
             cells = page.eval_on_selector_all("#file-result table.segments tr[data-fused]", "trs => trs.map(tr => "
                                               "[...tr.querySelectorAll('td[data-side]')].map(td => td.dataset.label || ''))")
-            assert len(cells) == len(segments) == 3
+            assert len(cells) == len(segments) == 3 and segments[-1]["end"] == pytest.approx(6.5)
+            assert "only the start of this 7.0 s clip was analysed" in page.text_content("#file-state")
             for row, seg in zip(cells, segments):
                 assert row == [seg[side]["label"] if seg[side] else "" for side in ("fused", "face", "voice")]
             assert page.get_attribute("#file-result canvas.file-plot", "data-kind") == "video"

@@ -28,6 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from core.labels import EMOTIONS
+from fusion.media import MAX_CLIP_SECONDS
 from ser.frontend import NoSpeechError
 from webapp import media
 from webapp.models import PRECISION, ModelLoader, ModelUnavailable, Models, top_label
@@ -46,7 +47,7 @@ class Settings:
     max_upload_bytes: int = 25 * 1024 * 1024
     max_message_bytes: int = 1024 * 1024
     max_connections: int = 32
-    max_video_seconds: float = 120.0
+    max_video_seconds: float = MAX_CLIP_SECONDS  # as python -m fusion.predict
     video_frames: int = 24               # frames sampled evenly from an uploaded video
     upload_workers: int = 1              # concurrent file predictions
     max_waiting_uploads: int = 8         # queued beyond the workers; more get 503 at once
@@ -498,7 +499,8 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
               "probabilities": fused["probabilities"] if fused else None, "method": method,
               "face": face, "voice": voice, "no_speech": no_speech, "frames_sampled": len(frames),
               "frames_with_face": sum(p is not None for p in per_frame),
-              "duration_seconds": round(float(duration), 3)}
+              "duration_seconds": round(float(duration), 3),
+              "truncated": bool(duration > settings.max_video_seconds + 0.05)}
     if segments:
         answer["segments"] = video_segments(per_frame, times, windows, duration, settings)
     return answer

@@ -15,6 +15,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from fusion.media import duration_seconds as video_duration  # noqa: F401  one reader for CLI and server
+
 SAMPLE_RATE = 16_000
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_PROCESS_SIDE = 640  # frames are downscaled to this longer side before face detection
@@ -115,18 +117,6 @@ def annotated_jpeg(image: np.ndarray, faces: list[dict], max_side: int = 960, qu
     if not ok:
         raise MediaError("the annotated image could not be encoded")
     return buf.tobytes()
-
-
-def video_duration(path: str | os.PathLike) -> float:
-    """The container's duration in seconds; 0 when it does not say or cannot be read (``sample_video``
-    then says why)."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            return float(container.duration / av.time_base) if container.duration else 0.0
-    except (av.error.FFmpegError, OSError):
-        return 0.0
 
 
 def sample_video(path: str | os.PathLike, n_frames: int, max_seconds: float) -> tuple[list[np.ndarray], float]:

@@ -119,7 +119,9 @@ class VideoPrediction(BaseModel):
         default=None, description="The audio track holds no speech (what it holds instead): the face alone decides.")
     frames_sampled: int
     frames_with_face: int
-    duration_seconds: float
+    duration_seconds: float = Field(description="The whole file's length, as its container says.")
+    truncated: bool = Field(description="The clip is longer than the server's max_video_seconds (see "
+                                        "/api/health): only its start was analysed.")
     segments: list[VideoSegment] | None = Field(
         default=None, description="Only with ?segments=true: face, voice and fused per segment of the clip, in "
                                   "time order.")

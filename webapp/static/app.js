@@ -707,6 +707,10 @@ async function analyseFile(file) {
     state.textContent = kind === 'audio' && body.segments && body.segments.length > 1
       ? `${body.segments.length} windows of speech, averaged`
       : kind === 'video' && body.segments ? `${body.segments.length} segment(s) of ${body.duration_seconds.toFixed(1)} s` : 'done';
+    // A clip longer than the server's max_video_seconds: say that only its start was heard and seen.
+    if (kind === 'video' && body.truncated) {
+      state.textContent += ` (only the start of this ${body.duration_seconds.toFixed(1)} s clip was analysed)`;
+    }
   } catch (err) {
     state.dataset.state = 'error';
     state.textContent = `${file.name}: ${err.message}`;
