@@ -118,6 +118,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return read(path)
 
 
+def media_hint(path: Path) -> str:
+    """For a sound or video file given to the photo tool: which tool reads it."""
+    from core.media_types import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
+
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return " (a video: `python -m fusion.predict` reads its faces and voice)"
+    if suffix in AUDIO_EXTENSIONS:
+        return " (a sound file: `python -m ser.predict` reads it)"
+    return ""
+
+
 def iter_inputs(paths: Iterable[str]) -> Iterable[tuple[Path, Path | None, str | None]]:
     """(file, folder it came from or None, error or None) for files and folders given on the command line."""
     for arg in paths:
@@ -214,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             image = read_image(path)
         except ValueError as exc:
-            echo(f"error: {exc}", err=True)
+            echo(f"error: {exc}{media_hint(path)}", err=True)
             failures += 1
             continue
         if args.no_detect:

@@ -30,14 +30,13 @@ import numpy as np
 from core.cli import add_verbose_flag, echo, module_prog, path_arg, progress, quiet_tensorflow
 from core.io import load_keras_model, read_model_config
 from core.labels import EMOTIONS
+from core.media_types import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
 from fusion.media import MAX_CLIP_SECONDS, MediaError, NoAudioError, NoVideoError
 from fusion.preprocess import PreprocessConfig, preprocess_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "saved_models" / "fusion"
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")
 MODES = ("auto", "joint", "late")
 
 log = logging.getLogger("fusion.predict")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from core.labels import EMOTION_INDEX, UnknownLabelError, map_label
+from core.media_types import VIDEO_EXTENSIONS
 
 NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
-VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv")
 
 
 def parse_name(stem: str) -> dict[str, str] | None:
@@ -31,7 +31,7 @@ def load_ravdess_av(root: str | Path, include_song: bool = True) -> tuple[pd.Dat
     root = Path(root)
     report = {"files": 0, "bad_name": 0, "video_only": 0, "audio_only": 0, "song_skipped": 0, "unknown_label": 0}
     rows = []
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()):
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()):
         if path.name.startswith("._"):  # macOS resource forks in some archives
             continue
         report["files"] += 1

@@ -102,6 +102,25 @@ def write_audio_only_mp4(path: str | Path, y: np.ndarray, sample_rate: int = 16_
     return Path(path)
 
 
+def write_voice_note(path: str | Path, y: np.ndarray, sample_rate: int = 16_000) -> Path:
+    """``y`` encoded the way phones send voice notes: Opus in Ogg for ``.opus``, raw AAC (ADTS) for ``.aac``."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    codec, container_format, rate = {".opus": ("libopus", "ogg", 48_000), ".aac": ("aac", "adts", sample_rate)}[
+        path.suffix.lower()]
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate, layout="mono")
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=rate)
+        frame = av.AudioFrame.from_ndarray(np.asarray(y, np.float32).reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = sample_rate
+        for chunk in [*resampler.resample(frame), *resampler.resample(None)]:
+            container.mux(stream.encode(chunk))
+        container.mux(stream.encode(None))
+    return path
+
+
 def corrupt_clip(path: str | Path, keep_fraction: float = 0.3) -> Path:
     """Truncate a clip in place (like an interrupted download)."""
     path = Path(path)

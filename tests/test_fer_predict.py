@@ -118,6 +118,16 @@ def test_cli_bad_files_are_reported_and_the_rest_continue(model_dir, images, cap
     assert "blank.png: 0 face(s)" in out.out
 
 
+def test_cli_names_the_tool_for_a_video_or_a_sound_file(model_dir, tmp_path, capsys):
+    clip, note = tmp_path / "clip.mp4", tmp_path / "note.opus"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
+    note.write_bytes(b"OggS" + bytes(64))
+    assert fer_predict.main([str(clip), str(note), "--model-dir", str(model_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "clip.mp4: not a readable image" in err and "`python -m fusion.predict` reads its faces and voice" in err
+    assert "note.opus: not a readable image" in err and "`python -m ser.predict` reads it" in err
+
+
 def test_cli_annotate(model_dir, images, tmp_path, capsys):
     out_dir = tmp_path / "annotated"
     rc = fer_predict.main([str(images / "astronaut.jpg"), str(images / "crops"), "--annotate", str(out_dir),

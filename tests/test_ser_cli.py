@@ -182,6 +182,19 @@ def test_predict_json_on_files_and_folder(trained, capsys):
         assert obj["label"] == max(obj["probabilities"], key=obj["probabilities"].get)
 
 
+def test_predict_finds_voice_notes_in_a_folder(trained, tmp_path, capsys):
+    """A folder of phone voice notes (.opus, .aac) was "no audio files" although each file, named, was read."""
+    from tests.synth_video import write_voice_note
+
+    _, out, _ = trained
+    y = synth.tone("happy", seconds=1.5)
+    notes = [write_voice_note(tmp_path / "notes" / name, y) for name in ("a.opus", "b.aac")]
+    assert ser_predict.main(["--model-dir", str(out), "--json", str(tmp_path / "notes")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["path"] for line in lines] == [str(p) for p in notes]
+    assert all(line["label"] in line["probabilities"] for line in lines)
+
+
 def test_predict_continues_past_bad_files_and_fails_at_the_end(trained, capsys):
     _, out, defects = trained
     code = ser_predict.main(["--model-dir", str(out), "--json", str(defects["corrupt"]), str(defects["silent"]),

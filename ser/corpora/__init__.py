@@ -15,10 +15,12 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from core.datasets import resolve_corpus_dir
+from core.media_types import AUDIO_EXTENSIONS as _AUDIO, VIDEO_EXTENSIONS as _VIDEO
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".aif", ".aiff", ".m4a", ".mp4", ".webm"}
+# Speech comes from sound files and from the sound track of video files (RAVDESS ships .mp4 too).
+AUDIO_EXTENSIONS = set(_AUDIO) | set(_VIDEO)
 
 
 @dataclass(frozen=True)
