@@ -675,10 +675,11 @@ function fileRows(kind, r) {
   return rows;
 }
 
-const KIND_BY_EXTENSION = {  // for files the browser gives no media type
-  wav: 'audio', flac: 'audio', mp3: 'audio', ogg: 'audio', m4a: 'audio', aiff: 'audio',
+const KIND_BY_EXTENSION = {  // for files the browser gives no media type (core/media_types.py's lists)
+  wav: 'audio', flac: 'audio', mp3: 'audio', ogg: 'audio', opus: 'audio', m4a: 'audio', aac: 'audio', aif: 'audio',
+  aiff: 'audio',
   jpg: 'image', jpeg: 'image', png: 'image', bmp: 'image', webp: 'image', tif: 'image', tiff: 'image',
-  mp4: 'video', webm: 'video', mov: 'video', avi: 'video', mkv: 'video',
+  mp4: 'video', webm: 'video', mov: 'video', avi: 'video', mkv: 'video', m4v: 'video',
 };
 
 async function analyseFile(file) {
