@@ -1071,3 +1071,17 @@ def test_the_live_stream_uses_its_own_small_face_model_and_uploads_the_default(t
 def test_the_live_face_model_is_a_folder_inside_the_models_folder(name):
     with pytest.raises(ValueError, match="--live-face-model must be a folder name"):
         Settings(live_face_model=name)
+
+
+def test_the_page_sorts_files_by_the_same_extensions_as_the_command_lines():
+    import re
+
+    from core.media_types import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
+
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[1] / "webapp" / "static" / "app.js").read_text()
+    table = re.search(r"const KIND_BY_EXTENSION = \{(.*?)\};", script, re.S).group(1)
+    kinds = dict(re.findall(r"(\w+): '(\w+)'", table))
+    assert {f".{e}" for e, k in kinds.items() if k == "audio"} == set(AUDIO_EXTENSIONS)
+    assert {f".{e}" for e, k in kinds.items() if k == "video"} == set(VIDEO_EXTENSIONS)
