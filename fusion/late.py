@@ -31,7 +31,8 @@ from core.labels import EMOTIONS
 from core.reports import compute_metrics, format_summary, write_report
 from core.weights import sha256_of
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
-from fusion.media import MAX_CLIP_SECONDS, Clip, MediaError, NoVideoError, decode_clip, duration_seconds
+from fusion.media import (MAX_CLIP_FRAMES, MAX_CLIP_SECONDS, Clip, MediaError, NoVideoError, decode_clip,
+                          duration_seconds)
 
 log = logging.getLogger("fusion.late")
 
@@ -192,12 +193,14 @@ class LateFusion:
     def __init__(self, ser_model_dir: str | os.PathLike | None = None, fer_model_dir: str | os.PathLike | None = None,
                  weights: LateFusionConfig | dict[str, float] | str | os.PathLike | None = None,
                  fps: float = LATE_FPS, detector: str = DEFAULT_DETECTOR, max_seconds: float = MAX_CLIP_SECONDS,
-                 rule: str | None = None):
+                 rule: str | None = None, max_frames: int = MAX_CLIP_FRAMES):
         from fer.predict import FERPredictor
         from ser.predict import SERPredictor
 
-        if not fps > 0 or not max_seconds > 0:  # before the models load: fps 0 would sample no frame at all
-            raise ValueError(f"fps and max_seconds must be > 0, got fps {fps}, max_seconds {max_seconds}")
+        # Checked before the models load: fps 0 would sample no frame at all.
+        if not fps > 0 or not max_seconds > 0 or not max_frames >= 1:
+            raise ValueError(f"fps and max_seconds must be > 0 and max_frames >= 1, got fps {fps}, "
+                             f"max_seconds {max_seconds}, max_frames {max_frames}")
         self.ser = SERPredictor(ser_model_dir)
         self.fer = FERPredictor(fer_model_dir, detector=detector)
         config = LateFusionConfig(_checked_weights(weights, "weights")) if isinstance(weights, dict) \
@@ -207,7 +210,7 @@ class LateFusion:
         if config.rule not in RULES:
             raise ValueError(f"late-fusion rule must be one of {RULES}, got {config.rule!r}")
         self.config = config
-        self.fps, self.max_seconds, self.detector = fps, max_seconds, detector
+        self.fps, self.max_seconds, self.max_frames, self.detector = fps, max_seconds, int(max_frames), detector
         self.class_names = list(EMOTIONS)
         self._warn_if_fitted_for_other_models()
 
@@ -239,13 +242,7 @@ class LateFusion:
         return np.stack(crops) if crops else np.zeros((0, size, size), np.uint8)
 
     def decode(self, path: str | os.PathLike) -> tuple[Clip, dict[str, Any]]:
-        """The clip's frames and audio; an audio file (or a video file without a video track) gives no frames."""
-        try:
-            return decode_clip(path, fps=self.fps, max_seconds=self.max_seconds, require_audio=False), {}
-        except NoVideoError:
-            clip = decode_clip(path, fps=self.fps, max_seconds=self.max_seconds, require_audio=False,
-                               with_video=False)
-            return clip, {"face_missing": "no video track"}
+        return decode_for_prediction(path, self.fps, self.max_seconds, self.max_frames)
 
     def modality_probs(self, path: str | os.PathLike) -> tuple[dict[str, np.ndarray | None], dict[str, Any]]:
         """(probabilities per modality or None when unavailable, facts such as why one is missing)."""
@@ -286,6 +283,18 @@ class LateFusion:
             raise ValueError(f"{path}: nothing to predict from ({info.get('audio_missing')}; "
                              f"{info.get('face_missing')})")
         return self.result(path, probs, info)
+
+
+def decode_for_prediction(path: str | os.PathLike, fps: float = LATE_FPS, max_seconds: float = MAX_CLIP_SECONDS,
+                          max_frames: int = MAX_CLIP_FRAMES) -> tuple[Clip, dict[str, Any]]:
+    """A clip's frames and audio as every predictor reads them: ``fusion.predict`` and the server's video endpoint
+    call this, so both see the same frames and hear the same samples. An audio file (or a video file without a
+    video track) gives no frames and ``face_missing``."""
+    try:
+        return decode_clip(path, fps=fps, max_seconds=max_seconds, require_audio=False, max_frames=max_frames), {}
+    except NoVideoError:
+        clip = decode_clip(path, fps=fps, max_seconds=max_seconds, require_audio=False, with_video=False)
+        return clip, {"face_missing": "no video track"}
 
 
 def clip_span(path: str | os.PathLike, seconds_used: float, max_seconds: float) -> dict[str, Any]:

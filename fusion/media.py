@@ -20,6 +20,9 @@ MIN_AUDIO_SAMPLES = 160  # 10 ms: a shorter track counts as no audio
 # Seconds of a clip analysed by prediction, from its start; the server's --max-video-seconds default is the same,
 # so the command line and an upload hear and see the same span. A longer clip is reported as truncated.
 MAX_CLIP_SECONDS = 120.0
+# Frames looked at per clip by prediction (5 per second, fusion.late.LATE_FPS, up to 19 s; spread evenly over a longer
+# clip); the server's --video-frames default is the same. Bounds the cost of a long upload.
+MAX_CLIP_FRAMES = 96
 
 
 class MediaError(ValueError):
@@ -69,8 +72,11 @@ def _frame_to_rgb(frame, size: tuple[int, int]) -> np.ndarray:
 
 def decode_clip(path: str | os.PathLike, fps: float = FPS, sample_rate: int = SAMPLE_RATE,
                 max_seconds: float | None = None, max_side: int | None = MAX_SIDE,
-                require_audio: bool = True, with_video: bool = True) -> Clip:
+                require_audio: bool = True, with_video: bool = True, max_frames: int | None = None) -> Clip:
     """Frames at ``fps`` and the audio track resampled to ``sample_rate`` mono float32.
+
+    ``max_frames`` bounds the frames of a long clip: where ``fps`` would give more over the part read, the rate
+    is lowered so that they spread evenly over it (``Clip.fps`` is the rate used).
 
     Raises ``FileNotFoundError``, ``CorruptMediaError``, ``NoVideoError`` or (with ``require_audio``)
     ``NoAudioError``; each message names the file and the reason.
@@ -93,6 +99,9 @@ def decode_clip(path: str | os.PathLike, fps: float = FPS, sample_rate: int = SA
             audio = container.streams.audio[0] if container.streams.audio else None
             if with_video and video is None:
                 raise NoVideoError(f"{path}: no video stream")
+            span = min(float(container.duration / av.time_base) if container.duration else limit, limit)
+            if video is not None and max_frames and 0 < span < float("inf") and span * fps > max_frames:
+                fps = max_frames / span
             if audio is None and require_audio:
                 raise NoAudioError(f"{path}: no audio track")
             streams = [s for s in (video, audio) if s is not None]
@@ -105,18 +114,20 @@ def decode_clip(path: str | os.PathLike, fps: float = FPS, sample_rate: int = SA
             next_index, audio_samples = 0, 0
             audio_limit = limit * sample_rate
             for packet in container.demux(*streams):
-                video_done = video is None or next_index / fps >= limit
+                video_done = (video is None or next_index / fps >= limit
+                              or bool(max_frames and next_index >= max_frames))
                 if video_done and (audio is None or audio_samples >= audio_limit):
                     break  # both tracks reached the cap: skip demuxing the rest of a long clip
                 if packet.stream is video:
-                    if next_index / fps >= limit:
+                    if video_done:
                         continue
                     for frame in packet.decode():
                         if frame.time is None:
                             continue
                         # Emit this frame for every target time it reaches (duplicates when the source fps is lower).
                         converted = None
-                        while next_index / fps <= frame.time + 1e-6 and next_index / fps < limit:
+                        while (next_index / fps <= frame.time + 1e-6 and next_index / fps < limit
+                               and not (max_frames and next_index >= max_frames)):
                             converted = converted if converted is not None else _frame_to_rgb(frame, size)
                             frames.append(converted)
                             next_index += 1

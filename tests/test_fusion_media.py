@@ -56,6 +56,16 @@ def test_max_seconds_and_downscaling(counter_clip, tmp_path):
     assert info["video"]["width"] == 640 and info["audio"]["sample_rate"] == 16_000
 
 
+def test_max_frames_spreads_the_frames_of_a_long_clip_evenly(counter_clip):
+    clip = decode_clip(counter_clip, fps=10, max_frames=8)  # 16 frames at 10/s would cover the 1.6 s
+    assert len(clip.frames) == 8 and clip.fps == pytest.approx(5.0)
+    expected = [int(np.ceil(k / 5.0 * SOURCE_FPS - 1e-6)) for k in range(8)]  # every 0.2 s, from the start
+    assert [_source_index(f) for f in clip.frames] == expected
+    assert abs(clip.audio.size - SECONDS * 16_000) <= 3 * 1024  # the sound track is not thinned
+    assert len(decode_clip(counter_clip, fps=10, max_frames=100).frames) == 16  # a short clip keeps its rate
+    assert len(decode_clip(counter_clip, fps=10, max_seconds=0.8, max_frames=4).frames) == 4  # over the part read
+
+
 def test_clip_without_audio(tmp_path):
     silent = write_clip(tmp_path / "noaudio.mp4", seconds=0.5, with_audio=False)
     with pytest.raises(NoAudioError, match="no audio track"):

@@ -165,6 +165,28 @@ def test_real_models_load_from_the_models_folder(client, models_dir):
     assert isinstance(client.app.state.models.face.predictor, FERPredictor)
 
 
+def test_an_uploaded_video_gets_the_answer_fusion_predict_gives(client, models_dir, tmp_path):
+    """The server and `python -m fusion.predict` read a clip through the same function (fusion.late.
+    decode_for_prediction): the same frames, the same samples, so the same face, voice and fused answer."""
+    from fusion.late import LateFusion
+
+    settings = client.app.state.settings
+    late = LateFusion(models_dir / "ser", models_dir / "fer", rule=settings.fusion_rule,
+                      weights={"audio": settings.voice_weight, "face": settings.face_weight})
+    for seconds in (3.0, 25.0):  # 25 s: more frames than --video-frames at 5 per second, spread evenly
+        path = sm.write_mp4(tmp_path / f"clip{seconds:g}.mp4", seconds=seconds)
+        cli = late.predict_clip(path)
+        server = client.post("/api/predict/video", content=path.read_bytes(), headers={"content-type": "video/mp4"})
+        assert server.status_code == 200, server.text
+        server = server.json()
+        assert server["frames_sampled"] == cli["frames"] == min(int(seconds * 5), settings.video_frames)
+        assert server["frames_with_face"] == cli["face_frames"] > 0
+        for side, mine in (("face", "face"), ("voice", "audio")):
+            assert server[side]["probabilities"] == pytest.approx(cli["modalities"][mine]["probabilities"], abs=1e-4)
+        assert server["label"] == cli["label"]
+        assert server["probabilities"] == pytest.approx(cli["probabilities"], abs=1e-4)
+
+
 def test_broken_model_is_reported_and_the_rest_still_loads(models_dir, tmp_path):
     import shutil as sh
 

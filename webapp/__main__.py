@@ -19,7 +19,7 @@ HELP = {
     "max_message_bytes": "largest WebSocket message answered with a result (a too_large error above)",
     "max_connections": "open live streams; more are closed with code 1013",
     "max_video_seconds": "seconds of an uploaded video that are analysed",
-    "video_frames": "frames sampled evenly from an uploaded video",
+    "video_frames": "frames of an uploaded video looked at: 5 per second, at most this many (spread evenly)",
     "upload_workers": "file predictions running at once",
     "max_waiting_uploads": "uploads queued beyond those; more get 503",
     "upload_timeout_seconds": "an upload body must arrive within this many seconds (408 otherwise)",

@@ -28,7 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from core.labels import EMOTIONS
-from fusion.media import MAX_CLIP_SECONDS
+from fusion.media import MAX_CLIP_FRAMES, MAX_CLIP_SECONDS
 from ser.frontend import NoSpeechError
 from webapp import media
 from webapp.models import PRECISION, ModelLoader, ModelUnavailable, Models, top_label
@@ -48,7 +48,7 @@ class Settings:
     max_message_bytes: int = 1024 * 1024
     max_connections: int = 32
     max_video_seconds: float = MAX_CLIP_SECONDS  # as python -m fusion.predict
-    video_frames: int = 24               # frames sampled evenly from an uploaded video
+    video_frames: int = MAX_CLIP_FRAMES  # an uploaded video's frames: 5 per second, at most this many (spread evenly)
     upload_workers: int = 1              # concurrent file predictions
     max_waiting_uploads: int = 8         # queued beyond the workers; more get 503 at once
     upload_timeout_seconds: float = 60.0  # the whole body must arrive within this (408 otherwise)
@@ -443,24 +443,29 @@ def _mean_result(probabilities: list[dict[str, float]]) -> dict[str, Any] | None
 
 
 MAX_VIDEO_SEGMENTS = 40     # a long clip gets longer segments rather than a table nobody reads
-MAX_SEGMENT_FRAMES = 96     # frames sampled for the segment rows (2 per segment), at most
 
 
 def predict_video_bytes(models: Models, settings: Settings, name: str, data: bytes,
                         segments: bool = False) -> dict[str, Any]:
     """Video upload -> face (mean over sampled frames), voice (audio track) and their fusion; with
-    ``segments`` also face, voice and fused per stretch of ``video_segment_seconds``."""
-    from ser.audio import AudioError, load_audio
+    ``segments`` also face, voice and fused per stretch of ``video_segment_seconds``.
+
+    The clip is read by ``fusion.late.decode_for_prediction``, as ``python -m fusion.predict`` reads it: the same
+    frames (5 per second, at most ``video_frames``) and the same audio samples, so both give the same answer."""
+    import cv2
+
+    from fusion.late import LATE_FPS, decode_for_prediction
+    from fusion.media import MediaError as ClipError
+    from ser.audio import AudioError, check_signal
 
     with media.temp_file(data, name) as path:
-        n_frames = settings.video_frames
-        if segments:  # two sampled frames per segment, so every segment can show a face
-            span = min(media.video_duration(path) or settings.max_video_seconds, settings.max_video_seconds)
-            n_frames = max(n_frames, min(MAX_SEGMENT_FRAMES, 2 * math.ceil(span / settings.video_segment_seconds)))
         try:
-            frames, times, duration = media.sample_video_timed(path, n_frames, settings.max_video_seconds)
-        except media.NoVideoStreamError:  # a voice memo: the voice alone decides, as in `python -m fusion.predict`
-            frames, times, duration = [], [], media.video_duration(path)
+            clip, _ = decode_for_prediction(path, LATE_FPS, settings.max_video_seconds, settings.video_frames)
+        except ClipError as exc:  # a voice memo (no video stream) is not an error: it gives no frames
+            raise media.MediaError(media.video_reason(exc, path)) from None
+        duration = media.video_duration(path) or clip.seconds
+        frames = [cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) for rgb in clip.frames]
+        times = [k / clip.fps for k in range(len(frames))]
         voice = no_speech = None
         per_frame: list[dict[str, float] | None] = [None] * len(frames)
         if models.face.loaded:
@@ -468,21 +473,19 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
                 per_frame[i] = faces[0]["probabilities"] if faces else None
         face = _mean_result([p for p in per_frame if p is not None])
         windows: list[dict] = []
-        if models.voice.loaded:
+        if models.voice.loaded and clip.audio.size:
             try:
-                y = load_audio(path, sr=media.SAMPLE_RATE)[: int(settings.max_video_seconds * media.SAMPLE_RATE)]
-            except AudioError as exc:  # no audio track or a silent one: the face alone decides
+                check_signal(clip.audio, name)  # a silent track is no voice, as in load_audio
+                if segments:
+                    probs, windows = models.predict_voice_segments(clip.audio, clip.sample_rate)
+                else:
+                    probs = models.predict_voice(clip.audio, clip.sample_rate)
+                voice = {"label": top_label(probs), "probabilities": probs}
+            except NoSpeechError as exc:  # hum, noise, music: not a voice, so not the joint model either
+                log.info("%s: %s", name, exc)
+                no_speech = exc.reason
+            except AudioError as exc:  # a silent track: the face alone decides
                 log.info("%s: no usable audio (%s)", name, exc)
-            else:
-                try:
-                    if segments:
-                        probs, windows = models.predict_voice_segments(y, media.SAMPLE_RATE)
-                    else:
-                        probs = models.predict_voice(y, media.SAMPLE_RATE)
-                    voice = {"label": top_label(probs), "probabilities": probs}
-                except NoSpeechError as exc:  # hum, noise, music: not a voice, so not the joint model either
-                    log.info("%s: %s", name, exc)
-                    no_speech = exc.reason
         if not frames and voice is None and no_speech is None:
             raise media.MediaError("the file has no video stream and no usable audio track")
         method, fused = "weighted_average", None

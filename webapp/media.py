@@ -26,10 +26,6 @@ class MediaError(ValueError):
     """Bytes that cannot be used as the media the request claims; the message says why."""
 
 
-class NoVideoStreamError(MediaError):
-    """A readable file without a video stream: an audio-only mp4 such as a phone's voice memo."""
-
-
 def safe_suffix(filename: str | None) -> str:
     """A short extension for a temp file (decoders sniff content, the suffix only helps FFmpeg guess)."""
     match = re.search(r"\.([A-Za-z0-9]{1,5})$", filename or "")
@@ -119,49 +115,10 @@ def annotated_jpeg(image: np.ndarray, faces: list[dict], max_side: int = 960, qu
     return buf.tobytes()
 
 
-def sample_video(path: str | os.PathLike, n_frames: int, max_seconds: float) -> tuple[list[np.ndarray], float]:
-    """About ``n_frames`` BGR frames spread over the first ``max_seconds``, and the duration read."""
-    frames, _, duration = sample_video_timed(path, n_frames, max_seconds)
-    return frames, duration
-
-
-def sample_video_timed(path: str | os.PathLike, n_frames: int,
-                       max_seconds: float) -> tuple[list[np.ndarray], list[float], float]:
-    """``sample_video`` plus each frame's time in seconds."""
-    import av
-
-    def reason(exc: Exception) -> str:  # FFmpeg's words, without "[Errno 1094995529]" or our temp file's name
-        text = getattr(exc, "strerror", None) or str(exc)
-        return str(text).replace(f": '{path}'", "").replace(str(path), "upload")
-
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as exc:
-        raise MediaError(f"not a readable video ({reason(exc)})") from None
-    with container:
-        if not container.streams.video:
-            raise NoVideoStreamError("the file has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        duration = (container.duration / av.time_base) if container.duration else 0.0
-        span = min(duration, max_seconds) if duration > 0 else max_seconds
-        step = max(span / max(n_frames, 1), 1e-3)
-        frames: list[np.ndarray] = []
-        times: list[float] = []
-        next_t, last_t = 0.0, 0.0
-        try:
-            for frame in container.decode(stream):
-                t = float(frame.time or 0.0)
-                last_t = max(last_t, t)
-                if t > max_seconds or len(frames) >= n_frames:
-                    break
-                if t + 1e-6 >= next_t:
-                    frames.append(downscale(frame.to_ndarray(format="bgr24"))[0])
-                    times.append(t)
-                    next_t = t + step
-        except av.error.FFmpegError as exc:
-            if not frames:
-                raise MediaError(f"video frames cannot be decoded ({reason(exc)})") from None
-    if not frames:
-        raise MediaError("the video stream holds no decodable frames")
-    return frames, times, duration or last_t
+def video_reason(exc: Exception, path: str | os.PathLike) -> str:
+    """fusion.media's reason for an unusable video, as the server says it: FFmpeg's words without "[Errno N]" or
+    the upload's temp file name."""
+    cause = exc.__cause__
+    text = str(getattr(cause, "strerror", None) or exc) if cause is not None else str(exc)
+    text = text.replace(f"{path}: ", "").replace(f": '{path}'", "").replace(str(path), "upload")
+    return f"not a readable video ({text})"
