@@ -22,6 +22,7 @@ from core.config import apply_recipe, config_parser, parse_config, to_dict
 from core.datasets import DatasetNotFoundError
 from core.io import atomic_write, read_json, save_model, write_json
 from core.labels import EMOTIONS, NUM_CLASSES
+from fer.distill import BANK_FILE, distill_targets, view_bank, view_dataset
 
 log = logging.getLogger("fer.train")
 
@@ -55,6 +56,8 @@ class TrainConfig:
     init_from: str = ""
     teacher: str = ""
     distill_weight: float = 0.7
+    teacher_views: int = 0
+    view_mixup: float = 0.0
     refit: bool = False
     dedupe: bool = False
     class_weighting: bool = True
@@ -118,6 +121,10 @@ HELP = {
     "teacher": "knowledge distillation: a model.keras whose probabilities on the training faces become the targets "
                "(mixed with the labels by --distill-weight); e.g. a faceres run distilled into tiny",
     "distill_weight": "distillation: weight of the teacher's probabilities in the targets (the rest is the label)",
+    "teacher_views": "distillation with consistent targets: the teacher answers for this many fixed views of every "
+                     "face (the face + augmented versions, saved in the run folder) and each epoch the student sees "
+                     "one of them with that view's answer; 0 = one answer per face, fresh augmentation (fer.distill)",
+    "view_mixup": "--teacher-views: probability that an augmented view is mixed with another face (mixup)",
     "init_from": "warm start: a model.keras to continue training from (same architecture; a fresh optimizer)",
     "class_weighting": "weight the loss by inverse class frequency",
     "val_fraction": "validation fraction (of subjects for jaffe/ckplus) when the corpus has no validation part",
@@ -271,6 +278,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         _existing(cfg.teacher, "--teacher")
         if not 0.0 <= cfg.distill_weight <= 1.0:
             raise ValueError(f"--distill-weight must be in [0, 1], got {cfg.distill_weight}")
+    if cfg.teacher_views < 0 or (cfg.teacher_views and not cfg.teacher):
+        raise ValueError(f"--teacher-views needs a --teacher and must be >= 0, got {cfg.teacher_views}")
+    if not 0.0 <= cfg.view_mixup <= 1.0 or (cfg.view_mixup and not cfg.teacher_views):
+        raise ValueError(f"--view-mixup must be in [0, 1] and needs --teacher-views, got {cfg.view_mixup}")
     if cfg.model == "faceres" and cfg.weights not in ("none", ""):
         from fer.backbones import BackboneWeightsError, faceres_weights_file
 
@@ -300,12 +311,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     augmenter = make_augmenter(cfg.seed, shift=cfg.shift, erasing=cfg.erasing) if cfg.augment else None
     targets = {s: y[s] for s in ("train", "val")}
-    if cfg.teacher:  # soft targets: one-hot for validation too, so loss and accuracy read the same shapes
-        targets = {"train": distill_targets(cfg.teacher, x["train"], y["train"], cfg.distill_weight,
-                                            cfg.label_smoothing),
-                   "val": np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]}
-    train_ds = make_dataset(x["train"], targets["train"], cfg.batch_size, training=True, augmenter=augmenter,
-                            seed=cfg.seed)
+    if cfg.teacher_views:  # the augmentation is in the views, each with the teacher's answer for it
+        bank, bank_targets = view_bank(cfg.teacher, x["train"], y["train"], cfg.teacher_views, cfg.distill_weight,
+                                       cfg.label_smoothing, augmenter, cfg.view_mixup, cfg.seed,
+                                       cache=run_dir / BANK_FILE)
+        train_ds = view_dataset(bank, bank_targets, cfg.batch_size, cfg.seed)
+        targets = {"val": np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]}
+    else:
+        if cfg.teacher:  # soft targets: one-hot for validation too, so loss and accuracy read the same shapes
+            targets = {"train": distill_targets(cfg.teacher, x["train"], y["train"], cfg.distill_weight,
+                                                cfg.label_smoothing),
+                       "val": np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]}
+        train_ds = make_dataset(x["train"], targets["train"], cfg.batch_size, training=True, augmenter=augmenter,
+                                seed=cfg.seed)
     val_ds = None if cfg.refit else make_dataset(x["val"], targets["val"], cfg.batch_size)
     weights = class_weights(y["train"], NUM_CLASSES) if cfg.class_weighting else None
 
@@ -361,28 +379,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         metrics = write_report(run_dir, y["val"], predict_labels(model, x["val"]), extra=extra | {"split": "val"})
     stage1_path.unlink(missing_ok=True)
     stage1_info.unlink(missing_ok=True)
+    (run_dir / BANK_FILE).unlink(missing_ok=True)  # only needed to resume; hundreds of MB for FER2013
     print(f"run folder: {run_dir}")
     return metrics
-
-
-def distill_targets(teacher_path: str, images: np.ndarray, labels: np.ndarray, weight: float,
-                    label_smoothing: float = 0.0) -> np.ndarray:
-    """``weight`` x the teacher's flip-averaged probabilities + the rest x the (smoothed) one-hot labels."""
-    import keras
-
-    from fer.models import is_flip_averaged, with_flip_average
-
-    teacher = keras.models.load_model(teacher_path, compile=False)
-    want = (images.shape[1], images.shape[2], 1)
-    if tuple(teacher.input_shape[1:]) != want:
-        raise ValueError(f"--teacher {teacher_path} takes {teacher.input_shape[1:]}, the faces here are {want}")
-    log.info("teacher %s: probabilities of %d training faces", teacher_path, len(images))
-    # A teacher that already averages flips (an ensemble, a fer.tta run) is not wrapped a second time.
-    averaged = teacher if is_flip_averaged(teacher) else with_flip_average(teacher)
-    probs = averaged.predict(images[..., None].astype(np.float32), batch_size=256, verbose=0)
-    one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
-    one_hot = one_hot * (1.0 - label_smoothing) + label_smoothing / NUM_CLASSES
-    return (weight * probs + (1.0 - weight) * one_hot).astype(np.float32)
 
 
 def _existing(path: str, flag: str = "--weights") -> Path:

@@ -1,0 +1,118 @@
+"""fer.distill: fixed and consistent (view-bank) distillation targets, and fer.train --teacher-views end to end."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from core.io import read_json
+from fer import distill
+from fer import train as fer_train
+from fer.data import make_augmenter
+from fer.models import build_tiny, with_flip_average
+from synth_faces import write_fer2013_csv
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "teacher.keras"
+    keras.utils.set_random_seed(0)
+    build_tiny((48, 48, 1), 7, filters=(4, 8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def faces():
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 256, (10, 48, 48)).astype(np.uint8), rng.integers(0, 7, 10)
+
+
+def test_view_zero_is_the_face_and_every_target_is_the_teachers_answer_for_its_own_view(teacher_file, faces):
+    images, labels = faces
+    bank, targets = distill.view_bank(str(teacher_file), images, labels, views=3, weight=0.6, label_smoothing=0.1,
+                                      augmenter=make_augmenter(seed=3, erasing=0.5))
+    assert bank.shape == (3, 10, 48, 48) and bank.dtype == np.uint8 and targets.shape == (3, 10, 7)
+    np.testing.assert_array_equal(bank[0], images)
+    assert not np.array_equal(bank[1], images) and not np.array_equal(bank[1], bank[2])
+    teacher = with_flip_average(keras.models.load_model(teacher_file, compile=False))
+    one_hot = np.eye(7)[labels] * 0.9 + 0.1 / 7
+    for v in range(3):
+        probs = np.asarray(teacher.predict_on_batch(bank[v, ..., None].astype(np.float32)))
+        np.testing.assert_allclose(targets[v], 0.6 * probs + 0.4 * one_hot, atol=1e-5)
+    np.testing.assert_allclose(targets[0], distill.distill_targets(str(teacher_file), images.astype(np.float32),
+                                                                   labels, 0.6, 0.1), atol=1e-5)
+
+
+def test_mixed_views_mix_the_label_part_too(teacher_file, faces):
+    images, labels = faces
+    _, targets = distill.view_bank(str(teacher_file), images, labels, views=2, weight=0.0, label_smoothing=0.0,
+                                   augmenter=None, mixup=1.0)
+    # weight 0: the targets are the labels alone; mixed views carry two classes, view 0 one
+    assert np.all(targets[0].max(axis=1) == 1.0)
+    assert np.mean(targets[1].max(axis=1) < 1.0) > 0.5
+    np.testing.assert_allclose(targets.sum(axis=2), 1.0, atol=1e-6)
+
+
+def test_a_saved_bank_is_reused_only_for_the_same_faces_and_settings(teacher_file, faces, tmp_path):
+    images, labels = faces
+    cache = tmp_path / distill.BANK_FILE
+    args = dict(weight=0.7, label_smoothing=0.1, augmenter=make_augmenter(seed=5), cache=cache)
+    first = distill.view_bank(str(teacher_file), images, labels, 2, **args)
+    assert cache.is_file()
+    again = distill.view_bank(str(teacher_file), images, labels, 2, **(args | {"augmenter": make_augmenter(seed=9)}))
+    np.testing.assert_array_equal(first[0], again[0])  # reused: a fresh augmenter would have drawn other views
+    other = distill.view_bank(str(teacher_file), images, labels, 3, **args)
+    assert other[0].shape[0] == 3
+    with pytest.raises(ValueError, match="teacher-views must be >= 1"):
+        distill.view_bank(str(teacher_file), images, labels, 0, **args)
+
+
+def test_an_epoch_shows_every_face_once_as_one_of_its_views_with_that_views_target():
+    rng = np.random.default_rng(2)
+    bank = rng.integers(0, 256, (4, 9, 6, 6)).astype(np.uint8)
+    targets = rng.dirichlet(np.ones(7), (4, 9)).astype(np.float32)
+    ds = distill.view_dataset(bank, targets, batch_size=4, seed=0)
+    assert len(ds) == 3
+    picked_views, flipped = [], 0
+    for _ in range(2):  # two epochs
+        seen = []
+        for x, y in ds:
+            for face, target in zip(x.numpy()[..., 0], y.numpy()):
+                v, i = np.argwhere(np.all(np.isclose(targets, target), axis=2))[0]
+                mirrored = np.array_equal(face, bank[v, i, :, ::-1])
+                assert mirrored or np.array_equal(face, bank[v, i])
+                flipped += mirrored
+                seen.append(i)
+                picked_views.append(v)
+        assert sorted(seen) == list(range(9))
+    assert len(set(picked_views)) > 1 and 0 < flipped < 18
+
+
+def test_train_with_teacher_views_runs_end_to_end_and_removes_its_bank(teacher_file, tmp_path):
+    data = tmp_path / "data"
+    write_fer2013_csv(data / "fer2013" / "fer2013.csv", per_class=4)
+    run = tmp_path / "student"
+    rc = fer_train.main(["--model", "tiny", "--filters", "4,8", "--dataset", "fer2013", "--data-dir", str(data),
+                         "--epochs", "2", "--batch-size", "8", "--output", str(run), "--teacher", str(teacher_file),
+                         "--teacher-views", "3", "--view-mixup", "0.5"])
+    assert rc == 0
+    config = read_json(run / "config.json")
+    assert config["teacher_views"] == 3 and config["view_mixup"] == 0.5
+    assert len((run / "history.csv").read_text().strip().splitlines()) == 3
+    assert not (run / distill.BANK_FILE).exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--teacher-views", "2"], "--teacher-views needs a --teacher"),
+    (["--teacher", "T", "--teacher-views", "-1"], "--teacher-views needs a --teacher and must be >= 0"),
+    (["--teacher", "T", "--view-mixup", "0.5"], "--view-mixup must be in [0, 1] and needs --teacher-views"),
+    (["--teacher", "T", "--teacher-views", "2", "--view-mixup", "2"], "--view-mixup must be in [0, 1]"),
+])
+def test_bad_view_settings_fail_before_loading_data(tmp_path, capsys, extra, message):
+    teacher = tmp_path / "t.keras"
+    teacher.write_bytes(b"")
+    extra = [str(teacher) if a == "T" else a for a in extra]
+    args = ["--model", "tiny", "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r"), *extra]
+    assert fer_train.main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
