@@ -31,8 +31,7 @@ from core.labels import EMOTIONS
 from core.reports import compute_metrics, format_summary, write_report
 from core.weights import sha256_of
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
-from fusion.media import (MAX_CLIP_FRAMES, MAX_CLIP_SECONDS, Clip, MediaError, NoVideoError, decode_clip,
-                          duration_seconds)
+from fusion.media import MAX_CLIP_FRAMES, MAX_CLIP_SECONDS, Clip, MediaError, NoVideoError, decode_clip
 
 log = logging.getLogger("fusion.late")
 
@@ -250,7 +249,7 @@ class LateFusion:
 
         clip, info = self.decode(path)
         info = {"seconds": round(clip.seconds, 3), "frames": int(len(clip.frames)),
-                **clip_span(path, clip.seconds, self.max_seconds), **info}
+                **clip.span(self.max_seconds), **info}
         probs: dict[str, np.ndarray | None] = {"audio": None, "face": None}
         if clip.audio.size == 0:
             info["audio_missing"] = "no audio track"
@@ -295,14 +294,6 @@ def decode_for_prediction(path: str | os.PathLike, fps: float = LATE_FPS, max_se
     except NoVideoError:
         clip = decode_clip(path, fps=fps, max_seconds=max_seconds, require_audio=False, with_video=False)
         return clip, {"face_missing": "no video track"}
-
-
-def clip_span(path: str | os.PathLike, seconds_used: float, max_seconds: float) -> dict[str, Any]:
-    """``duration_seconds`` (the whole file, as the container says; the part used when it does not say) and
-    ``truncated``: whether ``max_seconds`` cut the clip, so a long recording is never judged on its start
-    without saying so."""
-    duration = duration_seconds(path) or seconds_used
-    return {"duration_seconds": round(duration, 3), "truncated": bool(duration > max_seconds + 0.05)}
 
 
 def as_result(probs: np.ndarray, class_names: Sequence[str] = EMOTIONS) -> dict:

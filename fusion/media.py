@@ -49,10 +49,20 @@ class Clip:
     audio: np.ndarray    # (N,) float32 in [-1, 1]; empty when the clip has no audio and audio was optional
     fps: float
     sample_rate: int
+    duration: float = 0.0  # the whole file's length as its container says (0: it does not say)
 
     @property
     def seconds(self) -> float:
+        """The part decoded."""
         return max(len(self.frames) / self.fps, len(self.audio) / self.sample_rate)
+
+    def span(self, max_seconds: float | None) -> dict[str, float | bool]:
+        """``duration_seconds`` (the whole file; the part decoded when the container does not say) and
+        ``truncated``: whether ``max_seconds`` cut the clip, so a long recording is never judged on its start
+        without saying so."""
+        duration = self.duration or self.seconds
+        return {"duration_seconds": round(duration, 3),
+                "truncated": bool(max_seconds and duration > max_seconds + 0.05)}
 
 
 def _scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
@@ -99,7 +109,8 @@ def decode_clip(path: str | os.PathLike, fps: float = FPS, sample_rate: int = SA
             audio = container.streams.audio[0] if container.streams.audio else None
             if with_video and video is None:
                 raise NoVideoError(f"{path}: no video stream")
-            span = min(float(container.duration / av.time_base) if container.duration else limit, limit)
+            total = float(container.duration / av.time_base) if container.duration else 0.0
+            span = min(total or limit, limit)
             if video is not None and max_frames and 0 < span < float("inf") and span * fps > max_frames:
                 fps = max_frames / span
             if audio is None and require_audio:
@@ -152,25 +163,13 @@ def decode_clip(path: str | os.PathLike, fps: float = FPS, sample_rate: int = SA
     if require_audio and samples.size < MIN_AUDIO_SAMPLES:
         raise NoAudioError(f"{path}: the audio track is empty ({samples.size} samples)")
     stacked = np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
-    return Clip(frames=stacked, audio=samples, fps=float(fps), sample_rate=int(sample_rate))
+    return Clip(frames=stacked, audio=samples, fps=float(fps), sample_rate=int(sample_rate), duration=total)
 
 
 def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
                  max_seconds: float | None = None) -> np.ndarray:
     """Only the audio track of a video (or audio) file, mono float32 at ``sample_rate``."""
     return decode_clip(path, sample_rate=sample_rate, max_seconds=max_seconds, with_video=False).audio
-
-
-def duration_seconds(path: str | os.PathLike) -> float:
-    """The container's duration in seconds, without decoding; 0 when it does not say or cannot be read (the
-    decoder then says why). Tells a caller that a cap (``max_seconds``) left part of a long clip unheard."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            return float(container.duration / av.time_base) if container.duration else 0.0
-    except (av.error.FFmpegError, OSError):
-        return 0.0
 
 
 def probe(path: str | os.PathLike) -> dict:

@@ -33,7 +33,7 @@ from core.labels import EMOTIONS
 from core.media_types import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
 from fusion.media import MAX_CLIP_SECONDS, MediaError, NoAudioError, NoVideoError
-from fusion.preprocess import PreprocessConfig, preprocess_file
+from fusion.preprocess import PreprocessConfig, preprocess_clip
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "saved_models" / "fusion"
@@ -100,11 +100,10 @@ class FusionPredictor:
 
     def predict_clip(self, path: str | os.PathLike) -> dict[str, Any]:
         """Fused and per-modality predictions; raises FileNotFoundError / MediaError with the reason."""
-        from fusion.late import clip_span
         from fusion.pipeline import clip_seconds
 
         try:
-            arrays = preprocess_file(path, self.preprocess, max_seconds=self.clip_seconds)
+            clip, arrays = preprocess_clip(path, self.preprocess, max_seconds=self.clip_seconds)
         except NoAudioError as exc:
             raise NoAudioError(f"{exc}; the joint model needs speech: use --mode late for face-only "
                                "prediction") from exc
@@ -112,7 +111,7 @@ class FusionPredictor:
         result = {"path": str(path), "mode": "joint", **as_result(probs["emotion"], self.class_names),
                   "modalities": {k: as_result(v, self.class_names) for k, v in probs.items() if k != "emotion"},
                   "seconds": round(clip_seconds(arrays, self.preprocess), 3)}
-        result.update(clip_span(path, result["seconds"], self.clip_seconds))
+        result.update(clip.span(self.clip_seconds))
         if "face_mask" in arrays:
             result["face_frames"] = int(arrays["face_mask"].sum())
             result["frames"] = int(len(arrays["face_mask"]))

@@ -192,11 +192,18 @@ def clip_features(clip: Clip, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
     }
 
 
+def preprocess_clip(path: str | os.PathLike, cfg: PreprocessConfig = PreprocessConfig(),
+                    max_seconds: float | None = None) -> tuple[Clip, dict[str, np.ndarray]]:
+    """Decode and featurise one clip: (the decoded clip, its model arrays); raises ``MediaError`` subclasses /
+    ``FileNotFoundError``."""
+    clip = decode_clip(path, fps=cfg.fps, sample_rate=cfg.sample_rate, max_seconds=max_seconds or cfg.max_seconds)
+    return clip, clip_features(clip, cfg)
+
+
 def preprocess_file(path: str | os.PathLike, cfg: PreprocessConfig = PreprocessConfig(),
                     max_seconds: float | None = None) -> dict[str, np.ndarray]:
     """Decode and featurise one clip; raises ``MediaError`` subclasses / ``FileNotFoundError``."""
-    clip = decode_clip(path, fps=cfg.fps, sample_rate=cfg.sample_rate, max_seconds=max_seconds or cfg.max_seconds)
-    return clip_features(clip, cfg)
+    return preprocess_clip(path, cfg, max_seconds)[1]
 
 
 def cache_folder(cache_dir: str | os.PathLike, corpus: str, cfg: PreprocessConfig) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusion.media import CorruptMediaError, NoAudioError, decode_audio, decode_clip, probe
+from fusion.media import Clip, CorruptMediaError, NoAudioError, decode_audio, decode_clip, probe
 from tests.synth_video import corrupt_clip, render_audio, write_clip
 
 SOURCE_FPS = 25.0
@@ -54,6 +54,19 @@ def test_max_seconds_and_downscaling(counter_clip, tmp_path):
     assert frames.shape[1:] == (180, 320, 3)
     info = probe(big)
     assert info["video"]["width"] == 640 and info["audio"]["sample_rate"] == 16_000
+
+
+def test_a_clip_knows_the_files_whole_length_and_whether_a_cap_cut_it(counter_clip):
+    whole = decode_clip(counter_clip, fps=10)
+    cut = decode_clip(counter_clip, fps=10, max_seconds=0.5)
+    assert whole.duration == pytest.approx(SECONDS, abs=0.1) and cut.duration == whole.duration
+    assert cut.seconds == pytest.approx(0.5)
+    assert cut.span(0.5) == {"duration_seconds": round(cut.duration, 3), "truncated": True}
+    assert whole.span(SECONDS) == {"duration_seconds": round(whole.duration, 3), "truncated": False}
+    assert whole.span(None)["truncated"] is False
+    # a container that does not say its length: the part decoded stands in for it
+    unknown = Clip(frames=whole.frames[:4], audio=np.zeros(8000, np.float32), fps=10.0, sample_rate=16_000)
+    assert unknown.span(10.0) == {"duration_seconds": 0.5, "truncated": False}
 
 
 def test_max_frames_spreads_the_frames_of_a_long_clip_evenly(counter_clip):

@@ -463,7 +463,7 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
             clip, _ = decode_for_prediction(path, LATE_FPS, settings.max_video_seconds, settings.video_frames)
         except ClipError as exc:  # a voice memo (no video stream) is not an error: it gives no frames
             raise media.MediaError(media.video_reason(exc, path)) from None
-        duration = media.video_duration(path) or clip.seconds
+        span = clip.span(settings.max_video_seconds)  # the rule fusion.predict reports by
         frames = [cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) for rgb in clip.frames]
         times = [k / clip.fps for k in range(len(frames))]
         voice = no_speech = None
@@ -502,10 +502,9 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
               "probabilities": fused["probabilities"] if fused else None, "method": method,
               "face": face, "voice": voice, "no_speech": no_speech, "frames_sampled": len(frames),
               "frames_with_face": sum(p is not None for p in per_frame),
-              "duration_seconds": round(float(duration), 3),
-              "truncated": bool(duration > settings.max_video_seconds + 0.05)}
+              **span}
     if segments:
-        answer["segments"] = video_segments(per_frame, times, windows, duration, settings)
+        answer["segments"] = video_segments(per_frame, times, windows, span["duration_seconds"], settings)
     return answer
 
 

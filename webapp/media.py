@@ -15,7 +15,6 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from fusion.media import duration_seconds as video_duration  # noqa: F401  one reader for CLI and server
 
 SAMPLE_RATE = 16_000
 MAX_IMAGE_PIXELS = 4096 * 4096
