@@ -113,7 +113,8 @@ def view_dataset(bank: np.ndarray, targets: np.ndarray, batch_size: int, seed: i
         picks = rng.integers(0, views, n)
         flips = rng.random(n) < 0.5
         for start in range(0, n, batch_size):
-            idx, pick, flip = order[start:start + batch_size], picks[start:start + batch_size], flips[start:start + batch_size]
+            part = slice(start, start + batch_size)
+            idx, pick, flip = order[part], picks[part], flips[part]
             x = bank[pick, idx].astype(np.float32)
             x[flip] = x[flip, :, ::-1]
             yield x[..., None], targets[pick, idx]
