@@ -96,7 +96,7 @@ def view_bank(teacher_path: str, images: np.ndarray, labels: np.ndarray, views: 
             targets[v, part] = weight * np.asarray(probs) + (1.0 - weight) * y
         log.info("teacher views: %d of %d done (%d faces each)", v + 1, views, len(images))
     if cache is not None:
-        atomic_write(cache, lambda tmp: _save_npz(tmp, key=key, images=bank, targets=targets))
+        atomic_write(cache, lambda tmp: np.savez(tmp, key=key, images=bank, targets=targets), suffix=".npz")
     return bank, targets
 
 
@@ -139,7 +139,3 @@ def _bank_key(teacher_path: str, images: np.ndarray, labels: np.ndarray, *settin
     stat = Path(teacher_path).stat()
     return f"{digest.hexdigest()[:32]}|{Path(teacher_path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{settings}"
 
-
-def _save_npz(path: Path, **arrays) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
