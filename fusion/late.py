@@ -31,7 +31,7 @@ from core.labels import EMOTIONS
 from core.reports import compute_metrics, format_summary, write_report
 from core.weights import sha256_of
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
-from fusion.media import MAX_CLIP_FRAMES, MAX_CLIP_SECONDS, Clip, MediaError, NoVideoError, decode_clip
+from fusion.media import MAX_CLIP_FRAMES, MAX_CLIP_SECONDS, Clip, MediaError, NoAudioError, NoVideoError, decode_clip
 
 log = logging.getLogger("fusion.late")
 
@@ -292,8 +292,22 @@ def decode_for_prediction(path: str | os.PathLike, fps: float = LATE_FPS, max_se
     try:
         return decode_clip(path, fps=fps, max_seconds=max_seconds, require_audio=False, max_frames=max_frames), {}
     except NoVideoError:
-        clip = decode_clip(path, fps=fps, max_seconds=max_seconds, require_audio=False, with_video=False)
-        return clip, {"face_missing": "no video track"}
+        return sound_only(path, fps, max_seconds), {"face_missing": "no video track"}
+
+
+def sound_only(path: str | os.PathLike, fps: float = LATE_FPS, max_seconds: float | None = MAX_CLIP_SECONDS) -> Clip:
+    """A file without pictures, read by ``ser.audio.decode`` at its own rate, as ``ser.predict`` and the server's
+    audio upload read it: all three hear the same samples, so they give the same voice answer."""
+    from ser.audio import AudioError, decode
+
+    try:
+        samples, rate = decode(path)
+    except AudioError as exc:  # no audio stream, or none FFmpeg can decode
+        raise NoAudioError(str(exc)) from exc
+    duration = samples.size / rate
+    if max_seconds:
+        samples = samples[: int(round(max_seconds * rate))]
+    return Clip(frames=np.zeros((0, 0, 0, 3), np.uint8), audio=samples, fps=fps, sample_rate=rate, duration=duration)
 
 
 def as_result(probs: np.ndarray, class_names: Sequence[str] = EMOTIONS) -> dict:

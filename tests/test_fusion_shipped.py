@@ -61,6 +61,25 @@ def test_audio_files_go_to_the_voice_and_silent_video_to_the_face(clips, capsys)
     assert silent["label"] == silent["modalities"]["face"]["label"]
 
 
+def test_an_audio_file_gets_the_voice_answer_of_ser_predict(tmp_path, capsys):
+    """A file without pictures is read as ``ser.predict`` reads it (the file's own rate, resampled by the speech
+    front end), so ``fusion.predict`` gives exactly its answer, here for a 48 kHz recording."""
+    import soundfile
+
+    from fusion.predict import main as fusion_main
+    from ser.predict import main as ser_main
+
+    path = tmp_path / "voice48k.wav"
+    soundfile.write(path, render_audio(2.5, 48_000, emotion=2, seed=3), 48_000)
+    assert ser_main([str(path), "--json"]) == 0
+    heard = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert fusion_main([str(path), "--json"]) == 0
+    fused = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert fused["used"] == ["audio"]
+    assert fused["modalities"]["audio"]["probabilities"] == heard["probabilities"]
+    assert fused["duration_seconds"] == 2.5 and fused["truncated"] is False
+
+
 def test_server_function_reads_the_late_fusion_file(tmp_path, repo_root):
     from fusion.late import LateFusionConfig, find_late_fusion, load_late_fusion
 
