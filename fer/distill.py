@@ -9,13 +9,16 @@ Two ways to teach:
   (Beyer et al. 2022, "Knowledge distillation: a good teacher is patient and consistent"). A flip-averaged
   teacher gives a face and its mirror image the same answer, so mirroring keeps the targets exact.
 
-The bank is computed once (the teacher costs ~9 ms per face on one core) and saved in the run folder, so a
-resumed run does not pay for it again.
+The bank is computed once (the teacher costs 9-20 ms per face on one core, by machine and load: 25-55 minutes for
+8 views of FER2013's training faces) and saved in the run folder, so a resumed run does not pay for it again; an
+interrupted bank continues at its first missing view.
 """
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -56,14 +59,18 @@ def distill_targets(teacher_path: str, images: np.ndarray, labels: np.ndarray, w
 
 
 def view_bank(teacher_path: str, images: np.ndarray, labels: np.ndarray, views: int, weight: float,
-              label_smoothing: float, augmenter, mixup: float = 0.0, seed: int = 42,
+              label_smoothing: float, augmenters: Callable[[int], Any] | None, mixup: float = 0.0, seed: int = 42,
               cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``views`` versions of every face, uint8 (views, n, h, w), and their targets (views, n, classes).
 
-    View 0 is the face itself; views 1.. are ``augmenter``'s random versions, each mixed with the same view of
+    View 0 is the face itself; view v >= 1 is ``augmenters(v)``'s random version of it, mixed with the same view of
     another random face with probability ``mixup`` (weight uniform in [0, 1], labels mixed alike). The teacher
-    answers for the stored uint8 image, exactly what the student will see. With ``cache``, a bank saved there
-    for the same faces, teacher and settings is reused, and a new one is saved there."""
+    answers for the stored uint8 image, exactly what the student will see.
+
+    With ``cache``, a bank saved there for the same faces, teacher and settings is reused, and a new one is saved
+    there. While it is built, each finished view is kept beside it (``<cache stem>.parts/``): a view's randomness
+    depends on its index alone, so an interrupted bank continues at its first missing view and ends as it would
+    have without the interruption."""
     if views < 1:
         raise ValueError(f"--teacher-views must be >= 1, got {views}")
     key = _bank_key(teacher_path, images, labels, views, weight, label_smoothing, mixup, seed)
@@ -73,31 +80,55 @@ def view_bank(teacher_path: str, images: np.ndarray, labels: np.ndarray, views: 
                 log.info("teacher views: reusing %s", cache)
                 return saved["images"], saved["targets"]
         log.info("teacher views: %s was made for other faces or settings; computing again", cache)
-    teacher = load_teacher(teacher_path, images.shape[1:3])
-    rng = np.random.default_rng(seed)
+    parts = cache.with_name(cache.stem + ".parts") if cache is not None else None
     one_hot = smoothed_one_hot(labels, label_smoothing)
     bank = np.empty((views, *images.shape), np.uint8)
     targets = np.empty((views, len(images), NUM_CLASSES), np.float32)
+    teacher = None
     for v in range(views):
-        for start in range(0, len(images), BANK_BATCH):
-            part = slice(start, start + BANK_BATCH)
-            x, y = images[part].astype(np.float32), one_hot[part]
-            if v > 0:
-                x = _augment(augmenter, x)
-                if mixup > 0:
-                    partner = rng.integers(0, len(images), len(x))
-                    other = _augment(augmenter, images[partner].astype(np.float32))
-                    lam = np.where(rng.random(len(x)) < mixup, rng.random(len(x)), 1.0).astype(np.float32)
-                    x = lam[:, None, None] * x + (1.0 - lam[:, None, None]) * other
-                    y = lam[:, None] * y + (1.0 - lam[:, None]) * one_hot[partner]
-            face = np.clip(np.rint(x), 0, 255).astype(np.uint8)
-            probs = teacher.predict_on_batch(face[..., None].astype(np.float32))
-            bank[v, part] = face
-            targets[v, part] = weight * np.asarray(probs) + (1.0 - weight) * y
+        part = parts / f"view{v}.npz" if parts is not None else None
+        if part is not None and part.exists():
+            with np.load(part) as saved:
+                if str(saved["key"]) == key:
+                    bank[v], targets[v] = saved["images"], saved["targets"]
+                    log.info("teacher views: view %d of %d reused from %s", v + 1, views, parts)
+                    continue
+        if teacher is None:
+            teacher = load_teacher(teacher_path, images.shape[1:3])
+        augmenter = augmenters(v) if augmenters is not None and v > 0 else None
+        bank[v], targets[v] = _one_view(teacher, images, one_hot, weight, augmenter, mixup,
+                                        np.random.default_rng([seed, v]) if v > 0 else None)
+        if part is not None:
+            parts.mkdir(exist_ok=True)
+            atomic_write(part, lambda tmp: np.savez(tmp, key=key, images=bank[v], targets=targets[v]),
+                         suffix=".npz")
         log.info("teacher views: %d of %d done (%d faces each)", v + 1, views, len(images))
     if cache is not None:
         atomic_write(cache, lambda tmp: np.savez(tmp, key=key, images=bank, targets=targets), suffix=".npz")
+        shutil.rmtree(parts, ignore_errors=True)
     return bank, targets
+
+
+def _one_view(teacher, images: np.ndarray, one_hot: np.ndarray, weight: float, augmenter, mixup: float,
+              rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    """One view of every face (the faces themselves without ``rng``) and the teacher's targets for it."""
+    faces = np.empty_like(images)
+    targets = np.empty((len(images), NUM_CLASSES), np.float32)
+    for start in range(0, len(images), BANK_BATCH):
+        part = slice(start, start + BANK_BATCH)
+        x, y = images[part].astype(np.float32), one_hot[part]
+        if rng is not None:
+            x = _augment(augmenter, x)
+            if mixup > 0:
+                partner = rng.integers(0, len(images), len(x))
+                other = _augment(augmenter, images[partner].astype(np.float32))
+                lam = np.where(rng.random(len(x)) < mixup, rng.random(len(x)), 1.0).astype(np.float32)
+                x = lam[:, None, None] * x + (1.0 - lam[:, None, None]) * other
+                y = lam[:, None] * y + (1.0 - lam[:, None]) * one_hot[partner]
+        faces[part] = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+        probs = teacher.predict_on_batch(faces[part][..., None].astype(np.float32))
+        targets[part] = weight * np.asarray(probs) + (1.0 - weight) * y
+    return faces, targets
 
 
 def view_dataset(bank: np.ndarray, targets: np.ndarray, batch_size: int, seed: int = 42):

@@ -309,12 +309,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                  "face_margin": FACE_MARGIN, "keras_version": keras.__version__}
     write_json(run_dir / "config.json", config_out)
 
-    augmenter = make_augmenter(cfg.seed, shift=cfg.shift, erasing=cfg.erasing) if cfg.augment else None
+    def augmenter_for(seed: int):
+        return make_augmenter(seed, shift=cfg.shift, erasing=cfg.erasing) if cfg.augment else None
+
+    augmenter = augmenter_for(cfg.seed)
     targets = {s: y[s] for s in ("train", "val")}
     if cfg.teacher_views:  # the augmentation is in the views, each with the teacher's answer for it
         bank, bank_targets = view_bank(cfg.teacher, x["train"], y["train"], cfg.teacher_views, cfg.distill_weight,
-                                       cfg.label_smoothing, augmenter, cfg.view_mixup, cfg.seed,
-                                       cache=run_dir / BANK_FILE)
+                                       cfg.label_smoothing, lambda v: augmenter_for(cfg.seed + v), cfg.view_mixup,
+                                       cfg.seed, cache=run_dir / BANK_FILE)
         train_ds = view_dataset(bank, bank_targets, cfg.batch_size, cfg.seed)
         targets = {"val": np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]}
     else:

@@ -30,7 +30,7 @@ def faces():
 def test_view_zero_is_the_face_and_every_target_is_the_teachers_answer_for_its_own_view(teacher_file, faces):
     images, labels = faces
     bank, targets = distill.view_bank(str(teacher_file), images, labels, views=3, weight=0.6, label_smoothing=0.1,
-                                      augmenter=make_augmenter(seed=3, erasing=0.5))
+                                      augmenters=lambda v: make_augmenter(seed=3 + v, erasing=0.5))
     assert bank.shape == (3, 10, 48, 48) and bank.dtype == np.uint8 and targets.shape == (3, 10, 7)
     np.testing.assert_array_equal(bank[0], images)
     assert not np.array_equal(bank[1], images) and not np.array_equal(bank[1], bank[2])
@@ -43,28 +43,61 @@ def test_view_zero_is_the_face_and_every_target_is_the_teachers_answer_for_its_o
                                                                    labels, 0.6, 0.1), atol=1e-5)
 
 
-def test_mixed_views_mix_the_label_part_too(teacher_file, faces):
-    images, labels = faces
+def test_mixed_views_mix_the_label_part_too(teacher_file):
+    images = np.random.default_rng(2).integers(0, 256, (140, 48, 48)).astype(np.uint8)
+    labels = np.arange(140) % 7
     _, targets = distill.view_bank(str(teacher_file), images, labels, views=2, weight=0.0, label_smoothing=0.0,
-                                   augmenter=None, mixup=1.0)
-    # weight 0: the targets are the labels alone; mixed views carry two classes, view 0 one
+                                   augmenters=None, mixup=1.0)
+    # weight 0: the targets are the labels alone; view 0 carries one class, a mixed view two unless its partner
+    # face has the same label (1 in 7 here)
     assert np.all(targets[0].max(axis=1) == 1.0)
-    assert np.mean(targets[1].max(axis=1) < 1.0) > 0.5
+    assert np.mean(targets[1].max(axis=1) < 1.0) > 0.7
     np.testing.assert_allclose(targets.sum(axis=2), 1.0, atol=1e-6)
 
 
 def test_a_saved_bank_is_reused_only_for_the_same_faces_and_settings(teacher_file, faces, tmp_path):
     images, labels = faces
     cache = tmp_path / distill.BANK_FILE
-    args = dict(weight=0.7, label_smoothing=0.1, augmenter=make_augmenter(seed=5), cache=cache)
+    args = dict(weight=0.7, label_smoothing=0.1, augmenters=lambda v: make_augmenter(seed=5 + v), cache=cache)
     first = distill.view_bank(str(teacher_file), images, labels, 2, **args)
     assert cache.is_file()
-    again = distill.view_bank(str(teacher_file), images, labels, 2, **(args | {"augmenter": make_augmenter(seed=9)}))
+    again = distill.view_bank(str(teacher_file), images, labels, 2,
+                              **(args | {"augmenters": lambda v: make_augmenter(seed=9 + v)}))
     np.testing.assert_array_equal(first[0], again[0])  # reused: a fresh augmenter would have drawn other views
     other = distill.view_bank(str(teacher_file), images, labels, 3, **args)
     assert other[0].shape[0] == 3
     with pytest.raises(ValueError, match="teacher-views must be >= 1"):
         distill.view_bank(str(teacher_file), images, labels, 0, **args)
+
+
+def test_an_interrupted_bank_continues_at_its_first_missing_view_and_ends_the_same(teacher_file, faces, tmp_path,
+                                                                                     monkeypatch):
+    images, labels = faces
+    args = dict(weight=0.7, label_smoothing=0.1, augmenters=lambda v: make_augmenter(seed=5 + v), mixup=0.5)
+    whole = distill.view_bank(str(teacher_file), images, labels, 4, **args)
+
+    cache = tmp_path / distill.BANK_FILE
+    real_one_view, made = distill._one_view, []
+
+    def one_view(*a, **k):
+        if len(made) == 2:
+            raise KeyboardInterrupt  # stopped while the third view is computed
+        made.append(1)
+        return real_one_view(*a, **k)
+
+    monkeypatch.setattr(distill, "_one_view", one_view)
+    with pytest.raises(KeyboardInterrupt):
+        distill.view_bank(str(teacher_file), images, labels, 4, cache=cache, **args)
+    parts = tmp_path / "teacher_views.parts"
+    assert not cache.exists() and sorted(p.name for p in parts.iterdir()) == ["view0.npz", "view1.npz"]
+
+    made.clear()
+    monkeypatch.setattr(distill, "_one_view", lambda *a, **k: made.append(1) or real_one_view(*a, **k))
+    resumed = distill.view_bank(str(teacher_file), images, labels, 4, cache=cache, **args)
+    assert len(made) == 2  # only the two missing views were computed
+    np.testing.assert_array_equal(resumed[0], whole[0])
+    np.testing.assert_allclose(resumed[1], whole[1], atol=1e-6)
+    assert cache.is_file() and not parts.exists()  # the finished bank replaces its parts
 
 
 def test_an_epoch_shows_every_face_once_as_one_of_its_views_with_that_views_target():
