@@ -78,6 +78,20 @@ def test_mtcnn_detector(model_dir, images):
     assert len(faces) >= 1
 
 
+def test_a_small_image_is_read_whole_as_one_face_crop(predictor, model_dir, images, capsys):
+    crop = cv2.imread(str(images / "crops" / "happy.png"))
+    assert crop.shape[:2] == (48, 48)
+    (only,) = predictor.predict_image(crop)
+    assert only["box"] == [0, 0, 48, 48] and only["label"] == predictor.predict_face(crop)["label"]
+    assert only["probabilities"] == predictor.predict_face(crop)["probabilities"]
+    side = fer_predict.CROPPED_FACE_SIDE
+    assert len(predictor.predict_image(np.full((side, side - 10, 3), 200, np.uint8))) == 1
+    assert predictor.predict_image(np.full((side + 1, side + 1, 3), 200, np.uint8)) == []  # searched: no face
+    assert fer_predict.main([str(images / "crops"), "--json", "--model-dir", str(model_dir)]) == 0
+    lines = _json_lines(capsys.readouterr().out)
+    assert [line["faces"][0]["box"] for line in lines] == [[0, 0, 48, 48]] * 2
+
+
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(ModelNotFoundError, match="--model-dir"):
         FERPredictor(tmp_path)
