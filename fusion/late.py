@@ -296,17 +296,15 @@ def decode_for_prediction(path: str | os.PathLike, fps: float = LATE_FPS, max_se
 
 
 def sound_only(path: str | os.PathLike, fps: float = LATE_FPS, max_seconds: float | None = MAX_CLIP_SECONDS) -> Clip:
-    """A file without pictures, read by ``ser.audio.decode`` at its own rate, as ``ser.predict`` and the server's
-    audio upload read it: all three hear the same samples, so they give the same voice answer."""
-    from ser.audio import AudioError, decode
+    """A file without pictures, read as ``ser.predict`` and the server's audio upload read it (``ser.audio``, at the
+    file's own rate): all three hear the same samples, so they give the same voice answer. Only the first
+    ``max_seconds`` are decoded."""
+    from ser.audio import AudioError, decode_head
 
     try:
-        samples, rate = decode(path)
+        samples, rate, duration = decode_head(path, max_seconds)
     except AudioError as exc:  # no audio stream, or none FFmpeg can decode
         raise NoAudioError(str(exc)) from exc
-    duration = samples.size / rate
-    if max_seconds:
-        samples = samples[: int(round(max_seconds * rate))]
     return Clip(frames=np.zeros((0, 0, 0, 3), np.uint8), audio=samples, fps=fps, sample_rate=rate, duration=duration)
 
 

@@ -27,15 +27,17 @@ class SilentAudioError(AudioError):
     """Decodes, but is digital silence."""
 
 
-def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+def _read_soundfile(path: Path, max_seconds: float | None = None) -> tuple[np.ndarray, int, float]:
     import soundfile as sf
 
     # libsndfile detects the container from the header, so AIFF data behind a .wav name still reads.
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    return data.mean(axis=1), sr
+    with sf.SoundFile(str(path)) as f:
+        frames = int(round(max_seconds * f.samplerate)) if max_seconds else -1
+        data = f.read(frames, dtype="float32", always_2d=True)
+        return data.mean(axis=1), f.samplerate, f.frames / f.samplerate
 
 
-def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
+def _read_pyav(path: Path, max_seconds: float | None = None) -> tuple[np.ndarray, int, float]:
     import av
 
     with av.open(str(path)) as container:
@@ -45,18 +47,32 @@ def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
         if stream.codec_context is None:  # FFmpeg parsed the header but has no decoder (36-bit PCM, ...)
             raise CorruptAudioError(f"{path}: not readable as audio (no decoder for its audio encoding)")
         resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate or SAMPLE_RATE)
-        chunks = []
+        limit = int(round(max_seconds * resampler.rate)) if max_seconds else None
+        chunks, count = [], 0
         for frame in container.decode(stream):
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
+                count += chunks[-1].size
+            if limit is not None and count >= limit:
+                break  # a long recording: only its head is wanted
+        else:
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
         sr = resampler.rate
-    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), sr
+        samples = np.concatenate(chunks)[:limit] if chunks else np.zeros(0, np.float32)
+        duration = container.duration / av.time_base if container.duration else samples.size / sr
+    return samples, sr, duration
 
 
 def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Decode to mono float32 at the file's own rate: libsndfile first, FFmpeg (PyAV) for the rest."""
+    samples, rate, _ = decode_head(path)
+    return samples, rate
+
+
+def decode_head(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[np.ndarray, int, float]:
+    """``decode``, stopped after ``max_seconds`` (all when None), plus the whole file's length in seconds: the
+    same samples as ``decode`` gives for that stretch, without decoding the rest of a long recording."""
     path = Path(path)
     if path.exists() and not path.is_file():  # a folder, /dev/null, a pipe
         raise CorruptAudioError(f"{path}: not a regular file")
@@ -65,10 +81,10 @@ def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     if path.stat().st_size == 0:
         raise EmptyAudioError(f"{path}: file is empty (0 bytes)")
     try:
-        return _read_soundfile(path)
+        return _read_soundfile(path, max_seconds)
     except Exception as sf_error:  # libsndfile cannot read mp3/m4a/mp4: try FFmpeg
         try:
-            return _read_pyav(path)
+            return _read_pyav(path, max_seconds)
         except AudioError:
             raise
         except Exception as av_error:

@@ -100,6 +100,25 @@ def test_audio_defects_each_give_a_specific_error_or_load(corpora):
         assert y.ndim == 1 and abs(len(y) - 16_000) < 50, name
 
 
+def test_the_head_of_a_long_recording_is_the_start_of_the_whole(tmp_path):
+    """decode_head gives the same samples as decode for the stretch it reads and the whole file's length, from
+    libsndfile (wav) and from FFmpeg (m4a)."""
+    import soundfile
+
+    from tests.synth_video import write_audio_only_mp4
+
+    y = (0.3 * np.sin(2 * np.pi * 220 * np.arange(10 * 16_000) / 16_000)).astype(np.float32)
+    wav = tmp_path / "long.wav"
+    soundfile.write(wav, np.stack([y, 0.5 * y], axis=1), 16_000)  # stereo: the mean of the channels
+    for path in (wav, write_audio_only_mp4(tmp_path / "long.m4a", y)):
+        whole, rate = audio.decode(path)
+        head, head_rate, seconds = audio.decode_head(path, max_seconds=2.5)
+        assert head_rate == rate and head.size == int(2.5 * rate)
+        np.testing.assert_array_equal(head, whole[: head.size])
+        assert seconds == pytest.approx(10.0, abs=0.1), path.suffix
+    np.testing.assert_allclose(audio.decode(wav)[0], 0.75 * y, atol=1e-4)
+
+
 def test_non_audio_file_is_rejected(tmp_path):
     path = tmp_path / "photo.wav"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
