@@ -72,49 +72,64 @@ def clips_of(model_dir: Path, args: argparse.Namespace) -> tuple[list[Path], lis
     return paths, list(rows["label"]), f"{args.split} split of {split_csv.name}: speakers {speakers}"
 
 
-def measure(model_dir: Path, args: argparse.Namespace, gains: list[float]) -> dict:
+def label_each(predictor, paths: list[Path], truth: list[str | None], conditions: dict, desc: str
+               ) -> tuple[dict, list[str | None], int]:
+    """Each readable clip's label under every condition (name -> function of the 16 kHz float64 waveform), through
+    ``SERPredictor.predict_waveform`` as users get it (None: refused as "no speech"); also the kept clips' true
+    labels and the count of unreadable files (counted, not scored: the file is broken, not the front end)."""
     from ser.audio import AudioError, load_audio
     from ser.frontend import NoSpeechError
+
+    labels: dict = {name: [] for name in conditions}
+    kept_truth: list[str | None] = []
+    unreadable = 0
+    for path, label in progress(list(zip(paths, truth)), total=len(paths), desc=desc):
+        try:
+            y = load_audio(path).astype(np.float64)
+        except AudioError:
+            unreadable += 1
+            continue
+        kept_truth.append(label)
+        for name, change in conditions.items():
+            try:
+                probs = predictor.predict_waveform(change(y).astype(np.float32), 16_000)
+                labels[name].append(predictor.class_names[int(np.argmax(probs))])
+            except NoSpeechError:
+                labels[name].append(None)
+    return labels, kept_truth, unreadable
+
+
+def measure(model_dir: Path, args: argparse.Namespace, gains: list[float]) -> dict:
     from ser.predict import SERPredictor
 
     predictor = SERPredictor(model_dir)
     paths, truth, source = clips_of(model_dir, args)
     all_gains = [1.0] + gains
-    labels: dict[float, list[str | None]] = {g: [] for g in all_gains}  # None: refused as "no speech"
-    kept_truth: list[str | None] = []
-    unreadable = 0
     start = time.perf_counter()
-    for path, label in progress(list(zip(paths, truth)), total=len(paths), desc=model_dir.name):
-        try:
-            y = load_audio(path).astype(np.float64)
-        except AudioError:  # counted, not scored: the file is broken, not the front end
-            unreadable += 1
-            continue
-        kept_truth.append(label)
-        for g in all_gains:
-            try:
-                probs = predictor.predict_waveform((g * y).astype(np.float32), 16_000)
-                labels[g].append(predictor.class_names[int(np.argmax(probs))])
-            except NoSpeechError:
-                labels[g].append(None)
+    labels, kept_truth, unreadable = label_each(predictor, paths, truth,
+                                                {g: (lambda y, g=g: g * y) for g in all_gains}, model_dir.name)
     seconds = time.perf_counter() - start
     n = len(kept_truth)
     if n == 0:
         raise SystemExit(f"no readable clips for {model_dir} ({source})")
 
-    def at(g: float) -> dict:
-        got, reference = labels[g], labels[1.0]
-        no_speech = sum(label is None for label in got)
-        row = {"no_speech": no_speech, "no_speech_rate": round(no_speech / n, 4)}
-        if g != 1.0:
-            row["agreement"] = round(sum(a is not None and a == b for a, b in zip(got, reference)) / n, 4)
-        if kept_truth and kept_truth[0] is not None:
-            row["accuracy"] = round(sum(a == t for a, t in zip(got, kept_truth)) / n, 4)
-        return row
-
     return {"model_dir": str(model_dir), "model": predictor.config.get("model"),
             "level_norm": bool(getattr(predictor.features, "level_norm", False)), "source": source, "clips": n,
-            "unreadable": unreadable, "seconds": round(seconds, 1), "gains": {str(g): at(g) for g in all_gains}}
+            "unreadable": unreadable, "seconds": round(seconds, 1),
+            "gains": {str(g): score(labels[g], None if g == 1.0 else labels[1.0], kept_truth) for g in all_gains}}
+
+
+def score(got: list[str | None], reference: list[str | None] | None, truth: list[str | None]) -> dict:
+    """False rejects ("no speech" for real speech), agreement with ``reference`` (a refusal disagrees) and, with
+    true labels, accuracy, of one condition's labels."""
+    n = len(got)
+    no_speech = sum(label is None for label in got)
+    row = {"no_speech": no_speech, "no_speech_rate": round(no_speech / n, 4)}
+    if reference is not None:
+        row["agreement"] = round(sum(a is not None and a == b for a, b in zip(got, reference)) / n, 4)
+    if truth and truth[0] is not None:
+        row["accuracy"] = round(sum(a == t for a, t in zip(got, truth)) / n, 4)
+    return row
 
 
 def markdown(results: list[dict], gains: list[float]) -> str:

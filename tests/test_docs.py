@@ -36,6 +36,7 @@ CLIS: dict[str, str] = {
     "bench/bench_ser.py": "bench_ser", "bench/bench_fer.py": "bench_fer", "bench/bench_fer_peer.py": "bench_fer_peer",
     "bench/bench_fusion.py": "bench_fusion", "bench/bench_webapp.py": "bench_webapp", "bench/ship.py": "ship",
     "bench/bench_ser_gain.py": "bench_ser_gain", "bench/bench_ser_whisper.py": "bench_ser_whisper",
+    "bench/bench_ser_robustness.py": "bench_ser_robustness",
     "bench/bench_ser_crossval_ensemble.py": "bench_ser_crossval_ensemble",
     "bench/bench_ser_whisper_padding.py": "bench_ser_whisper_padding",
     "bench/bench_fer_detect.py": "bench_fer_detect", "bench/bench_fer_backbone.py": "bench_fer_backbone",

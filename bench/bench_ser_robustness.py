@@ -1,0 +1,136 @@
+"""Does a speech model's answer survive what real recordings do besides the level? Label agreement under
+recording changes: when it starts, the telephone band, background noise.
+
+    python bench/bench_ser_robustness.py --model-dir saved_models/ser --model-dir saved_models/ser_compact
+    python bench/bench_ser_robustness.py --folders ../shared/data/ravdess/Actor_10
+
+For each model folder, every clip of its test speakers (its split.csv; or every audio file under ``--folders``)
+is predicted as recorded and under each condition below, through ``SERPredictor.predict_waveform`` (speech check
+included, as users get it), as ``bench/bench_ser_gain.py`` does for the level. Reported per condition: the share
+of clips whose label equals the label as recorded (a "no speech" refusal disagrees), the share refused as "no
+speech" and, with split labels, the accuracy. Conditions:
+- ``shift 4 ms`` / ``shift 16 ms``: 64 / 256 samples of silence before the clip (the recording started a little
+  earlier; sub-frame: the speech is the same, only its position in the analysis frames moves);
+- ``silence 1 s``: a second of silence before and after;
+- ``telephone``: down to 8 kHz and back (the 4 kHz band of a phone call);
+- ``noise 30 dB`` / ``noise 20 dB``: white noise at that signal-to-noise ratio over the whole clip (seeded).
+Writes OUT/ser_robustness.md and OUT/ser_robustness.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+for _path in (REPO, REPO / "bench"):  # the toolkit, and the gain bench this one shares its scoring with
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from bench_ser_gain import clips_of, label_each, score  # noqa: E402
+from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
+
+SAMPLE_RATE = 16_000
+AS_RECORDED = "as recorded"
+SEED = 0
+
+
+def silence_before(samples: int):
+    return lambda y: np.concatenate([np.zeros(samples), y])
+
+
+def around(seconds: float):
+    pad = np.zeros(int(seconds * SAMPLE_RATE))
+    return lambda y: np.concatenate([pad, y, pad])
+
+
+def telephone(y: np.ndarray) -> np.ndarray:
+    import librosa
+
+    return librosa.resample(librosa.resample(y, orig_sr=SAMPLE_RATE, target_sr=8_000), orig_sr=8_000,
+                            target_sr=SAMPLE_RATE)
+
+
+def noise(snr_db: float):
+    def add(y: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng([SEED, y.size])  # the same noise for the same clip, whatever the order
+        rms = np.sqrt(np.mean(np.square(y)))
+        return y + rng.normal(0.0, rms * 10 ** (-snr_db / 20), y.size)
+    return add
+
+
+CONDITIONS = {AS_RECORDED: lambda y: y, "shift 4 ms": silence_before(64), "shift 16 ms": silence_before(256),
+              "silence 1 s": around(1.0), "telephone": telephone, "noise 30 dB": noise(30.0),
+              "noise 20 dB": noise(20.0)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python bench/bench_ser_robustness.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", action="append", default=None,
+                        help="SER run folder; repeat for several (default: saved_models/ser and ser_compact)")
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"),
+                        help="folder the split.csv paths are relative to (default: ../shared/data)")
+    parser.add_argument("--split", default="test", help="which split.csv rows to use (default: %(default)s)")
+    parser.add_argument("--folders", nargs="+", default=None,
+                        help="audio files or folders to use instead of the model's split (no accuracy then)")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"),
+                        help="folder for ser_robustness.md and .json (default: bench/results)")
+    add_verbose_flag(parser)
+    return parser
+
+
+def measure(model_dir: Path, args: argparse.Namespace) -> dict:
+    from ser.predict import SERPredictor
+
+    predictor = SERPredictor(model_dir)
+    paths, truth, source = clips_of(model_dir, args)
+    start = time.perf_counter()
+    labels, kept, unreadable = label_each(predictor, paths, truth, CONDITIONS, model_dir.name)
+    if not kept:
+        raise SystemExit(f"no readable clips for {model_dir} ({source})")
+    reference = labels[AS_RECORDED]
+    return {"model_dir": str(model_dir), "model": predictor.config.get("model"), "source": source,
+            "clips": len(kept), "unreadable": unreadable, "seconds": round(time.perf_counter() - start, 1),
+            "conditions": {name: score(got, None if name == AS_RECORDED else reference, kept)
+                           for name, got in labels.items()}}
+
+
+def markdown(results: list[dict]) -> str:
+    changed = [name for name in CONDITIONS if name != AS_RECORDED]
+    lines = ["Label agreement with the clip as recorded when the recording changes (see the script's docstring), "
+             "accuracy, and the share of these real speech clips refused as \"no speech\".", "",
+             "| model | clips | " + " | ".join(changed) + " |", "|---|---|" + "---|" * len(changed)]
+    for r in results:
+        c = r["conditions"]
+        cells = [f"{c[name]['agreement']:.3f}" for name in changed]
+        lines.append(f"| {r['model_dir']} ({r['model']}): agreement | {r['clips']} | " + " | ".join(cells) + " |")
+        if "accuracy" in c[AS_RECORDED]:
+            cells = [f"{c[name]['accuracy']:.3f}" for name in changed]
+            lines.append(f"| accuracy (as recorded {c[AS_RECORDED]['accuracy']:.3f}) | | " + " | ".join(cells) + " |")
+        cells = [f"{100 * c[name]['no_speech_rate']:.1f} %" for name in changed]
+        lines.append("| no speech | | " + " | ".join(cells) + " |")
+    lines += [""] + [f"- {r['model_dir']}: {r['source']}" for r in results]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    from core.io import write_json
+
+    models = args.model_dir or [str(REPO / "saved_models" / "ser"), str(REPO / "saved_models" / "ser_compact")]
+    results = [measure(Path(d), args) for d in models]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "ser_robustness.json", {"conditions": list(CONDITIONS), "seed": SEED, "models": results})
+    text = markdown(results)
+    (out / "ser_robustness.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    quiet_tensorflow()
+    main()
