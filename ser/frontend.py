@@ -135,6 +135,25 @@ def normalize_level(y: np.ndarray) -> np.ndarray:
     return (x * (LEVEL_TARGET_RMS / rms)).astype(np.float32)
 
 
+TRIM_FRAME = 2048  # librosa.effects.trim's frame
+
+
+def trim_silence(y: np.ndarray, top_db: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """``librosa.effects.trim``'s rule at every sample: keep from the first to the last sample whose centred
+    2048-sample window has a power within ``top_db`` of the loudest window. librosa applies it every 512
+    samples, so a few ms more silence before the speech moves its cut by up to 32 ms; here the cut moves with
+    the speech, so silence before or after a recording never changes what is kept."""
+    x = _finite64(y)
+    half = TRIM_FRAME // 2
+    energy = np.concatenate([[0.0], np.cumsum(np.pad(x * x, half))])
+    power = (energy[TRIM_FRAME:] - energy[:-TRIM_FRAME])[: x.size] / TRIM_FRAME
+    loud = np.flatnonzero(power > power.max() * 10 ** (-top_db / 10)) if x.size else np.zeros(0, int)
+    if loud.size == 0:
+        return y[:0], (0, 0)
+    start, end = int(loud[0]), int(loud[-1]) + 1
+    return y[start:end], (start, end)
+
+
 # ---------------------------------------------------------------- speech check
 def _frames(x: np.ndarray, frame: int, hop: int) -> np.ndarray:
     if x.size < frame:

@@ -55,6 +55,7 @@ class TrainConfig:
     n_mfcc: int = 40
     max_seconds: float = 3.0
     trim_db: float = 30.0
+    trim: str = "frames"             # --model whisper: frames (librosa's 512-sample grid) | samples (shift-invariant)
     deltas: bool = False
     utterance_norm: bool = False
     features: str = "mfcc"           # mfcc | logmel
@@ -83,6 +84,8 @@ class TrainConfig:
 
             check_pad_seconds(self.pad_seconds, self.max_seconds, "--pad-seconds")
             check_pad_states(self.resolved_pad_states(), self.pad_seconds, "--pad-states")
+        if self.trim not in ("frames", "samples"):
+            raise ValueError(f"unknown --trim {self.trim!r}; choose frames or samples")
         if self.features not in ("mfcc", "logmel"):
             raise ValueError(f"unknown --features {self.features!r}; choose mfcc or logmel")
 
@@ -100,7 +103,7 @@ class TrainConfig:
             from ser.whisper.encoder import whisper_feature_config
 
             return whisper_feature_config(self.encoder_dir, max_seconds=self.max_seconds, trim_db=self.trim_db,
-                                          pool=self.pool, pad_seconds=self.pad_seconds,
+                                          trim=self.trim, pool=self.pool, pad_seconds=self.pad_seconds,
                                           pad_states=self.resolved_pad_states())
         return FeatureConfig(n_mfcc=self.n_mfcc, max_seconds=self.max_seconds, trim_db=self.trim_db,
                              deltas=self.deltas, utterance_norm=self.utterance_norm, kind=self.features,
@@ -118,6 +121,9 @@ HELP = {
                   "reference computed once (ser.whisper.silence) and encodes only the clip and 1 s of padding "
                   "(~50 ms per 3 s clip on one core); 'encoded' runs the encoder over the whole padded window "
                   "(~0.5-1 s at 30 s); auto (default) = reference at 30 s, encoded otherwise",
+    "trim": "--model whisper: where the silence trim may cut: frames (librosa's 512-sample grid, so a few ms more "
+            "silence before the speech moves the cut; the shipped model's) or samples (the same rule at every "
+            "sample: the cut moves with the speech); docs/speech_frontend.md",
     "head_c": "--model whisper: inverse L2 regularisation strength (scikit-learn's C) of the logistic-regression "
               "head on the states' pooled statistics; chosen on speaker-held-out folds",
     "features": "mfcc (40 MFCC + ZCR + RMS per frame) or logmel (n_mels log-mel bands; pairs well with cnn2d)",
@@ -344,7 +350,7 @@ DESCRIPTION = ("Train a speech emotion recognition model. Options not given take
                "--augment 0 (each clip inside Whisper's 30 s window, --pad-seconds 30, its padding from the reference: "
                "--pad-states reference).")
 ADVANCED = frozenset({"mixup", "spec_augment", "deltas", "pitch", "utterance_norm", "n_mels", "n_mfcc", "pool",
-                      "head_c"})  # measured no gain, or expert knobs (docs/results.md)
+                      "head_c", "trim"})  # measured no gain, or expert knobs (docs/results.md)
 
 
 def build_parser():

@@ -88,6 +88,22 @@ def test_dc_offset_does_not_change_the_features():
     assert np.abs(frames_from_waveform(y + 0.3, cfg) - frames_from_waveform(y, cfg)).max() < 1e-3
 
 
+def test_the_sample_trim_keeps_the_same_speech_wherever_the_recording_starts():
+    import librosa
+
+    from ser.frontend import trim_silence
+
+    y = np.concatenate([np.zeros(5000, np.float32), synth.tone("sad", seconds=1.0), np.zeros(7000, np.float32)])
+    kept, (start, end) = trim_silence(y, 30.0)
+    _, (frame_start, frame_end) = librosa.effects.trim(y, top_db=30.0)
+    assert abs(start - frame_start) <= 1024 and abs(end - frame_end) <= 1024  # librosa's rule, finer grid
+    for before in (1, 64, 300):
+        moved, (s2, e2) = trim_silence(np.concatenate([np.zeros(before, np.float32), y, np.zeros(9, np.float32)]), 30.0)
+        np.testing.assert_array_equal(moved, kept)
+        assert (s2, e2) == (start + before, end + before)
+    assert trim_silence(np.zeros(100, np.float32), 30.0)[0].size == 0
+
+
 def test_cache_keys_of_configs_without_level_norm_are_unchanged():
     # the key FeatureConfig() had before level_norm existed: old feature caches stay valid
     assert FeatureConfig(level_norm=False).key() == "3e83c063cba1"

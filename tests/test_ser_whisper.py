@@ -4,6 +4,7 @@ weights) the Keras encoder against ctranslate2's own."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -153,6 +154,8 @@ def test_features_cache_and_shapes_with_a_tiny_encoder(tiny_dir, tmp_path):
     np.testing.assert_array_equal(np.load(cached[0]), feats)
     other = WhisperFeatureConfig(encoder=str(tiny_dir), encoder_sha256="other", num_states=LAYERS + 1, hidden_dim=DIM)
     assert other.key() != cfg.key()  # other weights never reuse these features
+    assert replace(cfg, trim="frames").key() == cfg.key()  # the default: caches made before the option keep theirs
+    assert replace(cfg, trim="samples").key() != cfg.key()
 
 
 def test_bulk_extraction_encodes_clips_together_keeps_order_and_counts_bad_files(tiny_dir, tmp_path, monkeypatch):

@@ -128,6 +128,20 @@ def test_train_takes_the_reference_only_for_whispers_full_window(tiny_encoder, p
     assert cfg.feature_config().pad_states == expected
 
 
+def test_train_passes_the_trim_to_the_features_and_samples_ignore_where_the_recording_starts(tiny_encoder):
+    from ser.train import TrainConfig
+
+    cfg = TrainConfig(model="whisper", encoder_dir=str(tiny_encoder.folder), max_seconds=1.0, trim="samples")
+    cfg.validate()
+    features = cfg.feature_config()
+    assert features.trim == "samples" and TrainConfig(model="whisper").trim == "frames"  # the shipped default
+    y = np.concatenate([np.zeros(3000, np.float32), synth.tone("happy", seconds=0.8), np.zeros(3000, np.float32)])
+    later = np.concatenate([np.zeros(100, np.float32), y])
+    np.testing.assert_allclose(features.prepare(later), features.prepare(y), atol=1e-6)
+    with pytest.raises(ValueError, match="--trim"):
+        TrainConfig(model="whisper", trim="edges").validate()
+
+
 def test_shipped_reference_matches_the_pinned_encoder():
     ref = silence.load_reference(whisper_weights.SHA256)
     assert ref is not None, f"{silence.reference_path(whisper_weights.SHA256)} is missing"

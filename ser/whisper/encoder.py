@@ -105,6 +105,7 @@ class WhisperFeatureConfig:
     sample_rate: int = 16_000
     max_seconds: float = 3.0
     trim_db: float = 30.0
+    trim: str = "frames"             # "frames": librosa's 512-sample grid; "samples": ser.frontend.trim_silence
     level_norm: bool = True
     pool: int = 4                    # 20 ms encoder steps averaged per cached step
     pad_seconds: float = 0.0         # encode inside this much trailing silence (Whisper's own 30 s); 0 = clip alone
@@ -139,6 +140,8 @@ class WhisperFeatureConfig:
             fields["pad_seconds"] = float(self.pad_seconds)  # 30 and 30.0 are the same features
         if self.pad_states == "encoded":
             fields.pop("pad_states")  # as above
+        if self.trim == "frames":
+            fields.pop("trim")  # as above
         else:
             from ser.whisper.silence import reference_fingerprint
 
@@ -149,12 +152,15 @@ class WhisperFeatureConfig:
         """Trim silence, keep the first ``max_seconds``, normalise the level: the waveform the encoder sees."""
         import librosa
 
-        from ser.frontend import normalize_level
+        from ser.frontend import normalize_level, trim_silence
 
         if self.level_norm:  # scale-free first: librosa's float32 trim overflows on absurd levels (1e30)
             y = normalize_level(y)
         if self.trim_db > 0:
-            trimmed, _ = librosa.effects.trim(y, top_db=self.trim_db)
+            if self.trim == "samples":
+                trimmed, _ = trim_silence(y, self.trim_db)
+            else:
+                trimmed, _ = librosa.effects.trim(y, top_db=self.trim_db)
             y = trimmed if trimmed.size >= 400 else y
         y = y[: int(self.max_seconds * self.sample_rate)]
         if self.level_norm:
