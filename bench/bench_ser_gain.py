@@ -30,16 +30,21 @@ DEFAULT_GAINS = "0.1,0.3,3"
 GOAL = 0.98  # label agreement the front end should reach at every gain
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python bench/bench_ser_gain.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_clip_arguments(parser: argparse.ArgumentParser, default_models: str) -> None:
+    """Which models, and which of their clips: the options every speech robustness bench shares."""
     parser.add_argument("--model-dir", action="append", default=None,
-                        help="SER run folder; repeat for several (default: saved_models/ser_compact)")
+                        help=f"SER run folder; repeat for several (default: {default_models})")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"),
                         help="folder the split.csv paths are relative to (default: ../shared/data)")
     parser.add_argument("--split", default="test", help="which split.csv rows to use (default: %(default)s)")
     parser.add_argument("--folders", nargs="+", default=None,
                         help="audio files or folders to use instead of the model's split (no accuracy then)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python bench/bench_ser_gain.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_clip_arguments(parser, "saved_models/ser_compact")
     parser.add_argument("--gains", default=DEFAULT_GAINS, help="comma-separated gains compared with gain 1 "
                         "(default: %(default)s)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"),

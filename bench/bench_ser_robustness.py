@@ -30,7 +30,7 @@ for _path in (REPO, REPO / "bench"):  # the toolkit, and the gain bench this one
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from bench_ser_gain import clips_of, label_each, score  # noqa: E402
+from bench_ser_gain import add_clip_arguments, clips_of, label_each, score  # noqa: E402
 from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
 
 SAMPLE_RATE = 16_000
@@ -70,13 +70,7 @@ CONDITIONS = {AS_RECORDED: lambda y: y, "shift 4 ms": silence_before(64), "shift
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python bench/bench_ser_robustness.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", action="append", default=None,
-                        help="SER run folder; repeat for several (default: saved_models/ser and ser_compact)")
-    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"),
-                        help="folder the split.csv paths are relative to (default: ../shared/data)")
-    parser.add_argument("--split", default="test", help="which split.csv rows to use (default: %(default)s)")
-    parser.add_argument("--folders", nargs="+", default=None,
-                        help="audio files or folders to use instead of the model's split (no accuracy then)")
+    add_clip_arguments(parser, "saved_models/ser and saved_models/ser_compact")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"),
                         help="folder for ser_robustness.md and .json (default: bench/results)")
     add_verbose_flag(parser)
