@@ -142,6 +142,18 @@ def test_train_passes_the_trim_to_the_features_and_samples_ignore_where_the_reco
         TrainConfig(model="whisper", trim="edges").validate()
 
 
+def test_the_cache_key_names_the_reference_whatever_the_trim(monkeypatch):
+    from ser.whisper.encoder import WhisperFeatureConfig
+
+    keys = {}
+    for fingerprint in ("a", "b"):
+        monkeypatch.setattr(silence, "reference_fingerprint", lambda sha, f=fingerprint: f)
+        for trim in ("frames", "samples"):
+            keys[fingerprint, trim] = WhisperFeatureConfig(pad_seconds=30.0, pad_states="reference", trim=trim).key()
+    assert keys["a", "frames"] != keys["b", "frames"] and keys["a", "samples"] != keys["b", "samples"]
+    assert keys["a", "frames"] != keys["a", "samples"]
+
+
 def test_shipped_reference_matches_the_pinned_encoder():
     ref = silence.load_reference(whisper_weights.SHA256)
     assert ref is not None, f"{silence.reference_path(whisper_weights.SHA256)} is missing"

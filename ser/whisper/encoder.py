@@ -140,12 +140,12 @@ class WhisperFeatureConfig:
             fields["pad_seconds"] = float(self.pad_seconds)  # 30 and 30.0 are the same features
         if self.pad_states == "encoded":
             fields.pop("pad_states")  # as above
-        if self.trim == "frames":
-            fields.pop("trim")  # as above
         else:
             from ser.whisper.silence import reference_fingerprint
 
             fields["pad_states"] = f"reference:{reference_fingerprint(self.encoder_sha256)}"
+        if self.trim == "frames":
+            fields.pop("trim")  # as above
         return "whisper-" + hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     def prepare(self, y: np.ndarray) -> np.ndarray:
