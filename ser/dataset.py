@@ -11,7 +11,7 @@ import numpy as np
 from core.labels import EMOTION_INDEX
 from core.training import group_split, random_split
 from ser.corpora import Clip
-from ser.features import FeatureConfig, Normalizer, extract_many, pad
+from ser.features import FeatureConfig, Normalizer, Variant, extract_many, pad
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,12 @@ def split_clips(clips: Sequence[Clip], how: str, val_fraction: float, test_fract
 
 
 def extract_clips(clips: Sequence[Clip], cfg: FeatureConfig, cache_dir: Path | None, n_jobs: int,
-                  variant: int = 0, seed: int = 0) -> tuple[list[Clip], list[np.ndarray], dict[str, str]]:
-    """Features of every readable clip; unreadable / empty / silent ones are left out and returned as errors."""
+                  variant: Variant = 0, seed: int = 0) -> tuple[list[Clip], list[np.ndarray], dict[str, str]]:
+    """Features of every readable clip (or of its augmented / noise copy ``variant``, see ``ser.features``);
+    unreadable / empty / silent ones are left out and returned as errors."""
+    copy = "" if not variant else f" ({variant})" if isinstance(variant, str) else f" (augmented {variant})"
     feats, errors = extract_many([c.path for c in clips], cfg, cache_dir, variant, seed, n_jobs,
-                                 desc=f"features{' (augmented %d)' % variant if variant else ''}")
+                                 desc=f"features{copy}")
     kept = [(c, f) for c, f in zip(clips, feats) if f is not None]
     return [c for c, _ in kept], [f for _, f in kept], errors
 

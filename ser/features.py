@@ -157,21 +157,44 @@ def augment_waveform(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.nda
     return y.astype(np.float32)
 
 
+NOISE_SNR_DB = (10.0, 30.0)  # noise copies (ser.train --noise-copies): the range of the choice CV (docs/whisper.md)
+
+
+def add_noise(y: np.ndarray, rng: np.random.Generator, snr_db: tuple[float, float] = NOISE_SNR_DB) -> np.ndarray:
+    """``y`` plus white noise at a random SNR in ``snr_db``, relative to the clip's mean power (silence included).
+
+    Unlike ``augment_waveform`` the voice itself is left alone: only the recording gets noisier."""
+    power = float(np.mean(np.square(y, dtype=np.float64))) + 1e-12
+    sigma = np.sqrt(power) * 10 ** (-rng.uniform(*snr_db) / 20)
+    return (y + rng.normal(0.0, sigma, size=y.shape)).astype(np.float32)
+
+
+Variant = int | str  # 0: the clip; k >= 1: its k-th augmented copy; "noise<k>": its k-th noise copy
+
+
+def noise_variant(k: int) -> str:
+    """The ``variant`` of a clip's k-th noise copy (k >= 1)."""
+    return f"noise{k}"
+
+
 # ---------------------------------------------------------------- cached, parallel extraction
-def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: int, seed: int) -> Path:
+def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: Variant, seed: int) -> Path:
     stat = os.stat(path)
     ident = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{variant}"
-    if variant:  # an augmented copy depends on the seed and the recipe too (plain features keep their old keys)
+    if isinstance(variant, str):  # a noise copy: the seed and the SNR range make it
+        ident += f"|seed={seed}|snr={NOISE_SNR_DB[0]:g}-{NOISE_SNR_DB[1]:g}"
+    elif variant:  # an augmented copy depends on the seed and the recipe too (plain features keep their old keys)
         ident += f"|seed={seed}|gain={AUGMENT_GAIN_DB}"
     digest = hashlib.sha1(ident.encode()).hexdigest()
     return cache_dir / cfg.key() / digest[:2] / f"{digest}.npy"
 
 
-def _load_waveform(path: str, cfg: FeatureConfig, variant: int, seed: int) -> np.ndarray:
+def _load_waveform(path: str, cfg: FeatureConfig, variant: Variant, seed: int) -> np.ndarray:
     y = load_audio(path, cfg.sample_rate)
     if variant:
         digest = int(hashlib.sha1(f"{path}|{variant}|{seed}".encode()).hexdigest()[:8], 16)
-        y = augment_waveform(y, cfg.sample_rate, np.random.default_rng(digest))
+        rng = np.random.default_rng(digest)
+        y = add_noise(y, rng) if isinstance(variant, str) else augment_waveform(y, cfg.sample_rate, rng)
     return y
 
 
@@ -184,9 +207,9 @@ def _save(cached: Path | None, feats: np.ndarray) -> None:
     os.replace(tmp, cached)
 
 
-def extract_file(path: str, cfg: FeatureConfig, cache_dir: Path | None = None, variant: int = 0,
+def extract_file(path: str, cfg: FeatureConfig, cache_dir: Path | None = None, variant: Variant = 0,
                  seed: int = 0) -> np.ndarray:
-    """Features of one file (``variant`` > 0: an augmented copy, reproducible from ``seed``)."""
+    """Features of one file (``variant``: an augmented or noise copy, reproducible from ``seed``; 0 the file)."""
     cached = _cache_path(cache_dir, cfg, path, variant, seed) if cache_dir else None
     if cached is not None and cached.exists():
         return np.load(cached)
@@ -196,7 +219,7 @@ def extract_file(path: str, cfg: FeatureConfig, cache_dir: Path | None = None, v
     return feats
 
 
-def _safe_extract(path: str, cfg: FeatureConfig, cache_dir: Path | None, variant: int, seed: int):
+def _safe_extract(path: str, cfg: FeatureConfig, cache_dir: Path | None, variant: Variant, seed: int):
     try:
         return extract_file(path, cfg, cache_dir, variant, seed), None
     except (AudioError, FileNotFoundError) as exc:
@@ -209,7 +232,7 @@ def _safe_extract(path: str, cfg: FeatureConfig, cache_dir: Path | None, variant
 ENCODER_CHUNK = 32
 
 
-def _extract_encoder_chunks(paths: list[str], cfg, cache_dir: Path | None, variant: int, seed: int):
+def _extract_encoder_chunks(paths: list[str], cfg, cache_dir: Path | None, variant: Variant, seed: int):
     """``_safe_extract`` of every path, in order, with uncached files of a chunk encoded together (an
     encoder's matrix products get more out of the cores with several clips at once)."""
     for start in range(0, len(paths), ENCODER_CHUNK):
@@ -241,7 +264,7 @@ def _extract_encoder_chunks(paths: list[str], cfg, cache_dir: Path | None, varia
 
 
 def extract_many(paths: Sequence[str], cfg: FeatureConfig, cache_dir: Path | None = DEFAULT_CACHE_DIR,
-                 variant: int = 0, seed: int = 0, n_jobs: int = -1,
+                 variant: Variant = 0, seed: int = 0, n_jobs: int = -1,
                  desc: str = "features") -> tuple[list[np.ndarray | None], dict[str, str]]:
     """Extract features for many files in parallel; bad files give ``None`` and an entry in the errors dict."""
     from joblib import Parallel, delayed

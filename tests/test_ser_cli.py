@@ -1,5 +1,6 @@
 """End-to-end: ser.train (2 epochs, every artifact, resume), ser.predict and ser.evaluate on synthetic corpora."""
 import json
+import logging
 
 import keras
 import numpy as np
@@ -136,6 +137,43 @@ def test_model_recipe_fills_only_the_options_not_given():
     cfg = ser_train.with_model_recipe(ser_train.TrainConfig(augment=0), ["--augment=0"])
     assert (cfg.model, cfg.augment) == ("whisper", 0)
     assert ser_train.with_model_recipe(ser_train.TrainConfig(), []).augment == ser_train.MODEL_RECIPES["whisper"]["augment"]
+    whisper = ser_train.with_model_recipe(ser_train.TrainConfig(), [])
+    assert (whisper.noise_copies, whisper.noise_weight) == (1, 0.25)
+    cfg = ser_train.with_model_recipe(ser_train.TrainConfig(noise_copies=0), ["--noise-copies", "0"])
+    assert (cfg.noise_copies, cfg.noise_weight) == (0, 0.25)
+
+
+@pytest.mark.parametrize("option", [["--noise-weight", "0"], ["--noise-copies", "-1"], ["--augment", "-2"]])
+def test_copy_options_are_checked_before_any_audio_is_read(tmp_path, capsys, option):
+    argv = ["--model", "cnn", *option, "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as exit_:
+        ser_train.main(argv)
+    assert exit_.value.code == 2
+    assert option[0] in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_noise_copies_join_training_at_their_weight(trained, tmp_path, caplog):
+    root, _, _ = trained
+    out = tmp_path / "noisy"
+    argv = _argv(root, out, tmp_path / "cache", "--epochs", "1", "--augment", "0", "--noise-copies", "2",
+                 "--noise-weight", "0.5")
+    with caplog.at_level(logging.INFO, logger="ser.train"):
+        assert ser_train.main(argv) == 0
+    clean = int((pd.read_csv(out / "split.csv")["split"] == "train").sum())
+    assert f"train {3 * clean} (with augmentation)" in caplog.text
+    assert read_json(out / "config.json")["train"]["noise_copies"] == 2
+
+
+def test_keras_batches_weigh_each_copy_on_top_of_its_class():
+    y = np.array([0, 0, 1, 1, 1, 1])
+    copy = np.array([1.0, 0.25, 1.0, 0.25, 1.0, 0.25])
+    cfg = ser_train.TrainConfig(batch_size=6)
+    _, _, weight = ser_train.array_batches(np.zeros((6, 2, 3, 4), np.float16), y, cfg, copy)[0]
+    assert weight[0] / weight[2] == pytest.approx(2.0)  # class 0 has half the clips of class 1
+    np.testing.assert_allclose(weight[1::2] / weight[0::2], 0.25)
+    _, _, keras_weight = next(iter(ser_train.training_dataset(np.zeros((6, 5, 3), np.float32), y, cfg, copy)))
+    np.testing.assert_allclose(np.sort(keras_weight.numpy()), np.sort(weight), rtol=1e-6)
 
 
 def test_train_reports_missing_data_folder(tmp_path, capsys):

@@ -6,7 +6,8 @@ import pytest
 from ser import audio
 from ser.corpora import load_clips, parse_corpus_list
 from ser.dataset import split_clips
-from ser.features import FeatureConfig, Normalizer, extract_many, frames_from_waveform, pad
+from ser.features import (NOISE_SNR_DB, FeatureConfig, Normalizer, add_noise, extract_many, frames_from_waveform,
+                          noise_variant, pad)
 from tests import synth_audio as synth
 
 
@@ -204,6 +205,39 @@ def test_bulk_extraction_skips_and_counts_bad_files_and_caches(corpora, tmp_path
     uncached, _ = extract_many(paths[:2], cfg, None, variant=1, seed=1, n_jobs=1)
     assert all(np.array_equal(a, b) for a, b in zip(reseeded, uncached))
     assert any(a.shape != b.shape or not np.allclose(a, b) for a, b in zip(reseeded, augmented))
+
+
+def test_noise_copy_is_white_noise_in_its_snr_range_over_the_untouched_voice():
+    voice = synth.tone("sad", seconds=2.0)
+    snrs = []
+    for seed in range(40):
+        noisy = add_noise(voice, np.random.default_rng(seed))
+        assert noisy.dtype == np.float32 and noisy.shape == voice.shape
+        noise = noisy.astype(np.float64) - voice
+        snrs.append(10 * np.log10(np.mean(voice.astype(np.float64) ** 2) / np.mean(noise ** 2)))
+        spectrum = np.abs(np.fft.rfft(noise)) ** 2
+        low, high = spectrum[1: len(spectrum) // 2].mean(), spectrum[len(spectrum) // 2:].mean()
+        assert 0.8 < low / high < 1.25  # white: as much power in the upper half of the band as in the lower
+    assert NOISE_SNR_DB[0] - 0.2 < min(snrs) and max(snrs) < NOISE_SNR_DB[1] + 0.2
+    assert max(snrs) - min(snrs) > 10  # drawn across the range, not one level
+
+
+def test_noise_copies_are_reproducible_and_cached_apart_from_augmented_copies(corpora, tmp_path):
+    root, _ = corpora
+    clips, _ = load_clips(["ravdess"], root)
+    paths = [c.path for c in clips][:2]
+    cfg = FeatureConfig(max_seconds=1.0)
+    clean, _ = extract_many(paths, cfg, tmp_path / "cache", n_jobs=1)
+    noisy, _ = extract_many(paths, cfg, tmp_path / "cache", variant=noise_variant(1), n_jobs=1)
+    augmented, _ = extract_many(paths, cfg, tmp_path / "cache", variant=1, n_jobs=1)
+    uncached, _ = extract_many(paths, cfg, None, variant=noise_variant(1), n_jobs=1)
+    second, _ = extract_many(paths, cfg, tmp_path / "cache", variant=noise_variant(2), n_jobs=1)
+    for c, n, a, u, s in zip(clean, noisy, augmented, uncached, second):
+        assert n.shape == c.shape and not np.allclose(n, c)  # same length (nothing stretched), other numbers
+        assert a.shape != n.shape or not np.allclose(a, n)  # not the augmented copy's cache entry
+        np.testing.assert_array_equal(n, u)
+        assert not np.allclose(s, n)
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 4 * len(paths)
 
 
 def test_speaker_split_holds_out_whole_speakers_per_corpus(corpora):

@@ -282,6 +282,24 @@ def test_linear_head_equals_the_scikit_learn_fit():
     assert weights.shape == (3,) and np.isclose(weights.sum(), 1)
 
 
+def test_head_sample_weights_scale_each_clips_loss():
+    """``--noise-weight`` reaches the regression as a per-clip weight on top of the class weights: weighting every
+    clip by 2 is the same fit as doubling C (scikit-learn's C multiplies the weighted loss sum), and weighting
+    some clips down moves the fit."""
+    from ser.whisper.head import fit_logistic
+
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    x = rng.standard_normal((60, 10)) + y[:, None] * 0.2
+    _, doubled, b1 = fit_logistic(x, y, 0.5, 3, sample_weight=np.full(60, 2.0))
+    _, wider, b2 = fit_logistic(x, y, 1.0, 3)
+    np.testing.assert_allclose(doubled, wider, atol=1e-6)
+    np.testing.assert_allclose(b1, b2, atol=1e-6)
+    _, plain, _ = fit_logistic(x, y, 0.5, 3)
+    _, some_down, _ = fit_logistic(x, y, 0.5, 3, sample_weight=np.where(np.arange(60) < 30, 1.0, 0.25))
+    assert np.abs(some_down - plain).max() > 1e-2
+
+
 @pytest.fixture(scope="module")
 def tiny_runs(tiny_dir, tmp_path_factory):
     """A whisper run (tiny encoder) and an MFCC cnn run on the same synthetic corpus and split."""
@@ -310,7 +328,8 @@ def test_train_and_predict_with_a_tiny_encoder(tiny_runs, capsys):
     config = read_json(out / "config.json")
     assert config["features"]["kind"] == "whisper" and config["input_shape"] == [13, LAYERS + 1, DIM]
     whisper_cache = [p for p in cache.rglob("*.npy") if p.parts[-3].startswith("whisper-")]
-    assert len(whisper_cache) == 40 + 24  # every clip, plus 1 augmented copy of the 24 training clips
+    # every clip, plus 1 augmented copy (--augment 1) and 1 noise copy (whisper's recipe) of the 24 training clips
+    assert len(whisper_cache) == 40 + 24 + 24
     assert (out / "metrics.json").is_file() and (out / "history.csv").is_file()
     predictor = SERPredictor(out)
     probs = predictor.predict_waveform(synth.tone("angry", seconds=2.5), 16_000)

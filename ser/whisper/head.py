@@ -24,21 +24,25 @@ def pooled_statistics(model, x: np.ndarray) -> np.ndarray:
                            for i in range(0, len(x), BATCH)])
 
 
-def fit_logistic(stats: np.ndarray, y: np.ndarray, c: float, num_classes: int):
+def fit_logistic(stats: np.ndarray, y: np.ndarray, c: float, num_classes: int,
+                 sample_weight: np.ndarray | None = None):
     """``(scaler, coef (classes, features), intercept)`` of an L2 logistic regression on standardised ``stats``;
     a class absent from ``y`` gets a -1e4 intercept, so it is never predicted.
 
     Classes are weighted as in every model ``ser.train`` fits (``core.training.class_weights``): with calm
-    merged into neutral, RAVDESS has 1.5 times as many neutral clips as any other class."""
+    merged into neutral, RAVDESS has 1.5 times as many neutral clips as any other class. ``sample_weight``
+    (e.g. ``ser.train --noise-weight`` for noise copies) multiplies the class weights."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     from core.training import class_weights
 
     weights = class_weights(y, num_classes)
+    per_clip = np.array([weights[int(k)] for k in y])
+    if sample_weight is not None:
+        per_clip = per_clip * np.asarray(sample_weight, np.float64)
     scaler = StandardScaler().fit(stats)
-    classifier = LogisticRegression(C=c, max_iter=5000).fit(
-        scaler.transform(stats), y, sample_weight=np.array([weights[int(k)] for k in y]))
+    classifier = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(stats), y, sample_weight=per_clip)
     coef = np.zeros((num_classes, stats.shape[1]))
     intercept = np.full(num_classes, -1e4)
     coef[classifier.classes_] = classifier.coef_
@@ -47,12 +51,13 @@ def fit_logistic(stats: np.ndarray, y: np.ndarray, c: float, num_classes: int):
 
 
 def fit_linear_head(model, x: np.ndarray, y: np.ndarray, c: float, num_classes: int,
-                    validation: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, list[float]]:
+                    validation: tuple[np.ndarray, np.ndarray] | None = None,
+                    sample_weight: np.ndarray | None = None) -> dict[str, list[float]]:
     """Fit the last layer of ``model`` (built by ``ser.models.build_whisper``) in place; returns a one-row history."""
     from sklearn.metrics import accuracy_score, log_loss
 
     stats = pooled_statistics(model, x)
-    scaler, coef, intercept = fit_logistic(stats, y, c, num_classes)
+    scaler, coef, intercept = fit_logistic(stats, y, c, num_classes, sample_weight)
     # W (x - mu) / sd + b  ==  (W / sd) x + (b - W mu / sd): the scaler folds into the Dense layer.
     kernel = (coef / scaler.scale_).T
     bias = intercept - coef @ (scaler.mean_ / scaler.scale_)
