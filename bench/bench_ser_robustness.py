@@ -48,10 +48,9 @@ def around(seconds: float):
 
 
 def telephone(y: np.ndarray) -> np.ndarray:
-    import librosa
+    from ser.features import phone_band
 
-    return librosa.resample(librosa.resample(y, orig_sr=SAMPLE_RATE, target_sr=8_000), orig_sr=8_000,
-                            target_sr=SAMPLE_RATE)
+    return phone_band(y, SAMPLE_RATE)
 
 
 def noise(snr_db: float):

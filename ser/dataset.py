@@ -54,7 +54,8 @@ def split_clips(clips: Sequence[Clip], how: str, val_fraction: float, test_fract
 
 def extract_clips(clips: Sequence[Clip], cfg: FeatureConfig, cache_dir: Path | None, n_jobs: int,
                   variant: Variant = 0, seed: int = 0) -> tuple[list[Clip], list[np.ndarray], dict[str, str]]:
-    """Features of every readable clip (or of its augmented / noise copy ``variant``, see ``ser.features``);
+    """Features of every readable clip (or of its augmented / noise / phone-band copy ``variant``, see
+    ``ser.features``);
     unreadable / empty / silent ones are left out and returned as errors."""
     copy = "" if not variant else f" ({variant})" if isinstance(variant, str) else f" (augmented {variant})"
     feats, errors = extract_many([c.path for c in clips], cfg, cache_dir, variant, seed, n_jobs,

@@ -169,7 +169,20 @@ def add_noise(y: np.ndarray, rng: np.random.Generator, snr_db: tuple[float, floa
     return (y + rng.normal(0.0, sigma, size=y.shape)).astype(np.float32)
 
 
-Variant = int | str  # 0: the clip; k >= 1: its k-th augmented copy; "noise<k>": its k-th noise copy
+PHONE_RATE = 8_000  # a phone call's sample rate: what survives is the band below 4 kHz
+
+
+def phone_band(y: np.ndarray, sr: int, rate: int = PHONE_RATE) -> np.ndarray:
+    """``y`` as heard through a phone call's band: resampled to ``rate`` and back to ``sr``."""
+    import librosa
+
+    narrow = librosa.resample(np.asarray(y, np.float32), orig_sr=sr, target_sr=rate)
+    return librosa.resample(narrow, orig_sr=rate, target_sr=sr)[: len(y)].astype(np.float32)
+
+
+# 0: the clip; k >= 1: its k-th augmented copy; "noise<k>": its k-th noise copy; "phone": its phone-band copy
+Variant = int | str
+PHONE_VARIANT = "phone"
 
 
 def noise_variant(k: int) -> str:
@@ -181,7 +194,9 @@ def noise_variant(k: int) -> str:
 def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: Variant, seed: int) -> Path:
     stat = os.stat(path)
     ident = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{variant}"
-    if isinstance(variant, str):  # a noise copy: the seed and the SNR range make it
+    if variant == PHONE_VARIANT:  # no randomness: the band alone makes it
+        ident += f"|rate={PHONE_RATE}"
+    elif isinstance(variant, str):  # a noise copy: the seed and the SNR range make it
         ident += f"|seed={seed}|snr={NOISE_SNR_DB[0]:g}-{NOISE_SNR_DB[1]:g}"
     elif variant:  # an augmented copy depends on the seed and the recipe too (plain features keep their old keys)
         ident += f"|seed={seed}|gain={AUGMENT_GAIN_DB}"
@@ -191,6 +206,8 @@ def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: Variant
 
 def _load_waveform(path: str, cfg: FeatureConfig, variant: Variant, seed: int) -> np.ndarray:
     y = load_audio(path, cfg.sample_rate)
+    if variant == PHONE_VARIANT:
+        return phone_band(y, cfg.sample_rate)
     if variant:
         digest = int(hashlib.sha1(f"{path}|{variant}|{seed}".encode()).hexdigest()[:8], 16)
         rng = np.random.default_rng(digest)

@@ -138,12 +138,13 @@ def test_model_recipe_fills_only_the_options_not_given():
     assert (cfg.model, cfg.augment) == ("whisper", 0)
     assert ser_train.with_model_recipe(ser_train.TrainConfig(), []).augment == ser_train.MODEL_RECIPES["whisper"]["augment"]
     whisper = ser_train.with_model_recipe(ser_train.TrainConfig(), [])
-    assert (whisper.noise_copies, whisper.noise_weight) == (1, 0.25)
+    assert (whisper.noise_copies, whisper.noise_weight, whisper.phone_copy, whisper.phone_weight) == (1, 0.25, True, 0.5)
     cfg = ser_train.with_model_recipe(ser_train.TrainConfig(noise_copies=0), ["--noise-copies", "0"])
     assert (cfg.noise_copies, cfg.noise_weight) == (0, 0.25)
 
 
-@pytest.mark.parametrize("option", [["--noise-weight", "0"], ["--noise-copies", "-1"], ["--augment", "-2"]])
+@pytest.mark.parametrize("option", [["--noise-weight", "0"], ["--noise-copies", "-1"], ["--augment", "-2"],
+                                    ["--phone-weight", "-1"]])
 def test_copy_options_are_checked_before_any_audio_is_read(tmp_path, capsys, option):
     argv = ["--model", "cnn", *option, "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r")]
     with pytest.raises(SystemExit) as exit_:
@@ -157,11 +158,11 @@ def test_noise_copies_join_training_at_their_weight(trained, tmp_path, caplog):
     root, _, _ = trained
     out = tmp_path / "noisy"
     argv = _argv(root, out, tmp_path / "cache", "--epochs", "1", "--augment", "0", "--noise-copies", "2",
-                 "--noise-weight", "0.5")
+                 "--noise-weight", "0.5", "--phone-copy", "true")
     with caplog.at_level(logging.INFO, logger="ser.train"):
         assert ser_train.main(argv) == 0
     clean = int((pd.read_csv(out / "split.csv")["split"] == "train").sum())
-    assert f"train {3 * clean} (with augmentation)" in caplog.text
+    assert f"train {4 * clean} (with augmentation)" in caplog.text
     assert read_json(out / "config.json")["train"]["noise_copies"] == 2
 
 

@@ -6,8 +6,8 @@ import pytest
 from ser import audio
 from ser.corpora import load_clips, parse_corpus_list
 from ser.dataset import split_clips
-from ser.features import (NOISE_SNR_DB, FeatureConfig, Normalizer, add_noise, extract_many, frames_from_waveform,
-                          noise_variant, pad)
+from ser.features import (NOISE_SNR_DB, PHONE_VARIANT, FeatureConfig, Normalizer, add_noise, extract_many,
+                          frames_from_waveform, noise_variant, pad, phone_band)
 from tests import synth_audio as synth
 
 
@@ -237,7 +237,21 @@ def test_noise_copies_are_reproducible_and_cached_apart_from_augmented_copies(co
         assert a.shape != n.shape or not np.allclose(a, n)  # not the augmented copy's cache entry
         np.testing.assert_array_equal(n, u)
         assert not np.allclose(s, n)
-    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 4 * len(paths)
+    phone, _ = extract_many(paths, cfg, tmp_path / "cache", variant=PHONE_VARIANT, n_jobs=1)
+    assert all(p.shape == c.shape and not np.allclose(p, c) for p, c in zip(phone, clean))
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 5 * len(paths)
+
+
+def test_phone_band_keeps_speech_below_4_khz_and_removes_what_is_above():
+    sr = 16_000
+    t = np.arange(sr) / sr
+    low, high = np.sin(2 * np.pi * 1000 * t), np.sin(2 * np.pi * 6000 * t)
+    out = phone_band((low + high).astype(np.float32), sr)
+    assert out.dtype == np.float32 and out.shape == t.shape
+    spectrum = np.abs(np.fft.rfft(out[1000:-1000])) / (len(t) - 2000)
+    freqs = np.fft.rfftfreq(len(t) - 2000, 1 / sr)
+    at = lambda hz: spectrum[np.argmin(np.abs(freqs - hz))]
+    assert at(1000) > 0.45 and at(6000) < 1e-3  # a 1 kHz tone passes (amplitude 0.5 per side); 6 kHz is gone
 
 
 def test_speaker_split_holds_out_whole_speakers_per_corpus(corpora):
