@@ -154,7 +154,7 @@ def test_copy_options_are_checked_before_any_audio_is_read(tmp_path, capsys, opt
     assert not (tmp_path / "r").exists()
 
 
-def test_noise_copies_join_training_at_their_weight(trained, tmp_path, caplog):
+def test_noise_and_phone_copies_join_the_training_clips(trained, tmp_path, caplog):
     root, _, _ = trained
     out = tmp_path / "noisy"
     argv = _argv(root, out, tmp_path / "cache", "--epochs", "1", "--augment", "0", "--noise-copies", "2",
