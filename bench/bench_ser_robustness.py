@@ -55,9 +55,10 @@ def telephone(y: np.ndarray) -> np.ndarray:
 
 def noise(snr_db: float):
     def add(y: np.ndarray) -> np.ndarray:
-        rng = np.random.default_rng([SEED, y.size])  # the same noise for the same clip, whatever the order
-        rms = np.sqrt(np.mean(np.square(y)))
-        return y + rng.normal(0.0, rms * 10 ** (-snr_db / 20), y.size)
+        from ser.features import add_white_noise
+
+        # the same noise for the same clip, whatever the order
+        return add_white_noise(y, snr_db, np.random.default_rng([SEED, y.size]))
     return add
 
 

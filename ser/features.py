@@ -160,13 +160,17 @@ def augment_waveform(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.nda
 NOISE_SNR_DB = (10.0, 30.0)  # noise copies (ser.train --noise-copies): the range of the choice CV (docs/whisper.md)
 
 
+def add_white_noise(y: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """``y`` plus white noise ``snr_db`` below the clip's mean power (silence included), float32."""
+    power = float(np.mean(np.square(y, dtype=np.float64))) + 1e-12
+    return (y + rng.normal(0.0, np.sqrt(power) * 10 ** (-snr_db / 20), size=y.shape)).astype(np.float32)
+
+
 def add_noise(y: np.ndarray, rng: np.random.Generator, snr_db: tuple[float, float] = NOISE_SNR_DB) -> np.ndarray:
-    """``y`` plus white noise at a random SNR in ``snr_db``, relative to the clip's mean power (silence included).
+    """``y`` plus white noise at a random SNR in ``snr_db`` (``add_white_noise``).
 
     Unlike ``augment_waveform`` the voice itself is left alone: only the recording gets noisier."""
-    power = float(np.mean(np.square(y, dtype=np.float64))) + 1e-12
-    sigma = np.sqrt(power) * 10 ** (-rng.uniform(*snr_db) / 20)
-    return (y + rng.normal(0.0, sigma, size=y.shape)).astype(np.float32)
+    return add_white_noise(y, rng.uniform(*snr_db), rng)
 
 
 PHONE_RATE = 8_000  # a phone call's sample rate: what survives is the band below 4 kHz
