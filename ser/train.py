@@ -71,6 +71,7 @@ class TrainConfig:
     pad_seconds: float = 30.0        # encode each clip inside this much silence, as Whisper was trained; 0 = alone
     pad_states: str = "auto"         # auto: "reference" (ser.whisper.silence) for 30 s of padding, else "encoded"
     head_c: float = 0.02             # --model whisper: inverse L2 strength of the logistic-regression head
+    phases: int = 1                  # --model whisper: states averaged over this many phases of the trim's grid
 
     def validate(self) -> None:
         """Choices no run can use, refused before any data is loaded (core.config.validate_config)."""
@@ -90,6 +91,10 @@ class TrainConfig:
             check_pad_states(self.resolved_pad_states(), self.pad_seconds, "--pad-states")
         if self.trim not in ("frames", "samples"):
             raise ValueError(f"unknown --trim {self.trim!r}; choose frames or samples")
+        if self.model in ENCODER_MODELS:
+            from ser.whisper.encoder import check_phases
+
+            check_phases(self.phases, self.trim, "--phases")
         if self.features not in ("mfcc", "logmel"):
             raise ValueError(f"unknown --features {self.features!r}; choose mfcc or logmel")
         if self.augment < 0 or self.noise_copies < 0:
@@ -114,7 +119,7 @@ class TrainConfig:
 
             return whisper_feature_config(self.encoder_dir, max_seconds=self.max_seconds, trim_db=self.trim_db,
                                           trim=self.trim, pool=self.pool, pad_seconds=self.pad_seconds,
-                                          pad_states=self.resolved_pad_states())
+                                          pad_states=self.resolved_pad_states(), phases=self.phases)
         return FeatureConfig(n_mfcc=self.n_mfcc, max_seconds=self.max_seconds, trim_db=self.trim_db,
                              deltas=self.deltas, utterance_norm=self.utterance_norm, kind=self.features,
                              n_mels=self.n_mels, pitch=self.pitch)
@@ -134,6 +139,9 @@ HELP = {
     "trim": "--model whisper: where the silence trim may cut: frames (librosa's 512-sample grid, so a few ms more "
             "silence before the speech moves the cut; the shipped model's) or samples (the same rule at every "
             "sample: the cut moves with the speech); docs/speech_frontend.md",
+    "phases": "--model whisper: encode each clip this many times, with the trim's 512-sample grid shifted by "
+              "512 / phases samples each time, and average the states: the answer moves less with where the "
+              "recording starts, at that many times the encoder's cost (docs/speech_frontend.md)",
     "head_c": "--model whisper: inverse L2 regularisation strength (scikit-learn's C) of the logistic-regression "
               "head on the states' pooled statistics; chosen on speaker-held-out folds",
     "features": "mfcc (40 MFCC + ZCR + RMS per frame) or logmel (n_mels log-mel bands; pairs well with cnn2d)",

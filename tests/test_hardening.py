@@ -89,6 +89,8 @@ TRAIN_CASES = [
     ("ser.train", ["--n-jobs", "0"], "--n-jobs must be -1"),
     ("ser.train", ["--patience", "-3"], "--patience must be >= 0"),
     ("ser.train", ["--augment", "-1"], "--augment must be >= 0"),
+    ("ser.train", ["--phases", "0"], "--phases must be a whole number from 1 to 8"),
+    ("ser.train", ["--phases", "2", "--trim", "samples"], "has no grid to average over"),
     ("ser.crossval", ["--folds", "0"], "--folds must be > 0"),
     ("fer.train", ["--epochs", "0"], "--epochs must be > 0"),
     ("fer.train", ["--batch-size", "0"], "--batch-size must be > 0"),

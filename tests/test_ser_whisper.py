@@ -441,6 +441,43 @@ def test_padding_keeps_the_clips_own_steps_and_changes_only_the_context(tiny_dir
     assert WhisperFeatureConfig(pad_seconds=30).key() == WhisperFeatureConfig(pad_seconds=30.0).key()
 
 
+def _with_silence_before(y: np.ndarray, samples: int) -> np.ndarray:
+    return np.concatenate([np.zeros(samples, np.float32), y])
+
+
+def test_phase_averaging_is_the_mean_over_shifts_of_the_trim_grid_and_ignores_half_a_grid_step(tiny_dir):
+    one = WhisperFeatureConfig(encoder=str(tiny_dir), encoder_sha256="tiny", num_states=LAYERS + 1, hidden_dim=DIM,
+                               max_seconds=1.0)
+    two = replace(one, phases=2)
+    # silence around the tone, so the trim cuts (on librosa's 512-sample grid)
+    y = np.concatenate([np.zeros(3000, np.float32), synth.tone("angry", seconds=0.8), np.zeros(2000, np.float32)])
+    a, b = one.frames(y).astype(np.float32), one.frames(_with_silence_before(y, 256)).astype(np.float32)
+    steps = min(len(a), len(b))
+    np.testing.assert_allclose(two.frames(y).astype(np.float32)[:steps], (a[:steps] + b[:steps]) / 2, atol=2e-3)
+    # 256 samples more silence: phases {256, 512} instead of {0, 256}, and 512 is a whole grid step, which the
+    # trim removes; so the averaged states do not move, where a single phase's do.
+    shifted = two.frames(_with_silence_before(y, 256)).astype(np.float32)
+    steps = min(len(shifted), len(two.frames(y)))
+    np.testing.assert_allclose(shifted[:steps], two.frames(y).astype(np.float32)[:steps], atol=2e-3)
+    assert np.abs(a[:steps] - b[:steps]).max() > 0.05
+    assert two.key() != one.key() and replace(two, phases=1).key() == one.key()  # old caches keep their keys
+
+
+def test_a_run_folder_without_phases_reads_as_one_phase():
+    from ser.features import load_feature_config
+
+    fields = {"kind": "whisper", "encoder_sha256": "tiny", "num_states": LAYERS + 1, "hidden_dim": DIM}
+    assert load_feature_config(fields).phases == 1
+    assert load_feature_config(fields | {"phases": 2}).phases == 2
+
+
+@pytest.mark.parametrize("phases,trim", [(0, "frames"), (9, "frames"), (1.5, "frames"), (True, "frames"),
+                                         (2, "samples")])
+def test_bad_phases_are_refused(phases, trim):
+    with pytest.raises(ValueError, match="phases"):
+        WhisperFeatureConfig(phases=phases, trim=trim)
+
+
 @pytest.mark.parametrize("pad", [2.0, 31.0, -1.0])
 def test_padding_shorter_than_the_clip_or_past_whispers_window_is_refused(pad):
     with pytest.raises(ValueError, match="pad_seconds"):

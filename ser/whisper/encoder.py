@@ -31,6 +31,8 @@ _LOCK = threading.Lock()
 # Clips per encoder call (sorted by length first). With the reference padding, 8 clips of ~2 s together cost
 # 38 ms each on 2 cores against 51 ms one by one; on one core batching gains little (docs/whisper.md).
 ENCODER_BATCH = 8
+TRIM_GRID = 512   # librosa.effects.trim's hop: where trim "frames" may cut
+MAX_PHASES = 8    # 64 samples (4 ms) apart
 
 
 class WhisperEncoder:
@@ -110,12 +112,14 @@ class WhisperFeatureConfig:
     pool: int = 4                    # 20 ms encoder steps averaged per cached step
     pad_seconds: float = 0.0         # encode inside this much trailing silence (Whisper's own 30 s); 0 = clip alone
     pad_states: str = "encoded"      # the padding encoded with each clip, or "reference" (ser.whisper.silence; 30 s)
+    phases: int = 1                  # average over this many phases of the trim's 512-sample grid (see frames_batch)
     num_states: int = 7              # filled from the encoder when features are first made
     hidden_dim: int = 512
 
     def __post_init__(self):
         check_pad_seconds(self.pad_seconds, self.max_seconds)
         check_pad_states(self.pad_states, self.pad_seconds)
+        check_phases(self.phases, self.trim)
 
     @property
     def max_frames(self) -> int:
@@ -146,6 +150,8 @@ class WhisperFeatureConfig:
             fields["pad_states"] = f"reference:{reference_fingerprint(self.encoder_sha256)}"
         if self.trim == "frames":
             fields.pop("trim")  # as above
+        if self.phases == 1:
+            fields.pop("phases")  # as above
         return "whisper-" + hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     def prepare(self, y: np.ndarray) -> np.ndarray:
@@ -173,7 +179,27 @@ class WhisperFeatureConfig:
 
     def frames_batch(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
         """``frames`` of several waveforms, in the order given; up to ``ENCODER_BATCH`` of similar length share
-        an encoder call (each gets what it would get alone, to float rounding)."""
+        an encoder call (each gets what it would get alone, to float rounding).
+
+        With ``phases`` > 1 each waveform is encoded that many times, with 0, 512 / phases, ... samples of
+        silence before it, and the states are averaged (over the steps all phases have). The trim cuts on
+        librosa's 512-sample grid, so where a recording starts moves the cut by up to 32 ms and changes the
+        states; averaging over phases of that grid makes the answer depend less on it (docs/speech_frontend.md),
+        at ``phases`` times the encoder's cost."""
+        if self.phases == 1:
+            return self._frames_batch(waveforms)
+        shifts = [k * TRIM_GRID // self.phases for k in range(self.phases)]
+        shifted = [np.concatenate([np.zeros(s, np.float32), np.asarray(y, np.float32)])
+                   for y in waveforms for s in shifts]
+        states = self._frames_batch(shifted)
+        out = []
+        for i in range(len(waveforms)):
+            group = states[i * self.phases:(i + 1) * self.phases]
+            steps = min(g.shape[0] for g in group)
+            out.append(np.mean([g[:steps].astype(np.float32) for g in group], axis=0).astype(np.float16))
+        return out
+
+    def _frames_batch(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
         from ser.whisper.preprocessor import log_mel
         from ser.whisper.silence import clip_steps, window_seconds
 
@@ -205,6 +231,14 @@ class WhisperFeatureConfig:
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:
     return [items[k:k + size] for k in range(0, len(items), size)]
+
+
+def check_phases(phases: int, trim: str, option: str = "phases") -> None:
+    if not isinstance(phases, int) or isinstance(phases, bool) or not 1 <= phases <= MAX_PHASES:
+        raise ValueError(f"{option} must be a whole number from 1 to {MAX_PHASES}, got {phases!r}")
+    if phases > 1 and trim == "samples":
+        raise ValueError(f"{option} {phases}: a trim that cuts at the sample (trim samples) has no grid to average "
+                         "over; use 1")
 
 
 def check_pad_seconds(pad_seconds: float, max_seconds: float, option: str = "pad_seconds") -> None:
