@@ -389,7 +389,7 @@ DESCRIPTION = ("Train a speech emotion recognition model. Options not given take
                "--augment 0 --noise-copies 1 --noise-weight 0.25 --phone-copy true --phone-weight 0.5 (each clip inside "
                "Whisper's 30 s window, --pad-seconds 30, its padding from the reference: --pad-states reference).")
 ADVANCED = frozenset({"mixup", "spec_augment", "deltas", "pitch", "utterance_norm", "n_mels", "n_mfcc", "pool",
-                      "head_c", "trim"})  # measured no gain, or expert knobs (docs/results.md)
+                      "head_c", "trim", "phases"})  # measured no gain, or expert knobs (docs/results.md)
 
 
 def build_parser():
