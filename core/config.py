@@ -72,11 +72,25 @@ def missing_help(cls: type, help_texts: dict[str, str] | None = None) -> list[st
     return [f.name for f in dataclasses.fields(cls) if not field_help(f.name, help_texts)]
 
 
+def recipe_default_text(name: str, default: Any, recipes: dict[str, dict[str, Any]] | None) -> str:
+    """``--help``'s default of one option: the field's, or per model where a recipe (``apply_recipe``) sets it."""
+    by_value: dict[str, list[str]] = {}
+    for model, recipe in (recipes or {}).items():
+        if name in recipe and recipe[name] != default:
+            by_value.setdefault(str(recipe[name]), []).append(model)
+    if not by_value:
+        return f"(default: {default})"
+    per_model = "; ".join(f"{', '.join(models)}: {value}" for value, models in by_value.items())
+    return f"(default by --model: {per_model}; otherwise {default})"
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, help_texts: dict[str, str] | None = None,
-                       advanced: Collection[str] = ()) -> None:
+                       advanced: Collection[str] = (), recipes: dict[str, dict[str, Any]] | None = None) -> None:
     """One ``--field-name`` option per dataclass field, defaulting to the field's default.
 
-    Fields in ``advanced`` go to a separate group, printed after the main options by ``--help``.
+    Fields in ``advanced`` go to a separate group, printed after the main options by ``--help``. ``recipes``
+    (model name -> option values, as ``apply_recipe`` applies them) are named in the help of the options they set,
+    so ``--help`` shows the values a run really uses.
     """
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(advanced) - names
@@ -87,7 +101,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, help_texts: d
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         kind = type(default)
         flag = "--" + field.name.replace("_", "-")
-        text = (field_help(field.name, help_texts) + f" (default: {default})").strip()
+        text = (field_help(field.name, help_texts) + " " + recipe_default_text(field.name, default, recipes)).strip()
         target = group if field.name in advanced else parser
         if kind is bool:
             target.add_argument(flag, type=parse_bool, default=default, metavar="BOOL", help=text)
@@ -103,18 +117,19 @@ def from_args(cls: type[T], args: argparse.Namespace) -> T:
 
 
 def config_parser(cls: type, description: str, help_texts: dict[str, str] | None = None, *,
-                  prog: str | None = None, advanced: Collection[str] = ()) -> argparse.ArgumentParser:
+                  prog: str | None = None, advanced: Collection[str] = (),
+                  recipes: dict[str, dict[str, Any]] | None = None) -> argparse.ArgumentParser:
     """The parser of a dataclass recipe, named after the recipe's module (``usage: python -m ser.train``)."""
     parser = argparse.ArgumentParser(prog=prog or module_prog(cls.__module__), description=description)
-    add_dataclass_args(parser, cls, help_texts, advanced)
+    add_dataclass_args(parser, cls, help_texts, advanced, recipes)
     add_verbose_flag(parser)
     return parser
 
 
 def parse_config(cls: type[T], argv: Sequence[str] | None, description: str,
                  help_texts: dict[str, str] | None = None, *, prog: str | None = None,
-                 advanced: Collection[str] = ()) -> T:
-    parser = config_parser(cls, description, help_texts, prog=prog, advanced=advanced)
+                 advanced: Collection[str] = (), recipes: dict[str, dict[str, Any]] | None = None) -> T:
+    parser = config_parser(cls, description, help_texts, prog=prog, advanced=advanced, recipes=recipes)
     args = parser.parse_args(argv)
     config = from_args(cls, args)
     try:  # before any data is loaded or any output written: one clear line, exit status 2

@@ -34,6 +34,9 @@ WRITABLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"
 # of FER2013's and frames the rest unlike the training crops: on 600 validation faces, 0.593 accuracy searched
 # against 0.733 read whole (docs/fer.md).
 CROPPED_FACE_SIDE = 100
+# A crop whose gray levels spread less than this (standard deviation, 0..255) is blank, not a face: FER2013
+# train holds 12 such images (std <= 0.7), and its faintest real face has std 9.
+BLANK_CROP_STD = 4.0
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -101,6 +104,8 @@ class FERPredictor:
         """
         height, width = image_bgr.shape[:2]
         if max(height, width) <= CROPPED_FACE_SIDE:
+            if is_blank(image_bgr):
+                return []
             return [{"box": [0, 0, int(width), int(height)], **self.predict_face(image_bgr)}]
         faces, crops = detect_and_align(image_bgr, method=self.detector, size=self.face_size, margin=self.margin)
         if not faces:
@@ -116,6 +121,11 @@ class FERPredictor:
     def as_result(self, probs: np.ndarray) -> dict[str, Any]:
         return {"label": self.class_names[int(np.argmax(probs))],
                 "probabilities": {name: round(float(p), 6) for name, p in zip(self.class_names, probs)}}
+
+
+def is_blank(image: np.ndarray) -> bool:
+    """A flat image (one colour, or nearly): nothing to read an expression from."""
+    return float(np.std(to_gray(image).astype(np.float32))) < BLANK_CROP_STD
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -171,16 +181,24 @@ def annotation_path(out_dir: Path, path: Path, folder: Path | None, used: set[Pa
 
 
 def writable_folder_problem(folder: Path) -> str | None:
-    """Why ``folder`` cannot take output files (it is a file, or not writable), or None when it can."""
+    """Why ``folder`` cannot take output files (it is a file, or cannot be made or written), or None when it
+    can. The folder is made and a file written and removed there: permission bits alone do not say (root passes
+    ``os.access`` on read-only mounts and in /proc)."""
+    import tempfile
+
     existing = folder
-    while not existing.exists():  # the nearest existing ancestor decides whether the folder can be made
+    while not existing.exists():  # the nearest existing ancestor says whether the folder is a file
         if existing.parent == existing:
             break
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         return f"{existing} is a file, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"folder {existing} is not writable"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return f"cannot write there ({exc.strerror or exc})"
     return None
 
 

@@ -151,7 +151,7 @@ DESCRIPTION = ("Train a facial expression recognition model. With --model tiny (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return config_parser(TrainConfig, DESCRIPTION, HELP, advanced=ADVANCED)
+    return config_parser(TrainConfig, DESCRIPTION, HELP, advanced=ADVANCED, recipes=MODEL_RECIPES)
 
 
 def _csv(text: str) -> list[str]:
@@ -426,7 +426,7 @@ MODEL_RECIPES: dict[str, dict] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = apply_recipe(parse_config(TrainConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED), MODEL_RECIPES, argv)
+    cfg = apply_recipe(parse_config(TrainConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED, recipes=MODEL_RECIPES), MODEL_RECIPES, argv)
     from fer.data import FaceDataError
     from fer.models import WeightsUnavailableError
 

@@ -96,8 +96,11 @@ def decode_head(path: str | os.PathLike, max_seconds: float | None = None) -> tu
 
 def check_signal(y: np.ndarray, source: str = "audio") -> np.ndarray:
     """Raise EmptyAudioError / SilentAudioError for unusable signals; return ``y`` otherwise."""
+    if y.size == 0:  # a non-empty file that decodes to nothing: cut short, or a container without sound
+        raise EmptyAudioError(f"{source}: no audio could be decoded (the file is truncated or damaged, or holds "
+                              "no sound)")
     if y.size < MIN_SAMPLES:
-        raise EmptyAudioError(f"{source}: only {y.size} samples")
+        raise EmptyAudioError(f"{source}: only {y.size} samples (at least {MIN_SAMPLES}, 10 ms, are needed)")
     if not np.all(np.isfinite(y)):
         raise CorruptAudioError(f"{source}: contains NaN or infinite samples")
     if float(np.max(np.abs(y))) < SILENCE_PEAK:

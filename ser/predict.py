@@ -36,6 +36,13 @@ DEFAULT_MODEL_DIR = REPO_ROOT / "saved_models" / "ser"
 DEFAULT_HOP_SECONDS = 1.5
 
 
+def check_hop(hop_seconds: float, window_seconds: float) -> None:
+    """A hop longer than the window would leave stretches of the recording unheard, without saying so."""
+    if hop_seconds > window_seconds:
+        raise ValueError(f"hop {hop_seconds:g} s is longer than the model's {window_seconds:g} s window: the speech "
+                         "between windows would never be heard; use a hop of at most the window")
+
+
 def speech_windows(y: np.ndarray, cfg: FeatureConfig, hop_seconds: float = DEFAULT_HOP_SECONDS
                    ) -> list[tuple[float, float, np.ndarray]]:
     """``(start_s, end_s, samples)`` windows of a mono waveform at ``cfg.sample_rate``.
@@ -47,6 +54,7 @@ def speech_windows(y: np.ndarray, cfg: FeatureConfig, hop_seconds: float = DEFAU
 
     if hop_seconds <= 0:
         raise ValueError(f"hop must be > 0 seconds, got {hop_seconds}")
+    check_hop(hop_seconds, cfg.max_seconds)
     sr, size = cfg.sample_rate, int(cfg.max_seconds * cfg.sample_rate)
     if y.size <= size:  # live-page chunks and corpus clips: no second trim, frames_from_waveform trims
         return [(0.0, y.size / sr, y)]
@@ -213,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tflite", choices=["float16", "int8"], default=None,
                         help="run the exported TFLite file instead of the Keras model (see ser.export)")
     parser.add_argument("--hop", type=float, default=DEFAULT_HOP_SECONDS,
-                        help="seconds between the windows of a recording longer than the model's window")
+                        help="seconds between the windows of a recording longer than the model's window "
+                             "(at most that window: 3 s for the shipped models)")
     parser.add_argument("--segments", action="store_true", help="also show each window's own result")
     add_verbose_flag(parser)
     return parser
@@ -235,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ModelFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:  # the window is the model's: known once its config is read, before any recording is
+        check_hop(args.hop, predictor.features.max_seconds)
+    except ValueError as exc:
+        parser.error(f"--hop: {exc}")
     failures = 0
     for path in progress(files, desc="recordings", unit="file"):
         try:

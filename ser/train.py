@@ -395,12 +395,12 @@ ADVANCED = frozenset({"mixup", "spec_augment", "deltas", "pitch", "utterance_nor
 def build_parser():
     from core.config import config_parser
 
-    return config_parser(TrainConfig, DESCRIPTION, HELP, advanced=ADVANCED)
+    return config_parser(TrainConfig, DESCRIPTION, HELP, advanced=ADVANCED, recipes=MODEL_RECIPES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = with_model_recipe(parse_config(TrainConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED), argv)
+    cfg = with_model_recipe(parse_config(TrainConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED, recipes=MODEL_RECIPES), argv)
     try:
         run(cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:

@@ -51,6 +51,15 @@ def test_config_parser_names_the_module_and_groups_advanced_options():
     assert "training epochs" in main  # from COMMON_HELP: a recipe's HELP need not repeat shared fields
 
 
+def test_help_shows_the_defaults_a_model_recipe_sets():
+    """--help must show what a run really uses: a model's recipe overrides the field default."""
+    recipes = {"cnn": {"epochs": 30, "mixup": 0.0}, "lstm": {"epochs": 30}, "whisper": {"epochs": 1}}
+    text = " ".join(config_parser(Recipe, "", HELP, recipes=recipes).format_help().split())
+    assert "(default by --model: cnn, lstm: 30; whisper: 1; otherwise 3)" in text
+    assert "mixup alpha (default: 0.0)" in text  # a recipe value equal to the default is no news
+    assert "add F0 (default: False)" in text
+
+
 def test_advanced_names_must_be_fields():
     with pytest.raises(ValueError, match="mixupp"):
         config_parser(Recipe, "", HELP, advanced={"mixupp"})

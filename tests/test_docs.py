@@ -120,6 +120,17 @@ def anchors(page: Path) -> set[str]:
     return {slug(m) for m in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)}
 
 
+def test_readme_folder_sizes_match_the_shipped_folders():
+    """The layout table's sizes of saved_models/ folders (MiB, as `du` shows them) stay true after a new ship."""
+    row = next(line for line in README.read_text().splitlines() if line.startswith("| `saved_models/` |"))
+    claimed = {name: float(mb) for name, mb in re.findall(r"`(\w+)/` ([\d.]+) MB", row)}
+    assert len(claimed) >= 5, row
+    for name, mb in claimed.items():
+        folder = REPO / "saved_models" / name
+        actual = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2 ** 20
+        assert abs(actual - mb) <= max(0.1, 0.05 * actual), f"README says {name}/ is {mb} MB; it is {actual:.2f} MB"
+
+
 @pytest.mark.parametrize("page", doc_pages(), ids=lambda p: p.name)
 def test_every_link_between_pages_resolves(page: Path):
     text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)

@@ -85,11 +85,25 @@ def test_a_small_image_is_read_whole_as_one_face_crop(predictor, model_dir, imag
     assert only["box"] == [0, 0, 48, 48] and only["label"] == predictor.predict_face(crop)["label"]
     assert only["probabilities"] == predictor.predict_face(crop)["probabilities"]
     side = fer_predict.CROPPED_FACE_SIDE
-    assert len(predictor.predict_image(np.full((side, side - 10, 3), 200, np.uint8))) == 1
+    textured = np.random.default_rng(0).integers(0, 256, (side, side - 10, 3), dtype=np.uint8)
+    assert len(predictor.predict_image(textured)) == 1
     assert predictor.predict_image(np.full((side + 1, side + 1, 3), 200, np.uint8)) == []  # searched: no face
     assert fer_predict.main([str(images / "crops"), "--json", "--model-dir", str(model_dir)]) == 0
     lines = _json_lines(capsys.readouterr().out)
     assert [line["faces"][0]["box"] for line in lines] == [[0, 0, 48, 48]] * 2
+
+
+def test_a_small_blank_image_has_no_face(predictor, model_dir, tmp_path, capsys):
+    """FER2013 holds a few one-colour images: nothing there to read an expression from."""
+    assert predictor.predict_image(np.full((48, 48, 3), 200, np.uint8)) == []
+    assert predictor.predict_image(np.zeros((48, 48), np.uint8)) == []
+    faint = np.full((48, 48), 120, np.uint8)
+    faint[::2] += 8  # a std of 4 gray levels: faint, but not blank
+    assert len(predictor.predict_image(faint)) == 1
+    cv2.imwrite(str(tmp_path / "gray48.png"), np.full((48, 48), 90, np.uint8))
+    assert fer_predict.main([str(tmp_path / "gray48.png"), "--json", "--model-dir", str(model_dir)]) == 0
+    out = capsys.readouterr()
+    assert _json_lines(out.out)[0]["faces"] == [] and "no face found" in out.err
 
 
 def test_missing_model_is_a_clear_error(tmp_path, capsys):

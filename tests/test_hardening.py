@@ -13,6 +13,7 @@ import logging
 import math
 import shutil
 import struct
+from pathlib import Path
 
 import cv2
 import httpx
@@ -163,6 +164,20 @@ def test_ser_predict_bad_hop(models, files, hop, capsys):
     assert_clean(capsys.readouterr().err, "--hop must be a finite number of seconds > 0")
 
 
+def test_ser_predict_hop_longer_than_the_window_is_refused(models, files, capsys):
+    """A hop past the window would skip the speech between windows without a word."""
+    from ser import predict
+    from ser.features import load_feature_config
+
+    window = load_feature_config(json.loads((models / "ser" / "config.json").read_text())["features"]).max_seconds
+    assert predict.main([str(files / "speech.wav"), "--model-dir", str(models / "ser"), "--hop", str(window)]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(files / "speech.wav"), "--model-dir", str(models / "ser"), "--hop", str(window + 0.5)])
+    assert exit_info.value.code == 2
+    assert_clean(capsys.readouterr().err, "longer than the model's")
+
+
 @pytest.mark.parametrize("margin", ["-1", "nan", "inf"])
 def test_fer_predict_bad_margin(models, files, margin, capsys):
     from fer import predict
@@ -182,6 +197,18 @@ def test_fer_predict_annotate_into_a_file_is_refused(models, files, target, caps
                       str(files / target)])
     assert exit_info.value.code == 2
     assert_clean(capsys.readouterr().err, "is a file, not a folder")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_fer_predict_annotate_where_nothing_can_be_written_is_refused_up_front(models, files, capsys):
+    """/proc takes no new folders, even from root, whom os.access lets through."""
+    from fer import predict
+
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(files / "face.jpg"), "--model-dir", str(models / "fer"), "--annotate",
+                      "/proc/emotion-toolkit-annotate"])
+    assert exit_info.value.code == 2
+    assert_clean(capsys.readouterr().err, "cannot write there")
 
 
 def test_fer_predict_annotate_failure_skips_one_image_and_goes_on(models, files, tmp_path, capsys):

@@ -280,3 +280,15 @@ def test_audio_in_an_encoding_without_a_decoder_names_that(tmp_path):
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     with pytest.raises(audio.CorruptAudioError, match="no decoder for its audio encoding"):
         audio.load_audio(path)
+
+
+def test_a_file_that_decodes_to_nothing_says_so(tmp_path):
+    """A header without samples (as a truncated download can be) is not 'only 0 samples'."""
+    import soundfile as sf
+
+    sf.write(tmp_path / "header_only.wav", np.zeros(0, np.float32), 16000)
+    with pytest.raises(audio.EmptyAudioError, match="no audio could be decoded .*truncated or damaged"):
+        audio.load_audio(tmp_path / "header_only.wav")
+    sf.write(tmp_path / "blip.wav", np.full(100, 0.1, np.float32), 16000)
+    with pytest.raises(audio.EmptyAudioError, match="only 100 samples .*10 ms"):
+        audio.load_audio(tmp_path / "blip.wav")
