@@ -6,3 +6,9 @@ from __future__ import annotations
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+
+
+def ffmpeg_words(exc: BaseException) -> str:
+    """FFmpeg's own words ("Invalid data found when processing input") from a PyAV error: without "[Errno
+    1094995529]" or the file or function it names ("avcodec_send_packet()"), which mean nothing to a user."""
+    return str(getattr(exc, "strerror", None) or exc)

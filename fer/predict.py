@@ -165,7 +165,7 @@ def iter_inputs(paths: Iterable[str]) -> Iterable[tuple[Path, Path | None, str |
         elif path.exists():
             yield path, None, f"{path}: not a regular file"
         else:
-            yield path, None, f"no such file or folder: {path}"
+            yield path, None, f"{path}: no such file or folder"
 
 
 def annotation_path(out_dir: Path, path: Path, folder: Path | None, used: set[Path]) -> Path:

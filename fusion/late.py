@@ -57,21 +57,26 @@ def fuse(probs: dict[str, np.ndarray | None], weights: dict[str, float], rule: s
     """
     if rule not in RULES:
         raise ValueError(f"late-fusion rule must be one of {RULES}, got {rule!r}")
-    present = {m: np.asarray(p, np.float64) for m, p in probs.items()
-               if p is not None and weights.get(m, 0.0) > 0}
-    if not present:
-        present = {m: np.asarray(p, np.float64) for m, p in probs.items() if p is not None}
-        if not present:
-            raise ValueError("no modality produced a prediction (no usable audio and no face)")
-        share = {m: 1.0 / len(present) for m in present}
-    else:
-        total = sum(weights[m] for m in present)
-        share = {m: weights[m] / total for m in present}
+    share = fusion_shares(probs, weights)
+    present = {m: np.asarray(probs[m], np.float64) for m in share}
     if rule == "mean" or len(present) == 1:  # one modality: its own probabilities, unfloored
         return sum(share[m] * p for m, p in present.items())
     log_p = sum(share[m] * np.log(np.clip(p, PROB_FLOOR, 1.0)) for m, p in present.items())
     fused = np.exp(log_p - log_p.max())
     return fused / fused.sum()
+
+
+def fusion_shares(probs: Mapping[str, np.ndarray | None], weights: Mapping[str, float]) -> dict[str, float]:
+    """Each modality's share of the fused answer (``fuse``'s rule): the weights renormalised over the modalities
+    present, leaving out one with weight 0 unless no weighted one is present. Its keys are the modalities used."""
+    present = [m for m, p in probs.items() if p is not None]
+    weighted = [m for m in present if weights.get(m, 0.0) > 0]
+    if weighted:
+        total = sum(weights[m] for m in weighted)
+        return {m: weights[m] / total for m in weighted}
+    if not present:
+        raise ValueError("no modality produced a prediction (no usable audio and no face)")
+    return {m: 1.0 / len(present) for m in present}
 
 
 @dataclass(frozen=True)
@@ -107,9 +112,14 @@ def _checked_weights(weights: Mapping[str, Any], where: str) -> dict[str, float]
     except (TypeError, ValueError):
         raise ValueError(f"{where}: late-fusion weights must be numbers, got {dict(weights)!r}") from None
     unknown = set(out) - set(LATE_MODALITIES)
-    if unknown or not out or min(out.values()) < 0 or sum(out.values()) <= 0 or not all(map(np.isfinite, out.values())):
-        raise ValueError(f"{where}: late-fusion weights need non-negative numbers for {LATE_MODALITIES}, "
-                         f"not all zero, got {dict(weights)!r}")
+    # Every modality named: 'audio=0.5' alone would silently give the face weight 0.
+    missing = [m for m in LATE_MODALITIES if m not in out]
+    if (unknown or missing or min(out.values()) < 0 or sum(out.values()) <= 0
+            or not all(map(np.isfinite, out.values()))):
+        lacks = f"; missing: {', '.join(missing)}" if missing else ""
+        raise ValueError(f"{where}: late-fusion weights need a non-negative number for each of "
+                         f"{', '.join(LATE_MODALITIES)}, not all zero, as in 'audio=0.6,face=0.4' (0 leaves a "
+                         f"modality out), got {dict(weights)!r}{lacks}")
     return out
 
 
@@ -196,12 +206,10 @@ class LateFusion:
         from fer.predict import FERPredictor
         from ser.predict import SERPredictor
 
-        # Checked before the models load: fps 0 would sample no frame at all.
+        # Checked before the models load: fps 0 would sample no frame at all, and a bad weights spec is a usage error.
         if not fps > 0 or not max_seconds > 0 or not max_frames >= 1:
             raise ValueError(f"fps and max_seconds must be > 0 and max_frames >= 1, got fps {fps}, "
                              f"max_seconds {max_seconds}, max_frames {max_frames}")
-        self.ser = SERPredictor(ser_model_dir)
-        self.fer = FERPredictor(fer_model_dir, detector=detector)
         config = LateFusionConfig(_checked_weights(weights, "weights")) if isinstance(weights, dict) \
             else read_late_config(weights)
         if rule is not None:
@@ -209,6 +217,8 @@ class LateFusion:
         if config.rule not in RULES:
             raise ValueError(f"late-fusion rule must be one of {RULES}, got {config.rule!r}")
         self.config = config
+        self.ser = SERPredictor(ser_model_dir)
+        self.fer = FERPredictor(fer_model_dir, detector=detector)
         self.fps, self.max_seconds, self.max_frames, self.detector = fps, max_seconds, int(max_frames), detector
         self.class_names = list(EMOTIONS)
         self._warn_if_fitted_for_other_models()
@@ -268,7 +278,7 @@ class LateFusion:
 
     def result(self, path: str | os.PathLike, probs: dict[str, np.ndarray | None], info: dict[str, Any]) -> dict:
         fused = self.config.fuse(probs)
-        used = [m for m, p in probs.items() if p is not None]
+        used = list(fusion_shares(probs, self.config.weights))  # a modality of weight 0 did not decide
         out = {"path": str(path), "mode": "late", **as_result(fused, self.class_names),
                "weights": self.config.weights, "rule": self.config.rule, "used": used,
                "modalities": {m: as_result(p, self.class_names) for m, p in probs.items() if p is not None}}

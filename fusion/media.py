@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.media_types import ffmpeg_words
+
 FPS = 10.0
 SAMPLE_RATE = 16_000
 MAX_SIDE = 480          # decoded frames are downscaled to this longer side (faces stay detectable)
@@ -50,11 +52,15 @@ class Clip:
     fps: float
     sample_rate: int
     duration: float = 0.0  # the whole file's length as its container says (0: it does not say)
+    max_seconds: float | None = None  # the cap it was read with (None: the whole file)
 
     @property
     def seconds(self) -> float:
-        """The part decoded."""
-        return max(len(self.frames) / self.fps, len(self.audio) / self.sample_rate)
+        """The part decoded: the frames' span (each stands for 1 / fps seconds) or the audio, whichever is longer,
+        never past the file's end or the cap: the last frame's share is cut there (17 frames at 5 fps of a 3.3 s
+        clip are 3.3 s, not 3.4)."""
+        decoded = max(len(self.frames) / self.fps, len(self.audio) / self.sample_rate)
+        return min([decoded, *(end for end in (self.duration, self.max_seconds) if end)])
 
     def span(self, max_seconds: float | None) -> dict[str, float | bool]:
         """``duration_seconds`` (the whole file; the part decoded when the container does not say) and
@@ -94,6 +100,8 @@ def decode_clip(path: str | os.PathLike, fps: float = FPS, sample_rate: int = SA
     import av
 
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, /dev/null, a pipe: worded as ser.audio words it
+        raise CorruptMediaError(f"{path}: not a regular file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -103,8 +111,10 @@ def decode_clip(path: str | os.PathLike, fps: float = FPS, sample_rate: int = SA
     limit = float(max_seconds) if max_seconds else float("inf")
     frames: list[np.ndarray] = []
     chunks: list[np.ndarray] = []
+    opened = False  # FFmpeg read the header: a later failure means the file breaks off or is damaged
     try:
         with av.open(str(path)) as container:
+            opened = True
             video = container.streams.video[0] if with_video and container.streams.video else None
             audio = container.streams.audio[0] if container.streams.audio else None
             if with_video and video is None:
@@ -154,7 +164,13 @@ def decode_clip(path: str | os.PathLike, fps: float = FPS, sample_rate: int = SA
     except MediaError:
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, OSError) as exc:
-        raise CorruptMediaError(f"{path}: cannot decode ({exc})") from exc
+        if not opened:
+            raise CorruptMediaError(f"{path}: cannot decode (not a valid audio/video file: {ffmpeg_words(exc)})") \
+                from exc
+        decoded = max(len(frames) / fps, sum(c.size for c in chunks) / sample_rate)
+        where = f"after {decoded:.2f} s" if decoded else "nothing decodable"
+        raise CorruptMediaError(f"{path}: cannot decode (truncated or damaged, {where}: {ffmpeg_words(exc)})") \
+            from exc
     if with_video and not frames:
         raise CorruptMediaError(f"{path}: no decodable video frames")
     samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
@@ -163,7 +179,8 @@ def decode_clip(path: str | os.PathLike, fps: float = FPS, sample_rate: int = SA
     if require_audio and samples.size < MIN_AUDIO_SAMPLES:
         raise NoAudioError(f"{path}: the audio track is empty ({samples.size} samples)")
     stacked = np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
-    return Clip(frames=stacked, audio=samples, fps=float(fps), sample_rate=int(sample_rate), duration=total)
+    return Clip(frames=stacked, audio=samples, fps=float(fps), sample_rate=int(sample_rate), duration=total,
+                max_seconds=float(max_seconds) if max_seconds else None)
 
 
 def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
@@ -189,7 +206,7 @@ def probe(path: str | os.PathLike) -> dict:
                 info["audio"] = {"sample_rate": a.rate, "channels": a.channels, "codec": a.codec_context.name}
             return info
     except av.error.FFmpegError as exc:
-        raise CorruptMediaError(f"{path}: cannot open ({exc})") from exc
+        raise CorruptMediaError(f"{path}: cannot open (not a valid audio/video file: {ffmpeg_words(exc)})") from exc
 
 
 def encode_clip(path: str | os.PathLike, frames: np.ndarray, fps: float, audio: np.ndarray | None = None,

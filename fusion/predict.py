@@ -31,6 +31,7 @@ from core.cli import add_verbose_flag, echo, module_prog, path_arg, progress, qu
 from core.io import load_keras_model, read_model_config
 from core.labels import EMOTIONS
 from core.media_types import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
+from fer.data import IMAGE_EXTENSIONS
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
 from fusion.media import MAX_CLIP_SECONDS, MediaError, NoAudioError, NoVideoError
 from fusion.preprocess import PreprocessConfig, preprocess_clip
@@ -110,7 +111,7 @@ class FusionPredictor:
         probs = self.predict_arrays(arrays)
         result = {"path": str(path), "mode": "joint", **as_result(probs["emotion"], self.class_names),
                   "modalities": {k: as_result(v, self.class_names) for k, v in probs.items() if k != "emotion"},
-                  "seconds": round(clip_seconds(arrays, self.preprocess), 3)}
+                  "seconds": round(min(clip_seconds(arrays, self.preprocess), clip.seconds), 3)}
         result.update(clip.span(self.clip_seconds))
         if "face_mask" in arrays:
             result["face_frames"] = int(arrays["face_mask"].sum())
@@ -148,16 +149,18 @@ class AutoPredictor:
 
         self.model_dir = Path(model_dir or DEFAULT_MODEL_DIR)
         check_max_seconds(max_seconds)
-        self.joint = FusionPredictor(self.model_dir, max_seconds) if has_joint_model(self.model_dir) else None
+        has_joint = has_joint_model(self.model_dir)
+        # The weights first: a bad --late-weights is refused before any model loads.
         if late_weights:
             self.late_config = read_late_config(late_weights)
         elif (self.model_dir / "late_fusion.json").is_file():
             self.late_config = read_late_config(self.model_dir)
-        elif model_dir is not None and self.joint is None:
+        elif model_dir is not None and not has_joint:
             raise FileNotFoundError(f"{self.model_dir} holds neither a joint fusion model (model.keras, config.json) "
                                     "nor late-fusion weights (late_fusion.json)")
         else:  # no shipped folder: the even default, as --mode late without --late-weights
             self.late_config = read_late_config(None)
+        self.joint = FusionPredictor(self.model_dir, max_seconds) if has_joint else None
         self._late_args = (ser_model_dir, fer_model_dir, detector, max_seconds)
         self._late = None
         if self.joint is None:
@@ -219,8 +222,18 @@ def expand_paths(paths: Sequence[str]) -> list[Path]:
     return out
 
 
+def photo_error(path: Path) -> str | None:
+    """Why a photo is refused: FFmpeg would read it as a silent one-frame video and judge its face as a 0.2 s clip.
+    ``fer.predict`` is the tool for it (as ``fer.predict`` points sound files to ``ser.predict``)."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return f"{path}: a photo, not a video or sound file (`python -m fer.predict` reads it)"
+    return None
+
+
 def format_text(result: dict) -> str:
-    own = "  ".join(f"{m}: {r['label']}" for m, r in result["modalities"].items())
+    used = result.get("used", list(result["modalities"]))  # late mode: a modality of weight 0 did not decide
+    own = "  ".join(f"{m}: {r['label']}" + ("" if m in used else " (not used)")
+                    for m, r in result["modalities"].items())
     return f"{result['path']}: {result['label']} ({result['probabilities'][result['label']]:.2f})  [{own}]"
 
 
@@ -237,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ser-model-dir", default=None, help="late fusion: SER run folder (default saved_models/ser)")
     parser.add_argument("--fer-model-dir", default=None, help="late fusion: FER run folder (default saved_models/fer)")
     parser.add_argument("--late-weights", default=None,
-                        help="late fusion: late_fusion.json (from python -m fusion.late) or 'audio=0.6,face=0.4' "
-                             "(default: the fusion folder's late_fusion.json)")
+                        help="late fusion: late_fusion.json (from python -m fusion.late) or 'audio=0.6,face=0.4', "
+                             "both named, 0 leaves one out (default: the fusion folder's late_fusion.json)")
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
                         help="late fusion face detector (default: %(default)s)")
     parser.add_argument("--max-seconds", type=float, default=MAX_CLIP_SECONDS,
@@ -269,6 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     failures = 0
     for path in progress(paths, desc="clips", unit="clip"):
+        problem = photo_error(path)
+        if problem:
+            failures += 1
+            echo(f"error: {problem}", err=True)
+            continue
         try:
             result = predictor.predict_clip(path)
         except (MediaError, FileNotFoundError, ValueError) as exc:

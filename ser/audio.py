@@ -88,10 +88,10 @@ def decode_head(path: str | os.PathLike, max_seconds: float | None = None) -> tu
         except AudioError:
             raise
         except Exception as av_error:
-            # FFmpeg's own words ("Invalid data found when processing input"), without "[Errno 1094995529]"
-            reason = getattr(av_error, "strerror", None) or str(av_error)
-            raise CorruptAudioError(f"{path}: not readable as audio (not a valid audio/video file: {reason})") \
-                from av_error
+            from core.media_types import ffmpeg_words
+
+            raise CorruptAudioError(f"{path}: not readable as audio (not a valid audio/video file: "
+                                    f"{ffmpeg_words(av_error)})") from av_error
 
 
 def check_signal(y: np.ndarray, source: str = "audio") -> np.ndarray:

@@ -43,7 +43,7 @@ def check_hop(hop_seconds: float, window_seconds: float) -> None:
                          "between windows would never be heard; use a hop of at most the window")
 
 
-def speech_windows(y: np.ndarray, cfg: FeatureConfig, hop_seconds: float = DEFAULT_HOP_SECONDS
+def speech_windows(y: np.ndarray, cfg: FeatureConfig, hop_seconds: float | None = None
                    ) -> list[tuple[float, float, np.ndarray]]:
     """``(start_s, end_s, samples)`` windows of a mono waveform at ``cfg.sample_rate``.
 
@@ -52,6 +52,8 @@ def speech_windows(y: np.ndarray, cfg: FeatureConfig, hop_seconds: float = DEFAU
     """
     import librosa
 
+    if hop_seconds is None:  # 1.5 s, or the window of a model that hears less
+        hop_seconds = min(DEFAULT_HOP_SECONDS, cfg.max_seconds)
     if hop_seconds <= 0:
         raise ValueError(f"hop must be > 0 seconds, got {hop_seconds}")
     check_hop(hop_seconds, cfg.max_seconds)
@@ -123,7 +125,7 @@ class SERPredictor:
         x, lengths = pad([waveform_frames(y, self.features)], self.features.max_frames)
         return self.normalizer.transform(x, lengths)
 
-    def speech_segments(self, y: np.ndarray, sr: int, hop_seconds: float = DEFAULT_HOP_SECONDS,
+    def speech_segments(self, y: np.ndarray, sr: int, hop_seconds: float | None = None,
                         source: str = "audio") -> list[tuple[float, float, np.ndarray]]:
         """``speech_windows`` of a waveform (resampled to the model's rate) that hold speech.
 
@@ -140,7 +142,7 @@ class SERPredictor:
             raise NoSpeechError(f"{source}: no speech: {worst.detail}", worst.reason)
         return kept
 
-    def predict_segments(self, y: np.ndarray, sr: int, hop_seconds: float = DEFAULT_HOP_SECONDS,
+    def predict_segments(self, y: np.ndarray, sr: int, hop_seconds: float | None = None,
                          source: str = "audio") -> list[tuple[float, float, np.ndarray]]:
         """``(start_s, end_s, probabilities)`` for each window of speech in a waveform (see ``speech_windows``).
 
@@ -172,12 +174,12 @@ class SERPredictor:
         probs = np.concatenate([self._infer(x[i:i + 256]) for i in range(0, len(x), 256)]) if len(x) else np.zeros((0, 7))
         return clips, probs, errors
 
-    def predict_waveform(self, y: np.ndarray, sr: int, hop_seconds: float = DEFAULT_HOP_SECONDS) -> np.ndarray:
+    def predict_waveform(self, y: np.ndarray, sr: int, hop_seconds: float | None = None) -> np.ndarray:
         """Probabilities (7,) for a mono waveform, averaged over its windows of speech; NoSpeechError without
         speech, AudioError if empty or silent."""
         return np.mean([p for _, _, p in self.predict_segments(y, sr, hop_seconds)], axis=0)
 
-    def predict_file(self, path: str | os.PathLike, hop_seconds: float = DEFAULT_HOP_SECONDS,
+    def predict_file(self, path: str | os.PathLike, hop_seconds: float | None = None,
                      segments: bool = False) -> dict:
         """``result()`` of a file; with ``segments`` it also lists every window's start, end and label.
 
@@ -220,9 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(label null and no_speech: reason for a file without speech)")
     parser.add_argument("--tflite", choices=["float16", "int8"], default=None,
                         help="run the exported TFLite file instead of the Keras model (see ser.export)")
-    parser.add_argument("--hop", type=float, default=DEFAULT_HOP_SECONDS,
+    parser.add_argument("--hop", type=float, default=None,
                         help="seconds between the windows of a recording longer than the model's window "
-                             "(at most that window: 3 s for the shipped models)")
+                             f"(at most that window, 3 s for the shipped models; default {DEFAULT_HOP_SECONDS}, or "
+                             "the window if shorter)")
     parser.add_argument("--segments", action="store_true", help="also show each window's own result")
     add_verbose_flag(parser)
     return parser
@@ -233,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not (np.isfinite(args.hop) and args.hop > 0):
+    if args.hop is not None and not (np.isfinite(args.hop) and args.hop > 0):
         parser.error(f"--hop must be a finite number of seconds > 0, got {args.hop}")
     files = expand_paths(args.paths)  # before the model loads: an empty folder is a usage error, found at once
     if not files:
@@ -244,10 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ModelFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:  # the window is the model's: known once its config is read, before any recording is
-        check_hop(args.hop, predictor.features.max_seconds)
-    except ValueError as exc:
-        parser.error(f"--hop: {exc}")
+    if args.hop is not None:
+        try:  # the window is the model's: known once its config is read, before any recording is
+            check_hop(args.hop, predictor.features.max_seconds)
+        except ValueError as exc:
+            parser.error(f"--hop: {exc}")
     failures = 0
     for path in progress(files, desc="recordings", unit="file"):
         try:
