@@ -112,9 +112,39 @@ def test_health_lists_models_classes_limits(client):
     assert health.emotions == list(EMOTIONS)
     assert health.models["ser"].loaded and health.models["ser"].classes == list(EMOTIONS)
     assert health.models["fer"].loaded and health.models["fer"].classes == list(EMOTIONS)
-    assert not health.models["fusion"].loaded and health.models["fusion"].error
+    # no joint model: the voice and face are fused late, and that is a loaded fusion, not an error
+    assert response.json()["models"]["fusion"] == {"loaded": True, "classes": list(EMOTIONS), "error": None,
+                                                   "kind": "late"}
+    assert "kind" not in response.json()["models"]["ser"]  # the kind is the fusion entry's only
     assert health.limits.max_upload_bytes == SMALL["max_upload_bytes"]
     assert health.fusion.face_weight == pytest.approx(0.6)
+
+
+def test_health_says_which_fusion_is_used_and_errs_only_when_none_is_usable(tmp_path, repo_root):
+    """The shipped models folder has late_fusion.json and no joint model: /api/health used to report the fusion as
+    an error ("fusion/model.keras and config.json not found") although late fusion was loaded and in use."""
+    import webapp.models as wm
+
+    with make_client(Models(ser=sm.FakeVoice(), fer=sm.FakeFace(), fusion=sm.FakeFusion())) as c:
+        assert c.get("/api/health").json()["models"]["fusion"]["kind"] == "joint"
+    (tmp_path / "fusion").mkdir()  # what ships: the late-fusion file, no model.keras
+    (tmp_path / "fusion" / "late_fusion.json").write_text(
+        (repo_root / "saved_models" / "fusion" / "late_fusion.json").read_text())
+    loader = wm.ModelLoader(tmp_path, warmup=False)
+    loader.models.set_predictor("ser", sm.FakeVoice())
+    loader.models.set_predictor("fer", sm.FakeFace())
+    loader.models.set_predictor("fusion", error=loader._missing("fusion"))
+    loader.models.loading = False
+    with make_client(loader.models) as c:
+        fusion = Health.model_validate(c.get("/api/health").json()).models["fusion"]
+    assert (fusion.loaded, fusion.kind, fusion.error) == (True, "late", None)
+    for models, missing in ((Models(ser=sm.FakeVoice()), "fer not loaded"), (Models(), "ser and fer not loaded")):
+        with make_client(models) as c:
+            fusion = Health.model_validate(c.get("/api/health").json()).models["fusion"]
+        assert not fusion.loaded and fusion.kind is None and missing in fusion.error
+    loading = Models(errors={"ser": "loading", "fer": "loading", "fusion": "loading"})
+    loading.loading = True
+    assert loading.info()["fusion"] == {"loaded": False, "classes": [], "error": "loading"}
 
 
 def test_openapi_documents_every_endpoint_and_schema(client):
@@ -198,6 +228,28 @@ def test_predict_video_without_audio_uses_the_face_alone(client, media):
     body = response.json()
     assert body["voice"] is None and body["face"] is not None
     assert body["probabilities"] == pytest.approx(body["face"]["probabilities"], abs=1e-5)
+
+
+def test_predict_video_with_a_silent_audio_track_says_why_there_is_no_voice(client, media, tmp_path):
+    """A digitally silent track used to give "voice": null, "no_speech": null; fusion.predict says why
+    (audio_missing), and docs/speech_frontend.md promises "no_speech": "<reason>" whenever the voice is null."""
+    from tests.synth_video import write_clip
+
+    silent = write_clip(tmp_path / "silent.mp4", audio=np.zeros(32_000, np.float32), seconds=2.0, fps=10,
+                        size=(160, 120)).read_bytes()
+    response = client.post("/api/predict/video", files={"file": ("silent.mp4", silent, "video/mp4")})
+    assert response.status_code == 200, response.text
+    body = VideoPrediction.model_validate(response.json())
+    assert body.voice is None and body.no_speech == "silence"
+    assert body.audio_missing == "audio: silent (peak amplitude below 0.0001)"  # fusion.predict's words
+    assert body.face is not None and body.probabilities == pytest.approx(body.face.probabilities, abs=1e-5)
+    mute = client.post("/api/predict/video", content=media["mp4_mute"], headers={"content-type": "video/mp4"}).json()
+    assert mute["voice"] is None and mute["no_speech"] is None and mute["audio_missing"] == "no audio track"
+    with make_client(Models(fer=sm.FakeFace())) as c:  # no voice model: the answer still says why
+        answer = c.post("/api/predict/video", content=media["mp4"], headers={"content-type": "video/mp4"}).json()
+    assert answer["voice"] is None and answer["audio_missing"].startswith("no voice model is loaded")
+    speech = client.post("/api/predict/video", content=media["mp4"], headers={"content-type": "video/mp4"}).json()
+    assert speech["voice"] is not None and speech["no_speech"] is None and speech["audio_missing"] is None
 
 
 def test_predict_video_without_a_video_stream_uses_the_voice_alone_like_fusion_predict(client, tmp_path):
@@ -740,7 +792,7 @@ def _started_settings(monkeypatch, check_listen: bool = False) -> dict:
     seen: dict = {}
 
     def fake_create_app(models_dir, settings):
-        seen["settings"] = settings
+        seen["settings"], seen["models_dir"] = settings, models_dir
         return create_app(models_dir, settings, models=Models())
 
     monkeypatch.setattr(app_module, "create_app", fake_create_app)
@@ -955,6 +1007,76 @@ def test_bad_settings_are_refused_with_the_option_named(option, value, message, 
         Settings(**{option: value})
     assert main([f"--{option.replace('_', '-')}", str(value)]) == 2
     assert message in capsys.readouterr().err
+
+
+# Every size, count and time limit (python -m webapp --max-upload-bytes 0 used to start a server that refused every
+# upload); the ones that may be 0 (no queue, no rate limit, no silence detection) are refused below 0 only.
+LIMITS_ABOVE_ZERO = ["max_upload_bytes", "max_message_bytes", "max_connections", "video_frames", "upload_workers",
+                     "max_uploads_per_client", "max_reading_uploads", "max_frame_side", "full_detect_every",
+                     "max_face_batch", "face_threads", "max_voice_batch", "max_video_seconds",
+                     "upload_timeout_seconds", "silence_seconds", "audio_window_seconds", "fresh_seconds",
+                     "video_segment_seconds"]
+LIMITS_FROM_ZERO = ["max_waiting_uploads", "model_threads", "silence_rms", "min_audio_seconds",
+                    "voice_interval_seconds", "track_pad"]
+
+
+@pytest.mark.parametrize("option", LIMITS_ABOVE_ZERO + LIMITS_FROM_ZERO)
+def test_every_limit_is_checked_at_start_with_the_option_named(option, tmp_path, monkeypatch, capsys):
+    from dataclasses import fields
+
+    import webapp.__main__ as cli
+
+    seen = _started_settings(monkeypatch)
+    flag = "--" + option.replace("_", "-")
+    default = Settings.__dataclass_fields__[option].default
+    bad = ["-1"] + (["0"] if option in LIMITS_ABOVE_ZERO else []) + (["nan", "inf"] if isinstance(default, float)
+                                                                        else [])
+    for value in bad:
+        assert cli.main(["--models", str(tmp_path), flag, value]) == 2, (flag, value)
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flag} must be") and "Traceback" not in err, err
+    assert "settings" not in seen  # refused before the app (and its models) were made
+    if option in LIMITS_FROM_ZERO:
+        assert cli.main(["--models", str(tmp_path), flag, "0", "--warmup", "false"]) == 0
+    checked = set(Settings.AT_LEAST) | set(Settings.ABOVE_ZERO)
+    numeric = {f.name for f in fields(Settings) if type(f.default) in (int, float)}
+    # weights, shares and fractions have their own range checks (test_bad_settings_are_refused_...)
+    assert numeric - checked == {"face_weight", "voice_weight", "voice_max_share", "min_face_fraction"}
+
+
+def test_min_audio_seconds_cannot_exceed_the_audio_window():
+    with pytest.raises(ValueError, match="--min-audio-seconds must be at most --audio-window-seconds"):
+        Settings(audio_window_seconds=1.0, min_audio_seconds=1.5)
+    Settings(audio_window_seconds=1.0, min_audio_seconds=1.0)
+
+
+def test_the_default_models_folder_is_the_repositorys_wherever_the_server_starts(tmp_path, monkeypatch, caplog):
+    """--models defaulted to the relative "saved_models": started elsewhere, the server loaded nothing and
+    /api/health said "ok". The default is now fusion.late.SHIPPED_MODELS, the folder fusion.predict reads."""
+    import logging
+
+    import webapp.__main__ as cli
+    from fusion.late import SHIPPED_MODELS
+
+    seen = _started_settings(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.WARNING)
+    assert cli.main(["--warmup", "false"]) == 0
+    assert seen["models_dir"] == SHIPPED_MODELS and SHIPPED_MODELS.is_absolute()
+    assert cli.models_problem(SHIPPED_MODELS, "fer_tiny") is None
+    assert "no models" not in caplog.text
+    # a folder with none of the expected models is served, with a warning naming it as resolved
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["--models", "empty", "--warmup", "false"]) == 0
+    assert seen["models_dir"] == tmp_path.resolve() / "empty"
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING][-1]
+    assert f"models folder {tmp_path.resolve() / 'empty'} holds none of the expected models" in warning
+    assert "ser/, fer/, fusion/, fer_tiny/" in warning and "the server starts with no models" in warning
+    assert "does not exist" in cli.models_problem(tmp_path / "absent")
+    (tmp_path / "empty" / "ser").mkdir()
+    for name in ("model.keras", "config.json"):
+        (tmp_path / "empty" / "ser" / name).write_text("{}")
+    assert cli.models_problem(tmp_path / "empty") is None
 
 
 def test_a_batcher_with_a_max_share_rests_between_ticks():

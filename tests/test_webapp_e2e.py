@@ -159,8 +159,9 @@ def test_real_models_load_from_the_models_folder(client, models_dir):
     health = client.get("/api/health").json()
     assert health["models"]["ser"] == {"loaded": True, "classes": list(EMOTIONS), "error": None}
     assert health["models"]["fer"]["loaded"]
-    if not os.environ.get(MODELS_ENV):
-        assert not health["models"]["fusion"]["loaded"]
+    if not os.environ.get(MODELS_ENV):  # no joint model: the voice and face are fused late, as fusion.predict does
+        assert health["models"]["fusion"] == {"loaded": True, "classes": list(EMOTIONS), "error": None,
+                                              "kind": "late"}
     assert isinstance(client.app.state.models.voice.predictor, SERPredictor)
     assert isinstance(client.app.state.models.face.predictor, FERPredictor)
 
@@ -185,6 +186,27 @@ def test_an_uploaded_video_gets_the_answer_fusion_predict_gives(client, models_d
             assert server[side]["probabilities"] == pytest.approx(cli["modalities"][mine]["probabilities"], abs=1e-4)
         assert server["label"] == cli["label"]
         assert server["probabilities"] == pytest.approx(cli["probabilities"], abs=1e-4)
+
+
+def test_a_video_with_a_silent_or_no_audio_track_says_why_as_fusion_predict_does(client, models_dir, tmp_path):
+    """A digitally silent track used to answer "voice": null, "no_speech": null while fusion.predict --json named
+    the reason (audio_missing): both now read the track through the same code and say the same."""
+    from fusion.late import LateFusion
+    from tests.synth_video import write_clip
+
+    late = LateFusion(models_dir / "ser", models_dir / "fer")
+    clips = {"silent": write_clip(tmp_path / "silent.mp4", audio=np.zeros(32_000, np.float32), seconds=2.0,
+                                  fps=10, size=(160, 120)),
+             "mute": sm.write_mp4(tmp_path / "mute.mp4", with_audio=False)}
+    for kind, path in clips.items():
+        cli = late.predict_clip(path)
+        server = client.post("/api/predict/video", content=path.read_bytes(), headers={"content-type": "video/mp4"})
+        assert server.status_code == 200, server.text
+        server = server.json()
+        assert server["voice"] is None and "audio" not in cli["modalities"]
+        assert server["audio_missing"] == cli["audio_missing"], kind
+        assert server["no_speech"] == ("silence" if kind == "silent" else None)
+        assert server["label"] == cli["label"]
 
 
 def test_broken_model_is_reported_and_the_rest_still_loads(models_dir, tmp_path):

@@ -7,6 +7,7 @@ import os
 import socket
 import ssl
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from core.cli import add_verbose_flag, quiet_tensorflow
@@ -90,6 +91,19 @@ def listen_problem(host: str, port: int) -> str | None:
     return None
 
 
+def models_problem(folder: Path, live_face_model: str = "") -> str | None:
+    """Why ``folder`` (resolved) will give the server no model at all, or None when it holds one or more."""
+    from webapp.models import MODALITIES, MODEL_FILES
+
+    if not folder.is_dir():
+        return f"models folder {folder} does not exist"
+    names = (*MODALITIES, *([live_face_model] if live_face_model else []))
+    if any(all((folder / name / f).is_file() for f in MODEL_FILES) for name in names):
+        return None
+    return (f"models folder {folder} holds none of the expected models ({', '.join(f'{n}/' for n in names)}, "
+            f"each {' + '.join(MODEL_FILES)})")
+
+
 def tls_problem(certfile: str | None, keyfile: str | None) -> str | None:
     """Why the certificate / key cannot serve HTTPS, or None (also None without a certificate)."""
     if keyfile and not certfile:
@@ -112,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m webapp", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=port_number, default=8000, help="TCP port (default: 8000)")
-    parser.add_argument("--models", default="saved_models", help="folder holding ser/, fer/, fusion/ "
-                        "(each model.keras + config.json) (default: saved_models)")
+    parser.add_argument("--models", default=None, help="folder holding ser/, fer/, fusion/ (each model.keras + "
+                        "config.json) (default: the repository's saved_models, wherever the server is started "
+                        "from, as the predict commands)")
     parser.add_argument("--late-fusion", default=None, help="late_fusion.json written by python -m fusion.late: "
                         "its audio/face weights and rule set the fusion (default: <models>/fusion/late_fusion.json, then <models>/late_fusion.json "
                         "when present and no weight is given on the command line)")
@@ -139,9 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from fusion.late import find_late_fusion
+    from fusion.late import SHIPPED_MODELS, find_late_fusion
 
-    late = args.late_fusion or find_late_fusion(args.models)
+    # The shipped folder by its absolute path, as fusion.predict finds it: a relative "saved_models" served no
+    # models (and /api/health said "ok") when the server was started outside the repository.
+    models_dir = Path(args.models).resolve() if args.models else SHIPPED_MODELS
+    late = args.late_fusion or find_late_fusion(models_dir)
     weights_given = (settings.face_weight, settings.voice_weight) != (Settings.face_weight, Settings.voice_weight)
     if args.late_fusion or (late is not None and not weights_given):
         try:
@@ -155,10 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    if not os.path.isdir(args.models):
-        logging.warning("models folder %s does not exist; the server starts with no models", args.models)
+    problem = models_problem(models_dir, settings.live_face_model)
+    if problem:
+        logging.warning("%s; the server starts with no models", problem)
     # The models load in a background thread: the port answers at once, /api/health says "loading".
-    app = create_app(args.models, settings)
+    app = create_app(models_dir, settings)
     # No permessage-deflate: frames are JPEG already, and deflating every message costs both ends
     # CPU that the models need more. No access log unless debugging: the page polls /api/health.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(),

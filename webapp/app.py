@@ -15,7 +15,7 @@ import math
 import re
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +82,29 @@ class Settings:
     warmup: bool = True
     video_segment_seconds: float = 3.0   # ?segments=true on a video: one row per this many seconds
 
+    # Every size, count and time limit, checked at start (python -m webapp exits with status 2 naming the option):
+    # a 0-byte upload limit or a 0 s timeout would refuse every request while /api/health said "ok".
+    AT_LEAST = {"max_upload_bytes": 1, "max_message_bytes": 1, "max_connections": 1, "video_frames": 1,
+                "upload_workers": 1, "max_waiting_uploads": 0, "max_uploads_per_client": 1,
+                "max_reading_uploads": 1, "max_frame_side": 1, "full_detect_every": 1, "max_face_batch": 1,
+                "face_threads": 1, "max_voice_batch": 1, "model_threads": 0,
+                "silence_rms": 0, "min_audio_seconds": 0, "voice_interval_seconds": 0, "track_pad": 0}
+    ABOVE_ZERO = ("max_video_seconds", "upload_timeout_seconds", "silence_seconds", "audio_window_seconds",
+                  "fresh_seconds", "video_segment_seconds")
+
     def __post_init__(self) -> None:
-        problems = [f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}"
-                    for name, low in (("max_face_batch", 1), ("max_voice_batch", 1), ("face_threads", 1),
-                                      ("max_connections", 1), ("upload_workers", 1), ("full_detect_every", 1),
-                                      ("model_threads", 0), ("video_frames", 1))
-                    if getattr(self, name) < low]
+        infinite = [f.name for f in fields(self)
+                    if type(getattr(self, f.name)) is float and not math.isfinite(getattr(self, f.name))]
+        problems = [f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}"
+                    for name in infinite]
+        problems += [f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}"
+                     for name, low in self.AT_LEAST.items()
+                     if name not in infinite and not getattr(self, name) >= low]
         problems += [f"--{name.replace('_', '-')} must be greater than 0, got {getattr(self, name)}"
-                     for name in ("audio_window_seconds", "video_segment_seconds", "max_video_seconds")
-                     if not getattr(self, name) > 0]
+                     for name in self.ABOVE_ZERO if name not in infinite and not getattr(self, name) > 0]
+        if self.min_audio_seconds > self.audio_window_seconds:
+            problems.append(f"--min-audio-seconds must be at most --audio-window-seconds "
+                            f"({self.audio_window_seconds:g}: the window holds no more), got {self.min_audio_seconds}")
         if not 0 <= self.min_face_fraction < 1:
             problems.append(f"--min-face-fraction must be from 0 to 1 (0: the detector's default), "
                             f"got {self.min_face_fraction}")
@@ -344,7 +358,9 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
         # Browsers ask for /favicon.ico before they read the page's <link rel="icon">.
         return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
 
-    @app.get("/api/health", response_model=Health, summary="Loading state, loaded models, their classes, limits")
+    # exclude_unset: "kind" is listed for the fusion entry only
+    @app.get("/api/health", response_model=Health, response_model_exclude_unset=True,
+             summary="Loading state, loaded models, their classes, limits")
     async def health() -> dict[str, Any]:
         return {"status": "loading" if models.loading else "ok", "progress": round(models.progress, 3),
                 "step": models.step, "emotions": list(EMOTIONS), "models": models.info(), "limits": limits(),
@@ -443,6 +459,22 @@ def _mean_result(probabilities: list[dict[str, float]]) -> dict[str, Any] | None
 
 
 MAX_VIDEO_SEGMENTS = 40     # a long clip gets longer segments rather than a table nobody reads
+NO_AUDIO_TRACK = "no audio track"  # fusion.late.LateFusion.modality_probs's audio_missing for the same clip
+
+
+def no_speech_reason(exc: Exception) -> str | None:
+    """The ``no_speech`` reason (one of ``ser.frontend.REASONS``) of an audio track the voice model could not use:
+    the speech check's own for hum, noise or a tone; ``silence`` for digital silence, ``too short`` for a track of
+    a few samples (``ser.audio.check_signal`` refuses both before the speech check); None for anything else."""
+    from ser.audio import EmptyAudioError, SilentAudioError
+
+    if isinstance(exc, NoSpeechError):
+        return exc.reason
+    if isinstance(exc, SilentAudioError):
+        return "silence"
+    if isinstance(exc, EmptyAudioError):
+        return "too short"
+    return None
 
 
 def predict_video_bytes(models: Models, settings: Settings, name: str, data: bytes,
@@ -466,30 +498,36 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
         span = clip.span(settings.max_video_seconds)  # the rule fusion.predict reports by
         frames = [cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) for rgb in clip.frames]
         times = [k / clip.fps for k in range(len(frames))]
-        voice = no_speech = None
+        voice = no_speech = audio_missing = None
+        speechless = False  # sound that is not speech (hum, noise): the joint model is not asked either
         per_frame: list[dict[str, float] | None] = [None] * len(frames)
         if models.face.loaded:
             for i, faces in enumerate(map(models.predict_faces, frames)):
                 per_frame[i] = faces[0]["probabilities"] if faces else None
         face = _mean_result([p for p in per_frame if p is not None])
         windows: list[dict] = []
-        if models.voice.loaded and clip.audio.size:
+        if not clip.audio.size:
+            audio_missing = NO_AUDIO_TRACK
+        elif not models.voice.loaded:
+            audio_missing = f"no voice model is loaded ({models.voice.error})"
+        else:
             try:
-                check_signal(clip.audio, name)  # a silent track is no voice, as in load_audio
+                # The source name "audio" is SERPredictor.predict_waveform's, so audio_missing reads word for word
+                # as fusion.predict's (LateFusion.modality_probs: str() of the same AudioError).
+                check_signal(clip.audio, "audio")  # a silent track is no voice, as in load_audio
                 if segments:
                     probs, windows = models.predict_voice_segments(clip.audio, clip.sample_rate)
                 else:
                     probs = models.predict_voice(clip.audio, clip.sample_rate)
                 voice = {"label": top_label(probs), "probabilities": probs}
-            except NoSpeechError as exc:  # hum, noise, music: not a voice, so not the joint model either
-                log.info("%s: %s", name, exc)
-                no_speech = exc.reason
-            except AudioError as exc:  # a silent track: the face alone decides
+            except AudioError as exc:  # silent, too short, or no speech in it: the face alone decides
                 log.info("%s: no usable audio (%s)", name, exc)
-        if not frames and voice is None and no_speech is None:
+                no_speech, audio_missing = no_speech_reason(exc), str(exc)
+                speechless = isinstance(exc, NoSpeechError)
+        if not frames and voice is None and not speechless:
             raise media.MediaError("the file has no video stream and no usable audio track")
         method, fused = "weighted_average", None
-        if models.fusion.loaded and no_speech is None and frames:
+        if models.fusion.loaded and not speechless and frames:
             try:
                 probs = models.predict_fusion_file(str(path))
                 fused, method = {"label": top_label(probs), "probabilities": probs}, "fusion_model"
@@ -500,7 +538,8 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
                          settings.face_weight, settings.voice_weight, settings.fusion_rule)
     answer = {"path": name, "label": fused["label"] if fused else None,
               "probabilities": fused["probabilities"] if fused else None, "method": method,
-              "face": face, "voice": voice, "no_speech": no_speech, "frames_sampled": len(frames),
+              "face": face, "voice": voice, "no_speech": no_speech, "audio_missing": audio_missing,
+              "frames_sampled": len(frames),
               "frames_with_face": sum(p is not None for p in per_frame),
               **span}
     if segments:

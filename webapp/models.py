@@ -133,9 +133,28 @@ class Models:
         return live if live.loaded else self.face
 
     def info(self) -> dict[str, dict[str, Any]]:
-        """Every modality; the live face model only when one is configured apart from the uploads' one."""
-        return {name: slot.info() for name, slot in self.slots.items()
-                if name != LIVE_FACE or slot.loaded or slot.error not in (None, "not loaded")}
+        """Every modality; the live face model only when one is configured apart from the uploads' one. The
+        ``fusion`` entry is ``fusion_info()``: late fusion counts as a loaded fusion."""
+        out = {name: slot.info() for name, slot in self.slots.items()
+               if name != LIVE_FACE or slot.loaded or slot.error not in (None, "not loaded")}
+        out["fusion"] = self.fusion_info()
+        return out
+
+    def fusion_info(self) -> dict[str, Any]:
+        """The fusion the server uses, with its ``kind``: ``joint`` (a fusion.train model in ``fusion/``), else
+        ``late`` (the voice and face models' probabilities fused with the late-fusion weights and rule, as
+        ``python -m fusion.predict`` does without a joint model: the shipped ``fusion/late_fusion.json``). An
+        error only when neither is usable: no joint model and the voice or face model missing."""
+        joint = self.fusion
+        if joint.loaded:
+            return joint.info() | {"kind": "joint"}
+        missing = [slot.name for slot in (self.voice, self.face) if not slot.loaded]
+        if self.loading and (missing or joint.error == "loading"):  # which fusion is not known yet
+            return {"loaded": False, "classes": [], "error": "loading"}
+        if not missing:
+            return {"loaded": True, "classes": list(EMOTIONS), "error": None, "kind": "late"}
+        return {"loaded": False, "classes": [], "error": f"no joint model ({joint.error}), and late fusion needs "
+                                                         f"the ser and fer models ({' and '.join(missing)} not loaded)"}
 
     def set_predictor(self, name: str, predictor: Any = None, error: str | None = None) -> None:
         """Fill one slot (the loader does, while the server already runs)."""

@@ -25,6 +25,10 @@ class ModelInfo(BaseModel):
     loaded: bool
     classes: list[str] = Field(default_factory=list, description="Output classes in order; empty when not loaded.")
     error: str | None = Field(None, description="Why the model did not load (absent folder, bad file).")
+    kind: Literal["joint", "late"] | None = Field(
+        None, description="fusion only: 'joint' (a fusion.train model in the models folder's fusion/) or 'late' (the "
+                          "ser and fer models fused with the late-fusion weights and rule, as python -m fusion.predict "
+                          "does without a joint model); absent while loading or when no fusion is usable.")
 
 
 class Limits(BaseModel):
@@ -116,7 +120,11 @@ class VideoPrediction(BaseModel):
     face: ModalityResult | None = Field(description="Mean face probabilities over sampled frames with a face.")
     voice: ModalityResult | None = Field(description="Voice probabilities of the audio track.")
     no_speech: NoSpeechReason | None = Field(
-        default=None, description="The audio track holds no speech (what it holds instead): the face alone decides.")
+        default=None, description="The audio track holds no speech (what it holds instead: 'silence' for a digitally "
+                                  "silent track): the face alone decides.")
+    audio_missing: str | None = Field(
+        default=None, description="Why 'voice' is null, in words, as `python -m fusion.predict --json` says it: "
+                                  "'no audio track', the speech check's finding, or that no voice model is loaded.")
     frames_sampled: int
     frames_with_face: int
     duration_seconds: float = Field(description="The whole file's length, as its container says.")
