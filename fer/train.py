@@ -426,7 +426,8 @@ MODEL_RECIPES: dict[str, dict] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = apply_recipe(parse_config(TrainConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED, recipes=MODEL_RECIPES), MODEL_RECIPES, argv)
+    parsed = parse_config(TrainConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED, recipes=MODEL_RECIPES)
+    cfg = apply_recipe(parsed, MODEL_RECIPES, argv)
     from fer.data import FaceDataError
     from fer.models import WeightsUnavailableError
 

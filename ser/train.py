@@ -400,7 +400,8 @@ def build_parser():
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = with_model_recipe(parse_config(TrainConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED, recipes=MODEL_RECIPES), argv)
+    parsed = parse_config(TrainConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED, recipes=MODEL_RECIPES)
+    cfg = with_model_recipe(parsed, argv)
     try:
         run(cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
