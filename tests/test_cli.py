@@ -60,6 +60,15 @@ def test_help_shows_the_defaults_a_model_recipe_sets():
     assert "add F0 (default: False)" in text
 
 
+def test_a_bad_value_is_one_line_not_the_whole_usage(capsys):
+    parser = config_parser(Recipe, "", HELP)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--epochs", "three"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--epochs" in err and "--help` lists the options" in err, err
+
+
 def test_advanced_names_must_be_fields():
     with pytest.raises(ValueError, match="mixupp"):
         config_parser(Recipe, "", HELP, advanced={"mixupp"})
