@@ -145,6 +145,19 @@ def path_arg(text: str) -> str:
     return text
 
 
+def refuse_file_output(parser: argparse.ArgumentParser, output: str | None, flag: str = "--output") -> None:
+    """``parser.error`` (one line, exit 2) when an output folder names an existing file; call it before any model
+    or data loads."""
+    if output and os.path.exists(output) and not os.path.isdir(output):
+        parser.error(f"{flag} {output} is an existing file; give a folder")
+
+
+def refuse_missing_dir(parser: argparse.ArgumentParser, path: str | None, flag: str = "--data-dir") -> None:
+    """``parser.error`` (one line, exit 2) when a path option was given but names nothing; leaving it out is fine."""
+    if path is not None and not os.path.exists(path):
+        parser.error(f"{flag} {path} does not exist")
+
+
 def module_prog(module: str) -> str:
     """``python -m ser.train`` for a module name, also when the module runs as ``__main__``.
 

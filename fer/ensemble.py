@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.cli import add_verbose_flag, module_prog, path_arg, quiet_tensorflow
+from core.cli import add_verbose_flag, module_prog, path_arg, quiet_tensorflow, refuse_file_output
 from core.ensemble import check_member_count
 from core.config import parse_bool
 from core.io import read_json, save_model, write_json
@@ -123,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.datasets import DatasetNotFoundError
     from fer.data import FaceDataError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    refuse_file_output(parser, args.output)  # before the members load
     try:
         make([Path(r) for r in args.runs], Path(args.output), args.data_dir, args.flip, args.shift)
     except (DatasetNotFoundError, FaceDataError, FileNotFoundError, ValueError) as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -50,7 +50,8 @@ HELP = {
     "output": "folder for metrics.json, confusion_matrix.png, data_report.json, predictions.csv",
     "split": "all, or train / val / test as split by the model's training settings",
     "detector": "jaffe: face detector used to crop the photos (blazeface, blazeface-full, haar, mtcnn, none)",
-    "max_per_class": "use at most this many images per class; 0 = all",
+    "max_per_class": "use at most this many images per class; 0 = all (--split train/val/test on the model's own "
+                     "dataset uses the run's own setting, to re-create its split)",
 }
 
 
@@ -67,6 +68,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     from core.reports import format_summary, write_report
     from fer.data import load_corpus, split_faceset
     from fer.predict import FERPredictor
+    from fer.train import load_split, run_config
 
     if cfg.split not in SPLIT_CHOICES:
         raise ValueError(f"unknown split {cfg.split!r}; choose one of {SPLIT_CHOICES}")
@@ -75,10 +77,20 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     if cfg.split == "val" and train_cfg.get("refit"):
         raise ValueError(f"{predictor.model_dir} was refit on its validation images: --split val is training data")
     seed = int(train_cfg.get("seed", 42))
-    data = load_corpus(cfg.dataset, cfg.data_dir, size=predictor.face_size, max_per_class=cfg.max_per_class,
-                       seed=seed, detector=cfg.detector, slug=cfg.slug)
-    if cfg.split != "all":
-        if train_cfg.get("dataset") not in (None, cfg.dataset):
+    if cfg.split != "all" and train_cfg.get("dataset") == cfg.dataset:
+        # The run's own corpus: re-create its split exactly as training made it (its --max-per-class, detector,
+        # fractions), as fer.ensemble does; training-side options (dedupe, a training cap) leave val/test alone.
+        data, splits = load_split(replace(run_config(train_cfg | {"dedupe": False, "max_train_per_class": 0}),
+                                          data_dir=cfg.data_dir, image_size=predictor.face_size,
+                                          slug=cfg.slug or train_cfg.get("slug")))
+        data = data.subset(splits == cfg.split)
+        if not len(data):
+            raise ValueError(f"{cfg.dataset}: the {cfg.split} split is empty")
+    else:
+        data = load_corpus(cfg.dataset, cfg.data_dir, size=predictor.face_size, max_per_class=cfg.max_per_class,
+                           seed=seed, detector=cfg.detector, slug=cfg.slug)
+    if cfg.split != "all" and train_cfg.get("dataset") != cfg.dataset:
+        if train_cfg.get("dataset") is not None:
             log.warning("the model was trained on %s: the %s split of %s is not its held-out data",
                         train_cfg.get("dataset"), cfg.split, cfg.dataset)
         splits = split_faceset(data, float(train_cfg.get("val_fraction", 0.1)),

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 
-from core.cli import quiet_tensorflow
+from core.cli import quiet_tensorflow, refuse_missing_dir
 from core.export import export_model_dir, export_parser
 from core.io import ModelFolderError
 
@@ -23,17 +24,17 @@ MAX_TEST_FACES = 2000  # TFLite runs one face per call: cap the accuracy check
 def split_faces(predictor, data_dir: str | None, max_test: int) -> tuple[dict, str | None]:
     """{'train': (x, y), 'test': (x, y)} re-created from the model's own split settings, or ({}, reason)."""
     from core.datasets import DatasetNotFoundError
-    from fer.data import load_corpus, split_faceset
+    from fer.train import load_split, run_config
 
     cfg = predictor.config
     seed = int(cfg.get("seed", 42))
+    # The run's own split (its --max-per-class, fractions, subjects), as fer.ensemble re-creates it.
+    train_cfg = replace(run_config(cfg | {"dedupe": False, "max_train_per_class": 0}),
+                        data_dir=data_dir, image_size=predictor.face_size)
     try:
-        data = load_corpus(cfg.get("dataset", "fer2013"), data_dir, size=predictor.face_size, seed=seed)
+        data, splits = load_split(train_cfg)
     except (DatasetNotFoundError, FileNotFoundError, ValueError) as exc:
         return {}, str(exc)
-    splits = split_faceset(data, float(cfg.get("val_fraction", 0.1)), float(cfg.get("test_fraction", 0.2)), seed,
-                           [s for s in str(cfg.get("val_subjects") or "").split(",") if s],
-                           [s for s in str(cfg.get("test_subjects") or "").split(",") if s])
     rng = np.random.default_rng(seed)
     out = {}
     for name, cap in (("train", REPRESENTATIVE_FACES), ("test", max_test)):
@@ -56,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from fer.predict import FERPredictor
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_test < 0:
+        parser.error(f"--max-test must be >= 0 (0 = all), got {args.max_test}")
+    refuse_missing_dir(parser, args.data_dir)  # leaving --data-dir out exports without data (with a warning)
     try:
         predictor = FERPredictor(args.model_dir)
     except (FileNotFoundError, ModelFolderError) as exc:

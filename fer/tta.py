@@ -27,7 +27,7 @@ import numpy as np
 from core.cli import quiet_tensorflow
 from core.config import config_parser, parse_config
 from core.datasets import DatasetNotFoundError
-from core.io import read_json, save_model, write_json
+from core.io import read_json, read_model_config, save_model, write_json
 
 log = logging.getLogger("fer.tta")
 
@@ -43,12 +43,18 @@ class TTAConfig:
     shift: int = 0
     decided_by: str = ""
 
+    def validate(self) -> None:
+        if not self.min_gain >= -1:  # accuracies differ by at most 1: -1 already keeps averaging in any case
+            raise ValueError(f"--min-gain must be >= -1 (-1 keeps averaging whatever validation says), got "
+                             f"{self.min_gain}")
+
 
 HELP = {
     "batch_size": "faces per prediction batch (memory only; results do not change)",
     "model_dir": "a finished fer.train run folder (model.keras, config.json)",
     "data_dir": "the corpus the run was trained on (as for fer.train)",
-    "min_gain": "keep test-time averaging only when it raises validation accuracy by more than this",
+    "min_gain": "keep test-time averaging only when it raises validation accuracy by more than this (-1 to 1; "
+                "-1 keeps it whatever validation says)",
     "shift": "also try averaging 5 crops (centre, and moved this many pixels left/right/up/down) of both flips; "
              "0 = flips only",
     "decided_by": "apply the decision fer.tta made on this run folder instead of deciding on validation (for a "
@@ -73,7 +79,7 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
     run_dir = Path(cfg.model_dir)
     if not (run_dir / "model.keras").is_file() or not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished fer.train run (model.keras + config.json)")
-    config = read_json(run_dir / "config.json")
+    config = read_model_config(run_dir / "config.json", "fer")  # a speech run: say so before any data loads
     if cfg.decided_by and cfg.shift:
         raise ValueError("--shift comes from the --decided-by run's decision; leave it out")
     decision = earlier_decision(Path(cfg.decided_by), config) if cfg.decided_by else None

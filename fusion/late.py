@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from core.cli import add_verbose_flag, module_prog, progress, quiet_tensorflow
+from core.cli import add_verbose_flag, module_prog, progress, quiet_tensorflow, refuse_file_output
 from core.io import read_json, write_json
 from core.labels import EMOTIONS
 from core.reports import compute_metrics, format_summary, write_report
@@ -439,8 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    refuse_file_output(parser, args.output)  # before any clip is processed
+    if not args.min_gain >= 0:  # also NaN
+        parser.error(f"--min-gain must be >= 0, got {args.min_gain}")
     bad_rules = [r for r in args.rules.split(",") if r not in RULES]
     if bad_rules or not args.rules:
         print(f"error: --rules takes a comma-separated subset of {RULES}, got {args.rules!r}", file=sys.stderr)

@@ -27,7 +27,7 @@ from core.reports import format_summary, write_report
 from ser.corpora import speaker_folds
 from ser.train import ADVANCED
 from ser.train import HELP as TRAIN_HELP
-from ser.train import TrainConfig, with_model_recipe
+from ser.train import MODEL_RECIPES, TrainConfig, with_model_recipe
 
 log = logging.getLogger("ser.crossval")
 
@@ -39,6 +39,11 @@ class CrossValConfig(TrainConfig):
     output: str = "runs/ser_cv"
     schedule: str = "cosine"
     fold: int = -1                 # run only this fold (0-based), e.g. one per machine; -1 = all, then pool
+
+    def validate(self) -> None:
+        super().validate()
+        if self.fold < -1:
+            raise ValueError(f"--fold must be -1 (all folds) or a fold number >= 0, got {self.fold}")
 
 
 HELP = TRAIN_HELP | {
@@ -133,12 +138,13 @@ DESCRIPTION = "Speaker-independent k-fold cross-validation of a SER recipe."
 def build_parser():
     from core.config import config_parser
 
-    return config_parser(CrossValConfig, DESCRIPTION, HELP, advanced=ADVANCED)
+    return config_parser(CrossValConfig, DESCRIPTION, HELP, advanced=ADVANCED, recipes=MODEL_RECIPES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = with_model_recipe(parse_config(CrossValConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED), argv)
+    parsed = parse_config(CrossValConfig, argv, DESCRIPTION, HELP, advanced=ADVANCED, recipes=MODEL_RECIPES)
+    cfg = with_model_recipe(parsed, argv)
     try:
         run(cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:

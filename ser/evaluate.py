@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from core.cli import add_verbose_flag, module_prog, quiet_tensorflow
+from core.cli import add_verbose_flag, module_prog, quiet_tensorflow, refuse_file_output
 from core.io import write_json
 from core.labels import EMOTION_INDEX
 from core.reports import format_summary, write_report
@@ -44,10 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if Path(args.output).exists() and not Path(args.output).is_dir():  # before the model and data load
-        parser.error(f"--output {args.output} is an existing file; give a folder")
-    if args.n_jobs == 0:
-        parser.error("--n-jobs must be -1 (all cores) or a positive number of processes, got 0")
+    refuse_file_output(parser, args.output)  # before the model and data load
+    if args.n_jobs == 0 or args.n_jobs < -1:
+        parser.error(f"--n-jobs must be -1 (all cores) or a positive number of processes, got {args.n_jobs}")
     try:
         predictor = SERPredictor(args.model_dir)
         clips, reports = load_clips(parse_corpus_list(args.corpora), args.data_dir)

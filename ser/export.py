@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from core.cli import quiet_tensorflow
+from core.cli import quiet_tensorflow, refuse_missing_dir
 from core.export import export_model_dir, export_parser
 from core.io import ModelFolderError
 
@@ -50,7 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from ser.predict import SERPredictor
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    refuse_missing_dir(parser, args.data_dir)  # leaving --data-dir out exports without data (with a warning)
+    model_dir = Path(args.model_dir)
+    if (model_dir / "members").is_dir() and not (model_dir / "model.keras").exists():
+        print(f"error: {model_dir} is an ensemble of members with different front ends (ser.ensemble of Whisper "
+              "and MFCC runs), which cannot be exported as one TFLite file; export each member run instead",
+              file=sys.stderr)
+        return 2
     try:
         predictor = SERPredictor(args.model_dir)
     except (FileNotFoundError, ModelFolderError) as exc:

@@ -68,9 +68,10 @@ def test_ser_export_cli_writes_files_report_and_predicts(tmp_path, capfd):
     assert tflite_out["label"] == keras_out["label"]
     assert tflite_out["probabilities"]["happy"] == pytest.approx(keras_out["probabilities"]["happy"], abs=0.02)
 
-    # Without data, float16 only: the warnings say what is missing and mention no int8 calibration.
+    # Without data (an empty folder), float16 only: the warnings say what is missing and mention no int8 calibration.
     (run / "model_int8.tflite").unlink()
-    assert export.main(["--model-dir", str(run), "--data-dir", str(tmp_path / "none"), "--modes", "float16"]) == 0
+    (tmp_path / "empty").mkdir()
+    assert export.main(["--model-dir", str(run), "--data-dir", str(tmp_path / "empty"), "--modes", "float16"]) == 0
     err = capfd.readouterr().err
     assert "--data-dir" in err and "accuracy is not measured" in err and "int8" not in err
     assert predict.main(["--model-dir", str(run), "--tflite", "int8", str(clip)]) == 2

@@ -143,7 +143,8 @@ def test_output_that_is_a_file_is_refused(files, capsys):
 
 
 @pytest.mark.parametrize("args,message", [(["--output", "AFILE"], "is an existing file"),
-                                          (["--n-jobs", "0"], "--n-jobs must be -1")])
+                                          (["--n-jobs", "0"], "--n-jobs must be -1"),
+                                          (["--n-jobs", "-7"], "--n-jobs must be -1")])
 def test_ser_evaluate_bad_arguments_before_loading(models, files, args, message, capsys):
     from ser import evaluate
 
@@ -544,6 +545,104 @@ def test_bulk_exit_codes_mean_what_the_docs_say(models, files, capsys):
     assert predict.main([str(files / "speech.wav"), "--model-dir", str(files / "nowhere")]) == 2
     capsys.readouterr()
 
+
+
+# ---- refusals of the evaluation / export / ensemble tools (user audit) ------------------------------------------
+
+REFUSALS = [  # SER / FER: the tiny run folders; AFILE: an existing file; MISSING: a path that does not exist
+    ("ser.ensemble", ["SER", "SER", "--output", "AFILE"], "is an existing file"),
+    ("fer.ensemble", ["FER", "FER", "--output", "AFILE"], "is an existing file"),
+    ("fusion.late", ["--output", "AFILE", "--data-dir", "MISSING"], "is an existing file"),
+    ("ser.export", ["--model-dir", "ENSEMBLE"], "cannot be exported as one TFLite file"),
+    ("fer.tta", ["--model-dir", "SER", "--data-dir", "MISSING"], "holds a speech (ser) model"),
+    ("ser.ensemble", ["SER", "SER", "--output", "OUT", "--data-dir", "MISSING"], "--data-dir MISSING does not exist"),
+    ("ser.export", ["--model-dir", "SER", "--data-dir", "MISSING"], "--data-dir MISSING does not exist"),
+    ("fer.export", ["--model-dir", "FER", "--data-dir", "MISSING"], "--data-dir MISSING does not exist"),
+    ("ser.crossval", ["--fold", "-3", "--output", "OUT", "--data-dir", "MISSING"], "--fold must be -1"),
+    ("fer.export", ["--model-dir", "MISSING", "--max-test", "-4"], "--max-test must be >= 0"),
+    ("fer.tta", ["--model-dir", "FER", "--min-gain", "-5"], "--min-gain must be >= -1"),
+    ("fusion.late", ["--min-gain", "-3", "--data-dir", "MISSING"], "--min-gain must be >= 0"),
+]
+
+
+@pytest.fixture(scope="module")
+def mixed_ensemble(models, tmp_path_factory):
+    """A ser.ensemble folder of members with different front ends: members/ and no model.keras."""
+    out = tmp_path_factory.mktemp("mixed") / "ens"
+    for name in ("0_whisper", "1_cnn"):
+        shutil.copytree(models / "ser", out / "members" / name)
+    config = json.loads((models / "ser" / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({
+        "task": "ser", "class_names": config["class_names"], "model": "ensemble(whisper+cnn)", "features": None,
+        "input_shape": None, "members_dirs": ["members/0_whisper", "members/1_cnn"]}))
+    return out
+
+
+@pytest.mark.parametrize("module,args,message", REFUSALS, ids=[f"{m} {' '.join(a)}" for m, a, _ in REFUSALS])
+def test_tools_refuse_bad_arguments_in_one_line(module, args, message, models, files, mixed_ensemble, tmp_path,
+                                                capsys):
+    import importlib
+
+    names = {"SER": models / "ser", "FER": models / "fer", "AFILE": files / "afile", "ENSEMBLE": mixed_ensemble,
+             "MISSING": tmp_path / "missing", "OUT": tmp_path / "out"}
+    message = message.replace("MISSING", str(names["MISSING"]))
+    main = importlib.import_module(module).main
+    try:
+        code = main([str(names.get(a, a)) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert_clean(err, message)
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1
+    assert (files / "afile").read_text() == "not a folder"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def capped_fer_run(models, tmp_path_factory):
+    """A face run trained with --max-per-class 3 on a synthetic fer2013.csv of 8 images per class."""
+    from synth_faces import write_fer2013_csv
+
+    root = tmp_path_factory.mktemp("capped")
+    write_fer2013_csv(root / "data" / "fer2013" / "fer2013.csv", per_class=8)
+    run = root / "run"
+    shutil.copytree(models / "fer", run)
+    config = json.loads((run / "config.json").read_text())
+    config |= {"dataset": "fer2013", "model": "cnn", "image_size": 48, "max_per_class": 3, "seed": 0}
+    (run / "config.json").write_text(json.dumps(config))
+    return run, root / "data"
+
+
+def _run_test_split(run: Path, data: Path) -> list[str]:
+    from fer.train import load_split, run_config
+
+    face_set, splits = load_split(run_config(json.loads((run / "config.json").read_text()), str(data)))
+    return sorted(np.asarray(face_set.sources)[splits == "test"])
+
+
+def test_fer_evaluate_test_split_is_the_runs_own(capped_fer_run, tmp_path, capsys):
+    import pandas as pd
+
+    from fer import evaluate
+
+    run, data = capped_fer_run
+    test = _run_test_split(run, data)
+    assert 0 < len(test) < 8 * 7 // 3  # the cap made the split small
+    assert evaluate.main(["--model-dir", str(run), "--dataset", "fer2013", "--data-dir", str(data), "--split", "test",
+                          "--output", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == len(test)
+    assert sorted(pd.read_csv(tmp_path / "eval" / "predictions.csv")["file"]) == test
+    capsys.readouterr()
+
+
+def test_fer_export_checks_accuracy_on_the_runs_own_test_split(capped_fer_run, capsys):
+    from fer import export
+
+    run, data = capped_fer_run
+    assert export.main(["--model-dir", str(run), "--data-dir", str(data), "--modes", "float16"]) == 0
+    assert json.loads((run / "export.json").read_text())["test_n"] == len(_run_test_split(run, data))
+    capsys.readouterr()
 
 
 def test_stream_replies_stay_valid_json_even_with_non_finite_numbers():
