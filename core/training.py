@@ -108,7 +108,17 @@ def resume_backup(backup_dir: str | os.PathLike):
     import keras
 
     class ResumeBackup(keras.callbacks.BackupAndRestore):
+        resumed_epoch = 0  # epochs restored by the last on_train_begin (0: a fresh start)
+
         def on_train_begin(self, logs=None):
+            self.resumed_epoch = 0
+            self.model._initial_epoch = None  # a resume in an earlier fit() of this model must not carry over
+            try:
+                self._restore()
+            finally:
+                self.resumed_epoch = int(self.model._initial_epoch or 0)
+
+        def _restore(self):
             initial = [v.numpy() for v in self.model.weights]  # a half-read file may have overwritten some
             try:
                 self._load_model()
@@ -139,10 +149,129 @@ def resume_backup(backup_dir: str | os.PathLike):
     return ResumeBackup(str(backup_dir), delete_checkpoint=True, double_checkpoint=True)
 
 
+def resume_state(run_dir: str | os.PathLike, backup, callbacks: Sequence, first_epoch: int = 0):
+    """A callback that, on a resumed fit, gives ``callbacks`` (ModelCheckpoint, EarlyStopping, ReduceLROnPlateau)
+    the state they had when the run was interrupted: the best monitored value so far, the wait counters and
+    EarlyStopping's best weights (from ``best.keras``), replayed from ``history.csv``'s epochs ``first_epoch`` ..
+    the restored one. Without it a resumed run starts with a fresh "best" and may keep a worse epoch.
+    Put it after those callbacks (their own ``on_train_begin`` resets them)."""
+    import keras
+
+    run_dir = Path(run_dir)
+
+    class ResumeState(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            start = getattr(backup, "resumed_epoch", 0)
+            if start <= first_epoch:
+                return
+            rows = _history_rows(run_dir, first_epoch, start)
+            for cb in callbacks:
+                _replay(cb, rows, run_dir)
+            log.info("resumed at epoch %d: best %s so far restored from %s", start,
+                     ", ".join(f"{cb.monitor} {cb.best:.4f}" for cb in callbacks if getattr(cb, "best", None)
+                               is not None), run_dir / "history.csv")
+
+    return ResumeState()
+
+
+def _history_rows(run_dir: Path, first: int, stop: int) -> list[dict[str, float]]:
+    """``history.csv``'s rows of epochs ``first`` .. ``stop - 1`` (the last row of an epoch written twice)."""
+    import pandas as pd
+
+    path = run_dir / "history.csv"
+    if not path.is_file():
+        return []
+    frame = pd.read_csv(path)
+    if "epoch" not in frame:
+        return []
+    frame = frame.drop_duplicates("epoch", keep="last")
+    frame = frame[(frame["epoch"] >= first) & (frame["epoch"] < stop)].sort_values("epoch")
+    return frame.to_dict("records")
+
+
+def _replay(cb, rows: list[dict[str, float]], run_dir: Path) -> None:
+    """Run ``cb``'s bookkeeping over the logged epochs, as its ``on_epoch_end`` did in the interrupted run."""
+    import keras
+
+    kinds = (keras.callbacks.ModelCheckpoint, keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau)
+    if not isinstance(cb, kinds):
+        return
+    if cb.monitor_op is None:
+        cb._set_monitor_op()
+    seen = False
+    for row in rows:
+        current = row.get(cb.monitor)
+        if current is None or current != current:  # not logged (NaN in the CSV)
+            continue
+        current = float(current)
+        if isinstance(cb, keras.callbacks.ModelCheckpoint):
+            if cb._is_improvement(current, cb.best):
+                cb.best = current
+        elif isinstance(cb, keras.callbacks.EarlyStopping):
+            if row["epoch"] < cb.start_from_epoch:
+                continue
+            seen = True
+            cb.wait += 1
+            if cb._is_improvement(current, cb.best):
+                cb.best, cb.best_epoch = current, int(row["epoch"])
+                if cb.baseline is None or cb._is_improvement(current, cb.baseline):
+                    cb.wait = 0
+        else:  # ReduceLROnPlateau; the lowered rate itself comes back with the optimizer's state
+            if cb.in_cooldown():
+                cb.cooldown_counter -= 1
+                cb.wait = 0
+            if cb._is_improvement(current, cb.best):
+                cb.best, cb.wait = current, 0
+            elif not cb.in_cooldown():
+                cb.wait += 1
+                rate = row.get("learning_rate")
+                if cb.wait >= cb.patience and (rate is None or rate != rate or rate > np.float32(cb.min_lr)):
+                    cb.cooldown_counter, cb.wait = cb.cooldown, 0
+    best = run_dir / "best.keras"
+    if isinstance(cb, keras.callbacks.EarlyStopping) and cb.restore_best_weights and seen and best.is_file():
+        try:  # the best epoch's weights, else the first resumed epoch's would count as the best
+            cb.best_weights = keras.saving.load_model(best, compile=False).get_weights()
+        except Exception as exc:
+            log.warning("%s is unreadable (%s): early stopping may restore a later epoch", best, type(exc).__name__)
+
+
+# Options that say where the data is read from or how fast, not what is trained: a finished run with other
+# values of these is the same run.
+RUN_INDEPENDENT = frozenset({"output", "data_dir", "slug", "slugs", "threads", "n_jobs", "cache_dir", "verbose"})
+
+
+def finished_run(run_dir: str | os.PathLike, settings: dict, saved_settings) -> dict | None:
+    """The metrics of the finished run in ``run_dir`` (model.keras, metrics.json and config.json) when it was
+    trained with ``settings``; None when ``run_dir`` holds no finished run (nothing yet, or an interrupted run
+    to resume). ``saved_settings(config)`` gives the training settings in the run's config.json (None: not a
+    run of this command). ValueError naming the differing settings when they differ (before any data is
+    loaded: retraining would append to its curves and replace its model)."""
+    from core.io import read_json
+
+    run_dir = Path(run_dir)
+    if not all((run_dir / name).is_file() for name in ("model.keras", "metrics.json", "config.json")):
+        return None
+    fix = "pass another --output or delete the folder to train again"
+    try:
+        saved = saved_settings(read_json(run_dir / "config.json"))
+    except (ValueError, TypeError, AttributeError):  # damaged or foreign config.json
+        saved = None
+    if saved is None:
+        raise ValueError(f"{run_dir} holds a finished run that this command did not write; {fix}")
+    differ = [k for k in settings if k not in RUN_INDEPENDENT and k in saved and saved[k] != settings[k]]
+    if differ:
+        shown = ", ".join(f"--{k.replace('_', '-')} {saved[k]!r} there, {settings[k]!r} now" for k in differ)
+        raise ValueError(f"{run_dir} already holds a finished run with other settings ({shown}); {fix}")
+    return read_json(run_dir / "metrics.json")
+
+
 def make_callbacks(run_dir: str | os.PathLike, patience: int = 10, lr_patience: int = 4,
-                   monitor: str = "val_accuracy", reduce_lr: bool = True, validation: bool = True) -> list:
+                   monitor: str = "val_accuracy", reduce_lr: bool = True, validation: bool = True,
+                   first_epoch: int = 0) -> list:
     """Checkpoint best model, back up every epoch for resume, stop early, lower LR on plateau, log CSV.
-    Without ``validation`` (a final fit on all the data) only the resume backup and the CSV log remain."""
+    Without ``validation`` (a final fit on all the data) only the resume backup and the CSV log remain.
+    ``first_epoch``: the epoch this fit starts at (a second stage), so a resume restores only its own epochs'
+    best value and wait counters."""
     import keras
 
     run_dir = Path(run_dir)
@@ -150,17 +279,17 @@ def make_callbacks(run_dir: str | os.PathLike, patience: int = 10, lr_patience: 
         return [resume_backup(run_dir / "checkpoints"),
                 keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)]
     mode = "max" if "acc" in monitor else "min"
-    callbacks = [
-        resume_backup(run_dir / "checkpoints"),
+    backup = resume_backup(run_dir / "checkpoints")
+    stateful = [
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor, mode=mode,
                                         save_best_only=True),
         keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience, restore_best_weights=True),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
     ]
     if reduce_lr:  # not with a learning-rate schedule, which owns the rate
-        callbacks.insert(3, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                                              patience=lr_patience, min_lr=1e-6))
-    return callbacks
+        stateful.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                                          patience=lr_patience, min_lr=1e-6))
+    return [backup, *stateful, resume_state(run_dir, backup, stateful, first_epoch),
+            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)]
 
 
 def read_history(run_dir: str | os.PathLike) -> dict[str, list[float]]:

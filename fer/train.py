@@ -4,7 +4,8 @@
 
 Run folder: model.keras, config.json, metrics.json (test split), val_metrics.json, confusion_matrix.png,
 val_confusion_matrix.png, curve_*.png, history.csv, split.csv, data_report.json. Re-running the same
-command after an interruption resumes from run_dir/checkpoints.
+command after an interruption resumes from run_dir/checkpoints; a finished run is left as it is (other settings
+are refused: pass another --output).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 from core.cli import quiet_tensorflow
 from core.config import apply_recipe, config_parser, parse_config, to_dict
 from core.datasets import DatasetNotFoundError
-from core.io import atomic_write, read_json, save_model, write_json
+from core.io import atomic_write, config_kind, read_json, save_model, write_json
 from core.labels import EMOTIONS, NUM_CLASSES
 from fer.distill import BANK_FILE, distill_targets, view_bank, view_dataset
 
@@ -228,7 +229,8 @@ def _fit(model, cfg: TrainConfig, run_dir: Path, train_ds, val_ds, weights, epoc
     from core.training import make_callbacks
 
     callbacks = make_callbacks(run_dir, patience=cfg.patience, lr_patience=cfg.lr_patience, monitor="val_accuracy",
-                               reduce_lr=cfg.schedule == "plateau", validation=val_ds is not None)
+                               reduce_lr=cfg.schedule == "plateau", validation=val_ds is not None,
+                               first_epoch=initial_epoch)
     return model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
                      class_weight=weights, callbacks=callbacks, shuffle=False, verbose=2)  # tf.data shuffles
 
@@ -272,6 +274,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.schedule not in SCHEDULES:  # fail before loading the data
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
     check_refit(cfg.refit, cfg.schedule)
+    from core.training import finished_run
+
+    done = finished_run(cfg.output, to_dict(cfg),
+                        lambda config: to_dict(run_config(config)) if config_kind(config) == "fer" else None)
+    if done is not None:  # re-running a finished run's command: nothing to resume
+        print(f"{cfg.output} is already finished with these settings (nothing to train; pass another --output or "
+              f"delete the folder to train again); {done.get('split', 'test')}: {format_summary(done)}")
+        return done
     if cfg.model == "resnet50":
         resolve_weights(cfg.weights)  # fail before loading data when the weights are unavailable
     if cfg.teacher:

@@ -2,7 +2,8 @@
 
 Every run folder gets: model.keras, config.json, normalization.npz, metrics.json (test split),
 val_metrics.json, confusion_matrix.png, curve_*.png, history.csv, split.csv, data_report.json.
-Re-running with the same ``--output`` resumes an interrupted run from its last epoch.
+Re-running with the same ``--output`` resumes an interrupted run from its last epoch; a finished run is left as
+it is (other settings are refused: pass another ``--output``).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from core.config import parse_config
 from core.io import save_model, write_json
 from core.labels import EMOTIONS, NUM_CLASSES
 from core.reports import format_summary, plot_history, write_report
-from core.training import check_refit, class_weights, learning_rate, make_callbacks, read_history, set_seed
+from core.training import (check_refit, class_weights, finished_run, learning_rate, make_callbacks, read_history,
+                           set_seed)
 from ser.features import DEFAULT_CACHE_DIR, PHONE_VARIANT, noise_variant
 
 log = logging.getLogger("ser.train")
@@ -192,6 +194,11 @@ def run(cfg: TrainConfig) -> dict:
     from ser.models import CLOSED_FORM_MODELS, ENCODER_MODELS, build_model
 
     check_refit(cfg.refit, cfg.schedule)  # before minutes of feature extraction
+    done = finished_run(cfg.output, asdict(cfg), _saved_settings)
+    if done is not None:  # re-running a finished run's command: nothing to resume
+        print(f"{cfg.output} is already finished with these settings (nothing to train; pass another --output or "
+              f"delete the folder to train again); test: {format_summary(done)}")
+        return {"test": done}
     encoder_model = cfg.model in ENCODER_MODELS
     if encoder_model and (cfg.mixup > 0 or cfg.spec_augment):
         raise ValueError(f"--mixup and --spec-augment apply to MFCC models, not --model {cfg.model}")
@@ -287,6 +294,18 @@ def run(cfg: TrainConfig) -> dict:
                                                           "corpora": cfg.corpora}, prefix=prefix)
         print(f"{name}: {format_summary(results[name])}")
     return results
+
+
+def _saved_settings(config: dict) -> dict | None:
+    """The TrainConfig a run's config.json was written with (defaults for options it predates); None when
+    ser.train did not write it."""
+    from dataclasses import fields
+
+    train = config.get("train")
+    if config.get("task", "ser") != "ser" or not isinstance(train, dict):
+        return None
+    known = {f.name for f in fields(TrainConfig)}
+    return asdict(TrainConfig()) | {k: v for k, v in train.items() if k in known}
 
 
 def write_history(out: Path, history: dict[str, list[float]]) -> None:

@@ -60,7 +60,7 @@ def test_train_writes_every_artifact(cnn_run):
     assert model.output_shape == (None, 7)
 
 
-def test_interrupted_run_resumes(fer_data, tmp_path, monkeypatch):
+def test_interrupted_run_resumes(fer_data, tmp_path, monkeypatch, capsys):
     import core.training
 
     class Interrupt(keras.callbacks.Callback):
@@ -79,9 +79,16 @@ def test_interrupted_run_resumes(fer_data, tmp_path, monkeypatch):
     assert fer_train.main(args) == 0
     history = pd.read_csv(tmp_path / "history.csv")
     assert history["epoch"].tolist() == [0, 1, 2]  # the third epoch only, not a restart
-    # A finished run leaves nothing to resume: running again starts fresh curves.
-    assert fer_train.main([*base, "--epochs", "1"]) == 0
-    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [0]
+    # A finished run is left as it is: the same command trains nothing, other settings are refused.
+    model = (tmp_path / "model.keras").read_bytes()
+    capsys.readouterr()
+    assert fer_train.main([*args, "--data-dir", f"{fer_data}/"]) == 0  # where the data is read from: the same run
+    assert "already finished" in capsys.readouterr().out
+    assert fer_train.main([*base, "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs 3 there, 1 now" in err and "another --output" in err
+    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [0, 1, 2]
+    assert (tmp_path / "model.keras").read_bytes() == model
 
 
 def test_ckplus_run_splits_by_subject(fer_data, tmp_path):

@@ -87,6 +87,59 @@ def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0, 1, 2]
 
 
+def test_resumed_run_keeps_the_best_epoch_and_patience_of_the_interrupted_one(tmp_path, monkeypatch):
+    # Scripted validation accuracies: epoch 1 is the best; with --patience 2 an uninterrupted run stops after
+    # epoch 3 and keeps epoch 1. The crash after epoch 2 must not reset the best value or the wait counter.
+    synth.make_ravdess(tmp_path / "data", actors=5)
+    out = tmp_path / "run"
+    scripted = [0.2, 0.5, 0.3, 0.4, 0.45, 0.45]
+    weights = {}
+
+    class Script(keras.callbacks.Callback):  # runs first: every later callback sees the scripted value
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_accuracy"] = scripted[epoch]
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            weights[epoch] = self.model.get_weights()
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt("simulated power cut")
+
+    real = ser_train.make_callbacks
+    monkeypatch.setattr(ser_train, "make_callbacks", lambda *a, **k: [Script(), *real(*a, **k), Record(), Crash()])
+    argv = _argv(tmp_path / "data", out, tmp_path / "cache", "--epochs", "6", "--corpora", "ravdess", "--augment", "0",
+                 "--patience", "2", "--schedule", "plateau")
+    with pytest.raises(KeyboardInterrupt):
+        ser_train.main(argv)
+    monkeypatch.setattr(ser_train, "make_callbacks", lambda *a, **k: [Script(), *real(*a, **k), Record()])
+    assert ser_train.main(argv) == 0
+    assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0, 1, 2, 3]  # stopped where an uninterrupted run does
+    best = keras.models.load_model(out / "best.keras", compile=False).get_weights()
+    final = keras.models.load_model(out / "model.keras", compile=False).get_weights()
+    for kept in (best, final):
+        assert all(np.array_equal(a, b) for a, b in zip(kept, weights[1])), "not the best epoch's weights"
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_other_settings_are_refused(trained, tmp_path, capsys):
+    root, out, _ = trained
+    files = ("model.keras", "history.csv", "metrics.json")
+    before = {name: (out / name).read_bytes() for name in files}
+    capsys.readouterr()
+    # The same settings (the data read from elsewhere, another cache and another n_jobs are the same run).
+    assert ser_train.main(_argv(root, out, tmp_path / "other_cache", "--n-jobs", "2")) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "already finished" in printed[0] and "test: accuracy" in printed[0]
+    assert ser_train.main(_argv(root, out, tmp_path / "cache", "--epochs", "3", "--learning-rate", "0.01")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--epochs 2 there, 3 now" in err and "--learning-rate" in err
+    assert "another --output" in err and "--batch-size" not in err
+    assert not (tmp_path / "cache").exists()  # refused before any audio was read
+    assert {name: (out / name).read_bytes() for name in files} == before
+
+
 def test_train_with_mixup_cosine_masking_utterance_norm_and_pitch(trained, tmp_path):
     root, _, _ = trained
     out = tmp_path / "run"
