@@ -176,15 +176,9 @@ def resume_state(run_dir: str | os.PathLike, backup, callbacks: Sequence, first_
 
 def _history_rows(run_dir: Path, first: int, stop: int) -> list[dict[str, float]]:
     """``history.csv``'s rows of epochs ``first`` .. ``stop - 1`` (the last row of an epoch written twice)."""
-    import pandas as pd
-
-    path = run_dir / "history.csv"
-    if not path.is_file():
+    frame = _history_frame(run_dir)
+    if frame is None or "epoch" not in frame:
         return []
-    frame = pd.read_csv(path)
-    if "epoch" not in frame:
-        return []
-    frame = frame.drop_duplicates("epoch", keep="last")
     frame = frame[(frame["epoch"] >= first) & (frame["epoch"] < stop)].sort_values("epoch")
     return frame.to_dict("records")
 
@@ -294,11 +288,18 @@ def make_callbacks(run_dir: str | os.PathLike, patience: int = 10, lr_patience: 
 
 def read_history(run_dir: str | os.PathLike) -> dict[str, list[float]]:
     """The full history from ``history.csv`` (covers resumed runs, unlike ``fit``'s return value)."""
+    frame = _history_frame(run_dir)
+    if frame is None:
+        return {}
+    return {c: frame[c].astype(float).tolist() for c in frame.columns if c != "epoch"}
+
+
+def _history_frame(run_dir: str | os.PathLike):
+    """``history.csv`` as a DataFrame, one row per epoch (the last of an epoch logged twice), or None."""
     import pandas as pd
 
     path = Path(run_dir) / "history.csv"
-    if not path.exists():
-        return {}
+    if not path.is_file():
+        return None
     frame = pd.read_csv(path)
-    frame = frame.drop_duplicates("epoch", keep="last") if "epoch" in frame else frame
-    return {c: frame[c].astype(float).tolist() for c in frame.columns if c != "epoch"}
+    return frame.drop_duplicates("epoch", keep="last") if "epoch" in frame else frame

@@ -71,7 +71,7 @@ def build(run_dirs: Sequence[Path], flip: bool = True, shift: int = 0):
 def make(run_dirs: Sequence[Path], output: Path, data_dir: str | None, flip: bool = True,
          shift: int = 0) -> dict[str, Any]:
     from core.reports import format_summary, write_report
-    from fer.train import load_split, predict_labels, run_config
+    from fer.train import held_out_split, predict_labels
 
     check_member_count(run_dirs)
     if shift < 0:
@@ -92,8 +92,8 @@ def make(run_dirs: Sequence[Path], output: Path, data_dir: str | None, flip: boo
         if (run_dirs[0] / name).exists():
             shutil.copy(run_dirs[0] / name, output / name)
 
-    # The first member's split without its training-side options re-creates the shared held-out images.
-    data, splits = load_split(run_config(first | {"dedupe": False, "max_train_per_class": 0}, data_dir))
+    # The first member's held-out images are every member's (check_compatible).
+    data, splits = held_out_split(first, **({"data_dir": data_dir} if data_dir else {}))
     results = {}
     extra = {"dataset": first["dataset"], "model": config["model"], "params": config["params"], "flip_tta": flip,
              "tta_shift": config["tta_shift"]}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -68,7 +68,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     from core.reports import format_summary, write_report
     from fer.data import load_corpus, split_faceset
     from fer.predict import FERPredictor
-    from fer.train import load_split, run_config
+    from fer.train import held_out_split
 
     if cfg.split not in SPLIT_CHOICES:
         raise ValueError(f"unknown split {cfg.split!r}; choose one of {SPLIT_CHOICES}")
@@ -78,11 +78,9 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         raise ValueError(f"{predictor.model_dir} was refit on its validation images: --split val is training data")
     seed = int(train_cfg.get("seed", 42))
     if cfg.split != "all" and train_cfg.get("dataset") == cfg.dataset:
-        # The run's own corpus: re-create its split exactly as training made it (its --max-per-class, detector,
-        # fractions), as fer.ensemble does; training-side options (dedupe, a training cap) leave val/test alone.
-        data, splits = load_split(replace(run_config(train_cfg | {"dedupe": False, "max_train_per_class": 0}),
-                                          data_dir=cfg.data_dir, image_size=predictor.face_size,
-                                          slug=cfg.slug or train_cfg.get("slug")))
+        # The run's own corpus: its split exactly as training made it, as fer.ensemble and fer.export re-create it.
+        data, splits = held_out_split(train_cfg, data_dir=cfg.data_dir, image_size=predictor.face_size,
+                                      slug=cfg.slug or train_cfg.get("slug"))
         data = data.subset(splits == cfg.split)
         if not len(data):
             raise ValueError(f"{cfg.dataset}: the {cfg.split} split is empty")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -24,15 +23,12 @@ MAX_TEST_FACES = 2000  # TFLite runs one face per call: cap the accuracy check
 def split_faces(predictor, data_dir: str | None, max_test: int) -> tuple[dict, str | None]:
     """{'train': (x, y), 'test': (x, y)} re-created from the model's own split settings, or ({}, reason)."""
     from core.datasets import DatasetNotFoundError
-    from fer.train import load_split, run_config
+    from fer.train import held_out_split
 
     cfg = predictor.config
     seed = int(cfg.get("seed", 42))
-    # The run's own split (its --max-per-class, fractions, subjects), as fer.ensemble re-creates it.
-    train_cfg = replace(run_config(cfg | {"dedupe": False, "max_train_per_class": 0}),
-                        data_dir=data_dir, image_size=predictor.face_size)
-    try:
-        data, splits = load_split(train_cfg)
+    try:  # the run's own split, as fer.evaluate and fer.ensemble re-create it
+        data, splits = held_out_split(cfg, data_dir=data_dir, image_size=predictor.face_size)
     except (DatasetNotFoundError, FileNotFoundError, ValueError) as exc:
         return {}, str(exc)
     rng = np.random.default_rng(seed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -203,6 +203,13 @@ def load_split(cfg: TrainConfig):
     if cfg.max_train_per_class:
         splits = cap_split(data.labels, splits, "train", cfg.max_train_per_class, cfg.seed)
     return data, splits
+
+
+def held_out_split(config: dict[str, Any], **overrides: Any):
+    """``load_split`` of a finished run's config.json as evaluation needs it: its validation and test images
+    exactly (its --max-per-class, detector, fractions, subjects), without the training-side options (dedupe, a
+    training cap), which only move training images. ``overrides``: TrainConfig fields to replace (data_dir, ...)."""
+    return load_split(replace(run_config(config | {"dedupe": False, "max_train_per_class": 0}), **overrides))
 
 
 def write_split_csv(path: Path, data, splits: np.ndarray) -> None:
