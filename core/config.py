@@ -158,7 +158,7 @@ POSITIVE_INTS = frozenset({"epochs", "batch_size", "image_size", "n_mfcc", "n_me
                            "upload_workers"})
 NON_NEGATIVE = frozenset({"patience", "lr_patience", "augment", "fine_tune_epochs", "fine_tune_layers",
                           "max_per_class", "max_train_per_class", "limit", "threads", "frozen_epochs", "workers",
-                          "mixup", "trim_db", "aux_weight", "shift", "erasing", "base_size"})
+                          "mixup", "trim_db", "aux_weight", "shift", "erasing", "base_size", "teacher_views"})
 POSITIVE_FLOATS = frozenset({"learning_rate", "fine_tune_lr", "fine_tune_learning_rate", "max_seconds", "fps", "head_c",
                              "cache_seconds", "alpha", "clipnorm"})
 FRACTIONS = frozenset({"val_fraction", "test_fraction", "dropout", "label_smoothing"})  # 0 <= x < 1

@@ -81,8 +81,9 @@ class TFLiteModel:
 
 
 def export_model_dir(model, model_dir: str | os.PathLike, modes: Iterable[str], representative: np.ndarray,
-                     test: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
-    """Write ``model_<mode>.tflite`` files and ``export.json`` (sizes; accuracy change on ``test`` when given)."""
+                     test: tuple[np.ndarray, np.ndarray] | None = None, split: str = "the run's test split") -> dict:
+    """Write ``model_<mode>.tflite`` files and ``export.json`` (sizes; accuracy change on ``test`` when given,
+    named by ``split`` in the report: every number names its split)."""
     from core.io import atomic_write, write_json
 
     model_dir = Path(model_dir)
@@ -90,7 +91,7 @@ def export_model_dir(model, model_dir: str | os.PathLike, modes: Iterable[str], 
     if test is not None:
         x_test, y_test = test
         keras_pred = model.predict(x_test, batch_size=256, verbose=0).argmax(1)
-        report.update(test_n=len(y_test), keras_accuracy=float((keras_pred == y_test).mean()))
+        report.update(split=split, test_n=len(y_test), keras_accuracy=float((keras_pred == y_test).mean()))
     for mode in modes:
         path = model_dir / f"model_{mode}.tflite"
         data = to_tflite(model, mode, representative)

@@ -35,9 +35,18 @@ def split_faces(predictor, data_dir: str | None, max_test: int) -> tuple[dict, s
     out = {}
     for name, cap in (("train", REPRESENTATIVE_FACES), ("test", max_test)):
         idx = np.flatnonzero(splits == name)
+        out[f"{name}_total"] = len(idx)
         idx = rng.permutation(idx)[:cap] if cap else idx
         out[name] = (data.images[idx].astype(np.float32)[..., None], np.asarray(data.labels)[idx])
     return out, None
+
+
+def split_text(sets: dict, predictor) -> str:
+    """How export.json names the faces its accuracies were measured on."""
+    n, total = len(sets["test"][1]), sets["test_total"]
+    corpus = predictor.config.get("dataset", "the corpus")
+    drawn = f"{n} of its {total} faces, drawn with seed {predictor.config.get('seed', 42)}" if n < total else f"all {n} faces"
+    return f"the run's test split of {corpus} ({drawn})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,8 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             0, 256, (REPRESENTATIVE_FACES, predictor.face_size, predictor.face_size, 1)).astype(np.float32)
     else:
         representative = sets["train"][0]
-    export_model_dir(predictor.model, predictor.model_dir, args.modes, representative,
-                     sets.get("test"))
+    export_model_dir(predictor.model, predictor.model_dir, args.modes, representative, sets.get("test"),
+                     split_text(sets, predictor) if sets else "")
     return 0
 
 

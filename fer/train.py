@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from core.cli import quiet_tensorflow
-from core.config import apply_recipe, config_parser, parse_config, to_dict
+from core.config import apply_recipe, config_parser, parse_config, to_dict, validate_config
 from core.datasets import DatasetNotFoundError
 from core.io import atomic_write, config_kind, read_json, save_model, write_json
 from core.labels import EMOTIONS, NUM_CLASSES
@@ -90,6 +90,20 @@ class TrainConfig:
         if self.model in ("faceres", "resnet50") and 0 < self.base_size < 32:
             raise ValueError(f"--base-size must be 0 (the model's own size) or at least 32 for --model {self.model}, "
                              f"got {self.base_size}")
+        if self.model in ("cnn", "tiny"):
+            widths = _csv(self.filters)
+            if not widths or not all(w.isdigit() and int(w) > 0 for w in widths):
+                raise ValueError(f"--filters must be comma-separated positive integers (e.g. 24,48,96,160), "
+                                 f"got {self.filters!r}")
+        for name in ("erasing", "distill_weight", "view_mixup"):  # probabilities / weights
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be from 0 to 1, got {getattr(self, name)}")
+        if not 0.0 <= self.shift < 1.0:
+            raise ValueError(f"--shift must be from 0 to below 1 (a fraction of the side), got {self.shift}")
+        if self.teacher_views and not self.teacher:
+            raise ValueError("--teacher-views needs a --teacher")
+        if self.view_mixup and not self.teacher_views:
+            raise ValueError("--view-mixup needs --teacher-views")
 
 
 HELP = {
@@ -272,14 +286,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from core.training import class_weights, read_history, set_seed
     from fer.data import make_augmenter, make_dataset
     from fer.faces import FACE_MARGIN
-    from fer.models import MODELS, WeightsUnavailableError, build_model, compile_model, resolve_weights, unfreeze_top
+    from fer.models import WeightsUnavailableError, compile_model, resolve_weights, unfreeze_top
 
-    if cfg.model not in MODELS:
-        raise ValueError(f"unknown model {cfg.model!r}; choose one of {MODELS}")
-    from core.training import SCHEDULES, check_refit
+    validate_config(cfg)  # train() is also called directly, without the CLI's checks
+    from core.training import check_refit
 
-    if cfg.schedule not in SCHEDULES:  # fail before loading the data
-        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
     check_refit(cfg.refit, cfg.schedule)
     from core.training import finished_run
 
@@ -293,12 +304,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         resolve_weights(cfg.weights)  # fail before loading data when the weights are unavailable
     if cfg.teacher:
         _existing(cfg.teacher, "--teacher")
-        if not 0.0 <= cfg.distill_weight <= 1.0:
-            raise ValueError(f"--distill-weight must be in [0, 1], got {cfg.distill_weight}")
-    if cfg.teacher_views < 0 or (cfg.teacher_views and not cfg.teacher):
-        raise ValueError(f"--teacher-views needs a --teacher and must be >= 0, got {cfg.teacher_views}")
-    if not 0.0 <= cfg.view_mixup <= 1.0 or (cfg.view_mixup and not cfg.teacher_views):
-        raise ValueError(f"--view-mixup must be in [0, 1] and needs --teacher-views, got {cfg.view_mixup}")
+    if cfg.init_from:
+        _existing(cfg.init_from, "--init-from")
     if cfg.model == "faceres" and cfg.weights not in ("none", ""):
         from fer.backbones import BackboneWeightsError, faceres_weights_file
 
@@ -314,13 +321,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if len(y["train"]) == 0 or (len(y["val"]) == 0 and not cfg.refit):
         raise ValueError(f"{cfg.dataset}: empty train or validation split "
                          f"(train {len(y['train'])}, val {len(y['val'])}); adjust --val-fraction / subjects")
-    run_dir.mkdir(parents=True, exist_ok=True)  # once data and split are usable: a refused run leaves no folder
+    stage1_path, stage1_info = run_dir / STAGE1_FILE, run_dir / STAGE1_INFO
+    two_stage = cfg.model in ("resnet50", "faceres") and cfg.fine_tune_epochs > 0
+    input_shape = (cfg.image_size, cfg.image_size, 1)
+    model = None
+    if not (two_stage and stage1_path.exists()):
+        # Built before anything is written: a model, warm start or teacher this run cannot use leaves no files.
+        model = _new_model(cfg, input_shape)
+    if cfg.teacher:
+        from fer.distill import load_teacher
+
+        load_teacher(cfg.teacher, input_shape[:2])
+    run_dir.mkdir(parents=True, exist_ok=True)  # once data, split and model are usable: a refused run leaves no folder
     write_json(run_dir / "data_report.json", data.report() | {
         "split_counts": {str(s): int(c) for s, c in zip(*np.unique(splits, return_counts=True))}})
     write_split_csv(run_dir / "split.csv", data, splits)
     log.info("split: train %d, val %d, test %d", len(y["train"]), len(y["val"]), len(y["test"]))
 
-    input_shape = (cfg.image_size, cfg.image_size, 1)
     config_out = to_dict(cfg) | {"class_names": list(EMOTIONS), "input_shape": list(input_shape),
                                  "built_with": model_kwargs(cfg),  # the builder's arguments after defaults
                                  "face_margin": FACE_MARGIN, "keras_version": keras.__version__}
@@ -347,8 +364,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     val_ds = None if cfg.refit else make_dataset(x["val"], targets["val"], cfg.batch_size)
     weights = class_weights(y["train"], NUM_CLASSES) if cfg.class_weighting else None
 
-    stage1_path, stage1_info = run_dir / STAGE1_FILE, run_dir / STAGE1_INFO
-    two_stage = cfg.model in ("resnet50", "faceres") and cfg.fine_tune_epochs > 0
     if not (run_dir / "checkpoints").exists() and not stage1_path.exists():
         # Nothing to resume: a fresh run must not append to the curves of an earlier run in this folder.
         (run_dir / "history.csv").unlink(missing_ok=True)
@@ -357,13 +372,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = keras.models.load_model(stage1_path)
         done = int(read_json(stage1_info)["epochs"])
     else:
-        kwargs = model_kwargs(cfg)
-        if cfg.init_from and cfg.model == "faceres":
-            kwargs["weights"] = None  # the warm start brings every weight: no need for the converted backbone
-        model = build_model(cfg.model, input_shape, NUM_CLASSES, **kwargs)
-        if cfg.init_from:
-            log.info("warm start from %s", cfg.init_from)
-            copy_weights(keras.models.load_model(cfg.init_from, compile=False), model)
         compile_model(model, learning_rate(cfg, cfg.learning_rate, len(train_ds), cfg.epochs), cfg.label_smoothing,
                       soft_targets=bool(cfg.teacher))
         history = _fit(model, cfg, run_dir, train_ds, val_ds, weights, cfg.epochs)
@@ -402,6 +410,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     (run_dir / BANK_FILE).unlink(missing_ok=True)  # only needed to resume; hundreds of MB for FER2013
     print(f"run folder: {run_dir}")
     return metrics
+
+
+def _new_model(cfg: TrainConfig, input_shape: tuple[int, int, int]):
+    """The run's model before training: built from the recipe, with the --init-from weights if given."""
+    import keras
+
+    from fer.models import build_model
+
+    kwargs = model_kwargs(cfg)
+    if cfg.init_from and cfg.model == "faceres":
+        kwargs["weights"] = None  # the warm start brings every weight: no need for the converted backbone
+    model = build_model(cfg.model, input_shape, NUM_CLASSES, **kwargs)
+    if cfg.init_from:
+        log.info("warm start from %s", cfg.init_from)
+        copy_weights(keras.models.load_model(cfg.init_from, compile=False), model)
+    return model
 
 
 def _existing(path: str, flag: str = "--weights") -> Path:

@@ -73,10 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:  # normalised features are ~N(0, 1): a usable stand-in when no data is at hand
         note = "; int8 is calibrated on random normal features" if "int8" in args.modes else ""
         print(f"warning: the model's training clips were not found (give --data-dir){note}", file=sys.stderr)
+        representative = rng.standard_normal((REPRESENTATIVE_CLIPS, *predictor.model.input_shape[1:]), np.float32)
     if test is None:
         print("warning: the model's test clips were not found: the exports' accuracy is not measured", file=sys.stderr)
-        representative = rng.standard_normal((REPRESENTATIVE_CLIPS, *predictor.model.input_shape[1:]), np.float32)
-    export_model_dir(predictor.model, predictor.model_dir, args.modes, representative, test)
+    split = f"the run's test split ({len(test[1])} clips found)" if test is not None else ""
+    export_model_dir(predictor.model, predictor.model_dir, args.modes, representative, test, split)
     return 0
 
 

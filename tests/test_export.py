@@ -58,6 +58,22 @@ def test_ser_export_cli_writes_files_report_and_predicts(tmp_path, capfd):
     for entry in report["exports"].values():
         assert (run / entry["file"]).stat().st_size > 10_000
         assert 0.0 <= entry["accuracy"] <= 1.0 and entry["agreement_with_keras"] >= 0.5
+    assert report["split"] == f"the run's test split ({report['test_n']} clips found)"  # every number names its split
+
+    # A data folder with the test actors only: int8 is calibrated on stand-in features, accuracy still measured
+    # (this combination used to end in an UnboundLocalError).
+    import shutil
+
+    import pandas as pd
+
+    split = pd.read_csv(run / "split.csv")
+    test_only = tmp_path / "test_only" / "ravdess"
+    for actor in {f.split("/")[1] for f in split.loc[split["split"] == "test", "file"]}:
+        shutil.copytree(tmp_path / "data" / "ravdess" / actor, test_only / actor)
+    assert export.main(["--model-dir", str(run), "--data-dir", str(test_only.parent)]) == 0
+    err = capfd.readouterr().err
+    assert "training clips were not found" in err and "accuracy is not measured" not in err
+    assert json.loads((run / "export.json").read_text())["test_n"] == report["test_n"]
     clip = next((tmp_path / "data" / "ravdess" / "Actor_01").iterdir())
     assert predict.main(["--model-dir", str(run), "--tflite", "float16", "--json", str(clip)]) == 0
     tflite = capfd.readouterr()

@@ -436,8 +436,43 @@ def test_a_missing_teacher_or_bad_weight_fails_before_loading_data(tmp_path, cap
     assert "absent.keras: no such file" in capsys.readouterr().err
     teacher = tmp_path / "t.keras"
     teacher.write_bytes(b"")
-    assert fer_train.main([*missing, "--teacher", str(teacher), "--distill-weight", "1.5"]) == 2
-    assert "--distill-weight must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        fer_train.main([*missing, "--teacher", str(teacher), "--distill-weight", "1.5"])
+    assert exit_.value.code == 2 and "--distill-weight must be from 0 to 1, got 1.5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--filters", "0,-1"], "--filters must be comma-separated positive integers"),
+    (["--filters", "8,x"], "--filters must be comma-separated positive integers"),
+    (["--erasing", "2"], "--erasing must be from 0 to 1, got 2.0"),
+    (["--shift", "1"], "--shift must be from 0 to below 1"),
+    (["--teacher-views", "-1"], "--teacher-views must be >= 0"),
+    (["--view-mixup", "0.5"], "--view-mixup needs --teacher-views"),
+])
+def test_unusable_augmentation_or_architecture_options_name_the_flag_before_the_data_loads(option, message,
+                                                                                            tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:  # was a raw Keras error after the data loaded and config.json was written
+        fer_train.main(["--model", "tiny", "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r"),
+                        *option])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_teacher_or_warm_start_this_model_cannot_use_is_refused_without_leaving_a_run_folder(fer_data, tmp_path,
+                                                                                               capsys):
+    from fer.models import build_tiny
+
+    other_size = tmp_path / "teacher32.keras"
+    build_tiny(input_shape=(32, 32, 1), filters=(4, 8)).save(other_size)
+    run = tmp_path / "run"
+    base = ["--model", "tiny", "--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "1",
+            "--output", str(run), "--filters", "4,8"]
+    assert fer_train.main([*base, "--teacher", str(other_size)]) == 2
+    assert "the faces here are (48, 48, 1)" in capsys.readouterr().err
+    assert not run.exists()  # it used to hold config.json, split.csv and data_report.json
+    assert fer_train.main([*base, "--model", "cnn", "--init-from", str(other_size)]) == 2
+    assert "--init-from" in capsys.readouterr().err
+    assert not run.exists()
 
 
 def test_warm_start_carries_weights_across_input_sizes_and_refuses_other_architectures():

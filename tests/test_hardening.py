@@ -641,7 +641,13 @@ def test_fer_export_checks_accuracy_on_the_runs_own_test_split(capped_fer_run, c
 
     run, data = capped_fer_run
     assert export.main(["--model-dir", str(run), "--data-dir", str(data), "--modes", "float16"]) == 0
-    assert json.loads((run / "export.json").read_text())["test_n"] == len(_run_test_split(run, data))
+    report = json.loads((run / "export.json").read_text())
+    n = len(_run_test_split(run, data))
+    assert report["test_n"] == n and report["split"] == f"the run's test split of fer2013 (all {n} faces)"
+    assert export.main(["--model-dir", str(run), "--data-dir", str(data), "--modes", "float16", "--max-test", "2"]) == 0
+    assert json.loads((run / "export.json").read_text())["split"] == (
+        f"the run's test split of fer2013 (2 of its {n} faces, drawn with seed "
+        f"{json.loads((run / 'config.json').read_text())['seed']})")
     capsys.readouterr()
 
 
