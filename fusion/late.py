@@ -343,9 +343,26 @@ def fit_weights(probs: Sequence[dict[str, np.ndarray | None]], y_true: Sequence[
     return {"audio": round(w, 4), "face": round(1.0 - w, 4)}, float(scores_arr.max()), list(zip(grid.tolist(), scores))
 
 
+def alone_where_present(probs: Sequence[dict[str, np.ndarray | None]], y_true: Sequence[int]) -> dict[str, Any]:
+    """Each modality scored on the clips that have it, by itself: ``fit_late_fusion``'s single-modality scores
+    let the other modality answer where one is missing (the fallback policy), so on clips without a face the
+    "face" score is the voice's."""
+    y_true = np.asarray(y_true, int)
+    out: dict[str, Any] = {}
+    for m in LATE_MODALITIES:
+        have = [i for i, p in enumerate(probs) if p.get(m) is not None]
+        pred = np.asarray([int(np.argmax(probs[i][m])) for i in have], int)
+        out[m] = {"clips": len(have),
+                  "f1_macro": float(compute_metrics(y_true[have], pred)["f1_macro"]) if have else None}
+    return out
+
+
 def fit_late_fusion(probs: Sequence[dict[str, np.ndarray | None]], y_true: Sequence[int], steps: int = GRID_STEPS,
                     rules: Sequence[str] = RULES, min_gain: float = 0.0) -> dict[str, Any]:
     """Weights and rule maximising validation macro-F1, never below the better single modality.
+
+    ``f1_macro_single_modality`` scores each modality at weight 1, the other filling in where it is missing (what
+    a fallback deploys); ``alone_where_present`` scores each by itself on the clips that have it.
 
     Every rule's audio weight is searched on a grid (ties broken by the lower log-loss, then the more even
     split). A mix is kept only if it beats the better modality alone by more than ``min_gain`` on these clips;
@@ -376,6 +393,7 @@ def fit_late_fusion(probs: Sequence[dict[str, np.ndarray | None]], y_true: Seque
     return {"weights": weights, "rule": rule, "f1_macro": float(score), "fallback": bool(fallback),
             "fallback_to": best_single if fallback else None, "min_gain": min_gain,
             "f1_macro_single_modality": {m: float(s[0]) for m, s in single.items()},
+            "alone_where_present": alone_where_present(probs, y_true),
             "best_mix": None if top is None else {"f1_macro": float(top[0]), "rule": top[3], "weights": top[4]},
             "grid": {rule: [[round(w, 4), round(f, 4), round(n, 4)] for w, f, n in c] for rule, c in curves.items()},
             "clips": int(len(y_true))}
@@ -476,13 +494,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = LateFusionConfig(fit["weights"], fit["rule"])
     metrics = write_report(out, kept, [int(np.argmax(chosen.fuse(p))) for p in probs], prefix="late_", extra={
         "split": args.split, "weights": fit["weights"], "rule": fit["rule"], "fallback": fit["fallback"],
-        "f1_macro_single_modality": fit["f1_macro_single_modality"], "skipped": len(skipped)})
+        "f1_macro_single_modality": fit["f1_macro_single_modality"], "alone_where_present": fit["alone_where_present"],
+        "skipped": len(skipped)})
     path = write_late_fusion(out, fit, fitted_on=f"{args.split} clips ({args.split_csv or args.corpus})",
                              ser_model_dir=late.ser.model_dir, fer_model_dir=late.fer.model_dir,
                              extra={"skipped": skipped, "fps": args.fps, "detector": args.detector})
     note = f" (fallback to {fit['fallback_to']} alone: no mix beat it on {args.split})" if fit["fallback"] else ""
+    alone = ", ".join(f"{m} {a['f1_macro']:.3f} on {a['clips']}" if a["clips"] else f"{m}: no clip"
+                      for m, a in fit["alone_where_present"].items())
+    single = ", ".join(f"{m} {f:.3f}" for m, f in fit["f1_macro_single_modality"].items())
     print(f"weights {fit['weights']}, rule {fit['rule']}{note}; {args.split}: {format_summary(metrics)}; "
-          f"single modality macro-F1 {fit['f1_macro_single_modality']}; wrote {path}")
+          f"single modality macro-F1 {single} (the other modality answering where one is missing); by itself on "
+          f"the clips that have it: {alone}; wrote {path}")
     return 0
 
 

@@ -169,6 +169,14 @@ def test_fitting_never_scores_below_the_better_modality_and_falls_back_to_it():
     expected = a ** 0.7 * f ** 0.3
     np.testing.assert_allclose(fuse(both[0], {"audio": 0.7, "face": 0.3}, "product"), expected / expected.sum(),
                                rtol=1e-6)
+    # Clips without a face: the face's single-modality score lets the voice answer there (the fallback policy);
+    # "alone_where_present" scores the face on its own clips only.
+    perfect = [{"audio": np.eye(7)[label], "face": np.eye(7)[(label + 1) % 7] if i % 2 else None}
+               for i, label in enumerate(y)]
+    gapped = fit_late_fusion(perfect, y)
+    assert gapped["f1_macro_single_modality"]["face"] > 0.3  # the voice's right answers on the faceless half
+    assert gapped["alone_where_present"]["face"] == {"clips": 70, "f1_macro": 0.0}
+    assert gapped["alone_where_present"]["audio"] == {"clips": 140, "f1_macro": 1.0}
     alone = both[0]["audio"]
     np.testing.assert_allclose(fuse({"audio": alone, "face": None}, {"audio": 0.7, "face": 0.3}, "product"), alone,
                                rtol=1e-6)
