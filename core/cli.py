@@ -130,6 +130,14 @@ class _QuietImport(importlib.abc.MetaPathFinder):
         return None
 
 
+class CLIParser(argparse.ArgumentParser):
+    """Every tool's parser: a bad value is one line naming the option and pointing to ``--help``, not the usage
+    of every option first (argparse's default)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     """``--verbose``: the switch :func:`quiet_tensorflow` looks for (added here so ``--help`` lists it)."""
     parser.add_argument(VERBOSE_FLAG, action="store_true", help=VERBOSE_HELP)

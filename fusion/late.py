@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from core.cli import add_verbose_flag, module_prog, progress, quiet_tensorflow, refuse_file_output
+from core.cli import CLIParser, add_verbose_flag, module_prog, progress, quiet_tensorflow, refuse_file_output
 from core.io import read_json, write_json
 from core.labels import EMOTIONS
 from core.reports import compute_metrics, format_summary, write_report
@@ -421,7 +421,7 @@ def _validation_clips(args: argparse.Namespace) -> tuple[list[str], np.ndarray]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=module_prog(__name__),
+    parser = CLIParser(prog=module_prog(__name__),
                                      description="Fit late-fusion weights of saved SER and FER models on "
                                                  "validation videos (grid search maximising macro-F1).")
     parser.add_argument("--ser-model-dir", default=None, help="SER run folder (default: saved_models/ser)")

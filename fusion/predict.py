@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.cli import add_verbose_flag, echo, module_prog, path_arg, progress, quiet_tensorflow
+from core.cli import CLIParser, add_verbose_flag, echo, module_prog, path_arg, progress, quiet_tensorflow
 from core.io import load_keras_model, read_model_config
 from core.labels import EMOTIONS
 from core.media_types import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
@@ -238,7 +238,7 @@ def format_text(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=module_prog(__name__),
+    parser = CLIParser(prog=module_prog(__name__),
                                      description="Emotion of video clips (or audio files) from speech and faces.")
     parser.add_argument("paths", nargs="+", type=path_arg, metavar="CLIP",
                         help="video or audio files, or folders of them")

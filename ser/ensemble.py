@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from core.cli import add_verbose_flag, module_prog, path_arg, quiet_tensorflow, refuse_file_output, refuse_missing_dir
+from core.cli import CLIParser, add_verbose_flag, module_prog, path_arg, quiet_tensorflow, refuse_file_output, refuse_missing_dir
 from core.ensemble import check_member_count
 from core.io import read_json, save_model, write_json
 from core.reports import format_summary, write_report
@@ -91,7 +91,7 @@ def write_member_ensemble(runs: Sequence[Path], out: Path) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=module_prog(__name__),
+    parser = CLIParser(prog=module_prog(__name__),
                                      description="Average trained SER runs (same test clips) into one model folder.")
     parser.add_argument("runs", nargs="+", type=path_arg,
                         help="run folders written by ser.train that hold out the same test clips (training data may "

@@ -12,14 +12,14 @@ from typing import Sequence
 
 import numpy as np
 
-from core.cli import add_verbose_flag, module_prog, quiet_tensorflow, refuse_file_output
+from core.cli import CLIParser, add_verbose_flag, module_prog, quiet_tensorflow, refuse_file_output
 from core.io import write_json
 from core.labels import EMOTION_INDEX
 from core.reports import format_summary, write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=module_prog(__name__),
+    parser = CLIParser(prog=module_prog(__name__),
                                      description="Evaluate a speech emotion model on labelled corpora.")
     parser.add_argument("--model-dir", default=None, help="trained run folder (default: saved_models/ser)")
     parser.add_argument("--corpora", default="ravdess,tess",

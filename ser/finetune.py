@@ -355,9 +355,9 @@ HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.cli import add_verbose_flag, module_prog
+    from core.cli import CLIParser, add_verbose_flag, module_prog
 
-    parser = argparse.ArgumentParser(prog=module_prog(__name__), description=__doc__.split("\n\n")[0])
+    parser = CLIParser(prog=module_prog(__name__), description=__doc__.split("\n\n")[0])
     add_verbose_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pack", help="log-mels + encoder weights in one small folder (run where the data is)")

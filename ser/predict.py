@@ -211,9 +211,9 @@ def expand_paths(paths: Sequence[str]) -> list[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.cli import add_verbose_flag, module_prog, path_arg
+    from core.cli import CLIParser, add_verbose_flag, module_prog, path_arg
 
-    parser = argparse.ArgumentParser(
+    parser = CLIParser(
         prog=module_prog(__name__), description="Predict the emotion of speech recordings.",
         epilog="exit status: 0 every file got an emotion; 1 some file was unreadable or held no speech; 2 usage error")
     parser.add_argument("paths", nargs="+", type=path_arg, help="audio files or folders (any common format)")

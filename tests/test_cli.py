@@ -69,6 +69,18 @@ def test_a_bad_value_is_one_line_not_the_whole_usage(capsys):
     assert err.count("\n") == 1 and "--epochs" in err and "--help` lists the options" in err, err
 
 
+@pytest.mark.parametrize("module", ["ser.predict", "fer.predict", "fusion.predict", "fusion.late", "ser.evaluate",
+                                    "ser.ensemble", "fer.ensemble", "ser.export", "fer.export", "fer.backbones",
+                                    "fer.train_gpu", "ser.finetune", "ser.whisper.silence", "webapp.__main__"])
+def test_every_tool_answers_a_bad_option_in_one_line(module, capsys):
+    main = __import__(module, fromlist=["main"]).main
+    with pytest.raises(SystemExit) as exit_info:  # before any model, corpus or file is touched
+        main(["--no-such-option", "x"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: " in err and "--help` lists the options" in err, err  # no usage first
+
+
 def test_advanced_names_must_be_fields():
     with pytest.raises(ValueError, match="mixupp"):
         config_parser(Recipe, "", HELP, advanced={"mixupp"})

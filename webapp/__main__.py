@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from core.cli import add_verbose_flag, quiet_tensorflow
+from core.cli import CLIParser, add_verbose_flag, quiet_tensorflow
 from core.config import add_dataclass_args, from_args
 from webapp.app import Settings, with_late_fusion_weights
 
@@ -123,7 +123,7 @@ def tls_problem(certfile: str | None, keyfile: str | None) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m webapp", description=__doc__)
+    parser = CLIParser(prog="python -m webapp", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=port_number, default=8000, help="TCP port (default: 8000)")
     parser.add_argument("--models", default=None, help="folder holding ser/, fer/, fusion/ (each model.keras + "

@@ -201,9 +201,9 @@ def load_reference(encoder_sha256: str) -> dict[str, np.ndarray] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.cli import add_verbose_flag, module_prog
+    from core.cli import CLIParser, add_verbose_flag, module_prog
 
-    parser = argparse.ArgumentParser(prog=module_prog("ser.whisper.silence"),
+    parser = CLIParser(prog=module_prog("ser.whisper.silence"),
                                      description="Build the padding reference of a Whisper encoder from clips of a "
                                                  "corpus (a maintainer's step: the result ships in ser/whisper/assets).")
     parser.add_argument("--data-dir", required=True, help="folder holding the corpus")
