@@ -101,7 +101,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, help_texts: d
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         kind = type(default)
         flag = "--" + field.name.replace("_", "-")
-        text = (field_help(field.name, help_texts) + " " + recipe_default_text(field.name, default, recipes)).strip()
+        own = field_help(field.name, help_texts)
+        # An option that is unset by default and whose help says what happens then needs no "(default: None)".
+        shown = "" if default is None and "default" in own else recipe_default_text(field.name, default, recipes)
+        text = (own + " " + shown).strip()
         target = group if field.name in advanced else parser
         if kind is bool:
             target.add_argument(flag, type=parse_bool, default=default, metavar="BOOL", help=text)

@@ -41,12 +41,22 @@ class EvaluateConfig:
     batch_size: int = 256
     slug: str | None = None
 
+    def validate(self) -> None:
+        """Choices no evaluation can use, refused before the model or any data loads."""
+        from fer.faces import DETECTORS
+
+        if self.split not in SPLIT_CHOICES:
+            raise ValueError(f"unknown --split {self.split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
+        if self.detector not in (*DETECTORS, "none"):
+            raise ValueError(f"unknown --detector {self.detector!r}; choose one of {', '.join(DETECTORS)}, none")
+
 
 HELP = {
     "batch_size": "faces per prediction batch (memory only; results do not change)",
     "model_dir": "trained run folder with model.keras (default saved_models/fer)",
     "dataset": "fer2013, jaffe or ckplus",
-    "data_dir": "corpus folder, a root holding it, or a fer2013.csv file",
+    "data_dir": "corpus folder, a root holding it, or a fer2013.csv file; default $EMOTION_DATA_DIR, else a "
+                "kagglehub download",
     "output": "folder for metrics.json, confusion_matrix.png, data_report.json, predictions.csv",
     "split": "all, or train / val / test as split by the model's training settings",
     "detector": "jaffe: face detector used to crop the photos (blazeface, blazeface-full, haar, mtcnn, none)",
@@ -70,8 +80,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     from fer.predict import FERPredictor
     from fer.train import held_out_split
 
-    if cfg.split not in SPLIT_CHOICES:
-        raise ValueError(f"unknown split {cfg.split!r}; choose one of {SPLIT_CHOICES}")
+    cfg.validate()  # also when called without the CLI
     predictor = FERPredictor(cfg.model_dir)
     train_cfg = predictor.config
     if cfg.split == "val" and train_cfg.get("refit"):

@@ -87,6 +87,10 @@ class TrainConfig:
             raise ValueError(f"unknown --dataset {self.dataset!r}; choose one of {', '.join(CORPORA)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown --schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        from fer.faces import DETECTORS
+
+        if self.detector not in (*DETECTORS, "none"):
+            raise ValueError(f"unknown --detector {self.detector!r}; choose one of {', '.join(DETECTORS)}, none")
         if self.model in ("faceres", "resnet50") and 0 < self.base_size < 32:
             raise ValueError(f"--base-size must be 0 (the model's own size) or at least 32 for --model {self.model}, "
                              f"got {self.base_size}")

@@ -52,7 +52,7 @@ class TTAConfig:
 HELP = {
     "batch_size": "faces per prediction batch (memory only; results do not change)",
     "model_dir": "a finished fer.train run folder (model.keras, config.json)",
-    "data_dir": "the corpus the run was trained on (as for fer.train)",
+    "data_dir": "the corpus the run was trained on (as for fer.train); default the run's own --data-dir",
     "min_gain": "keep test-time averaging only when it raises validation accuracy by more than this (-1 to 1; "
                 "-1 keeps it whatever validation says)",
     "shift": "also try averaging 5 crops (centre, and moved this many pixels left/right/up/down) of both flips; "

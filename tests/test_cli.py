@@ -81,6 +81,17 @@ def test_every_tool_answers_a_bad_option_in_one_line(module, capsys):
     assert err.count("\n") == 1 and "error: " in err and "--help` lists the options" in err, err  # no usage first
 
 
+def test_an_unset_option_whose_help_names_its_default_shows_no_default_none():
+    from fer.evaluate import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "model.keras (default saved_models/fer) --dataset" in text  # was "... saved_models/fer) (default: None)"
+    assert "(default: None)" not in text
+    for module in ("fer.tta", "ser.train", "fer.train"):  # nor anywhere else
+        parser = __import__(module, fromlist=["build_parser"]).build_parser()
+        assert "(default: None)" not in " ".join(parser.format_help().split()), module
+
+
 def test_advanced_names_must_be_fields():
     with pytest.raises(ValueError, match="mixupp"):
         config_parser(Recipe, "", HELP, advanced={"mixupp"})
