@@ -131,15 +131,42 @@ def _one_view(teacher, images: np.ndarray, one_hot: np.ndarray, weight: float, a
     return faces, targets
 
 
-def view_dataset(bank: np.ndarray, targets: np.ndarray, batch_size: int, seed: int = 42):
+class EpochClock:
+    """The epoch ``fit`` is in (a Keras callback's ``on_epoch_begin`` sets it; absolute, so also after a resume)."""
+
+    def __init__(self) -> None:
+        self.epoch: int | None = None
+
+    def callback(self):
+        import keras
+
+        clock = self
+
+        class Tick(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                clock.epoch = epoch
+
+        return Tick()
+
+
+def view_dataset(bank: np.ndarray, targets: np.ndarray, batch_size: int, seed: int = 42,
+                 clock: EpochClock | None = None):
     """tf.data over one epoch: every face once, in a new order, as one of its views drawn at random and mirrored
-    half of the time (float32 0..255 (n, h, w, 1), target vector). Each pass over the dataset is a new epoch."""
+    half of the time (float32 0..255 (n, h, w, 1), target vector). Each pass over the dataset is a new epoch.
+
+    Epoch e's order, views and mirrors come from ``(seed, e)`` alone, e counting passes or, with ``clock`` (add
+    ``clock.callback()`` to ``fit``), read from it: a resumed run sees exactly the batches an uninterrupted one
+    would have seen."""
+    import itertools
+
     import tensorflow as tf
 
     views, n = targets.shape[:2]
-    rng = np.random.default_rng(seed)
+    passes = itertools.count()
 
     def epoch():
+        count = next(passes)
+        rng = np.random.default_rng([seed, clock.epoch if clock is not None and clock.epoch is not None else count])
         order = rng.permutation(n)
         picks = rng.integers(0, views, n)
         flips = rng.random(n) < 0.5

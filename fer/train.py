@@ -23,7 +23,7 @@ from core.config import apply_recipe, config_parser, parse_config, to_dict, vali
 from core.datasets import DatasetNotFoundError
 from core.io import atomic_write, config_kind, read_json, save_model, write_json
 from core.labels import EMOTIONS, NUM_CLASSES
-from fer.distill import BANK_FILE, distill_targets, view_bank, view_dataset
+from fer.distill import BANK_FILE, EpochClock, distill_targets, view_bank, view_dataset
 
 log = logging.getLogger("fer.train")
 
@@ -250,12 +250,13 @@ def learning_rate(cfg: TrainConfig, base: float, steps_per_epoch: int, epochs: i
     return schedule_rate(cfg.schedule, base, epochs * steps_per_epoch)
 
 
-def _fit(model, cfg: TrainConfig, run_dir: Path, train_ds, val_ds, weights, epochs: int, initial_epoch: int = 0):
+def _fit(model, cfg: TrainConfig, run_dir: Path, train_ds, val_ds, weights, epochs: int, initial_epoch: int = 0,
+         extra_callbacks: Sequence = ()):
     from core.training import make_callbacks
 
     callbacks = make_callbacks(run_dir, patience=cfg.patience, lr_patience=cfg.lr_patience, monitor="val_accuracy",
                                reduce_lr=cfg.schedule == "plateau", validation=val_ds is not None,
-                               first_epoch=initial_epoch)
+                               first_epoch=initial_epoch) + list(extra_callbacks)
     return model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
                      class_weight=weights, callbacks=callbacks, shuffle=False, verbose=2)  # tf.data shuffles
 
@@ -352,11 +353,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     augmenter = augmenter_for(cfg.seed)
     targets = {s: y[s] for s in ("train", "val")}
+    extra_callbacks: list = []
     if cfg.teacher_views:  # the augmentation is in the views, each with the teacher's answer for it
         bank, bank_targets = view_bank(cfg.teacher, x["train"], y["train"], cfg.teacher_views, cfg.distill_weight,
                                        cfg.label_smoothing, lambda v: augmenter_for(cfg.seed + v), cfg.view_mixup,
                                        cfg.seed, cache=run_dir / BANK_FILE)
-        train_ds = view_dataset(bank, bank_targets, cfg.batch_size, cfg.seed)
+        clock = EpochClock()  # the views' epoch order follows fit's epoch, so a resume continues it exactly
+        train_ds = view_dataset(bank, bank_targets, cfg.batch_size, cfg.seed, clock)
+        extra_callbacks = [clock.callback()]
         targets = {"val": np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]}
     else:
         if cfg.teacher:  # soft targets: one-hot for validation too, so loss and accuracy read the same shapes
@@ -378,7 +382,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     else:
         compile_model(model, learning_rate(cfg, cfg.learning_rate, len(train_ds), cfg.epochs), cfg.label_smoothing,
                       soft_targets=bool(cfg.teacher))
-        history = _fit(model, cfg, run_dir, train_ds, val_ds, weights, cfg.epochs)
+        history = _fit(model, cfg, run_dir, train_ds, val_ds, weights, cfg.epochs, extra_callbacks=extra_callbacks)
         # Absolute epoch numbers (a resumed fit starts at the restored epoch); early stopping may end sooner.
         done = max(history.epoch) + 1 if history.epoch else cfg.epochs
         model = _best_or(model, run_dir)
@@ -390,7 +394,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log.info("stage 2: %d base layers unfrozen, learning rate %g", n, cfg.fine_tune_lr)
         compile_model(model, learning_rate(cfg, cfg.fine_tune_lr, len(train_ds), cfg.fine_tune_epochs),
                       cfg.label_smoothing, soft_targets=bool(cfg.teacher))
-        _fit(model, cfg, run_dir, train_ds, val_ds, weights, done + cfg.fine_tune_epochs, initial_epoch=done)
+        _fit(model, cfg, run_dir, train_ds, val_ds, weights, done + cfg.fine_tune_epochs, initial_epoch=done,
+             extra_callbacks=extra_callbacks)
         model = _best_or(model, run_dir)
 
     save_model(inference_model(model), run_dir / "model.keras")

@@ -121,6 +121,25 @@ def test_an_epoch_shows_every_face_once_as_one_of_its_views_with_that_views_targ
     assert len(set(picked_views)) > 1 and 0 < flipped < 18
 
 
+def test_a_resumed_fit_sees_the_views_an_uninterrupted_one_sees_at_that_epoch():
+    rng = np.random.default_rng(3)
+    bank = rng.integers(0, 256, (3, 10, 5, 5)).astype(np.uint8)
+    targets = rng.dirichlet(np.ones(7), (3, 10)).astype(np.float32)
+
+    def batches(ds):
+        return [(x.numpy(), y.numpy()) for x, y in ds]
+
+    uninterrupted = distill.view_dataset(bank, targets, batch_size=4, seed=1)
+    passes = [batches(uninterrupted) for _ in range(4)]
+    assert not np.array_equal(passes[2][0][1], passes[3][0][1])  # each epoch is a new draw
+    clock = distill.EpochClock()
+    resumed = distill.view_dataset(bank, targets, batch_size=4, seed=1, clock=clock)
+    clock.callback().on_epoch_begin(3)  # fit's first epoch after resuming at epoch 3
+    for (x, y), (x_ref, y_ref) in zip(batches(resumed), passes[3]):
+        np.testing.assert_array_equal(x, x_ref)
+        np.testing.assert_array_equal(y, y_ref)
+
+
 def test_train_with_teacher_views_runs_end_to_end_and_removes_its_bank(teacher_file, tmp_path):
     data = tmp_path / "data"
     write_fer2013_csv(data / "fer2013" / "fer2013.csv", per_class=4)
@@ -137,15 +156,16 @@ def test_train_with_teacher_views_runs_end_to_end_and_removes_its_bank(teacher_f
 
 @pytest.mark.parametrize("extra, message", [
     (["--teacher-views", "2"], "--teacher-views needs a --teacher"),
-    (["--teacher", "T", "--teacher-views", "-1"], "--teacher-views needs a --teacher and must be >= 0"),
-    (["--teacher", "T", "--view-mixup", "0.5"], "--view-mixup must be in [0, 1] and needs --teacher-views"),
-    (["--teacher", "T", "--teacher-views", "2", "--view-mixup", "2"], "--view-mixup must be in [0, 1]"),
+    (["--teacher", "T", "--teacher-views", "-1"], "--teacher-views must be >= 0, got -1"),
+    (["--teacher", "T", "--view-mixup", "0.5"], "--view-mixup needs --teacher-views"),
+    (["--teacher", "T", "--teacher-views", "2", "--view-mixup", "2"], "--view-mixup must be from 0 to 1, got 2.0"),
 ])
 def test_bad_view_settings_fail_before_loading_data(tmp_path, capsys, extra, message):
     teacher = tmp_path / "t.keras"
     teacher.write_bytes(b"")
     extra = [str(teacher) if a == "T" else a for a in extra]
     args = ["--model", "tiny", "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r"), *extra]
-    assert fer_train.main(args) == 2
-    assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused while parsing, one line
+        fer_train.main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
