@@ -45,7 +45,8 @@ def split_text(sets: dict, predictor) -> str:
     """How export.json names the faces its accuracies were measured on."""
     n, total = len(sets["test"][1]), sets["test_total"]
     corpus = predictor.config.get("dataset", "the corpus")
-    drawn = f"{n} of its {total} faces, drawn with seed {predictor.config.get('seed', 42)}" if n < total else f"all {n} faces"
+    seed = predictor.config.get("seed", 42)
+    drawn = f"{n} of its {total} faces, drawn with seed {seed}" if n < total else f"all {n} faces"
     return f"the run's test split of {corpus} ({drawn})"
 
 

@@ -211,7 +211,7 @@ def _format_faces(path: Path, faces: list[dict[str, Any]]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CLIParser(prog=module_prog(__name__),
-                                     description="Facial expression of every face in images (files or folders).")
+                       description="Facial expression of every face in images (files or folders).")
     parser.add_argument("paths", nargs="+", type=path_arg, help="image files or folders (searched recursively)")
     parser.add_argument("--model-dir", default=None, help=f"trained run folder (default: {DEFAULT_MODEL_DIR})")
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,

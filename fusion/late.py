@@ -422,8 +422,8 @@ def _validation_clips(args: argparse.Namespace) -> tuple[list[str], np.ndarray]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CLIParser(prog=module_prog(__name__),
-                                     description="Fit late-fusion weights of saved SER and FER models on "
-                                                 "validation videos (grid search maximising macro-F1).")
+                       description="Fit late-fusion weights of saved SER and FER models on "
+                                   "validation videos (grid search maximising macro-F1).")
     parser.add_argument("--ser-model-dir", default=None, help="SER run folder (default: saved_models/ser)")
     parser.add_argument("--fer-model-dir", default=None, help="FER run folder (default: saved_models/fer)")
     parser.add_argument("--split-csv", default=None, help="split.csv of a fusion.train run (path,label,split)")

@@ -239,7 +239,7 @@ def format_text(result: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CLIParser(prog=module_prog(__name__),
-                                     description="Emotion of video clips (or audio files) from speech and faces.")
+                       description="Emotion of video clips (or audio files) from speech and faces.")
     parser.add_argument("paths", nargs="+", type=path_arg, metavar="CLIP",
                         help="video or audio files, or folders of them")
     parser.add_argument("--mode", choices=MODES, default="auto",

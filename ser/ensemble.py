@@ -92,7 +92,7 @@ def write_member_ensemble(runs: Sequence[Path], out: Path) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CLIParser(prog=module_prog(__name__),
-                                     description="Average trained SER runs (same test clips) into one model folder.")
+                       description="Average trained SER runs (same test clips) into one model folder.")
     parser.add_argument("runs", nargs="+", type=path_arg,
                         help="run folders written by ser.train that hold out the same test clips (training data may "
                              "differ)")

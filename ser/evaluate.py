@@ -20,7 +20,7 @@ from core.reports import format_summary, write_report
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CLIParser(prog=module_prog(__name__),
-                                     description="Evaluate a speech emotion model on labelled corpora.")
+                       description="Evaluate a speech emotion model on labelled corpora.")
     parser.add_argument("--model-dir", default=None, help="trained run folder (default: saved_models/ser)")
     parser.add_argument("--corpora", default="ravdess,tess",
                         help="comma-separated: ravdess, crema_d, tess, savee (default: %(default)s)")

@@ -204,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     from core.cli import CLIParser, add_verbose_flag, module_prog
 
     parser = CLIParser(prog=module_prog("ser.whisper.silence"),
-                                     description="Build the padding reference of a Whisper encoder from clips of a "
-                                                 "corpus (a maintainer's step: the result ships in ser/whisper/assets).")
+                       description="Build the padding reference of a Whisper encoder from clips of a "
+                                   "corpus (a maintainer's step: the result ships in ser/whisper/assets).")
     parser.add_argument("--data-dir", required=True, help="folder holding the corpus")
     parser.add_argument("--corpus", default="tess", help="corpus whose clips make the reference (default tess: "
                         "no RAVDESS speaker, so no RAVDESS fold sees its own voices)")
