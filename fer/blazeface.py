@@ -193,10 +193,11 @@ class BlazeFace:
         with _without_delegate_notice():  # the first run builds XNNPACK's plan (and may print its notice)
             self.detect(np.zeros((size, size, 3), np.uint8))
 
-    def detect(self, rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    def detect(self, rgb: np.ndarray, min_score: float | None = None) -> list[tuple[np.ndarray, np.ndarray, float]]:
         """Faces in an RGB uint8 image: (box x0, y0, x1, y1; keypoints (6, 2) x, y; score), in image pixels.
 
         The image is letterboxed (padded to a square, as MediaPipe does) and resized to the model's input.
+        ``min_score``: this call's threshold instead of the model's ``min_score``.
         """
         height, width = rgb.shape[:2]
         size = self.spec.input_size
@@ -212,7 +213,8 @@ class BlazeFace:
             self.interpreter.invoke()
             raw_boxes = self.interpreter.get_tensor(self.boxes_index)[0]
             raw_scores = self.interpreter.get_tensor(self.scores_index)[0]
-        boxes, keypoints, scores = decode(raw_boxes, raw_scores, self.anchors, size, self.min_score)
+        boxes, keypoints, scores = decode(raw_boxes, raw_scores, self.anchors, size,
+                                         self.min_score if min_score is None else min_score)
         # input-relative [0, 1] -> image pixels: undo the letterbox offset, then the scale
         factor = size / scale
         shift = np.array([off_x, off_y], np.float32) / size

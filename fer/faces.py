@@ -45,6 +45,14 @@ BLAZEFACE_MIN_SCORE = {"short": 0.6, "full": 0.5}
 MERGE_IOU = 0.3  # blazeface-full: a face found by both models is kept once (the higher score)
 REFINE_SIZE, REFINE_MARGIN = 128, 1.0  # the second look at a face: its upright crop, the face about 60 % of it
 FACE_SIZE = 48
+# A small image that is to be read whole as one face crop (fer.predict) is first shown to BlazeFace at
+# CROP_CHECK_SIDE px in the middle of its 128 px input, borders replicated: letterboxed whole (the face filling
+# the input) it misses 20 % of FER2013's crops. runs exp39 (docs/fer.md): a score of at least
+# CROP_FACE_MIN_SCORE kept 98.7 % of 1000 FER2013 validation crops, all 927 CK+48 crops and 2.6 % of
+# 500 non-face patches (skimage's textures and objects, pixel noise).
+CROP_CHECK_SIDE = 64
+CROP_FACE_MIN_SCORE = 0.3
+CROP_SCORE_FLOOR = 0.1  # scores below this read as 0.0: far from the threshold, and each one costs NMS time
 FACE_MARGIN = 0.2
 # Aligned crops (align_face): where FER2013 has its faces. Medians of BlazeFace's landmarks on 1466 random
 # FER2013 training images (48x48): eye midpoint at x 0.50, y 0.395 of the side; eye centres 0.367 of the side
@@ -424,6 +432,25 @@ def detect_and_align(image: np.ndarray, method: str = DEFAULT_DETECTOR, size: in
         return [], np.zeros((0, size, size), np.uint8)
     gray = to_gray(image)  # once per frame, not once per face
     return faces, np.stack([align_face(gray, face, size=size, margin=margin) for face in faces])
+
+
+def crop_face_score(image: np.ndarray) -> float:
+    """How much an image looks like one face crop (FER2013-style, the face filling it): the best BlazeFace score
+    (0..1) of a face covering the image's centre, with the image shown as ``CROP_CHECK_SIDE`` describes; 0.0
+    when BlazeFace sees nothing there scoring at least ``CROP_SCORE_FLOOR``. ``image``: gray or BGR, as ``detect_faces`` takes."""
+    gray = to_gray(image)
+    small = cv2.resize(gray, (CROP_CHECK_SIDE, CROP_CHECK_SIDE),
+                       interpolation=cv2.INTER_AREA if max(gray.shape) > CROP_CHECK_SIDE else cv2.INTER_LINEAR)
+    detector = _blazeface("short")
+    size = detector.spec.input_size
+    before = (size - CROP_CHECK_SIDE) // 2
+    after = size - CROP_CHECK_SIDE - before
+    framed = cv2.copyMakeBorder(small, before, after, before, after, cv2.BORDER_REPLICATE)
+    centre = size / 2.0
+    scores = [score for (x0, y0, x1, y1), _, score in detector.detect(cv2.cvtColor(framed, cv2.COLOR_GRAY2RGB),
+                                                                      min_score=CROP_SCORE_FLOOR)
+              if x0 <= centre <= x1 and y0 <= centre <= y1]
+    return float(max(scores, default=0.0))
 
 
 def draw_faces(image: np.ndarray, faces: Sequence[dict], color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:

@@ -85,12 +85,29 @@ def test_a_small_image_is_read_whole_as_one_face_crop(predictor, model_dir, imag
     assert only["box"] == [0, 0, 48, 48] and only["label"] == predictor.predict_face(crop)["label"]
     assert only["probabilities"] == predictor.predict_face(crop)["probabilities"]
     side = fer_predict.CROPPED_FACE_SIDE
-    textured = np.random.default_rng(0).integers(0, 256, (side, side - 10, 3), dtype=np.uint8)
-    assert len(predictor.predict_image(textured)) == 1
     assert predictor.predict_image(np.full((side + 1, side + 1, 3), 200, np.uint8)) == []  # searched: no face
     assert fer_predict.main([str(images / "crops"), "--json", "--model-dir", str(model_dir)]) == 0
     lines = _json_lines(capsys.readouterr().out)
     assert [line["faces"][0]["box"] for line in lines] == [[0, 0, 48, 48]] * 2
+
+
+def test_a_small_picture_of_no_face_has_no_face(predictor, model_dir, images, tmp_path, capsys):
+    """Read whole only when it looks like a face: noise and a brick wall do not; the astronaut's face does."""
+    from skimage import data
+
+    side = fer_predict.CROPPED_FACE_SIDE
+    noise = np.random.default_rng(0).integers(0, 256, (side, side - 10, 3), dtype=np.uint8)
+    bricks = data.brick()[100:190, 200:290]
+    assert predictor.predict_image(noise) == [] and predictor.predict_image(bricks) == []
+    face_crop = cv2.resize(cv2.imread(str(images / "astronaut.jpg"), cv2.IMREAD_GRAYSCALE)[30:230, 130:310], (64, 64))
+    (only,) = predictor.predict_image(face_crop)
+    assert only["box"] == [0, 0, 64, 64]
+    cv2.imwrite(str(tmp_path / "bricks.png"), bricks)
+    assert fer_predict.main([str(tmp_path / "bricks.png"), "--json", "--model-dir", str(model_dir)]) == 0
+    out = capsys.readouterr()
+    assert _json_lines(out.out)[0]["faces"] == [] and "--no-detect reads it whole" in out.err
+    assert fer_predict.main([str(tmp_path / "bricks.png"), "--json", "--no-detect", "--model-dir", str(model_dir)]) == 0
+    assert _json_lines(capsys.readouterr().out)[0]["label"] in EMOTIONS  # asked to: read whole, unchecked
 
 
 def test_a_small_blank_image_has_no_face(predictor, model_dir, tmp_path, capsys):
@@ -98,8 +115,8 @@ def test_a_small_blank_image_has_no_face(predictor, model_dir, tmp_path, capsys)
     assert predictor.predict_image(np.full((48, 48, 3), 200, np.uint8)) == []
     assert predictor.predict_image(np.zeros((48, 48), np.uint8)) == []
     faint = np.full((48, 48), 120, np.uint8)
-    faint[::2] += 8  # a std of 4 gray levels: faint, but not blank
-    assert len(predictor.predict_image(faint)) == 1
+    faint[::2] += 8  # a std of 4 gray levels: faint, but not blank (and then not a face either)
+    assert not fer_predict.is_blank(faint) and fer_predict.is_blank(np.full((48, 48), 90, np.uint8))
     cv2.imwrite(str(tmp_path / "gray48.png"), np.full((48, 48), 90, np.uint8))
     assert fer_predict.main([str(tmp_path / "gray48.png"), "--json", "--model-dir", str(model_dir)]) == 0
     out = capsys.readouterr()
