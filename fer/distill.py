@@ -50,9 +50,10 @@ def smoothed_one_hot(labels: np.ndarray, label_smoothing: float) -> np.ndarray:
 
 
 def distill_targets(teacher_path: str, images: np.ndarray, labels: np.ndarray, weight: float,
-                    label_smoothing: float = 0.0) -> np.ndarray:
-    """``weight`` x the teacher's flip-averaged probabilities + the rest x the (smoothed) one-hot labels."""
-    teacher = load_teacher(teacher_path, images.shape[1:3])
+                    label_smoothing: float = 0.0, loaded: Any = None) -> np.ndarray:
+    """``weight`` x the teacher's flip-averaged probabilities + the rest x the (smoothed) one-hot labels.
+    ``loaded``: ``load_teacher(teacher_path, ...)`` where the caller has it already."""
+    teacher = loaded if loaded is not None else load_teacher(teacher_path, images.shape[1:3])
     log.info("teacher %s: probabilities of %d training faces", teacher_path, len(images))
     probs = teacher.predict(images[..., None].astype(np.float32), batch_size=256, verbose=0)
     return (weight * probs + (1.0 - weight) * smoothed_one_hot(labels, label_smoothing)).astype(np.float32)
@@ -60,7 +61,7 @@ def distill_targets(teacher_path: str, images: np.ndarray, labels: np.ndarray, w
 
 def view_bank(teacher_path: str, images: np.ndarray, labels: np.ndarray, views: int, weight: float,
               label_smoothing: float, augmenters: Callable[[int], Any] | None, mixup: float = 0.0, seed: int = 42,
-              cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+              cache: Path | None = None, loaded: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """``views`` versions of every face, uint8 (views, n, h, w), and their targets (views, n, classes).
 
     View 0 is the face itself; view v >= 1 is ``augmenters(v)``'s random version of it, mixed with the same view of
@@ -70,7 +71,8 @@ def view_bank(teacher_path: str, images: np.ndarray, labels: np.ndarray, views: 
     With ``cache``, a bank saved there for the same faces, teacher and settings is reused, and a new one is saved
     there. While it is built, each finished view is kept beside it (``<cache stem>.parts/``): a view's randomness
     depends on its index alone, so an interrupted bank continues at its first missing view and ends as it would
-    have without the interruption."""
+    have without the interruption. ``loaded``: ``load_teacher(teacher_path, ...)`` where the caller has it already
+    (the cache key names ``teacher_path``)."""
     if views < 1:
         raise ValueError(f"--teacher-views must be >= 1, got {views}")
     key = _bank_key(teacher_path, images, labels, views, weight, label_smoothing, mixup, seed)
@@ -84,7 +86,7 @@ def view_bank(teacher_path: str, images: np.ndarray, labels: np.ndarray, views: 
     one_hot = smoothed_one_hot(labels, label_smoothing)
     bank = np.empty((views, *images.shape), np.uint8)
     targets = np.empty((views, len(images), NUM_CLASSES), np.float32)
-    teacher = None
+    teacher = loaded
     for v in range(views):
         part = parts / f"view{v}.npz" if parts is not None else None
         if part is not None and part.exists():

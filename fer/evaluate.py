@@ -43,12 +43,11 @@ class EvaluateConfig:
 
     def validate(self) -> None:
         """Choices no evaluation can use, refused before the model or any data loads."""
-        from fer.faces import DETECTORS
+        from fer.faces import check_loader_detector
 
         if self.split not in SPLIT_CHOICES:
             raise ValueError(f"unknown --split {self.split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
-        if self.detector not in (*DETECTORS, "none"):
-            raise ValueError(f"unknown --detector {self.detector!r}; choose one of {', '.join(DETECTORS)}, none")
+        check_loader_detector(self.detector)
 
 
 HELP = {

@@ -195,6 +195,13 @@ def _load_blazeface(model: str):
     return BlazeFace(model, min_score=BLAZEFACE_MIN_SCORE[model])
 
 
+def check_loader_detector(name: str) -> None:
+    """A corpus loader's ``--detector`` (fer.train, fer.evaluate): one of ``DETECTORS``, or ``none`` (JAFFE's
+    whole photos, not searched). Raises ValueError naming the choices."""
+    if name not in (*DETECTORS, "none"):
+        raise ValueError(f"unknown --detector {name!r}; choose one of {', '.join(DETECTORS)}, none")
+
+
 def _check_method(method: str) -> None:
     if method not in DETECTORS:
         raise ValueError(f"unknown face detector {method!r}; choose one of {DETECTORS}")

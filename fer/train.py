@@ -87,10 +87,9 @@ class TrainConfig:
             raise ValueError(f"unknown --dataset {self.dataset!r}; choose one of {', '.join(CORPORA)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown --schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        from fer.faces import DETECTORS
+        from fer.faces import check_loader_detector
 
-        if self.detector not in (*DETECTORS, "none"):
-            raise ValueError(f"unknown --detector {self.detector!r}; choose one of {', '.join(DETECTORS)}, none")
+        check_loader_detector(self.detector)
         if self.model in ("faceres", "resnet50") and 0 < self.base_size < 32:
             raise ValueError(f"--base-size must be 0 (the model's own size) or at least 32 for --model {self.model}, "
                              f"got {self.base_size}")
@@ -333,10 +332,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if not (two_stage and stage1_path.exists()):
         # Built before anything is written: a model, warm start or teacher this run cannot use leaves no files.
         model = _new_model(cfg, input_shape)
+    teacher = None
     if cfg.teacher:
         from fer.distill import load_teacher
 
-        load_teacher(cfg.teacher, input_shape[:2])
+        teacher = load_teacher(cfg.teacher, input_shape[:2])
     run_dir.mkdir(parents=True, exist_ok=True)  # once data, split and model are usable: a refused run leaves no folder
     write_json(run_dir / "data_report.json", data.report() | {
         "split_counts": {str(s): int(c) for s, c in zip(*np.unique(splits, return_counts=True))}})
@@ -357,7 +357,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.teacher_views:  # the augmentation is in the views, each with the teacher's answer for it
         bank, bank_targets = view_bank(cfg.teacher, x["train"], y["train"], cfg.teacher_views, cfg.distill_weight,
                                        cfg.label_smoothing, lambda v: augmenter_for(cfg.seed + v), cfg.view_mixup,
-                                       cfg.seed, cache=run_dir / BANK_FILE)
+                                       cfg.seed, cache=run_dir / BANK_FILE, loaded=teacher)
         clock = EpochClock()  # the views' epoch order follows fit's epoch, so a resume continues it exactly
         train_ds = view_dataset(bank, bank_targets, cfg.batch_size, cfg.seed, clock)
         extra_callbacks = [clock.callback()]
@@ -365,10 +365,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     else:
         if cfg.teacher:  # soft targets: one-hot for validation too, so loss and accuracy read the same shapes
             targets = {"train": distill_targets(cfg.teacher, x["train"], y["train"], cfg.distill_weight,
-                                                cfg.label_smoothing),
+                                                cfg.label_smoothing, loaded=teacher),
                        "val": np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]}
         train_ds = make_dataset(x["train"], targets["train"], cfg.batch_size, training=True, augmenter=augmenter,
                                 seed=cfg.seed)
+    teacher = None  # its answers are in the targets: training does not hold it
     val_ds = None if cfg.refit else make_dataset(x["val"], targets["val"], cfg.batch_size)
     weights = class_weights(y["train"], NUM_CLASSES) if cfg.class_weighting else None
 

@@ -140,10 +140,13 @@ def test_a_resumed_fit_sees_the_views_an_uninterrupted_one_sees_at_that_epoch():
         np.testing.assert_array_equal(y, y_ref)
 
 
-def test_train_with_teacher_views_runs_end_to_end_and_removes_its_bank(teacher_file, tmp_path):
+def test_train_with_teacher_views_runs_end_to_end_and_removes_its_bank(teacher_file, tmp_path, monkeypatch):
     data = tmp_path / "data"
     write_fer2013_csv(data / "fer2013" / "fer2013.csv", per_class=4)
     run = tmp_path / "student"
+    loads = []
+    real_load = distill.load_teacher
+    monkeypatch.setattr(distill, "load_teacher", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     rc = fer_train.main(["--model", "tiny", "--filters", "4,8", "--dataset", "fer2013", "--data-dir", str(data),
                          "--epochs", "2", "--batch-size", "8", "--output", str(run), "--teacher", str(teacher_file),
                          "--teacher-views", "3", "--view-mixup", "0.5"])
@@ -152,6 +155,7 @@ def test_train_with_teacher_views_runs_end_to_end_and_removes_its_bank(teacher_f
     assert config["teacher_views"] == 3 and config["view_mixup"] == 0.5
     assert len((run / "history.csv").read_text().strip().splitlines()) == 3
     assert not (run / distill.BANK_FILE).exists()
+    assert len(loads) == 1  # checked before anything is written, then the same model builds the bank
 
 
 @pytest.mark.parametrize("extra, message", [
