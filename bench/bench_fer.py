@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
+from core.cli import CLIParser, add_verbose_flag, quiet_tensorflow  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "results"
@@ -37,7 +37,7 @@ FACE_REPEATS = 200
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python bench/bench_fer.py", description=__doc__.split("\n")[0])
+    p = CLIParser(prog="python bench/bench_fer.py", description=__doc__.split("\n")[0])
     p.add_argument("--data-root", default=os.environ.get("EMOTION_SHARED_DATA", str(DEFAULT_DATA)),
                    help="folder holding fer2013/, jaffe/, ckplus48/ ($EMOTION_SHARED_DATA, default: %(default)s)")
     p.add_argument("--cnn-epochs", type=int, default=4, help="epochs of the cnn model (default: %(default)s)")

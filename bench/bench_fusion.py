@@ -43,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
+from core.cli import CLIParser, add_verbose_flag, quiet_tensorflow  # noqa: E402
 from core.io import read_json, write_json  # noqa: E402
 from core.labels import EMOTIONS, map_label  # noqa: E402
 
@@ -418,7 +418,7 @@ python bench/bench_fusion.py --ship --out bench/results     # refit for whatever
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python bench/bench_fusion.py", description=__doc__.split("\n")[0])
+    parser = CLIParser(prog="python bench/bench_fusion.py", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(DEFAULT_OUT),
                         help="results folder for fusion.json / fusion.md (default: runs/bench_fusion/results; "
                              "bench/results updates the committed ones)")

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
+from core.cli import CLIParser, add_verbose_flag, quiet_tensorflow  # noqa: E402
 
 MODELS = ("cnn", "lstm", "bilstm", "gru", "attention")
 
@@ -78,8 +78,8 @@ def latency_one_core(run: Path, clip: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python bench/bench_ser.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CLIParser(prog="python bench/bench_ser.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"),
                         help="folder holding the corpora (default: ../shared/data)")
     parser.add_argument("--corpora", default="ravdess,tess", help="ser.train --corpora (default: %(default)s)")

@@ -18,12 +18,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
+from core.cli import CLIParser, add_verbose_flag, quiet_tensorflow  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python bench/bench_ser_crossval_ensemble.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CLIParser(prog="python bench/bench_ser_crossval_ensemble.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("crossvals", nargs="+", help="ser.crossval output folders (fold0/, fold1/, ... inside)")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"), help="corpora folder")
     parser.add_argument("--out", required=True, help="folder for the per-fold ensembles and the pooled report")

@@ -23,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.cli import add_verbose_flag, progress, quiet_tensorflow  # noqa: E402
+from core.cli import CLIParser, add_verbose_flag, progress, quiet_tensorflow  # noqa: E402
 
 DEFAULT_MODEL = REPO / "saved_models" / "ser_compact"
 DEFAULT_GAINS = "0.1,0.3,3"
@@ -42,8 +42,8 @@ def add_clip_arguments(parser: argparse.ArgumentParser, default_models: str) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python bench/bench_ser_gain.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CLIParser(prog="python bench/bench_ser_gain.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_clip_arguments(parser, "saved_models/ser_compact")
     parser.add_argument("--gains", default=DEFAULT_GAINS, help="comma-separated gains compared with gain 1 "
                         "(default: %(default)s)")

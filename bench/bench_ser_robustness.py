@@ -31,7 +31,7 @@ for _path in (REPO, REPO / "bench"):  # the toolkit, and the gain bench this one
         sys.path.insert(0, str(_path))
 
 from bench_ser_gain import add_clip_arguments, clips_of, label_each, score  # noqa: E402
-from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
+from core.cli import CLIParser, add_verbose_flag, quiet_tensorflow  # noqa: E402
 
 SAMPLE_RATE = 16_000
 AS_RECORDED = "as recorded"
@@ -68,8 +68,8 @@ CONDITIONS = {AS_RECORDED: lambda y: y, "shift 4 ms": silence_before(64), "shift
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python bench/bench_ser_robustness.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CLIParser(prog="python bench/bench_ser_robustness.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_clip_arguments(parser, "saved_models/ser and saved_models/ser_compact")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"),
                         help="folder for ser_robustness.md and .json (default: bench/results)")

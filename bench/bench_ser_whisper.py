@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.cli import add_verbose_flag, progress, quiet_tensorflow  # noqa: E402
+from core.cli import CLIParser, add_verbose_flag, progress, quiet_tensorflow  # noqa: E402
 from core.config import parse_bool  # noqa: E402
 
 def latency_ms(run: str, clip: str) -> float:
@@ -84,8 +84,8 @@ def extraction_time(paths: list[str]) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python bench/bench_ser_whisper.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CLIParser(prog="python bench/bench_ser_whisper.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"), help="corpora folder")
     parser.add_argument("--model-dir", action="append", default=None,
                         help="model folder to time on one core; repeat for several (default: saved_models/ser)")

@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
+from core.cli import CLIParser, add_verbose_flag, quiet_tensorflow  # noqa: E402
 
 CHOICE_EXCLUDE = ("ravdess_10", "ravdess_15", "ravdess_16")  # the default split's test actors
 HEAD_C = 0.02
@@ -107,8 +107,8 @@ def latency_ms(pads: list[str], clip: str) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python bench/bench_ser_whisper_padding.py",
-                                     description=__doc__.split("\n\n")[0])
+    parser = CLIParser(prog="python bench/bench_ser_whisper_padding.py",
+                       description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=None, help="folder holding ravdess/")
     parser.add_argument("--pads", default="0,5,10,20,30,30r",
                         help="comma-separated seconds of padding (0 = alone); a trailing r takes the padding's "

@@ -32,7 +32,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
+from core.cli import CLIParser, add_verbose_flag, quiet_tensorflow  # noqa: E402
 from core.io import atomic_write, write_json  # noqa: E402
 from tests.synth_media import face_image, jpeg_bytes, voice  # noqa: E402
 from webapp.stream import BINARY_HEADER  # noqa: E402
@@ -366,8 +366,8 @@ def markdown(r: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python bench/bench_webapp.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CLIParser(prog="python bench/bench_webapp.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="saved_models", help="models folder for the server it starts")
     parser.add_argument("--url", default=None, help="ws://host:port/ws/stream of a running server instead")
     parser.add_argument("--pid", type=int, default=None, help="pid of that server, for its memory")

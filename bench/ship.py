@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.cli import add_verbose_flag, quiet_tensorflow  # noqa: E402
+from core.cli import CLIParser, add_verbose_flag, quiet_tensorflow  # noqa: E402
 
 KEEP = ("model.keras", "config.json", "normalization.npz", "metrics.json", "val_metrics.json",
         "confusion_matrix.png", "split.csv", "data_report.json", "export.json", "model_float16.tflite",
@@ -25,8 +25,8 @@ KEEP = ("model.keras", "config.json", "normalization.npz", "metrics.json", "val_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python bench/ship.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CLIParser(prog="python bench/ship.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True, choices=["ser", "fer", "fusion"], help="which kind of model")
     parser.add_argument("--run", required=True, help="the finished run folder to ship")
     parser.add_argument("--name", default=None, help="folder under saved_models/ (default: the task, e.g. fer_tiny "

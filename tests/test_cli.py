@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from core import cli
+from conftest import load_bench_script
 from core.config import COMMON_HELP, config_parser, missing_help, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +80,17 @@ def test_every_tool_answers_a_bad_option_in_one_line(module, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error: " in err and "--help` lists the options" in err, err  # no usage first
+
+
+@pytest.mark.parametrize("script", sorted(p.stem for p in (REPO / "bench").glob("*.py")))
+def test_every_bench_script_answers_a_bad_option_in_one_line(script, capsys):
+    module = load_bench_script(script)
+    parse = module.build_parser().parse_args if hasattr(module, "build_parser") else module.parse_args
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--no-such-option", "x"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--help` lists the options" in err, err
 
 
 def test_an_unset_option_whose_help_names_its_default_shows_no_default_none():
