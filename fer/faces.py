@@ -444,7 +444,8 @@ def detect_and_align(image: np.ndarray, method: str = DEFAULT_DETECTOR, size: in
 def crop_face_score(image: np.ndarray) -> float:
     """How much an image looks like one face crop (FER2013-style, the face filling it): the best BlazeFace score
     (0..1) of a face covering the image's centre, with the image shown as ``CROP_CHECK_SIDE`` describes; 0.0
-    when BlazeFace sees nothing there scoring at least ``CROP_SCORE_FLOOR``. ``image``: gray or BGR, as ``detect_faces`` takes."""
+    when BlazeFace sees nothing there scoring at least ``CROP_SCORE_FLOOR``. ``image``: gray or BGR, as
+    ``detect_faces`` takes."""
     gray = to_gray(image)
     small = cv2.resize(gray, (CROP_CHECK_SIDE, CROP_CHECK_SIDE),
                        interpolation=cv2.INTER_AREA if max(gray.shape) > CROP_CHECK_SIDE else cv2.INTER_LINEAR)
