@@ -12,3 +12,50 @@ def ffmpeg_words(exc: BaseException) -> str:
     """FFmpeg's own words ("Invalid data found when processing input") from a PyAV error: without "[Errno
     1094995529]" or the file or function it names ("avcodec_send_packet()"), which mean nothing to a user."""
     return str(getattr(exc, "strerror", None) or exc)
+
+
+# A decode that ends this far short of the length the file's header declares is a cut-short file (a broken-off
+# download or copy), not a rounding difference such as an encoder's delay or a track a few frames shorter than its
+# container. Decoders stop quietly at the end of what is there, so without this a third of a clip is judged as
+# if it were the whole.
+CUT_SHORT_SECONDS = 0.5
+CUT_SHORT_FRACTION = 0.1
+# Containers whose header states each track's length (MP4 / MOV / M4A, Matroska / WebM, FLAC's sample count,
+# WAV / AIFF data sizes). Elsewhere FFmpeg may estimate it from the bitrate (an MP3 without a Xing header), which
+# can be far off on an intact file.
+EXACT_DURATION_FORMATS = ("mov", "mp4", "m4a", "matroska", "webm", "flac", "wav", "aiff")
+
+
+def cut_short(decoded_seconds: float, declared_seconds: float | None) -> bool:
+    """Whether a file decoded to ``decoded_seconds`` is truncated, given the length its header declares."""
+    if not declared_seconds:
+        return False
+    return declared_seconds - decoded_seconds > max(CUT_SHORT_SECONDS, CUT_SHORT_FRACTION * declared_seconds)
+
+
+def cut_short_words(decoded_seconds: float, declared_seconds: float) -> str:
+    return f"truncated or damaged: {decoded_seconds:.2f} s of the {declared_seconds:.2f} s its header declares"
+
+
+def declared_track_seconds(container, stream) -> float | None:
+    """The length a PyAV stream's header declares, where the container states it exactly (else None)."""
+    if not any(name in EXACT_DURATION_FORMATS for name in str(container.format.name).split(",")):
+        return None
+    if stream.duration is not None and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return None
+
+
+def declared_sndfile_seconds(info: str, samplerate: int, frames: int) -> float | None:
+    """The length a libsndfile header declares when it promises more audio data than the file holds: libsndfile
+    reads what is there and notes ``data : 131332 (should be 43748)`` (bytes) in its log (``SoundFile.extra_info``).
+    None when the header and the file agree, or when the header states no size (a streamed WAV: 0 or 0xFFFFFFFF)."""
+    import re
+
+    match = re.search(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", info, re.MULTILINE)
+    if not match or not samplerate:
+        return None
+    declared, present = int(match.group(1)), int(match.group(2))
+    if present <= 0 or declared <= present or declared >= 0xFFFFFFF0:
+        return None
+    return frames / samplerate * declared / present

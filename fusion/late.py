@@ -255,8 +255,16 @@ class LateFusion:
 
     def modality_probs(self, path: str | os.PathLike) -> tuple[dict[str, np.ndarray | None], dict[str, Any]]:
         """(probabilities per modality or None when unavailable, facts such as why one is missing)."""
-        from ser.audio import AudioError
+        probs, info, _ = self._modalities(path)
+        return probs, info
 
+    def _modalities(self, path: str | os.PathLike) -> tuple[dict[str, np.ndarray | None], dict[str, Any],
+                                                             Exception | None]:
+        """``modality_probs`` plus the error that left the audio out (None when it was used or absent)."""
+        from ser.audio import AudioError
+        from ser.frontend import no_speech_reason
+
+        audio_error = None
         clip, info = self.decode(path)
         info = {"seconds": round(clip.seconds, 3), "frames": int(len(clip.frames)),
                 **clip.span(self.max_seconds), **info}
@@ -267,14 +275,16 @@ class LateFusion:
             try:
                 probs["audio"] = np.asarray(self.ser.predict_waveform(clip.audio, clip.sample_rate), np.float64)
             except AudioError as exc:  # silent track, or no speech in it (NoSpeechError)
-                info["audio_missing"] = str(exc)
+                info["audio_missing"], audio_error = str(exc), exc
+                if no_speech_reason(exc):
+                    info["no_speech"] = no_speech_reason(exc)
         crops = self.face_crops(clip.frames) if len(clip.frames) else np.zeros((0, 1, 1), np.uint8)
         info["face_frames"] = int(len(crops))
         if len(crops):
             probs["face"] = self.fer.predict_crops(crops).mean(axis=0).astype(np.float64)
         elif "face_missing" not in info:
             info["face_missing"] = "no face found in any sampled frame"
-        return probs, info
+        return probs, info, audio_error
 
     def result(self, path: str | os.PathLike, probs: dict[str, np.ndarray | None], info: dict[str, Any]) -> dict:
         fused = self.config.fuse(probs)
@@ -286,11 +296,20 @@ class LateFusion:
         return out
 
     def predict_clip(self, path: str | os.PathLike) -> dict:
-        """Fused label and probabilities plus each modality's own; raises MediaError / ValueError."""
-        probs, info = self.modality_probs(path)
+        """Fused label and probabilities plus each modality's own; raises MediaError / ValueError.
+
+        A clip with neither a face nor speech gets ``"label": None`` (and ``no_speech`` where its sound is not
+        speech), as the server's video endpoint answers it; only a file with no pictures and no usable sound
+        (none, silent, unreadable) is an error."""
+        from ser.frontend import NoSpeechError
+
+        probs, info, audio_error = self._modalities(path)
         if probs["audio"] is None and probs["face"] is None:
-            raise ValueError(f"{path}: nothing to predict from ({info.get('audio_missing')}; "
-                             f"{info.get('face_missing')})")
+            if not info["frames"] and not isinstance(audio_error, NoSpeechError):
+                raise ValueError(f"{path}: nothing to predict from ({info.get('audio_missing')}; "
+                                 f"{info.get('face_missing')})")
+            return {"path": str(path), "mode": "late", "label": None, "probabilities": None,
+                    "weights": self.config.weights, "rule": self.config.rule, "used": [], "modalities": {}, **info}
         return self.result(path, probs, info)
 
 
@@ -315,6 +334,8 @@ def sound_only(path: str | os.PathLike, fps: float = LATE_FPS, max_seconds: floa
         samples, rate, duration = decode_head(path, max_seconds)
     except AudioError as exc:  # no audio stream, or none FFmpeg can decode
         raise NoAudioError(str(exc)) from exc
+    if not samples.size:  # a header and nothing after it: worded as ser.predict words it
+        raise NoAudioError(f"{path}: no audio could be decoded (the file is truncated or damaged, or holds no sound)")
     return Clip(frames=np.zeros((0, 0, 0, 3), np.uint8), audio=samples, fps=fps, sample_rate=rate, duration=duration)
 
 

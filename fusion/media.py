@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.media_types import ffmpeg_words
+from core.media_types import cut_short, cut_short_words, declared_track_seconds, ffmpeg_words
 
 FPS = 10.0
 SAMPLE_RATE = 16_000
@@ -161,6 +161,12 @@ def decode_clip(path: str | os.PathLike, fps: float = FPS, sample_rate: int = SA
             if resampler is not None:
                 for out in resampler.resample(None):
                     chunks.append(out.to_ndarray().reshape(-1))
+            if total <= limit:  # the whole clip was to be read: a track that ends early was cut short
+                for stream, decoded in ((audio, sum(c.size for c in chunks) / sample_rate),
+                                        (video, len(frames) / fps)):
+                    declared = declared_track_seconds(container, stream) if stream is not None else None
+                    if cut_short(decoded, declared):
+                        raise CorruptMediaError(f"{path}: cannot decode ({cut_short_words(decoded, declared)})")
     except MediaError:
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, OSError) as exc:

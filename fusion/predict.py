@@ -12,8 +12,9 @@ to late fusion, which uses the voice alone for audio, the face alone for a clip 
 
 Per clip: the fused label and probabilities, plus each modality's own (``modalities``: the joint model's
 auxiliary heads ``audio`` / ``frame`` / ``face``, or in late mode the SER and FER models). ``--json`` prints
-one object per line. Clips that cannot be used (corrupt, nothing usable in them) are reported on stderr and
-skipped; the exit code is then 1.
+one object per line. A clip with neither a face nor speech gets no label (``"label": null``, with ``no_speech``
+saying what its sound was) and a warning; clips that cannot be used (corrupt, cut short, no pictures and no
+usable sound) are reported on stderr and skipped; the exit code is then 1.
 """
 from __future__ import annotations
 
@@ -237,9 +238,15 @@ def format_text(result: dict) -> str:
     return f"{result['path']}: {result['label']} ({result['probabilities'][result['label']]:.2f})  [{own}]"
 
 
+def no_label_reason(result: dict) -> str:
+    return f"{result.get('face_missing', 'no face')}; {result.get('audio_missing', 'no speech')}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CLIParser(prog=module_prog(__name__),
-                       description="Emotion of video clips (or audio files) from speech and faces.")
+                       description="Emotion of video clips (or audio files) from speech and faces.",
+                       epilog="exit status: 0 every clip got an emotion; 1 some clip was unreadable or had neither a "
+                              "face nor speech (label null); 2 usage error")
     parser.add_argument("paths", nargs="+", type=path_arg, metavar="CLIP",
                         help="video or audio files, or folders of them")
     parser.add_argument("--mode", choices=MODES, default="auto",
@@ -292,6 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (MediaError, FileNotFoundError, ValueError) as exc:
             failures += 1
             echo(f"error: {exc}", err=True)
+            continue
+        if result["label"] is None:  # neither a face nor speech: said so (as ser.predict does), exit status 1
+            failures += 1
+            echo(f"warning: {path}: no label: {no_label_reason(result)}", err=True)
+            if args.json:
+                echo(json.dumps(result))
             continue
         if result.get("truncated"):
             echo(f"warning: {path}: {result['duration_seconds']:.1f} s long; only its first {args.max_seconds:g} s "

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.media_types import (cut_short, cut_short_words, declared_sndfile_seconds, declared_track_seconds,
+                              ffmpeg_words)
+
 SAMPLE_RATE = 16_000
 SILENCE_PEAK = 1e-4  # peak amplitude below which a clip carries no usable signal
 MIN_SAMPLES = 160     # 10 ms: shorter decodes are treated as empty
@@ -32,9 +35,13 @@ def _read_soundfile(path: Path, max_seconds: float | None = None) -> tuple[np.nd
 
     # libsndfile detects the container from the header, so AIFF data behind a .wav name still reads.
     with sf.SoundFile(str(path)) as f:
+        seconds = f.frames / f.samplerate
+        declared = declared_sndfile_seconds(f.extra_info, f.samplerate, f.frames)
+        if cut_short(seconds, declared):
+            raise CorruptAudioError(f"{path}: not readable as audio ({cut_short_words(seconds, declared)})")
         frames = int(round(max_seconds * f.samplerate)) if max_seconds else -1
         data = f.read(frames, dtype="float32", always_2d=True)
-        return data.mean(axis=1), f.samplerate, f.frames / f.samplerate
+        return data.mean(axis=1), f.samplerate, seconds
 
 
 def _read_pyav(path: Path, max_seconds: float | None = None) -> tuple[np.ndarray, int, float]:
@@ -49,15 +56,25 @@ def _read_pyav(path: Path, max_seconds: float | None = None) -> tuple[np.ndarray
         resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate or SAMPLE_RATE)
         limit = int(round(max_seconds * resampler.rate)) if max_seconds else None
         chunks, count = [], 0
-        for frame in container.decode(stream):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
-                count += chunks[-1].size
-            if limit is not None and count >= limit:
-                break  # a long recording: only its head is wanted
-        else:
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+                    count += chunks[-1].size
+                if limit is not None and count >= limit:
+                    break  # a long recording: only its head is wanted
+            else:
+                for out in resampler.resample(None):
+                    chunks.append(out.to_ndarray().reshape(-1))
+                declared = declared_track_seconds(container, stream)
+                if cut_short(count / resampler.rate, declared):
+                    raise CorruptAudioError(f"{path}: not readable as audio "
+                                            f"({cut_short_words(count / resampler.rate, declared)})")
+        except av.error.FFmpegError as exc:
+            if not count:
+                raise
+            raise CorruptAudioError(f"{path}: not readable as audio (truncated or damaged, after "
+                                    f"{count / resampler.rate:.2f} s: {ffmpeg_words(exc)})") from exc
         sr = resampler.rate
         samples = np.concatenate(chunks)[:limit] if chunks else np.zeros(0, np.float32)
         duration = container.duration / av.time_base if container.duration else samples.size / sr
@@ -82,14 +99,14 @@ def decode_head(path: str | os.PathLike, max_seconds: float | None = None) -> tu
         raise EmptyAudioError(f"{path}: file is empty (0 bytes)")
     try:
         return _read_soundfile(path, max_seconds)
+    except AudioError:  # libsndfile read the header and found the file cut short: FFmpeg would read the same
+        raise
     except Exception as sf_error:  # libsndfile cannot read mp3/m4a/mp4: try FFmpeg
         try:
             return _read_pyav(path, max_seconds)
         except AudioError:
             raise
         except Exception as av_error:
-            from core.media_types import ffmpeg_words
-
             raise CorruptAudioError(f"{path}: not readable as audio (not a valid audio/video file: "
                                     f"{ffmpeg_words(av_error)})") from av_error
 

@@ -68,6 +68,21 @@ class NoSpeechError(AudioError):
         self.reason = reason
 
 
+def no_speech_reason(exc: Exception) -> str | None:
+    """The ``no_speech`` reason (one of ``REASONS``) of an audio track the voice model could not use: the speech
+    check's own for hum, noise or a tone; ``silence`` for digital silence, ``too short`` for a track of a few
+    samples (``ser.audio.check_signal`` refuses both before the speech check); None for anything else."""
+    from ser.audio import EmptyAudioError, SilentAudioError
+
+    if isinstance(exc, NoSpeechError):
+        return exc.reason
+    if isinstance(exc, SilentAudioError):
+        return "silence"
+    if isinstance(exc, EmptyAudioError):
+        return "too short"
+    return None
+
+
 @dataclass(frozen=True)
 class SpeechCheck:
     """The verdict of ``speech_check`` and the numbers it was based on."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -89,6 +90,40 @@ def test_unreadable_media_say_ffmpegs_words_without_its_errno(tmp_path, cli):
     with pytest.raises(CorruptMediaError, match=r"truncated or damaged, after \d+\.\d+ s: Invalid data") as info:
         decode_clip(_damaged_mp4(tmp_path, "half.mp4", keep=0.5), fps=5, require_audio=False)
     assert "Errno" not in str(info.value)
+
+
+def test_a_clip_cut_short_is_refused_not_judged_on_its_start(tmp_path, cli):
+    """A download that broke off cleanly: FFmpeg decodes what is there and stops without an error; the length
+    the header declares says the clip was cut (it used to be judged on its first second, "truncated": false)."""
+    whole = _damaged_mp4(tmp_path, "whole.mp4", keep=1.0)  # header first, media data intact
+    data = open(whole, "rb").read()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.4)])
+    assert decode_clip(whole, fps=5, require_audio=False).seconds == pytest.approx(2.0, abs=0.1)
+    rc, out, err = cli(str(cut))
+    assert rc == 1 and out == ""
+    assert re.search(rf"error: {re.escape(str(cut))}: cannot decode \(truncated or damaged: \d\.\d\d s of the 2\.\d\d s "
+                     "its header declares\)", err), err
+
+
+def test_sound_that_is_not_speech_and_no_face_gets_no_label_as_the_server_gives_it(tmp_path, cli):
+    """Noise alone: label null and no_speech, a warning and exit status 1 (ser.predict's answer and the server's
+    video endpoint's), not an error; a header without samples is an error that says so."""
+    import soundfile as sf
+
+    noise = tmp_path / "noise.wav"
+    sf.write(noise, np.random.default_rng(0).normal(0, 0.1, 48_000).astype(np.float32), 16_000)
+    rc, out, err = cli(str(noise), "--json")
+    (line,) = [json.loads(x) for x in out.splitlines()]
+    assert rc == 1 and line["label"] is None and line["probabilities"] is None and line["no_speech"] == "noise"
+    assert line["used"] == [] and line["face_missing"] == "no video track"
+    assert f"warning: {noise}: no label: no video track; audio: no speech: noise" in err
+    rc, out, err = cli(str(noise))
+    assert rc == 1 and out == "" and "no label" in err
+    empty = tmp_path / "header_only.wav"
+    sf.write(empty, np.zeros(0, np.float32), 16_000)
+    rc, out, err = cli(str(empty))
+    assert rc == 1 and f"error: {empty}: no audio could be decoded (the file is truncated or damaged" in err
 
 
 def test_a_partial_late_weights_spec_is_refused_before_anything_is_read(tmp_path, capsys):

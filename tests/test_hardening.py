@@ -102,6 +102,7 @@ TRAIN_CASES = [
     ("fer.train", ["--detector", "dlib"], "choose one of blazeface, blazeface-full, haar, mtcnn, none"),
     ("fer.evaluate", ["--detector", "dlib"], "choose one of blazeface, blazeface-full, haar, mtcnn, none"),
     ("fer.evaluate", ["--split", "holdout"], "unknown --split 'holdout'; choose one of all, train, val, test"),
+    ("fer.evaluate", ["--dataset", "bogus"], "unknown --dataset 'bogus'; choose one of fer2013, jaffe, ckplus"),
     ("fusion.train", ["--epochs", "0"], "--epochs must be > 0"),
     ("fusion.train", ["--alpha", "-1"], "--alpha must be > 0"),
     ("fusion.train", ["--clipnorm", "0"], "--clipnorm must be > 0"),
@@ -399,7 +400,7 @@ HTTP_CASES = [
      "not a readable image"),
     ("image", {"content": b"\0" * 500_000, "headers": {"content-type": "image/png"}}, 413, "limit"),
     ("video", {"content": b"\x00\x00\x00\x18ftypmp42" * 10, "headers": {"content-type": "video/mp4"}}, 400,
-     "not a readable video"),
+     "cannot decode (not a valid audio/video file"),
 ]
 
 

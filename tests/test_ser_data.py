@@ -292,3 +292,42 @@ def test_a_file_that_decodes_to_nothing_says_so(tmp_path):
     sf.write(tmp_path / "blip.wav", np.full(100, 0.1, np.float32), 16000)
     with pytest.raises(audio.EmptyAudioError, match="only 100 samples .*10 ms"):
         audio.load_audio(tmp_path / "blip.wav")
+
+
+def test_a_file_cut_short_is_refused_not_judged_on_its_start(tmp_path):
+    """Decoders stop quietly where a cut-short file ends; the length its header declares says it was cut."""
+    import soundfile as sf
+
+    from tests.synth_video import write_audio_only_mp4
+
+    y = synth.tone("happy", seconds=4.0)
+    sf.write(tmp_path / "whole.wav", y, 16000)
+    data = (tmp_path / "whole.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) // 3])
+    assert audio.decode(tmp_path / "whole.wav")[0].size == y.size
+    with pytest.raises(audio.CorruptAudioError, match=r"truncated or damaged: 1\.33 s of the 4\.00 s its header"):
+        audio.load_audio(tmp_path / "cut.wav")
+    # A short file that is whole: nothing to say.
+    sf.write(tmp_path / "short.wav", y[: y.size // 3], 16000)
+    assert audio.decode(tmp_path / "short.wav")[0].size == y.size // 3
+    # FFmpeg's containers: an mp4 that ends early, and a FLAC that breaks off mid-frame.
+    import av
+
+    write_audio_only_mp4(tmp_path / "moov_last.mp4", y)
+    with av.open(str(tmp_path / "moov_last.mp4")) as src, \
+            av.open(str(tmp_path / "memo.mp4"), "w", format="mp4", options={"movflags": "+faststart"}) as dst:
+        track = dst.add_stream_from_template(src.streams.audio[0])  # the header first, as a streamed download has it
+        for packet in src.demux():
+            if packet.dts is not None:
+                packet.stream = track
+                dst.mux(packet)
+    memo = (tmp_path / "memo.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(memo[: len(memo) // 3])
+    with pytest.raises(audio.CorruptAudioError, match=r"truncated or damaged(, after \d\.\d\d s|: \d\.\d\d s of)"):
+        audio.load_audio(tmp_path / "cut.mp4")
+    assert audio.decode(tmp_path / "memo.mp4")[0].size >= y.size
+    sf.write(tmp_path / "whole.flac", y, 16000)
+    flac = (tmp_path / "whole.flac").read_bytes()
+    (tmp_path / "cut.flac").write_bytes(flac[: len(flac) // 3])
+    with pytest.raises(audio.CorruptAudioError, match=r"truncated or damaged(, after \d\.\d\d s|: \d\.\d\d s of)"):
+        audio.load_audio(tmp_path / "cut.flac")

@@ -322,7 +322,7 @@ def test_wrong_content_type_is_415(client, endpoint, kwargs):
 @pytest.mark.parametrize("endpoint,payload,reason", [
     ("audio", b"this is not audio at all" * 20, "not readable as audio"),
     ("image", b"\x89PNG\r\n\x1a\n garbage", "not a readable image"),
-    ("video", b"\x00\x00\x00\x18ftypmp42 garbage" * 10, "not a readable video"),
+    ("video", b"\x00\x00\x00\x18ftypmp42 garbage" * 10, "cannot decode (not a valid audio/video file"),
 ])
 def test_undecodable_media_is_400_with_the_reason(client, endpoint, payload, reason):
     response = client.post(f"/api/predict/{endpoint}", files={"file": (f"bad.{endpoint}", payload,

@@ -29,7 +29,7 @@ from starlette.formparsers import MultiPartException
 
 from core.labels import EMOTIONS
 from fusion.media import MAX_CLIP_FRAMES, MAX_CLIP_SECONDS
-from ser.frontend import NoSpeechError
+from ser.frontend import NoSpeechError, no_speech_reason
 from webapp import media
 from webapp.models import PRECISION, ModelLoader, ModelUnavailable, Models, top_label
 from webapp.schemas import (AudioPrediction, ErrorResponse, Health, ImagePrediction, StreamHello, VideoPrediction,
@@ -460,21 +460,6 @@ def _mean_result(probabilities: list[dict[str, float]]) -> dict[str, Any] | None
 
 MAX_VIDEO_SEGMENTS = 40     # a long clip gets longer segments rather than a table nobody reads
 NO_AUDIO_TRACK = "no audio track"  # fusion.late.LateFusion.modality_probs's audio_missing for the same clip
-
-
-def no_speech_reason(exc: Exception) -> str | None:
-    """The ``no_speech`` reason (one of ``ser.frontend.REASONS``) of an audio track the voice model could not use:
-    the speech check's own for hum, noise or a tone; ``silence`` for digital silence, ``too short`` for a track of
-    a few samples (``ser.audio.check_signal`` refuses both before the speech check); None for anything else."""
-    from ser.audio import EmptyAudioError, SilentAudioError
-
-    if isinstance(exc, NoSpeechError):
-        return exc.reason
-    if isinstance(exc, SilentAudioError):
-        return "silence"
-    if isinstance(exc, EmptyAudioError):
-        return "too short"
-    return None
 
 
 def predict_video_bytes(models: Models, settings: Settings, name: str, data: bytes,

@@ -115,9 +115,7 @@ def annotated_jpeg(image: np.ndarray, faces: list[dict], max_side: int = 960, qu
 
 
 def video_reason(exc: Exception, path: str | os.PathLike) -> str:
-    """fusion.media's reason for an unusable video, as the server says it: FFmpeg's words without "[Errno N]" or
-    the upload's temp file name."""
-    cause = exc.__cause__
-    text = str(getattr(cause, "strerror", None) or exc) if cause is not None else str(exc)
-    text = text.replace(f"{path}: ", "").replace(f": '{path}'", "").replace(str(path), "upload")
-    return f"not a readable video ({text})"
+    """fusion.media's reason for an unusable video in the words ``fusion.predict`` prints (``cannot decode (not a
+    valid audio/video file: ...)``, ``cannot decode (truncated or damaged: ...)``), without the upload's temp
+    file name."""
+    return str(exc).replace(f"{path}: ", "").replace(f": '{path}'", "").replace(str(path), "upload")
