@@ -179,7 +179,7 @@ def load_corpus(corpus: str, data_dir: str | os.PathLike | None = None, size: in
     if corpus == "jaffe":
         from fer.jaffe import load_jaffe
 
-        return load_jaffe(data_dir, size=size, detector=detector, slug=slug)
+        return load_jaffe(data_dir, size=size, detector=detector, slug=slug, max_per_class=max_per_class, seed=seed)
     if corpus == "ckplus":
         from fer.ckplus import load_ckplus
 

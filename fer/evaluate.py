@@ -45,6 +45,10 @@ class EvaluateConfig:
         """Choices no evaluation can use, refused before the model or any data loads."""
         from fer.faces import check_loader_detector
 
+        from fer.data import CORPORA
+
+        if self.dataset not in CORPORA:
+            raise ValueError(f"unknown --dataset {self.dataset!r}; choose one of {', '.join(CORPORA)}")
         if self.split not in SPLIT_CHOICES:
             raise ValueError(f"unknown --split {self.split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
         check_loader_detector(self.detector)
@@ -82,7 +86,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     cfg.validate()  # also when called without the CLI
     predictor = FERPredictor(cfg.model_dir)
     train_cfg = predictor.config
-    if cfg.split == "val" and train_cfg.get("refit"):
+    if cfg.split == "val" and train_cfg.get("refit") and train_cfg.get("dataset") == cfg.dataset:
         raise ValueError(f"{predictor.model_dir} was refit on its validation images: --split val is training data")
     seed = int(train_cfg.get("seed", 42))
     if cfg.split != "all" and train_cfg.get("dataset") == cfg.dataset:

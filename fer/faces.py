@@ -54,6 +54,7 @@ CROP_CHECK_SIDE = 64
 CROP_FACE_MIN_SCORE = 0.3
 CROP_SCORE_FLOOR = 0.1  # scores below this read as 0.0: far from the threshold, and each one costs NMS time
 FACE_MARGIN = 0.2
+MIN_ANNOTATED_SIDE = 240  # draw_faces enlarges smaller images: a 48 px crop has no room for a legible label
 # Aligned crops (align_face): where FER2013 has its faces. Medians of BlazeFace's landmarks on 1466 random
 # FER2013 training images (48x48): eye midpoint at x 0.50, y 0.395 of the side; eye centres 0.367 of the side
 # apart; mouth 0.388 below the eye midpoint. The crop side is the larger of the two distances over its
@@ -462,18 +463,29 @@ def crop_face_score(image: np.ndarray) -> float:
 
 
 def draw_faces(image: np.ndarray, faces: Sequence[dict], color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
-    """A BGR copy with each face's box and ``label probability`` written above it."""
-    canvas = to_bgr(image).copy()
+    """A BGR copy with each face's box and ``label probability`` written above it (below it, or inside its top,
+    where there is no room). An image under ``MIN_ANNOTATED_SIDE`` px (a 48 px face crop) is drawn enlarged by a
+    whole factor, so that its label fits and can be read."""
+    canvas = to_bgr(image)
+    factor = min(8, math.ceil(MIN_ANNOTATED_SIDE / max(1, min(canvas.shape[:2]))))
+    canvas = (cv2.resize(canvas, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST) if factor > 1
+              else canvas.copy())
+    height = canvas.shape[0]
     scale = max(0.4, min(canvas.shape[:2]) / 800.0)
     thickness = max(1, int(round(scale * 2)))
     for face in faces:
-        x, y, w, h = (int(v) for v in face["box"])
-        cv2.rectangle(canvas, (x, y), (x + w, y + h), color, thickness)
+        x, y, w, h = (int(v) * factor for v in face["box"])
+        cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), color, thickness)
         label = face.get("label", "")
         prob = face.get("probabilities", {}).get(label)
         text = f"{label} {prob:.2f}" if prob is not None else label
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        ty = y - 4 if y - th - base - 4 >= 0 else y + h + th + 4
+        if y - th - base - 4 >= 0:
+            ty = y - 4
+        elif y + h + th + base + 4 <= height:
+            ty = y + h + th + 4
+        else:
+            ty = y + th + 4
         cv2.rectangle(canvas, (x, ty - th - base), (x + tw, ty + base), color, cv2.FILLED)
         cv2.putText(canvas, text, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness, cv2.LINE_AA)
     return canvas

@@ -12,7 +12,7 @@ from pathlib import Path
 from core.cli import progress
 from core.datasets import resolve_corpus_dir
 from core.labels import UnknownLabelError, map_label
-from fer.data import FaceSet, SkipLog, build_faceset, read_gray
+from fer.data import FaceSet, SkipLog, build_faceset, cap_per_class, read_gray
 from fer.faces import DEFAULT_DETECTOR, FACE_MARGIN, crop_face, detect_and_align
 
 CORPUS = "jaffe"
@@ -28,15 +28,16 @@ def parse_name(name: str) -> tuple[str, str] | None:
 
 
 def load_jaffe(data_dir: str | os.PathLike | None = None, size: int = 48, detector: str = DEFAULT_DETECTOR,
-               slug: str | None = None) -> FaceSet:
+               slug: str | None = None, max_per_class: int = 0, seed: int = 42) -> FaceSet:
     """``detector``: a ``fer.faces`` detector crops the face (aligned, as at inference: ``detect_and_align``);
-    'none' keeps the whole frame (resized)."""
+    'none' keeps the whole frame (resized). ``max_per_class``: at most this many photos per emotion (seeded
+    random; 0 keeps all), chosen before any face is searched."""
     root = resolve_corpus_dir(CORPUS, data_dir, slug)
     skips = SkipLog(CORPUS)
     items = []
     fallbacks = 0
-    paths = sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in (".tif", ".tiff"))
-    for path in progress(paths, desc="jaffe faces", unit="image"):
+    labelled = []
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in (".tif", ".tiff")):
         parsed = parse_name(path.name)
         if parsed is None:
             skips.skip("file name not SUBJECT.LABELn.INDEX.tiff", str(path))
@@ -50,6 +51,9 @@ def load_jaffe(data_dir: str | os.PathLike | None = None, size: int = 48, detect
         if label is None:
             skips.drop(raw)
             continue
+        labelled.append((path, subject, label))
+    labelled = cap_per_class(labelled, lambda item: item[2], max_per_class, seed)
+    for path, subject, label in progress(labelled, desc="jaffe faces", unit="image"):
         image = read_gray(path)
         if image is None:
             skips.skip("unreadable image", str(path))

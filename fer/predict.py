@@ -132,6 +132,15 @@ def is_blank(image: np.ndarray) -> bool:
     return float(np.std(to_gray(image).astype(np.float32))) < BLANK_CROP_STD
 
 
+def no_face_hint(image: np.ndarray, detector: str) -> str:
+    """What to try when an image has no face: reading a small one whole, or the detector for small faces."""
+    if max(image.shape[:2]) <= CROPPED_FACE_SIDE:
+        return " (a face crop? --no-detect reads it whole)"
+    if detector == "blazeface":
+        return " (small faces in a large picture? --detector blazeface-full finds them down to 1/16 of its side)"
+    return ""
+
+
 def looks_like_face_crop(image: np.ndarray) -> bool:
     """Whether a small image read whole is a face crop: not blank, and BlazeFace scores a face in it
     (``fer.faces.crop_face_score`` >= ``CROP_FACE_MIN_SCORE``). Holds for 98.7 % of FER2013's validation
@@ -181,14 +190,17 @@ def iter_inputs(paths: Iterable[str]) -> Iterable[tuple[Path, Path | None, str |
 
 
 def annotation_path(out_dir: Path, path: Path, folder: Path | None, used: set[Path]) -> Path:
+    """Where the annotated copy of ``path`` goes: its place under ``out_dir``, with ``_1``, ``_2``, ... when that
+    is taken. ``used`` holds the resolved paths already taken; start it with the input files, so that
+    ``--annotate`` pointing at the photos' own folder never writes over a photo."""
     rel = path.relative_to(folder) if folder else Path(path.name)
     if rel.suffix.lower() not in WRITABLE_EXTENSIONS:
         rel = rel.with_suffix(".png")
     target, n = out_dir / rel, 1
-    while target in used:
+    while target.resolve() in used:
         target = out_dir / rel.with_name(f"{rel.stem}_{n}{rel.suffix}")
         n += 1
-    used.add(target)
+    used.add(target.resolve())
     return target
 
 
@@ -250,15 +262,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = writable_folder_problem(Path(args.annotate))
         if problem:
             parser.error(f"--annotate {args.annotate}: {problem}")
+    inputs = list(iter_inputs(args.paths))  # listed first: the progress bar knows the total, an empty run stops here
+    if all(Path(arg).is_dir() for arg in args.paths) and not any(problem is None for _, _, problem in inputs):
+        for _, _, problem in inputs:  # only empty folders: nothing to do, before a model loads
+            echo(f"error: {problem}", err=True)
+        return 2
     try:
         predictor = FERPredictor(args.model_dir, detector=args.detector, margin=args.margin, tflite=args.tflite)
     except (ModelNotFoundError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out_dir = Path(args.annotate) if args.annotate else None
-    used: set[Path] = set()
+    used: set[Path] = {path.resolve() for path, _, problem in inputs if problem is None}  # never written over
     failures = 0
-    inputs = list(iter_inputs(args.paths))  # listed first, so the progress bar knows the total
     for path, folder, problem in progress(inputs, desc="images", unit="image"):
         if problem:
             echo(f"error: {problem}", err=True)
@@ -279,9 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = {"path": str(path), "faces": faces}
             text = _format_faces(path, faces)
             if not faces:
-                small = max(image.shape[:2]) <= CROPPED_FACE_SIDE
-                echo(f"{path}: no face found" + (" (a face crop? --no-detect reads it whole)" if small else ""),
-                     err=True)
+                echo(f"{path}: no face found{no_face_hint(image, args.detector)}", err=True)
         echo(json.dumps(result) if args.json else text)
         if out_dir is not None:
             target = annotation_path(out_dir, path, folder, used)

@@ -115,6 +115,9 @@ def test_jaffe_without_detector_keeps_whole_frame(tmp_path):
     write_jaffe(tmp_path, subjects=("KA", "KL"))
     data = load_jaffe(tmp_path, detector="none", size=32)
     assert data.images.shape == (14, 32, 32)
+    capped = load_corpus("jaffe", tmp_path, size=32, max_per_class=1, seed=3, detector="none")  # as fer.evaluate asks
+    assert len(capped) == 7 and sorted(capped.labels.tolist()) == list(range(7))
+    assert set(capped.sources) < set(data.sources)
 
 
 def test_ckplus_drops_contempt_and_splits_by_subject(tmp_path, caplog):

@@ -101,3 +101,17 @@ def test_draw_faces_marks_the_box(astronaut_bgr):
     assert drawn.shape == astronaut_bgr.shape
     assert not np.array_equal(drawn, astronaut_bgr)
     assert np.array_equal(draw_faces(to_gray(astronaut_bgr), []).shape, astronaut_bgr.shape)
+
+
+def test_a_small_crop_is_drawn_enlarged_with_its_whole_box_and_a_label_inside(astronaut_bgr):
+    """A 48 px crop boxed whole: the label has no room above or below, so it goes inside; the image is enlarged
+    by a whole factor so the label fits (it used to fall outside the image, with two edges of the box)."""
+    crop = cv2.resize(astronaut_bgr[30:230, 130:310], (48, 48))
+    drawn = draw_faces(crop, [{"box": [0, 0, 48, 48], "label": "neutral", "probabilities": {"neutral": 0.55}}])
+    assert drawn.shape == (240, 240, 3)
+    green = (drawn[..., 1] == 255) & (drawn[..., 0] == 0) & (drawn[..., 2] == 0)
+    edges = (green[0], green[-1], green[20:, 0], green[:, -1])  # all four (the label covers the left edge's top)
+    assert all(edge.all() for edge in edges)
+    label = drawn[2:14, 2:60]  # the label inside the box's top: green background, black text
+    no_red_or_blue = (label[..., 0] < 40) & (label[..., 2] < 40)  # green, black, or anti-aliased between
+    assert no_red_or_blue.mean() > 0.95 and green[2:14, 2:60].mean() > 0.4

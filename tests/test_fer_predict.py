@@ -126,6 +126,7 @@ def test_a_small_blank_image_has_no_face(predictor, model_dir, tmp_path, capsys)
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(ModelNotFoundError, match="--model-dir"):
         FERPredictor(tmp_path)
+    cv2.imwrite(str(tmp_path / "photo.png"), np.full((120, 160, 3), 90, np.uint8))
     assert fer_predict.main([str(tmp_path), "--model-dir", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert "fer.train" in err and "--model-dir" in err
@@ -184,3 +185,24 @@ def test_cli_annotate(model_dir, images, tmp_path, capsys):
     assert np.abs(drawn.astype(int) - original.astype(int)).max() > 100  # a box was drawn
     assert (out_dir / "happy.png").is_file() and (out_dir / "sad.png").is_file()
     assert "face(s)" in capsys.readouterr().out
+
+
+def test_annotating_into_the_photos_own_folder_never_writes_over_a_photo(model_dir, images, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(images / "astronaut.jpg", folder / "astronaut.jpg")
+    shutil.copy(images / "blank.png", folder / "blank.png")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert fer_predict.main([str(folder), "--annotate", str(folder), "--model-dir", str(model_dir)]) == 0
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name in before} == before
+    assert {p.name for p in folder.iterdir()} == {"astronaut.jpg", "blank.png", "astronaut_1.jpg", "blank_1.png"}
+    assert "no face found (small faces in a large picture? --detector blazeface-full" in capsys.readouterr().err
+
+
+def test_only_empty_folders_stop_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(fer_predict, "FERPredictor", lambda *a, **k: pytest.fail("no model is needed"))
+    assert fer_predict.main([str(tmp_path / "empty")]) == 2
+    assert "error: no images (" in capsys.readouterr().err
