@@ -385,3 +385,29 @@ def test_long_recording_averages_its_windows(trained, tmp_path, capsys):
     assert all(set(s) == {"start", "end", "label", "probabilities"} for s in result["segments"])
     with pytest.raises(SystemExit):
         ser_predict.main(["--model-dir", str(out), "--hop", "0", str(path)])
+
+
+def test_a_window_holding_only_the_edge_of_speech_is_left_out(trained, monkeypatch):
+    """A window that catches a sliver of speech between pauses is judged as if the sliver were all of it; with
+    fuller windows in the recording it is left out (MIN_WINDOW_SPEECH_SHARE), and a recording of short words
+    only keeps them. Speech here is any sound: the speech check is replaced by one that counts sounding samples."""
+    from types import SimpleNamespace
+
+    def sounding(w, sr):
+        return SimpleNamespace(is_speech=bool(np.any(w)), active_seconds=np.count_nonzero(w) / sr, reason="speech",
+                               detail="")
+    monkeypatch.setattr(ser_predict, "speech_check", sounding)
+    _, out, _ = trained
+    predictor = ser_predict.SERPredictor(out)
+    window = predictor.features.max_seconds
+    burst = synth.tone("sad", seconds=0.2 * window, seed=2)  # under a third of a window
+    pause = np.zeros(int(3 * window * 16_000), np.float32)
+    y = np.concatenate([synth.tone("happy", seconds=2 * window), pause, burst, pause,
+                        synth.tone("happy", seconds=2 * window, seed=1)])
+    near_burst = lambda windows: [w for w in windows if 4 * window < w[0] < 5.2 * window]  # noqa: E731
+    assert near_burst(ser_predict.speech_windows(y, predictor.features, hop_seconds=window / 4))  # there ...
+    kept = predictor.speech_segments(y, 16_000, hop_seconds=window / 4)
+    assert not near_burst(kept) and len(kept) >= 4  # ... and left out
+    assert all(np.count_nonzero(w) >= window / 3 * 16_000 for _, _, w in kept)
+    words = np.concatenate([burst, pause, burst])  # only short words: nothing fuller to prefer
+    assert len(predictor.speech_segments(words, 16_000, hop_seconds=window / 4)) >= 2
