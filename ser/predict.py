@@ -38,9 +38,10 @@ DEFAULT_HOP_SECONDS = 1.5
 
 
 # A window that catches only the edge of an utterance is judged as if it were all of it (the model trims the
-# silence around it). On recordings of TESS clips joined by pauses (exp39, docs/ser.md), windows with under 1 s
-# of speech of their 3 s were right 0.34 of the time, those with more 0.46; without them the recordings' own
-# accuracy was 0.556 instead of 0.542. Such windows are left out when the recording has fuller ones.
+# silence around it). On recordings of TESS clips joined by pauses (bench/bench_ser_windows.py), windows with
+# under 1 s of speech of their 3 s were right 0.40 of the time, fuller ones 0.49; the recordings' accuracy does
+# not move measurably (0.560 without them, 0.571 with). Left out when the recording has fuller windows, so that
+# --segments does not list labels read from a sliver.
 MIN_WINDOW_SPEECH_SHARE = 1 / 3
 
 

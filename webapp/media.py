@@ -15,9 +15,9 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from core.images import MAX_IMAGE_PIXELS  # one pixel limit for the server and fer.predict
 
 SAMPLE_RATE = 16_000
-MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_PROCESS_SIDE = 640  # frames are downscaled to this longer side before face detection
 
 
@@ -44,7 +44,8 @@ def temp_file(data: bytes, filename: str | None) -> Iterator[Path]:
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """BGR uint8 image from JPEG/PNG/WebP/BMP bytes: core.images, the reader fer.predict uses too."""
+    """BGR uint8 image from JPEG/PNG/WebP/BMP/TIFF/GIF bytes: core.images, the reader (and the pixel limit)
+    fer.predict uses too."""
     from core.images import ImageReadError
     from core.images import decode_image as decode
 
