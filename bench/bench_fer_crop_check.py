@@ -9,6 +9,8 @@ fer.predict.looks_like_face_crop holds (not blank, fer.faces.crop_face_score >= 
 - CK+48: every crop (a corpus the threshold never saw);
 - non-faces: 25 patches of 40-100 px from each of bench_fer_detect's textures (skimage pictures without a
   person or an animal) and 100 squares of pixel noise (half of them blurred), seed 3;
+- whole small pictures of objects: each of those textures' pictures (a clock, a logo, a coffee cup, coins, a
+  colour wheel, ...) resized whole to 48 and 90 px, the harder case (a round object can look like a face);
 - ms per image for the check, on one core (median over the FER2013 validation crops).
 Writes bench/results/fer_crop_check.md and .json.
 """
@@ -63,6 +65,14 @@ def non_face_patches(rng: np.random.Generator) -> list[np.ndarray]:
     return patches
 
 
+def object_pictures() -> list[np.ndarray]:
+    import cv2
+    from bench_fer_detect import _texture_images
+
+    return [cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+            for image in _texture_images().values() for side in (48, 90)]
+
+
 def kept(images, check) -> dict:
     flags = [bool(check(image)) for image in images]
     return {"n": len(flags), "kept": int(sum(flags)), "fraction": round(float(np.mean(flags)), 4)}
@@ -99,11 +109,13 @@ def main(argv=None) -> int:
         "fer2013_test": kept(test, looks_like_face_crop),
         "ckplus48": kept(load_ckplus(data_root).images, looks_like_face_crop),
         "non_faces": kept(non_face_patches(np.random.default_rng(SEED)), looks_like_face_crop),
+        "objects": kept(object_pictures(), looks_like_face_crop),
         "ms_per_image": round(1000 * float(np.median(times)), 2),
     }
     write_json(Path(args.out) / "fer_crop_check.json", results)
     rows = [("FER2013 validation (default split)", "fer2013_val"), ("FER2013 test (default split)", "fer2013_test"),
-            ("CK+48, all", "ckplus48"), ("non-faces: texture patches and noise", "non_faces")]
+            ("CK+48, all", "ckplus48"), ("non-faces: texture patches and noise", "non_faces"),
+            ("non-faces: whole pictures of objects at 48 and 90 px", "objects")]
     text = ("# Small images read whole: the face check\n\n`python bench/bench_fer_crop_check.py`\n\n"
             f"Kept = read as a face crop (not blank, BlazeFace score >= {CROP_FACE_MIN_SCORE} with the image at 64 px "
             "in its 128 px input).\n\n| images | n | kept | fraction kept |\n|---|---|---|---|\n"
