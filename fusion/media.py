@@ -161,12 +161,12 @@ def decode_clip(path: str | os.PathLike, fps: float = FPS, sample_rate: int = SA
             if resampler is not None:
                 for out in resampler.resample(None):
                     chunks.append(out.to_ndarray().reshape(-1))
-            if total <= limit:  # the whole clip was to be read: a track that ends early was cut short
-                for stream, decoded in ((audio, sum(c.size for c in chunks) / sample_rate),
-                                        (video, len(frames) / fps)):
-                    declared = declared_track_seconds(container, stream) if stream is not None else None
-                    if cut_short(decoded, declared):
-                        raise CorruptMediaError(f"{path}: cannot decode ({cut_short_words(decoded, declared)})")
+            if total <= limit and audio is not None:  # the whole clip was to be read: did its sound all decode?
+                # The sound track only: sound is continuous, while a screen recording's frames may stop for
+                # seconds on a still picture, so fewer frames than the declared length is no sign of a cut.
+                decoded, declared = sum(c.size for c in chunks) / sample_rate, declared_track_seconds(container, audio)
+                if cut_short(decoded, declared):
+                    raise CorruptMediaError(f"{path}: cannot decode ({cut_short_words(decoded, declared)})")
     except MediaError:
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, OSError) as exc:
