@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -130,6 +131,9 @@ def load_keras_model(path: str | os.PathLike, **kwargs: Any) -> Any:
         raise ModelFolderError(f"{path}: missing; copy the run folder again or retrain it")
     if path.stat().st_size == 0:
         raise ModelFolderError(f"{path}: empty (0 bytes); copy the run folder again or retrain it")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would say "File not found"
+        raise ModelFolderError(f"{path}: damaged or not a Keras model (not a .keras zip archive: cut short, or "
+                               "another kind of file); copy the run folder again or retrain it")
     try:
         return keras.saving.load_model(path, compile=False, **kwargs)
     except Exception as exc:  # zipfile, h5py, JSON and Keras each raise their own types for a damaged file
