@@ -155,6 +155,12 @@ def images_by_emotion_folder(corpus: str, folder: Path, skips: "SkipLog") -> lis
     return files
 
 
+def check_dataset(name: str) -> None:
+    """A ``--dataset`` (fer.train, fer.evaluate): one of ``CORPORA``; ValueError naming the choices."""
+    if name not in CORPORA:
+        raise ValueError(f"unknown --dataset {name!r}; choose one of {', '.join(CORPORA)}")
+
+
 def cap_per_class(items: list, label_of, max_per_class: int, seed: int) -> list:
     """Keep at most ``max_per_class`` items of each label (random, seeded); 0 keeps all."""
     if not max_per_class:

@@ -43,12 +43,10 @@ class EvaluateConfig:
 
     def validate(self) -> None:
         """Choices no evaluation can use, refused before the model or any data loads."""
+        from fer.data import check_dataset
         from fer.faces import check_loader_detector
 
-        from fer.data import CORPORA
-
-        if self.dataset not in CORPORA:
-            raise ValueError(f"unknown --dataset {self.dataset!r}; choose one of {', '.join(CORPORA)}")
+        check_dataset(self.dataset)
         if self.split not in SPLIT_CHOICES:
             raise ValueError(f"unknown --split {self.split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
         check_loader_detector(self.detector)

@@ -78,13 +78,12 @@ class TrainConfig:
     def validate(self) -> None:
         """Choices no run can use, refused before any data is loaded (core.config.validate_config)."""
         from core.training import SCHEDULES
-        from fer.data import CORPORA
+        from fer.data import check_dataset
         from fer.models import MODELS
 
         if self.model not in MODELS:
             raise ValueError(f"unknown --model {self.model!r}; choose one of {', '.join(MODELS)}")
-        if self.dataset not in CORPORA:
-            raise ValueError(f"unknown --dataset {self.dataset!r}; choose one of {', '.join(CORPORA)}")
+        check_dataset(self.dataset)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown --schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         from fer.faces import check_loader_detector

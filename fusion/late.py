@@ -275,9 +275,9 @@ class LateFusion:
             try:
                 probs["audio"] = np.asarray(self.ser.predict_waveform(clip.audio, clip.sample_rate), np.float64)
             except AudioError as exc:  # silent track, or no speech in it (NoSpeechError)
-                info["audio_missing"], audio_error = str(exc), exc
-                if no_speech_reason(exc):
-                    info["no_speech"] = no_speech_reason(exc)
+                info["audio_missing"], audio_error, reason = str(exc), exc, no_speech_reason(exc)
+                if reason:
+                    info["no_speech"] = reason
         crops = self.face_crops(clip.frames) if len(clip.frames) else np.zeros((0, 1, 1), np.uint8)
         info["face_frames"] = int(len(crops))
         if len(crops):
