@@ -46,6 +46,22 @@ def declared_track_seconds(container, stream) -> float | None:
     return None
 
 
+def mp3_declares_length(path) -> bool:
+    """Whether an MP3's first frame holds a Xing / Info / VBRI header: the encoder's count of the file's frames,
+    which libsndfile (mpg123) and FFmpeg then report as its length. Without one, both estimate the length from the
+    file's size, so a cut-short file looks whole and an intact variable-bitrate one can look cut."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+        start = 0
+        if head[:3] == b"ID3" and len(head) == 10:  # an ID3v2 tag first: its size is four 7-bit bytes
+            start = 10 + sum((byte & 0x7F) << (7 * (3 - i)) for i, byte in enumerate(head[6:10]))
+            start += 10 if head[5] & 0x10 else 0  # a footer
+        f.seek(start)
+        frame = f.read(4096)
+    sync = frame.find(b"\xff")  # padding may sit between the tag and the first frame
+    return sync >= 0 and any(tag in frame[sync:sync + 48] for tag in (b"Xing", b"Info", b"VBRI"))
+
+
 def declared_sndfile_seconds(info: str, samplerate: int, frames: int) -> float | None:
     """The length a libsndfile header declares when it promises more audio data than the file holds: libsndfile
     reads what is there and notes ``data : 131332 (should be 43748)`` (bytes) in its log (``SoundFile.extra_info``).

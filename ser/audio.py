@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from core.media_types import (cut_short, cut_short_words, declared_sndfile_seconds, declared_track_seconds,
+                               mp3_declares_length,
                               ffmpeg_words)
 
 SAMPLE_RATE = 16_000
@@ -41,6 +42,11 @@ def _read_soundfile(path: Path, max_seconds: float | None = None) -> tuple[np.nd
             raise CorruptAudioError(f"{path}: not readable as audio ({cut_short_words(seconds, declared)})")
         frames = int(round(max_seconds * f.samplerate)) if max_seconds else -1
         data = f.read(frames, dtype="float32", always_2d=True)
+        # An MP3's length comes from its Xing header (when it has one), so a cut file reads fewer frames than that.
+        if f.format == "MP3" and len(data) < (frames if frames > 0 else f.frames) and mp3_declares_length(path):
+            if cut_short(len(data) / f.samplerate, seconds):
+                raise CorruptAudioError(f"{path}: not readable as audio "
+                                        f"({cut_short_words(len(data) / f.samplerate, seconds)})")
         return data.mean(axis=1), f.samplerate, seconds
 
 

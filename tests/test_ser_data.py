@@ -331,3 +331,34 @@ def test_a_file_cut_short_is_refused_not_judged_on_its_start(tmp_path):
     (tmp_path / "cut.flac").write_bytes(flac[: len(flac) // 3])
     with pytest.raises(audio.CorruptAudioError, match=r"truncated or damaged(, after \d\.\d\d s|: \d\.\d\d s of)"):
         audio.load_audio(tmp_path / "cut.flac")
+
+
+def _write_mp3(path, y, sr=16000, **options):
+    import av
+
+    with av.open(str(path), "w", options=options) as out:
+        stream = out.add_stream("libmp3lame", rate=sr, layout="mono")
+        frame = av.AudioFrame.from_ndarray(y[None, :].astype(np.float32), format="flt", layout="mono")
+        frame.sample_rate = sr
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+
+
+def test_an_mp3_cut_short_is_refused_when_its_header_counts_its_frames(tmp_path):
+    """An encoder's Xing / Info header states an MP3's frame count; without one the length is only an estimate from
+    the file's size, so a cut file cannot be told from a short one (and is read as far as it goes)."""
+    from core.media_types import mp3_declares_length
+
+    y = synth.tone("happy", seconds=6.0)
+    for name, options in (("counted", {}), ("uncounted", {"write_xing": "0"})):
+        _write_mp3(tmp_path / f"{name}.mp3", y, **options)
+        data = (tmp_path / f"{name}.mp3").read_bytes()
+        (tmp_path / f"{name}_cut.mp3").write_bytes(data[: len(data) // 3])
+        assert abs(audio.decode(tmp_path / f"{name}.mp3")[0].size / 16000 - 6.0) < 0.2
+    assert mp3_declares_length(tmp_path / "counted.mp3") and not mp3_declares_length(tmp_path / "uncounted.mp3")
+    with pytest.raises(audio.CorruptAudioError, match=r"truncated or damaged: 1\.\d\d s of the 6\.00 s its header"):
+        audio.load_audio(tmp_path / "counted_cut.mp3")
+    assert audio.decode(tmp_path / "uncounted_cut.mp3")[0].size / 16000 < 2.5
+    # A head read that stops before the cut is the file's true start: nothing to refuse.
+    samples, rate, seconds = audio.decode_head(tmp_path / "counted_cut.mp3", max_seconds=1.0)
+    assert samples.size == rate and seconds == pytest.approx(6.0, abs=0.01)
