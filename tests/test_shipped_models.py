@@ -50,6 +50,7 @@ def test_shipped_compact_ser_tflite_agrees_with_keras(repo_root):
     tflite_p = SERPredictor(folder, tflite="float16")
     report = json.loads((folder / "export.json").read_text())
     assert abs(report["exports"]["float16"]["accuracy_change"]) < 0.05
+    assert report["split"] == f"the run's test split ({report['test_n']} clips found)"
     for emotion in ("happy", "sad"):
         y = synth.tone(emotion, seconds=2.0, seed=5)
         a, b = keras_p.predict_waveform(y, 16_000), tflite_p.predict_waveform(y, 16_000)
@@ -93,6 +94,7 @@ def test_shipped_fer_tflite_agrees_with_keras(mode, name, repo_root):
     assert b.shape == (3, 7) and np.abs(a - b).max() < 0.1
     report = json.loads((repo_root / "saved_models" / name / "export.json").read_text())
     assert abs(report["exports"][mode]["accuracy_change"]) < 0.05
+    assert report["split"].startswith("the run's test split of fer2013 (2000 of")  # every number names its split
 
 
 def test_fer_export_cli_round_trip_without_data(tmp_path, repo_root):
