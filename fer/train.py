@@ -158,11 +158,12 @@ HELP = {
 }
 
 
-# Options kept for experiments that measured no gain (docs/results.md): a refit at 45 epochs scored below the
-# shipped recipe, training on de-duplicated images did not beat member 1, a warm start stayed where it was.
-ADVANCED = frozenset({"refit", "dedupe", "init_from"})
+# Options kept for experiments that measured no gain (docs/results.md): training on de-duplicated images did not
+# beat member 1. (--refit and --init-from built the shipped models: main options.)
+ADVANCED = frozenset({"dedupe"})
 DESCRIPTION = ("Train a facial expression recognition model. With --model tiny (the default) the options not given "
-               "take the shipped default's recipe: --epochs 60 --batch-size 64 --learning-rate 0.002 "
+               "take the 58k-parameter mini-Xception's recipe (not the shipped fer_tiny's: see its model card): "
+               "--epochs 60 --batch-size 64 --learning-rate 0.002 "
                "--label-smoothing 0.1 --patience 12 --lr-patience 4; with --model faceres, the face-pretrained backbone's "
                "recipe (fer.train.MODEL_RECIPES).")
 
