@@ -18,12 +18,16 @@ from core.labels import EMOTION_INDEX
 from core.reports import format_summary, write_report
 
 
+FALLBACK_CORPORA = "ravdess,tess"  # a model folder whose config.json does not name its corpora
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CLIParser(prog=module_prog(__name__),
                        description="Evaluate a speech emotion model on labelled corpora.")
     parser.add_argument("--model-dir", default=None, help="trained run folder (default: saved_models/ser)")
-    parser.add_argument("--corpora", default="ravdess,tess",
-                        help="comma-separated: ravdess, crema_d, tess, savee (default: %(default)s)")
+    parser.add_argument("--corpora", default=None,
+                        help="comma-separated: ravdess, crema_d, tess, savee (default: the corpora the model was "
+                             f"trained on, from its config.json; else {FALLBACK_CORPORA})")
     parser.add_argument("--data-dir", default=None, help="folder holding the corpora (or one corpus); "
                         "default $EMOTION_DATA_DIR, else kagglehub")
     parser.add_argument("--split", default="all", choices=["all", "train", "val", "test"],
@@ -47,11 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     refuse_file_output(parser, args.output)  # before the model and data load
     if args.n_jobs == 0 or args.n_jobs < -1:
         parser.error(f"--n-jobs must be -1 (all cores) or a positive number of processes, got {args.n_jobs}")
+    given = args.corpora is not None
     try:
+        if given:
+            parse_corpus_list(args.corpora)  # a typo is refused before the model loads
         predictor = SERPredictor(args.model_dir)
+        # By default the model is scored on what it was trained on (its test speakers are among them).
+        args.corpora = args.corpora or predictor.config.get("train", {}).get("corpora") or FALLBACK_CORPORA
         clips, reports = load_clips(parse_corpus_list(args.corpora), args.data_dir)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        hint = "" if given or args.corpora is None else f" (or --corpora: by default the model's own, {args.corpora})"
+        print(f"error: {exc}{hint}", file=sys.stderr)
         return 2
     if args.split != "all":
         split = pd.read_csv(predictor.model_dir / "split.csv")

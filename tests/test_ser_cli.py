@@ -322,6 +322,31 @@ def test_evaluate_writes_metrics_for_test_split(trained, tmp_path):
     assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "predictions.csv").is_file()
 
 
+def test_evaluate_scores_the_corpora_the_model_was_trained_on_by_default(trained, tmp_path, capsys):
+    """Without --corpora, a model trained on RAVDESS alone is scored on RAVDESS: a data folder without TESS is fine
+    (it used to fail with 'tess: no clips found ... check --data-dir')."""
+    import shutil
+
+    root, out, _ = trained
+    config = read_json(out / "config.json")
+    assert config["train"]["corpora"] == "ravdess,tess"
+    ravdess_only = tmp_path / "ravdess_model"
+    shutil.copytree(out, ravdess_only)
+    config["train"]["corpora"] = "ravdess"
+    (ravdess_only / "config.json").write_text(json.dumps(config))
+    data = tmp_path / "data"
+    shutil.copytree(root / "ravdess", data / "ravdess")
+    assert evaluate_main(["--model-dir", str(ravdess_only), "--data-dir", str(data), "--split", "test",
+                          "--output", str(tmp_path / "eval"), "--n-jobs", "1"]) == 0
+    assert read_json(tmp_path / "eval" / "metrics.json")["corpora"] == "ravdess"
+    capsys.readouterr()
+    assert evaluate_main(["--model-dir", str(out), "--data-dir", str(data), "--output", str(tmp_path / "eval2"),
+                          "--n-jobs", "1"]) == 2
+    assert "(or --corpora: by default the model's own, ravdess,tess)" in capsys.readouterr().err
+    assert evaluate_main(["--model-dir", str(out), "--corpora", "ravdes", "--output", str(tmp_path / "eval3")]) == 2
+    assert "ravdes" in capsys.readouterr().err and not (tmp_path / "eval3").exists()
+
+
 def test_evaluate_of_a_split_the_model_does_not_have_says_why(trained, tmp_path, capsys):
     import shutil
 
