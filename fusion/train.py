@@ -491,7 +491,6 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             raise ValueError(f"--modalities {','.join(modalities)} with pretrained encoders also needs "
                              + " and ".join(f"--{m}-encoder" for m in missing))
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
 
     frame, report, pcfg = prepare_data(cfg)
@@ -499,6 +498,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     parts = {s: usable[usable["split"] == s] for s in ("train", "val", "test")}
     if parts["train"].empty or parts["val"].empty:
         raise RuntimeError(f"empty train or validation split: { {k: len(v) for k, v in parts.items()} }")
+    out.mkdir(parents=True, exist_ok=True)  # only now: a run refused for its data leaves no folder behind
     if chief:
         write_split(out, frame)
         write_json(out / "data_report.json", report)

@@ -253,3 +253,16 @@ def test_real_ravdess_clip_decodes_and_predicts(shared_data, predictor):
     assert clip.audio.size / 16_000 == pytest.approx(3.3, abs=0.1)
     result = predictor.predict_clip(clip_path)
     assert result["label"] in EMOTIONS and result["face_frames"] >= 0.8 * result["frames"]
+
+
+def test_a_run_refused_for_its_data_leaves_no_folder(tmp_path, capsys):
+    """docs/reliability.md: a refused run creates no run folder (the folder used to be made before the clips
+    were listed, so a wrong --data-dir left an empty one)."""
+    from fusion.train import main
+
+    (tmp_path / "no_clips").mkdir()
+    out = tmp_path / "runs" / "fusion"
+    assert main(TINY_ARGS + ["--data-dir", str(tmp_path / "no_clips"), "--cache-dir", str(tmp_path / "cache"),
+                             "--output", str(out), "--weights", "none"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists() and not out.parent.exists()
