@@ -35,6 +35,18 @@ class CorruptMediaError(MediaError):
     """Not decodable (truncated, corrupt, or not a video file)."""
 
 
+class StillImageError(MediaError):
+    """A photo: FFmpeg reads one as a silent one-frame video, which would be judged as a 0.2 s clip."""
+
+
+PHOTO = "a photo, not a video or sound file"
+
+
+def _is_image_format(container) -> bool:
+    """FFmpeg's still-image demuxers: ``image2`` (chosen by the file name) and the ``*_pipe`` ones (by content)."""
+    return any(name == "image2" or name.endswith("_pipe") for name in str(container.format.name).split(","))
+
+
 class NoAudioError(MediaError):
     """The clip has no audio track, or an empty one."""
 
@@ -115,6 +127,15 @@ def decode_clip(path: str | os.PathLike, fps: float = FPS, sample_rate: int = SA
     try:
         with av.open(str(path)) as container:
             opened = True
+            if _is_image_format(container):  # by content: a JPEG named .mp4 too; a PDF named .jpg decodes nothing
+                words = "no picture decodes"
+                try:
+                    picture = next(container.decode(video=0), None)
+                except av.error.FFmpegError as exc:
+                    picture, words = None, ffmpeg_words(exc)
+                if picture is None:
+                    raise CorruptMediaError(f"{path}: cannot decode (not a valid audio/video file: {words})")
+                raise StillImageError(f"{path}: {PHOTO}")
             video = container.streams.video[0] if with_video and container.streams.video else None
             audio = container.streams.audio[0] if container.streams.audio else None
             if with_video and video is None:

@@ -34,7 +34,7 @@ from core.labels import EMOTIONS
 from core.media_types import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 from fer.data import IMAGE_EXTENSIONS
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
-from fusion.media import MAX_CLIP_SECONDS, MediaError, NoAudioError, NoVideoError
+from fusion.media import MAX_CLIP_SECONDS, PHOTO, MediaError, NoAudioError, NoVideoError, StillImageError
 from fusion.preprocess import PreprocessConfig, preprocess_clip
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -223,11 +223,14 @@ def expand_paths(paths: Sequence[str]) -> list[Path]:
     return out
 
 
+PHOTO_HINT = " (`python -m fer.predict` reads it)"  # as fer.predict points sound files to ser.predict
+
+
 def photo_error(path: Path) -> str | None:
-    """Why a photo is refused: FFmpeg would read it as a silent one-frame video and judge its face as a 0.2 s clip.
-    ``fer.predict`` is the tool for it (as ``fer.predict`` points sound files to ``ser.predict``)."""
+    """Why a file named as a photo is refused before decoding: FFmpeg would read it as a silent one-frame video and
+    judge its face as a 0.2 s clip. (A photo under a video name is found by its content: StillImageError.)"""
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return f"{path}: a photo, not a video or sound file (`python -m fer.predict` reads it)"
+        return f"{path}: {PHOTO}{PHOTO_HINT}"
     return None
 
 
@@ -298,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = predictor.predict_clip(path)
         except (MediaError, FileNotFoundError, ValueError) as exc:
             failures += 1
-            echo(f"error: {exc}", err=True)
+            echo(f"error: {exc}{PHOTO_HINT if isinstance(exc, StillImageError) else ''}", err=True)
             continue
         if result["label"] is None:  # neither a face nor speech: said so (as ser.predict does), exit status 1
             failures += 1

@@ -173,6 +173,28 @@ def test_a_photo_points_to_fer_predict(tmp_path, cli):
     assert f"error: {photo}: a photo" in err and "python -m fer.predict" in err
 
 
+def test_a_photo_is_found_by_its_content_not_its_name(tmp_path, cli):
+    """A JPEG named .mp4 used to be read as a silent one-frame video and given a face label (exit 0); a PDF named
+    .jpg is no photo, and is not called a truncated one either."""
+    import cv2
+
+    from fusion.media import StillImageError
+
+    photo = tmp_path / "photo_as.mp4"
+    photo.write_bytes(cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))[1].tobytes())
+    with pytest.raises(StillImageError, match="a photo, not a video or sound file"):
+        decode_clip(photo, require_audio=False)
+    rc, out, err = cli(str(photo))
+    assert rc == 1 and out == ""
+    assert f"error: {photo}: a photo, not a video or sound file (`python -m fer.predict` reads it)" in err
+    fake = tmp_path / "document.mov"
+    fake.write_bytes(b"%PDF-1.4\n" + bytes(range(256)) * 40)
+    (tmp_path / "named.jpg").write_bytes(fake.read_bytes())
+    for path in (fake, tmp_path / "named.jpg"):
+        with pytest.raises(CorruptMediaError, match=r"cannot decode \(not a valid audio/video file"):
+            decode_clip(path, require_audio=False)
+
+
 def test_seconds_analysed_never_exceed_the_clip_or_the_cap(tmp_path, cli, shipped):
     # 17 frames at 5 fps of a 3.303 s clip (what a RAVDESS clip gives): 3.303 s analysed, not 3.4.
     clip = Clip(frames=np.zeros((17, 2, 2, 3), np.uint8), audio=np.zeros(52_848, np.float32), fps=5.0,

@@ -252,6 +252,15 @@ def test_predict_video_with_a_silent_audio_track_says_why_there_is_no_voice(clie
     assert speech["voice"] is not None and speech["no_speech"] is None and speech["audio_missing"] is None
 
 
+def test_a_photo_sent_as_a_video_is_refused_and_pointed_to_the_image_endpoint(client, media):
+    """fusion.predict refuses a photo; the server used to answer 200 with a one-frame face label."""
+    for name in ("photo.jpg", "photo.mp4"):
+        response = client.post("/api/predict/video", files={"file": (name, media["jpeg"], "video/mp4")})
+        assert response.status_code == 400, response.text
+        assert response.json()["detail"].endswith(
+            "a photo, not a video or sound file (POST /api/predict/image reads it)")
+
+
 def test_predict_video_without_a_video_stream_uses_the_voice_alone_like_fusion_predict(client, tmp_path):
     """An audio-only mp4 (a phone's voice memo): `python -m fusion.predict` answers from the voice, so the server
     must too, rather than refuse it; a silent one is refused, as the CLI refuses it."""

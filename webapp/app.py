@@ -473,13 +473,15 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
 
     from fusion.late import LATE_FPS, decode_for_prediction
     from fusion.media import MediaError as ClipError
+    from fusion.media import StillImageError
     from ser.audio import AudioError, check_signal
 
     with media.temp_file(data, name) as path:
         try:
             clip, _ = decode_for_prediction(path, LATE_FPS, settings.max_video_seconds, settings.video_frames)
         except ClipError as exc:  # a voice memo (no video stream) is not an error: it gives no frames
-            raise media.MediaError(media.video_reason(exc, path)) from None
+            hint = " (POST /api/predict/image reads it)" if isinstance(exc, StillImageError) else ""
+            raise media.MediaError(media.video_reason(exc, path) + hint) from None
         span = clip.span(settings.max_video_seconds)  # the rule fusion.predict reports by
         frames = [cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) for rgb in clip.frames]
         times = [k / clip.fps for k in range(len(frames))]
