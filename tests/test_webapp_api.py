@@ -276,7 +276,8 @@ def test_predict_video_without_a_video_stream_uses_the_voice_alone_like_fusion_p
     silent = write_audio_only_mp4(tmp_path / "silent.mp4", np.zeros(32_000, np.float32)).read_bytes()
     answer = client.post("/api/predict/video", files={"file": ("silent.mp4", silent, "video/mp4")})
     assert answer.status_code == 400  # nothing to predict from, as fusion.predict says
-    assert answer.json()["detail"] == "the file has no video stream and no usable audio track"
+    assert answer.json()["detail"] == ("nothing to predict from (audio: silent (peak amplitude below 0.0001); "
+                                       "no video track)")  # fusion.predict's words for the same file
 
 
 def test_predict_video_uses_the_fusion_model_when_loaded_and_falls_back_when_it_fails(media):

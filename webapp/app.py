@@ -478,7 +478,7 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
 
     with media.temp_file(data, name) as path:
         try:
-            clip, _ = decode_for_prediction(path, LATE_FPS, settings.max_video_seconds, settings.video_frames)
+            clip, info = decode_for_prediction(path, LATE_FPS, settings.max_video_seconds, settings.video_frames)
         except ClipError as exc:  # a voice memo (no video stream) is not an error: it gives no frames
             hint = " (POST /api/predict/image reads it)" if isinstance(exc, StillImageError) else ""
             raise media.MediaError(media.video_reason(exc, path) + hint) from None
@@ -511,8 +511,9 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
                 log.info("%s: no usable audio (%s)", name, exc)
                 no_speech, audio_missing = no_speech_reason(exc), str(exc)
                 speechless = isinstance(exc, NoSpeechError)
-        if not frames and voice is None and not speechless:
-            raise media.MediaError("the file has no video stream and no usable audio track")
+        if not frames and voice is None and not speechless:  # worded as fusion.late.LateFusion.predict_clip says it
+            raise media.MediaError(f"nothing to predict from ({audio_missing}; "
+                                   f"{info.get('face_missing', 'no video frames')})")
         method, fused = "weighted_average", None
         if models.fusion.loaded and not speechless and frames:
             try:
