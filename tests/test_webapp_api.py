@@ -845,6 +845,9 @@ def test_a_port_in_use_an_unknown_host_or_a_bad_certificate_is_one_error_line_be
         assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
     assert cli.main(["--models", str(tmp_path), "--host", "no-such-host.invalid"]) == 2
     assert "--host no-such-host.invalid" in capsys.readouterr().err
+    # A mistyped --models folder used to start a server with no models whose /api/health said "ok".
+    assert cli.main(["--models", str(tmp_path / "saved_modles")]) == 2
+    assert capsys.readouterr().err == f"error: --models {tmp_path / 'saved_modles'}: no such folder\n"
     text = tmp_path / "notes.pem"
     text.write_text("not a certificate")
     for args, words in ((["--ssl-certfile", str(tmp_path / "absent.pem")], "absent.pem: no such file"),

@@ -167,9 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError, KeyError) as exc:
             print(f"error: --late-fusion {late}: {exc}", file=sys.stderr)
             return 2
-        logging.info("fusion weights from %s: face %.2f, voice %.2f", late, settings.face_weight,
-                     settings.voice_weight)
-    problem = tls_problem(args.ssl_certfile, args.ssl_keyfile) or listen_problem(args.host, args.port)
+        logging.info("fusion from %s: %s rule, face %.2f, voice %.2f", late, settings.fusion_rule,
+                     settings.face_weight, settings.voice_weight)
+    # A --models folder that does not exist is a typo, refused like a bad port; an existing one without models
+    # is served with a warning (models can be put there and the server restarted).
+    missing = f"--models {args.models}: no such folder" if args.models and not models_dir.is_dir() else None
+    problem = missing or tls_problem(args.ssl_certfile, args.ssl_keyfile) or listen_problem(args.host, args.port)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
