@@ -235,7 +235,9 @@ def _format_faces(path: Path, faces: list[dict[str, Any]]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CLIParser(prog=module_prog(__name__),
-                       description="Facial expression of every face in images (files or folders).")
+                       description="Facial expression of every face in images (files or folders).",
+                       epilog="exit status: 0 every image was read (one without a face is said so on stderr); 1 some "
+                              "image was unreadable or its annotated copy could not be written; 2 usage error")
     parser.add_argument("paths", nargs="+", type=path_arg, help="image files or folders (searched recursively)")
     parser.add_argument("--model-dir", default=None, help=f"trained run folder (default: {DEFAULT_MODEL_DIR})")
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
@@ -263,10 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem:
             parser.error(f"--annotate {args.annotate}: {problem}")
     inputs = list(iter_inputs(args.paths))  # listed first: the progress bar knows the total, an empty run stops here
-    if all(Path(arg).is_dir() for arg in args.paths) and not any(problem is None for _, _, problem in inputs):
-        for _, _, problem in inputs:  # only empty folders: nothing to do, before a model loads
+    if not any(problem is None for _, _, problem in inputs):  # nothing to read: said before a model loads
+        for _, _, problem in inputs:
             echo(f"error: {problem}", err=True)
-        return 2
+        return 2 if all(Path(arg).is_dir() for arg in args.paths) else 1  # only empty folders: a usage error
     try:
         predictor = FERPredictor(args.model_dir, detector=args.detector, margin=args.margin, tflite=args.tflite)
     except (ModelNotFoundError, ValueError, OSError) as exc:
@@ -309,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 echo(f"error: could not write {target}{reason}", err=True)
                 failures += 1
     if failures:
-        print(f"{failures} input(s) failed", file=sys.stderr)
+        echo(f"{failures} of {len(inputs)} input(s) failed", err=True)
     return 1 if failures else 0
 
 

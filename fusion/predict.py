@@ -284,6 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         media = ", ".join(sorted(VIDEO_EXTENSIONS + AUDIO_EXTENSIONS))
         print(f"error: no video or audio files ({media}) in {args.paths}", file=sys.stderr)
         return 2
+    if not any(p.exists() for p in paths):  # nothing there to read: said at once, not after the models load
+        for p in paths:
+            echo(f"error: {p}: no such file", err=True)
+        return 1
     try:
         predictor = load_predictor(args.mode, args.model_dir, args.ser_model_dir, args.fer_model_dir,
                                    args.late_weights, args.detector, args.max_seconds)
@@ -313,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             echo(f"warning: {path}: {result['duration_seconds']:.1f} s long; only its first {args.max_seconds:g} s "
                  "were used (--max-seconds)", err=True)
         echo(json.dumps(result) if args.json else format_text(result))
+    if failures:
+        echo(f"{failures} of {len(paths)} input(s) got no emotion", err=True)
     return 1 if failures else 0
 
 

@@ -253,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not files:
         print(f"error: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in {args.paths}", file=sys.stderr)
         return 2
+    if not any(f.exists() for f in files):  # nothing there to read: said at once, not after the model loads
+        for f in files:
+            echo(f"error: {f}: no such file", err=True)
+        return 1
     try:
         predictor = SERPredictor(args.model_dir, tflite=args.tflite)
     except (FileNotFoundError, ModelFolderError) as exc:
@@ -284,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             echo(f"{path}: {result['label']}  [{probs}]")
             for seg in result.get("segments", []):
                 echo(f"  {seg['start']:7.2f}-{seg['end']:7.2f} s  {seg['label']}")
+    if failures:
+        echo(f"{failures} of {len(files)} input(s) got no emotion", err=True)
     return 1 if failures else 0
 
 

@@ -237,3 +237,25 @@ def test_a_prediction_prints_no_tensorflow_logs(tmp_path):
     assert '"label"' in proc.stdout
     noisy = [line for line in proc.stderr.splitlines() if any(n in line for n in NOISE)]
     assert not noisy, proc.stderr
+
+
+@pytest.mark.parametrize("module", ["ser.predict", "fusion.predict", "fer.predict"])
+def test_inputs_that_do_not_exist_are_said_before_any_model_loads(module, tmp_path, capsys):
+    """A mistyped file name used to be reported after the model had loaded (~6 s). The model folder does not
+    exist either: the inputs' error comes first, so no model was loaded. Exit status 1, as for an unreadable file."""
+    main = __import__(module, fromlist=["main"]).main
+    missing = tmp_path / "intervew.m4a"
+    assert main([str(missing), "--model-dir", str(tmp_path / "no_model")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {missing}: no such file" in err and "no_model" not in err
+
+
+@pytest.mark.parametrize("module, name", [("ser.predict", "a.wav"), ("fusion.predict", "a.mp4"),
+                                          ("fer.predict", "a.jpg")])
+def test_a_bulk_run_ends_with_how_many_inputs_got_nothing(module, name, tmp_path, capsys, monkeypatch):
+    """Every predict tool ends a run with failures with one count line on stderr (fer.predict alone did)."""
+    main = __import__(module, fromlist=["main"]).main
+    (tmp_path / name).write_bytes(b"not media at all")
+    assert main([str(tmp_path / name), str(tmp_path / ("b" + name[1:]))]) == 1
+    assert capsys.readouterr().err.rstrip().splitlines()[-1] in ("2 of 2 input(s) got no emotion",
+                                                                 "2 of 2 input(s) failed")
