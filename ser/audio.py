@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from core.media_types import (cut_short, cut_short_words, declared_sndfile_seconds, declared_track_seconds,
-                               mp3_declares_length,
-                              ffmpeg_words)
+                              ffmpeg_words, mp3_declares_length)
 
 SAMPLE_RATE = 16_000
 SILENCE_PEAK = 1e-4  # peak amplitude below which a clip carries no usable signal

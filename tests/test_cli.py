@@ -252,7 +252,7 @@ def test_inputs_that_do_not_exist_are_said_before_any_model_loads(module, tmp_pa
 
 @pytest.mark.parametrize("module, name", [("ser.predict", "a.wav"), ("fusion.predict", "a.mp4"),
                                           ("fer.predict", "a.jpg")])
-def test_a_bulk_run_ends_with_how_many_inputs_got_nothing(module, name, tmp_path, capsys, monkeypatch):
+def test_a_bulk_run_ends_with_how_many_inputs_got_nothing(module, name, tmp_path, capsys):
     """Every predict tool ends a run with failures with one count line on stderr (fer.predict alone did)."""
     main = __import__(module, fromlist=["main"]).main
     (tmp_path / name).write_bytes(b"not media at all")
