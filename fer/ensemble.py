@@ -93,7 +93,7 @@ def make(run_dirs: Sequence[Path], output: Path, data_dir: str | None, flip: boo
             shutil.copy(run_dirs[0] / name, output / name)
 
     # The first member's held-out images are every member's (check_compatible).
-    data, splits = held_out_split(first, **({"data_dir": data_dir} if data_dir else {}))
+    data, splits = held_out_split(first, run_dirs[0], **({"data_dir": data_dir} if data_dir else {}))
     results = {}
     extra = {"dataset": first["dataset"], "model": config["model"], "params": config["params"], "flip_tta": flip,
              "tta_shift": config["tta_shift"]}

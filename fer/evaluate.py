@@ -89,8 +89,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     seed = int(train_cfg.get("seed", 42))
     if cfg.split != "all" and train_cfg.get("dataset") == cfg.dataset:
         # The run's own corpus: its split exactly as training made it, as fer.ensemble and fer.export re-create it.
-        data, splits = held_out_split(train_cfg, data_dir=cfg.data_dir, image_size=predictor.face_size,
-                                      slug=cfg.slug or train_cfg.get("slug"))
+        data, splits = held_out_split(train_cfg, predictor.model_dir, data_dir=cfg.data_dir,
+                                      image_size=predictor.face_size, slug=cfg.slug or train_cfg.get("slug"))
         data = data.subset(splits == cfg.split)
         if not len(data):
             raise ValueError(f"{cfg.dataset}: the {cfg.split} split is empty")

@@ -23,12 +23,14 @@ MAX_TEST_FACES = 2000  # TFLite runs one face per call: cap the accuracy check
 def split_faces(predictor, data_dir: str | None, max_test: int) -> tuple[dict, str | None]:
     """{'train': (x, y), 'test': (x, y)} re-created from the model's own split settings, or ({}, reason)."""
     from core.datasets import DatasetNotFoundError
-    from fer.train import held_out_split
+    from fer.train import SplitMismatchError, held_out_split
 
     cfg = predictor.config
     seed = int(cfg.get("seed", 42))
     try:  # the run's own split, as fer.evaluate and fer.ensemble re-create it
-        data, splits = held_out_split(cfg, data_dir=data_dir, image_size=predictor.face_size)
+        data, splits = held_out_split(cfg, predictor.model_dir, data_dir=data_dir, image_size=predictor.face_size)
+    except SplitMismatchError:  # other data than the run's: refused, not exported with stand-in calibration
+        raise
     except (DatasetNotFoundError, FileNotFoundError, ValueError) as exc:
         return {}, str(exc)
     rng = np.random.default_rng(seed)
@@ -73,7 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ModelFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    sets, problem = split_faces(predictor, args.data_dir, args.max_test)
+    try:
+        sets, problem = split_faces(predictor, args.data_dir, args.max_test)
+    except ValueError as exc:  # fer.train.SplitMismatchError: the exports and export.json are left as they were
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if problem:
         note = "; int8 is calibrated on random faces" if "int8" in args.modes else ""
         print(f"warning: {problem}{note}; the exports' accuracy is not measured", file=sys.stderr)

@@ -222,11 +222,38 @@ def load_split(cfg: TrainConfig):
     return data, splits
 
 
-def held_out_split(config: dict[str, Any], **overrides: Any):
+def held_out_split(config: dict[str, Any], run_dir: Path | None = None, **overrides: Any):
     """``load_split`` of a finished run's config.json as evaluation needs it: its validation and test images
     exactly (its --max-per-class, detector, fractions, subjects), without the training-side options (dedupe, a
-    training cap), which only move training images. ``overrides``: TrainConfig fields to replace (data_dir, ...)."""
-    return load_split(replace(run_config(config | {"dedupe": False, "max_train_per_class": 0}), **overrides))
+    training cap), which only move training images. ``overrides``: TrainConfig fields to replace (data_dir, ...).
+    With ``run_dir``, the result is checked against the run's split.csv (``check_run_split``)."""
+    data, splits = load_split(replace(run_config(config | {"dedupe": False, "max_train_per_class": 0}), **overrides))
+    if run_dir is not None:
+        check_run_split(Path(run_dir), data.sources, splits)
+    return data, splits
+
+
+class SplitMismatchError(ValueError):
+    """The data folder holds other images than the run was split from."""
+
+
+def check_run_split(run_dir: Path, sources: Sequence[str], splits: np.ndarray) -> None:
+    """Refuse a re-created split whose validation or test images are not the run's own (its split.csv): the split
+    is drawn again from whatever corpus --data-dir holds, so another copy or a part of it would score training
+    images as held-out ones. Images are matched by file name (corpus roots differ between machines). A run folder
+    without split.csv (the shipped ones leave it out) is not checked."""
+    import pandas as pd
+
+    if not (run_dir / "split.csv").is_file():
+        return
+    recorded = pd.read_csv(run_dir / "split.csv")
+    for part in ("val", "test"):
+        want = {Path(f).name for f in recorded.loc[recorded["split"] == part, "file"]}
+        got = {Path(s).name for s, p in zip(sources, splits) if p == part}
+        if want != got:
+            raise SplitMismatchError(f"the faces under this data folder do not re-create {run_dir}'s {part} split "
+                             f"({len(want - got)} of its {len(want)} {part} images missing, {len(got - want)} others "
+                             "in their place): pass the data folder it was trained on")
 
 
 def write_split_csv(path: Path, data, splits: np.ndarray) -> None:

@@ -74,7 +74,7 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
     import keras  # here, not at the top: `python -m fer.tta` must quiet TensorFlow before it loads
 
     from fer.models import is_flip_averaged, with_tta
-    from fer.train import load_split, predict_labels, run_config
+    from fer.train import check_run_split, load_split, predict_labels, run_config
 
     run_dir = Path(cfg.model_dir)
     if not (run_dir / "model.keras").is_file() or not (run_dir / "config.json").is_file():
@@ -93,6 +93,7 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
         raise ValueError(f"--shift must be >= 0 pixels, got {cfg.shift}")
     train_cfg = run_config(config, cfg.data_dir)
     data, splits = load_split(train_cfg)
+    check_run_split(run_dir, data.sources, splits)  # before anything of the run is rewritten
     val, test = splits == "val", splits == "test"
     if decision is not None:
         return _apply_decision(run_dir, config, model, decision, cfg, train_cfg, data.labels[test],

@@ -640,6 +640,36 @@ def test_fer_evaluate_test_split_is_the_runs_own(capped_fer_run, tmp_path, capsy
     capsys.readouterr()
 
 
+def test_fer_tools_refuse_a_data_folder_that_does_not_re_create_the_runs_split(capped_fer_run, tmp_path, capsys):
+    """The split is drawn again from whatever --data-dir holds: a part of the corpus gave another 'test' split with
+    the run's training images in it, which fer.evaluate scored, fer.tta wrote into the run's metrics.json and
+    fer.export into export.json. Checked against the run's split.csv, before anything is written."""
+    from synth_faces import write_fer2013_csv
+
+    from fer import evaluate, export, tta
+    from fer.train import held_out_split, write_split_csv
+
+    run, data = capped_fer_run
+    own = tmp_path / "run"
+    shutil.copytree(run, own)
+    config = json.loads((own / "config.json").read_text())
+    write_split_csv(own / "split.csv", *held_out_split(config, data_dir=str(data)))
+    part = tmp_path / "part"
+    write_fer2013_csv(part / "fer2013" / "fer2013.csv", per_class=5)
+    before = {f.name: f.read_bytes() for f in own.iterdir()}
+    runs = [(evaluate.main, ["--dataset", "fer2013", "--split", "test", "--output", str(tmp_path / "eval")]),
+            (tta.main, []), (export.main, ["--modes", "float16"])]
+    for main, extra in runs:
+        assert main(["--model-dir", str(own), "--data-dir", str(part), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "do not re-create" in err and "split" in err and "pass the data folder it was trained on" in err
+    assert {f.name: f.read_bytes() for f in own.iterdir()} == before  # nothing written, nothing replaced
+    assert not (tmp_path / "eval").exists()
+    assert evaluate.main(["--model-dir", str(own), "--dataset", "fer2013", "--data-dir", str(data), "--split",
+                          "test", "--output", str(tmp_path / "eval")]) == 0  # its own data still passes
+    capsys.readouterr()
+
+
 def test_fer_export_checks_accuracy_on_the_runs_own_test_split(capped_fer_run, capsys):
     from fer import export
 
