@@ -160,6 +160,13 @@ def refuse_file_output(parser: argparse.ArgumentParser, output: str | None, flag
         parser.error(f"{flag} {output} is an existing file; give a folder")
 
 
+def refuse_training_run(parser: argparse.ArgumentParser, output: str | None, flag: str = "--output") -> None:
+    """``parser.error`` when an output folder holds a training run (its history.csv): an ensemble or evaluation
+    written there would replace its model and reports and leave its curves and checkpoints beside them."""
+    if output and os.path.isfile(os.path.join(output, "history.csv")):
+        parser.error(f"{flag} {output} holds a training run; give another folder")
+
+
 def refuse_missing_dir(parser: argparse.ArgumentParser, path: str | None, flag: str = "--data-dir") -> None:
     """``parser.error`` (one line, exit 2) when a path option was given but names nothing; leaving it out is fine."""
     if path is not None and not os.path.exists(path):

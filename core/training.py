@@ -252,11 +252,55 @@ def finished_run(run_dir: str | os.PathLike, settings: dict, saved_settings) -> 
         saved = None
     if saved is None:
         raise ValueError(f"{run_dir} holds a finished run that this command did not write; {fix}")
-    differ = [k for k in settings if k not in RUN_INDEPENDENT and k in saved and saved[k] != settings[k]]
-    if differ:
-        shown = ", ".join(f"--{k.replace('_', '-')} {saved[k]!r} there, {settings[k]!r} now" for k in differ)
+    shown = _differences(saved, settings)
+    if shown:
         raise ValueError(f"{run_dir} already holds a finished run with other settings ({shown}); {fix}")
     return read_json(run_dir / "metrics.json")
+
+
+def _differences(saved: dict, settings: dict) -> str:
+    """The settings that differ, as options (``--epochs 40 there, 12 now``); empty when none do."""
+    differ = [k for k in settings if k not in RUN_INDEPENDENT and k in saved and saved[k] != settings[k]]
+    return ", ".join(f"--{k.replace('_', '-')} {saved[k]!r} there, {settings[k]!r} now" for k in differ)
+
+
+# Written into a run folder when training starts, so an interrupted run resumes only under the settings its
+# checkpoints were trained with (config.json is written at the end, or may describe a finished run only).
+RUN_SETTINGS = "run_settings.json"
+
+
+def check_resume(run_dir: str | os.PathLike, tool: str, settings: dict) -> None:
+    """Refuse to continue the run in ``run_dir`` with ``settings`` when it was started by another tool or with
+    other settings (it used to resume anyway: the new learning rate in config.json, the old one in history.csv;
+    another architecture's checkpoints were deleted as 'unreadable'). Before any data is loaded."""
+    from core.io import read_json
+
+    path = Path(run_dir) / RUN_SETTINGS
+    if not path.is_file():
+        return
+    fix = "run the command that started it to resume it, or pass another --output"
+    try:
+        saved = read_json(path)
+    except ValueError:
+        raise ValueError(f"{path} is damaged, so the run there cannot be resumed safely; {fix}") from None
+    if saved.get("tool") != tool:
+        raise ValueError(f"{run_dir} holds a run of {saved.get('tool')}, not of {tool}; {fix}")
+    shown = _differences(saved.get("settings", {}), _as_json(settings))
+    if shown:
+        raise ValueError(f"{run_dir} holds a run started with other settings ({shown}); {fix}")
+
+
+def record_run_settings(run_dir: str | os.PathLike, tool: str, settings: dict) -> None:
+    from core.io import write_json
+
+    write_json(Path(run_dir) / RUN_SETTINGS, {"tool": tool, "settings": _as_json(settings)})
+
+
+def _as_json(settings: dict) -> dict:
+    """``settings`` as they read back from JSON (tuples as lists), so a comparison sees only real differences."""
+    import json
+
+    return json.loads(json.dumps(settings, default=str))
 
 
 def make_callbacks(run_dir: str | os.PathLike, patience: int = 10, lr_patience: int = 4,

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.cli import CLIParser, add_verbose_flag, module_prog, path_arg, quiet_tensorflow, refuse_file_output
+from core.cli import (CLIParser, add_verbose_flag, module_prog, path_arg, quiet_tensorflow, refuse_file_output,
+                      refuse_training_run)
 from core.ensemble import check_member_count
 from core.config import parse_bool
 from core.io import read_json, save_model, write_json
@@ -126,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     refuse_file_output(parser, args.output)  # before the members load
+    refuse_training_run(parser, args.output)
     try:
         make([Path(r) for r in args.runs], Path(args.output), args.data_dir, args.flip, args.shift)
     except (DatasetNotFoundError, FaceDataError, FileNotFoundError, ValueError) as exc:

@@ -50,6 +50,8 @@ class EvaluateConfig:
         if self.split not in SPLIT_CHOICES:
             raise ValueError(f"unknown --split {self.split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
         check_loader_detector(self.detector)
+        if (Path(self.output) / "history.csv").is_file():  # as core.cli.refuse_training_run says it
+            raise ValueError(f"--output {self.output} holds a training run; give another folder")
 
 
 HELP = {

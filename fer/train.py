@@ -323,7 +323,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from core.training import check_refit
 
     check_refit(cfg.refit, cfg.schedule)
-    from core.training import finished_run
+    from core.training import check_resume, finished_run, record_run_settings
 
     done = finished_run(cfg.output, to_dict(cfg),
                         lambda config: to_dict(run_config(config)) if config_kind(config) == "fer" else None)
@@ -331,6 +331,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         print(f"{cfg.output} is already finished with these settings (nothing to train; pass another --output or "
               f"delete the folder to train again); {done.get('split', 'test')}: {format_summary(done)}")
         return done
+    check_resume(cfg.output, "fer.train", to_dict(cfg))  # an interrupted run continues only as it started
     if cfg.model == "resnet50":
         resolve_weights(cfg.weights)  # fail before loading data when the weights are unavailable
     if cfg.teacher:
@@ -365,6 +366,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
         teacher = load_teacher(cfg.teacher, input_shape[:2])
     run_dir.mkdir(parents=True, exist_ok=True)  # once data, split and model are usable: a refused run leaves no folder
+    record_run_settings(run_dir, "fer.train", to_dict(cfg))
     write_json(run_dir / "data_report.json", data.report() | {
         "split_counts": {str(s): int(c) for s, c in zip(*np.unique(splits, return_counts=True))}})
     write_split_csv(run_dir / "split.csv", data, splits)

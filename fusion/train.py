@@ -12,7 +12,8 @@ the graph, so there is nothing to unfreeze and the run is one stage. Every epoch
 
 Run folder (``--output``): model.keras, config.json, metrics.json (test split), val_metrics.json,
 confusion_matrix.png, val_confusion_matrix.png, curve_*.png, history.csv, split.csv, data_report.json,
-checkpoints/.
+run_settings.json (checkpoints/ while it trains). A finished run's command re-run keeps it; other settings, on a
+finished or an interrupted run, are refused before any data is read.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -34,7 +36,7 @@ from core.config import config_parser, parse_config
 from core.io import atomic_write, save_model, write_json
 from core.labels import EMOTIONS, NUM_CLASSES
 from core.reports import compute_metrics, format_summary, plot_history, write_report
-from core.training import class_weights, read_history, set_seed
+from core.training import check_resume, class_weights, finished_run, read_history, record_run_settings, set_seed
 
 log = logging.getLogger("fusion.train")
 
@@ -467,6 +469,9 @@ def evaluate(model, dataset, predict=None) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- main
 
+# Options that change how fast a run goes (or which folders it reads), not what it trains.
+SPEED_ONLY = frozenset({"workers", "devices", "save_all_workers"})
+
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
     # The strategy must exist before any other TensorFlow op (MultiWorkerMirroredStrategy requirement).
@@ -491,6 +496,13 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             raise ValueError(f"--modalities {','.join(modalities)} with pretrained encoders also needs "
                              + " and ".join(f"--{m}-encoder" for m in missing))
     out = Path(cfg.output)
+    settings = {k: v for k, v in asdict(cfg).items() if k not in SPEED_ONLY}
+    done = finished_run(out, settings, lambda config: config.get("train") if config.get("task") == "fusion" else None)
+    if done is not None:  # re-running a finished run's command: nothing to resume
+        print(f"{out} is already finished with these settings (nothing to train; pass another --output or delete "
+              f"the folder to train again); test: {format_summary(done)}")
+        return {"test": done}
+    check_resume(out, "fusion.train", settings)  # an interrupted run continues only as it started
     set_seed(cfg.seed)
 
     frame, report, pcfg = prepare_data(cfg)
@@ -500,6 +512,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         raise RuntimeError(f"empty train or validation split: { {k: len(v) for k, v in parts.items()} }")
     out.mkdir(parents=True, exist_ok=True)  # only now: a run refused for its data leaves no folder behind
     if chief:
+        record_run_settings(out, "fusion.train", settings)
         write_split(out, frame)
         write_json(out / "data_report.json", report)
     log.info("%s: train %d, val %d, test %d clips usable; skipped %s", cfg.corpus, len(parts["train"]),
@@ -549,6 +562,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             print(f"{name}: {format_summary(results[name])}")
     elif cfg.save_all_workers:
         save_model(model, out / f"worker_{task_index}" / "model.keras")
+    # A finished run is kept as it is (finished_run above), so its resume state goes (~100 MB with MobileNetV2).
+    shutil.rmtree(trainer.manager.directory, ignore_errors=True)
     return results
 
 

@@ -15,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from core.cli import CLIParser, add_verbose_flag, module_prog, path_arg, quiet_tensorflow, refuse_file_output, refuse_missing_dir
+from core.cli import (CLIParser, add_verbose_flag, module_prog, path_arg, quiet_tensorflow, refuse_file_output,
+                      refuse_missing_dir, refuse_training_run)
 from core.ensemble import check_member_count
 from core.io import read_json, save_model, write_json
 from core.reports import format_summary, write_report
@@ -107,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     refuse_file_output(parser, args.output)  # before the members load
+    refuse_training_run(parser, args.output)
     refuse_missing_dir(parser, args.data_dir)
     runs = [Path(r) for r in args.runs]
     try:

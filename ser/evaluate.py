@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from core.cli import CLIParser, add_verbose_flag, module_prog, quiet_tensorflow, refuse_file_output
+from core.cli import (CLIParser, add_verbose_flag, module_prog, quiet_tensorflow, refuse_file_output,
+                      refuse_training_run)
 from core.io import write_json
 from core.labels import EMOTION_INDEX
 from core.reports import format_summary, write_report
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     refuse_file_output(parser, args.output)  # before the model and data load
+    refuse_training_run(parser, args.output)
     if args.n_jobs == 0 or args.n_jobs < -1:
         parser.error(f"--n-jobs must be -1 (all cores) or a positive number of processes, got {args.n_jobs}")
     given = args.corpora is not None

@@ -21,8 +21,8 @@ from core.config import parse_config
 from core.io import save_model, write_json
 from core.labels import EMOTIONS, NUM_CLASSES
 from core.reports import format_summary, plot_history, write_report
-from core.training import (check_refit, class_weights, finished_run, learning_rate, make_callbacks, read_history,
-                           set_seed)
+from core.training import (check_refit, check_resume, class_weights, finished_run, learning_rate, make_callbacks,
+                           read_history, record_run_settings, set_seed)
 from ser.features import DEFAULT_CACHE_DIR, PHONE_VARIANT, noise_variant
 
 log = logging.getLogger("ser.train")
@@ -200,6 +200,7 @@ def run(cfg: TrainConfig) -> dict:
         print(f"{cfg.output} is already finished with these settings (nothing to train; pass another --output or "
               f"delete the folder to train again); test: {format_summary(done)}")
         return {"test": done}
+    check_resume(cfg.output, "ser.train", asdict(cfg))  # an interrupted run continues only as it started
     encoder_model = cfg.model in ENCODER_MODELS
     if encoder_model and (cfg.mixup > 0 or cfg.spec_augment):
         raise ValueError(f"--mixup and --spec-augment apply to MFCC models, not --model {cfg.model}")
@@ -228,6 +229,7 @@ def run(cfg: TrainConfig) -> dict:
             hint = ""
         raise RuntimeError(f"empty train or validation split: {({k: len(v) for k, v in part.items()})}{hint}")
     out.mkdir(parents=True, exist_ok=True)  # once the split is usable: a refused run leaves no folder
+    record_run_settings(out, "ser.train", asdict(cfg))
     _write_split(out, clips, splits, corpus_reports)
 
     train_clips = [clips[i] for i in part["train"]]

@@ -76,6 +76,13 @@ def test_interrupted_run_resumes(fer_data, tmp_path, monkeypatch, capsys):
         fer_train.main(args)
     assert (tmp_path / "checkpoints").is_dir() and not (tmp_path / "model.keras").exists()
     monkeypatch.setattr(core.training, "make_callbacks", original)
+    capsys.readouterr()
+    # Other settings on the interrupted run: refused before the data loads, its checkpoints kept (it resumed with
+    # them; another --filters deleted the checkpoints as 'unreadable' and restarted).
+    for extra, shown in ((["--learning-rate", "0.01"], "--learning-rate"), (["--filters", "8,16,32,64"], "--filters")):
+        assert fer_train.main([*args, *extra]) == 2
+        assert f"holds a run started with other settings ({shown}" in capsys.readouterr().err
+    assert (tmp_path / "checkpoints").is_dir()
     assert fer_train.main(args) == 0
     history = pd.read_csv(tmp_path / "history.csv")
     assert history["epoch"].tolist() == [0, 1, 2]  # the third epoch only, not a restart

@@ -107,10 +107,19 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from fusion.train import main
-args = sys.argv[1:] + ["--devices", "/cpu:0,/cpu:1"]
-# Epoch 1, then a second invocation that must resume from the checkpoint and run epoch 2 only.
-rc = main(args + ["--epochs", "1"])
-sys.exit(rc or main(args + ["--epochs", "2"]))
+args = sys.argv[1:] + ["--devices", "/cpu:0,/cpu:1", "--epochs", "2"]
+# Interrupted right after epoch 1's checkpoint (a power cut); the same command must resume there and run epoch 2 only.
+save = tf.train.CheckpointManager.save
+def save_then_stop(self, *a, **k):
+    save(self, *a, **k)
+    raise KeyboardInterrupt
+tf.train.CheckpointManager.save = save_then_stop
+try:
+    main(args)
+except KeyboardInterrupt:
+    pass
+tf.train.CheckpointManager.save = save
+sys.exit(main(args))
 """
 
 

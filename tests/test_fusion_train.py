@@ -266,3 +266,25 @@ def test_a_run_refused_for_its_data_leaves_no_folder(tmp_path, capsys):
                              "--output", str(out), "--weights", "none"]) == 2
     assert "error:" in capsys.readouterr().err
     assert not out.exists() and not out.parent.exists()
+
+
+def test_a_finished_run_is_kept_and_other_settings_are_refused(trained, corpus, capsys):
+    """As ser.train and fer.train: the same command again keeps the finished run (it used to resume from its
+    checkpoint and rewrite its reports), other settings are refused before any data is read (--epochs 3 used to
+    train on, --dense-units a raw shape error after preprocessing); the resume state is gone once it finished."""
+    from core.training import RUN_SETTINGS
+    from fusion.train import main
+
+    base = trained.parent
+    args = TINY_ARGS + ["--data-dir", str(corpus), "--cache-dir", str(base / "cache"), "--output", str(trained),
+                        "--weights", str(base / "mobilenet_v2_0.35_32.weights.h5")]
+    assert not (trained / "checkpoints").exists() and (trained / RUN_SETTINGS).is_file()
+    before = (trained / "metrics.json").read_bytes(), (trained / "history.csv").read_bytes()
+    capsys.readouterr()
+    assert main(args + ["--workers", "2"]) == 0  # a speed setting: the same run
+    assert "already finished with these settings" in capsys.readouterr().out
+    for extra, shown in ((["--epochs", "3"], "--epochs 2 there, 3 now"),
+                         (["--dense-units", "16"], "--dense-units 8 there, 16 now")):
+        assert main(args + extra) == 2
+        assert shown in capsys.readouterr().err
+    assert ((trained / "metrics.json").read_bytes(), (trained / "history.csv").read_bytes()) == before

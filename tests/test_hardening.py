@@ -566,6 +566,11 @@ REFUSALS = [  # SER / FER: the tiny run folders; AFILE: an existing file; MISSIN
     ("fer.export", ["--model-dir", "MISSING", "--max-test", "-4"], "--max-test must be >= 0"),
     ("fer.tta", ["--model-dir", "FER", "--min-gain", "-5"], "--min-gain must be >= -1"),
     ("fusion.late", ["--min-gain", "-3", "--data-dir", "MISSING"], "--min-gain must be >= 0"),
+    # TRAINED: a training run's folder (history.csv): an ensemble or evaluation would replace its model or reports
+    ("ser.ensemble", ["SER", "SER", "--output", "TRAINED"], "holds a training run; give another folder"),
+    ("fer.ensemble", ["FER", "FER", "--output", "TRAINED"], "holds a training run; give another folder"),
+    ("ser.evaluate", ["--model-dir", "SER", "--output", "TRAINED"], "holds a training run; give another folder"),
+    ("fer.evaluate", ["--model-dir", "FER", "--output", "TRAINED"], "holds a training run; give another folder"),
 ]
 
 
@@ -588,7 +593,9 @@ def test_tools_refuse_bad_arguments_in_one_line(module, args, message, models, f
     import importlib
 
     names = {"SER": models / "ser", "FER": models / "fer", "AFILE": files / "afile", "ENSEMBLE": mixed_ensemble,
-             "MISSING": tmp_path / "missing", "OUT": tmp_path / "out"}
+             "MISSING": tmp_path / "missing", "OUT": tmp_path / "out", "TRAINED": tmp_path / "trained"}
+    names["TRAINED"].mkdir()
+    (names["TRAINED"] / "history.csv").write_text("epoch,loss\n0,1.9\n")
     message = message.replace("MISSING", str(names["MISSING"]))
     main = importlib.import_module(module).main
     try:
@@ -600,7 +607,7 @@ def test_tools_refuse_bad_arguments_in_one_line(module, args, message, models, f
     assert_clean(err, message)
     assert len([line for line in err.splitlines() if "error:" in line]) == 1
     assert (files / "afile").read_text() == "not a folder"
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and [f.name for f in names["TRAINED"].iterdir()] == ["history.csv"]
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,9 @@ def test_split_holds_out_whole_speakers(trained):
     assert set(split.loc[split["corpus"] == "tess", "split"]) == {"train"}
 
 
-def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch, capsys):
+    from fer.train import main as fer_train_main
+
     synth.make_ravdess(tmp_path / "data", actors=5)
     out = tmp_path / "run"
 
@@ -83,6 +85,13 @@ def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
         ser_train.main(argv)
     assert (out / "checkpoints").is_dir() and not (out / "model.keras").exists()
     monkeypatch.setattr(ser_train, "make_callbacks", real)
+    # Other settings on the interrupted run are refused before any data loads (it used to resume with them, its
+    # config.json naming a learning rate its epochs never had), and its checkpoints stay.
+    assert ser_train.main(argv + ["--learning-rate", "0.01"]) == 2
+    assert "holds a run started with other settings (--learning-rate" in capsys.readouterr().err
+    assert fer_train_main(["--output", str(out), "--epochs", "1"]) == 2
+    assert "holds a run of ser.train, not of fer.train" in capsys.readouterr().err
+    assert (out / "checkpoints").is_dir()
     assert ser_train.main(argv) == 0
     assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0, 1, 2]
 
