@@ -154,10 +154,29 @@ def path_arg(text: str) -> str:
 
 
 def refuse_file_output(parser: argparse.ArgumentParser, output: str | None, flag: str = "--output") -> None:
-    """``parser.error`` (one line, exit 2) when an output folder names an existing file; call it before any model
-    or data loads."""
+    """``parser.error`` (one line, exit 2) when an output folder names an existing file or cannot be made or
+    written (``output_folder_problem``); call it before any model or data loads."""
     if output and os.path.exists(output) and not os.path.isdir(output):
         parser.error(f"{flag} {output} is an existing file; give a folder")
+    problem = output_folder_problem(output) if output else None
+    if problem:
+        parser.error(f"{flag} {output}: {problem}")
+
+
+def output_folder_problem(folder: str | os.PathLike) -> str | None:
+    """Why ``folder`` cannot be made or written (a file on its path, a read-only or virtual file system), or None.
+    Nothing is left behind: a folder is made and removed in its nearest existing ancestor, since permission bits
+    alone do not say (root passes ``os.access`` in /proc and on read-only mounts)."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is a file, not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing))
+    except OSError as exc:
+        return f"cannot write in {existing} ({exc.strerror or exc})"
+    return None
 
 
 def refuse_training_run(parser: argparse.ArgumentParser, output: str | None, flag: str = "--output") -> None:

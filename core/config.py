@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any, Collection, Sequence, TypeVar
 
-from core.cli import CLIParser, add_verbose_flag, module_prog, quiet_tensorflow
+from core.cli import CLIParser, add_verbose_flag, module_prog, output_folder_problem, quiet_tensorflow
 
 T = TypeVar("T")
 
@@ -193,6 +193,9 @@ def validate_config(config: Any) -> None:
     if isinstance(output, str) and output and Path(output).exists() and not Path(output).is_dir():
         raise ValueError(f"--output {output} is an existing file; the run folder must be a folder (give a new "
                          "or existing folder name)")
+    problem = output_folder_problem(output) if isinstance(output, str) and output else None
+    if problem:  # found now, not after minutes of feature extraction
+        raise ValueError(f"--output {output}: {problem}")
     own = getattr(config, "validate", None)
     if callable(own):
         own()

@@ -259,3 +259,22 @@ def test_a_bulk_run_ends_with_how_many_inputs_got_nothing(module, name, tmp_path
     assert main([str(tmp_path / name), str(tmp_path / ("b" + name[1:]))]) == 1
     assert capsys.readouterr().err.rstrip().splitlines()[-1] in ("2 of 2 input(s) got no emotion",
                                                                  "2 of 2 input(s) failed")
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path, capsys):
+    """It used to surface after the data loaded (or the features were extracted), as a traceback for a file on the
+    path and a bare '[Errno 2]' for /proc; nothing is left behind by the check."""
+    (tmp_path / "notes.txt").write_text("a file")
+    assert cli.output_folder_problem(tmp_path / "notes.txt" / "run") == f"{tmp_path / 'notes.txt'} is a file, not a folder"
+    assert cli.output_folder_problem(tmp_path / "new" / "run") is None and sorted(tmp_path.iterdir()) == [
+        tmp_path / "notes.txt"]
+    if os.path.isdir("/proc/self"):
+        assert cli.output_folder_problem("/proc/emotion_run").startswith("cannot write in /proc (")
+    from fer.train import main as fer_train_main
+    from ser.evaluate import main as ser_evaluate_main
+
+    for main, args in ((fer_train_main, ["--output", str(tmp_path / "notes.txt" / "run"), "--epochs", "1"]),
+                       (ser_evaluate_main, ["--output", str(tmp_path / "notes.txt" / "eval")])):
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 2 and "notes.txt is a file, not a folder" in capsys.readouterr().err
