@@ -163,6 +163,16 @@ def refuse_file_output(parser: argparse.ArgumentParser, output: str | None, flag
         parser.error(f"{flag} {output}: {problem}")
 
 
+def resumable_main(main) -> int:
+    """Run a training tool's ``main``; Ctrl-C ends it with one line saying how to resume (exit status 130, the
+    shell's for SIGINT) instead of a 50-line traceback from inside Keras."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command to resume from the last finished epoch", file=sys.stderr)
+        return 130
+
+
 def output_folder_problem(folder: str | os.PathLike) -> str | None:
     """Why ``folder`` cannot be made or written (a file on its path, a read-only or virtual file system), or None.
     Nothing is left behind: a folder is made and removed in its nearest existing ancestor, since permission bits

@@ -582,5 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from core.cli import resumable_main
+
     quiet_tensorflow()
-    sys.exit(main())
+    sys.exit(resumable_main(main))

@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from core.cli import quiet_tensorflow
+    from core.cli import quiet_tensorflow, resumable_main
 
     quiet_tensorflow()
-    sys.exit(main())
+    sys.exit(resumable_main(main))

@@ -445,7 +445,7 @@ def _write_split(out: Path, clips, splits, corpus_reports) -> None:
 
 
 if __name__ == "__main__":
-    from core.cli import quiet_tensorflow
+    from core.cli import quiet_tensorflow, resumable_main
 
     quiet_tensorflow()
-    sys.exit(main())
+    sys.exit(resumable_main(main))

@@ -278,3 +278,12 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(tmp_pat
         with pytest.raises(SystemExit) as exit_:
             main(args)
         assert exit_.value.code == 2 and "notes.txt is a file, not a folder" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_training_tool_is_one_line_saying_how_to_resume(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert cli.resumable_main(interrupted) == 130
+    assert capsys.readouterr().err == "\ninterrupted: run the same command to resume from the last finished epoch\n"
+    assert cli.resumable_main(lambda: 0) == 0
