@@ -99,6 +99,9 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     else:
         data = load_corpus(cfg.dataset, cfg.data_dir, size=predictor.face_size, max_per_class=cfg.max_per_class,
                            seed=seed, detector=cfg.detector, slug=cfg.slug)
+    if cfg.split == "all" and train_cfg.get("dataset") == cfg.dataset:
+        log.warning("--split all: these are the %s images the model was trained on, with its held-out ones; "
+                    "--split test scores the held-out test images alone", cfg.dataset)
     if cfg.split != "all" and train_cfg.get("dataset") != cfg.dataset:
         if train_cfg.get("dataset") is not None:
             log.warning("the model was trained on %s: the %s split of %s is not its held-out data",

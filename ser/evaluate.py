@@ -78,6 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not clips:
             print(f"error: none of the model's {args.split} files are in this data folder", file=sys.stderr)
             return 2
+        if len(clips) < len(wanted):
+            print(f"warning: only {len(clips)} of the model's {len(wanted)} {args.split} files are in this data "
+                  "folder: the score is theirs alone", file=sys.stderr)
+    elif set(parse_corpus_list(args.corpora)) & set(parse_corpus_list(
+            predictor.config.get("train", {}).get("corpora") or FALLBACK_CORPORA)):
+        print("warning: --split all: these corpora hold the model's training clips too; --split test scores its "
+              "held-out speakers alone", file=sys.stderr)
     clips, probs, errors = predictor.clip_probabilities(clips, args.n_jobs)
     y_true = np.array([EMOTION_INDEX[c.label] for c in clips])
     y_pred = probs.argmax(axis=1)
@@ -87,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(out / "data_report.json", {"corpora": reports, "unreadable_files": errors})
     pd.DataFrame({"path": [c.path for c in clips], "label": [c.label for c in clips],
                   "predicted": [predictor.class_names[i] for i in y_pred]}).to_csv(out / "predictions.csv", index=False)
-    print(format_summary(metrics))
+    print(f"{args.corpora} ({args.split}): {format_summary(metrics)}")
     return 0
 
 

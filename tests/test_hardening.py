@@ -647,7 +647,8 @@ def test_fer_evaluate_test_split_is_the_runs_own(capped_fer_run, tmp_path, capsy
     capsys.readouterr()
 
 
-def test_fer_tools_refuse_a_data_folder_that_does_not_re_create_the_runs_split(capped_fer_run, tmp_path, capsys):
+def test_fer_tools_refuse_a_data_folder_that_does_not_re_create_the_runs_split(capped_fer_run, tmp_path, capsys,
+                                                                               caplog):
     """The split is drawn again from whatever --data-dir holds: a part of the corpus gave another 'test' split with
     the run's training images in it, which fer.evaluate scored, fer.tta wrote into the run's metrics.json and
     fer.export into export.json. Checked against the run's split.csv, before anything is written."""
@@ -674,6 +675,9 @@ def test_fer_tools_refuse_a_data_folder_that_does_not_re_create_the_runs_split(c
     assert not (tmp_path / "eval").exists()
     assert evaluate.main(["--model-dir", str(own), "--dataset", "fer2013", "--data-dir", str(data), "--split",
                           "test", "--output", str(tmp_path / "eval")]) == 0  # its own data still passes
+    assert evaluate.main(["--model-dir", str(own), "--dataset", "fer2013", "--data-dir", str(data), "--output",
+                          str(tmp_path / "eval_all")]) == 0  # --split all on its own corpus: said to hold training
+    assert "--split all: these are the fer2013 images the model was trained on" in caplog.text
     capsys.readouterr()
 
 

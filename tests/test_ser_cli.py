@@ -348,7 +348,20 @@ def test_evaluate_scores_the_corpora_the_model_was_trained_on_by_default(trained
     assert evaluate_main(["--model-dir", str(ravdess_only), "--data-dir", str(data), "--split", "test",
                           "--output", str(tmp_path / "eval"), "--n-jobs", "1"]) == 0
     assert read_json(tmp_path / "eval" / "metrics.json")["corpora"] == "ravdess"
-    capsys.readouterr()
+    out_text = capsys.readouterr().out
+    assert "ravdess (test): accuracy" in out_text  # the printed score names its split
+    # --split all holds the model's training clips: said; a test split with a speaker missing: said.
+    assert evaluate_main(["--model-dir", str(ravdess_only), "--data-dir", str(data), "--output",
+                          str(tmp_path / "eval_all"), "--n-jobs", "1"]) == 0
+    assert "warning: --split all: these corpora hold the model's training clips too" in capsys.readouterr().err
+    split = pd.read_csv(out / "split.csv")
+    test_files = split.loc[split["split"] == "test", "file"]
+    gone = next(f for f in test_files if f.startswith("ravdess/"))
+    (data / gone).unlink()
+    assert evaluate_main(["--model-dir", str(ravdess_only), "--data-dir", str(data), "--split", "test",
+                          "--output", str(tmp_path / "eval_part"), "--n-jobs", "1"]) == 0
+    assert f"of the model's {(test_files.str.startswith('ravdess/')).sum()} test files are in this data folder" in \
+        capsys.readouterr().err
     assert evaluate_main(["--model-dir", str(out), "--data-dir", str(data), "--output", str(tmp_path / "eval2"),
                           "--n-jobs", "1"]) == 2
     assert "(or --corpora: by default the model's own, ravdess,tess)" in capsys.readouterr().err
