@@ -21,7 +21,7 @@ from core.cli import (CLIParser, add_verbose_flag, module_prog, path_arg, quiet_
                       refuse_training_run)
 from core.ensemble import check_member_count
 from core.config import parse_bool
-from core.io import read_json, save_model, write_json
+from core.io import read_json, read_model_config, save_model, write_json
 
 HELD_OUT = ("val", "test")
 
@@ -48,9 +48,9 @@ def check_compatible(run_dirs: Sequence[Path]) -> None:
         frame = pd.read_csv(d / "split.csv")
         return frame[frame["split"].isin(HELD_OUT)].reset_index(drop=True)
 
-    first, ref = read_json(run_dirs[0] / "config.json"), held_out(run_dirs[0])
-    for d in run_dirs[1:]:
-        config = read_json(d / "config.json")
+    configs = [read_model_config(d / "config.json", "fer") for d in run_dirs]  # a speech run: named as one
+    first, ref = configs[0], held_out(run_dirs[0])
+    for d, config in zip(run_dirs[1:], configs[1:]):
         for key in ("class_names", "input_shape", "dataset"):
             if config.get(key) != first.get(key):
                 raise ValueError(f"{d}: {key} differs from {run_dirs[0]}")

@@ -18,7 +18,7 @@ import numpy as np
 from core.cli import (CLIParser, add_verbose_flag, module_prog, path_arg, quiet_tensorflow, refuse_file_output,
                       refuse_missing_dir, refuse_training_run)
 from core.ensemble import check_member_count
-from core.io import read_json, save_model, write_json
+from core.io import read_json, read_model_config, save_model, write_json
 from core.reports import format_summary, write_report
 
 
@@ -59,7 +59,7 @@ def check_compatible(run_dirs: Sequence[Path]) -> None:
     for d in run_dirs:
         if not (d / "config.json").is_file():
             raise FileNotFoundError(f"{d}: not a ser.train run folder (config.json missing)")
-        if read_json(d / "config.json").get("members_dirs"):
+        if read_model_config(d / "config.json", "ser").get("members_dirs"):  # a face run: named as one
             raise ValueError(f"{d}: is an ensemble itself; pass its member runs instead")
     first = split_rows(run_dirs[0])
     test = sorted((r["file"], r["label"]) for r in first if r["split"] == "test")

@@ -566,6 +566,9 @@ REFUSALS = [  # SER / FER: the tiny run folders; AFILE: an existing file; MISSIN
     ("fer.export", ["--model-dir", "MISSING", "--max-test", "-4"], "--max-test must be >= 0"),
     ("fer.tta", ["--model-dir", "FER", "--min-gain", "-5"], "--min-gain must be >= -1"),
     ("fusion.late", ["--min-gain", "-3", "--data-dir", "MISSING"], "--min-gain must be >= 0"),
+    # SHIPPED_SER / SHIPPED_FER: saved_models/ser_compact and fer_tiny (full configs: their kind is known)
+    ("ser.ensemble", ["SHIPPED_SER", "SHIPPED_FER", "--output", "OUT"], "holds a face (fer) model, not a speech"),
+    ("fer.ensemble", ["SHIPPED_FER", "SHIPPED_SER", "--output", "OUT"], "holds a speech (ser) model, not a face"),
     # TRAINED: a training run's folder (history.csv): an ensemble or evaluation would replace its model or reports
     ("ser.ensemble", ["SER", "SER", "--output", "TRAINED"], "holds a training run; give another folder"),
     ("fer.ensemble", ["FER", "FER", "--output", "TRAINED"], "holds a training run; give another folder"),
@@ -589,11 +592,12 @@ def mixed_ensemble(models, tmp_path_factory):
 
 @pytest.mark.parametrize("module,args,message", REFUSALS, ids=[f"{m} {' '.join(a)}" for m, a, _ in REFUSALS])
 def test_tools_refuse_bad_arguments_in_one_line(module, args, message, models, files, mixed_ensemble, tmp_path,
-                                                capsys):
+                                                capsys, repo_root):
     import importlib
 
     names = {"SER": models / "ser", "FER": models / "fer", "AFILE": files / "afile", "ENSEMBLE": mixed_ensemble,
-             "MISSING": tmp_path / "missing", "OUT": tmp_path / "out", "TRAINED": tmp_path / "trained"}
+             "MISSING": tmp_path / "missing", "OUT": tmp_path / "out", "TRAINED": tmp_path / "trained",
+             "SHIPPED_SER": repo_root / "saved_models" / "ser_compact", "SHIPPED_FER": repo_root / "saved_models" / "fer_tiny"}
     names["TRAINED"].mkdir()
     (names["TRAINED"] / "history.csv").write_text("epoch,loss\n0,1.9\n")
     message = message.replace("MISSING", str(names["MISSING"]))
