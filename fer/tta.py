@@ -87,8 +87,9 @@ def apply(cfg: TTAConfig) -> dict[str, Any]:
         raise ValueError(f"{run_dir} was refit on its validation images: nothing is left to decide on; apply the "
                          "decision made on the run its recipe was chosen with: --decided-by RUN")
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
-    if is_flip_averaged(model) or config.get("flip_tta"):
-        raise ValueError(f"{run_dir}/model.keras already averages flips")
+    if is_flip_averaged(model) or config.get("flip_tta"):  # the same command again: done, as a finished run is
+        print(f"{run_dir}/model.keras already averages flips: nothing to do ({PLAIN_FILE} is the plain model)")
+        return config.get("flip_tta_validation", {})
     if cfg.shift < 0:
         raise ValueError(f"--shift must be >= 0 pixels, got {cfg.shift}")
     train_cfg = run_config(config, cfg.data_dir)

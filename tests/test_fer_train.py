@@ -260,8 +260,8 @@ def test_flip_tta_is_decided_on_validation_and_rewrites_the_run(cnn_run, fer_dat
                                (plain.predict_on_batch(x) + plain.predict_on_batch(x[:, :, ::-1])) / 2, atol=1e-5)
     assert read_json(run / "metrics.json")["flip_tta"] is True
     assert read_json(run / "config.json")["flip_tta_validation"]["kept"] is True
-    # applying twice is refused
-    assert tta.main(["--model-dir", str(run), "--data-dir", str(fer_data)]) == 2
+    # applying twice: done already (exit 0, as a finished run's command), the averaged model left as it is
+    assert tta.main(["--model-dir", str(run), "--data-dir", str(fer_data)]) == 0
     from fer.predict import FERPredictor
 
     assert FERPredictor(run).predict_crops(x[..., 0]).shape == (2, 7)
@@ -408,8 +408,10 @@ def test_a_refit_run_takes_flip_averaging_from_the_run_its_recipe_was_chosen_wit
     assert config["flip_tta"] is True and config["flip_tta_validation"]["run"] == str(chosen)
     assert read_json(refit / "metrics.json")["flip_tta"] is True  # the test report is the averaged model's
     assert not (refit / "val_metrics.json").exists()
-    assert tta.main(decide) == 2  # applying twice is refused
-    assert "already averages flips" in capsys.readouterr().err
+    before = (refit / "model.keras").read_bytes()
+    assert tta.main(decide) == 0  # applying twice: done already, nothing rewritten
+    assert "already averages flips: nothing to do" in capsys.readouterr().out
+    assert (refit / "model.keras").read_bytes() == before
 
 
 def test_distill_targets_mix_the_teachers_flip_averaged_probabilities_with_the_labels(cnn_run):
