@@ -167,9 +167,12 @@ def resume_state(run_dir: str | os.PathLike, backup, callbacks: Sequence, first_
             rows = _history_rows(run_dir, first_epoch, start)
             for cb in callbacks:
                 _replay(cb, rows, run_dir)
+            best = {}  # checkpoint and early stopping watch the same value: named once
+            for cb in callbacks:
+                if getattr(cb, "best", None) is not None:
+                    best.setdefault(cb.monitor, cb.best)
             log.info("resumed at epoch %d: best %s so far restored from %s", start,
-                     ", ".join(f"{cb.monitor} {cb.best:.4f}" for cb in callbacks if getattr(cb, "best", None)
-                               is not None), run_dir / "history.csv")
+                     ", ".join(f"{k} {v:.4f}" for k, v in best.items()), run_dir / "history.csv")
 
     return ResumeState()
 

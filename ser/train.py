@@ -258,8 +258,10 @@ def run(cfg: TrainConfig) -> dict:
 
     input_shape = (fcfg.max_frames, *fcfg.frame_shape) if encoder_model else (fcfg.max_frames, fcfg.n_features)
     model = build_model(cfg.model, input_shape, NUM_CLASSES, cfg.spec_augment)
-    log.info("%s: %d parameters; train %d (with augmentation), val %d, test %d",
-             cfg.model, model.count_params(), len(x_train), len(part["val"]), len(part["test"]))
+    copies = len(x_train) - len(part["train"])
+    log.info("%s: %d parameters; train %d%s, val %d, test %d", cfg.model, model.count_params(), len(x_train),
+             f" ({len(part['train'])} clips + {copies} augmented copies)" if copies else "", len(part["val"]),
+             len(part["test"]))
     if cfg.model in CLOSED_FORM_MODELS:  # a convex fit in about a minute: nothing to resume or schedule
         from ser.whisper.head import fit_linear_head
 
