@@ -216,11 +216,31 @@ def module_prog(module: str) -> str:
 
 
 def progress(items: Iterable[T], total: int | None = None, desc: str | None = None,
-             unit: str = "it") -> Iterable[T]:
-    """A tqdm progress bar on stderr that only shows on a terminal (``disable=None``): logs and CI stay clean."""
+             unit: str = "it", log_every: float | None = None) -> Iterable[T]:
+    """A tqdm progress bar on stderr that only shows on a terminal (``disable=None``): logs and CI stay clean.
+    Off a terminal, ``log_every`` (seconds) gives a log line now and then instead, for long steps whose output goes
+    to a file (a ``nohup`` training log stayed silent through minutes of feature extraction)."""
     from tqdm.auto import tqdm
 
-    return tqdm(items, total=total, desc=desc, unit=unit, leave=False, disable=None, dynamic_ncols=True)
+    bar = tqdm(items, total=total, desc=desc, unit=unit, leave=False, disable=None, dynamic_ncols=True)
+    if log_every is None or not bar.disable:
+        return bar
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    return _logged_progress(items, total, desc or "progress", unit, log_every)
+
+
+def _logged_progress(items: Iterable[T], total: int | None, desc: str, unit: str, every: float) -> Iterator[T]:
+    import time
+
+    start = last = time.monotonic()
+    for done, item in enumerate(items, 1):
+        yield item
+        now = time.monotonic()
+        if now - last >= every:
+            last = now
+            logging.getLogger("progress").info("%s: %d%s %s(s), %.0f s", desc, done, f" of {total}" if total else "",
+                                               unit, now - start)
 
 
 def echo(text: str, err: bool = False) -> None:

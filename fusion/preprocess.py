@@ -301,7 +301,7 @@ def preprocess_clips(paths: Sequence[str | os.PathLike], relpaths: Sequence[str]
         pool, iterator = None, map(_process_one, todo)
     try:
         if progress:
-            iterator = progress_bar(iterator, total=len(todo), desc="preprocess", unit="clip")
+            iterator = progress_bar(iterator, total=len(todo), desc="preprocess", unit="clip", log_every=30)
         for result in iterator:
             results[result["cache"]] = result
             if result["status"] not in ("ok", "cached") and not result.get("known"):

@@ -403,7 +403,8 @@ class Trainer:
                          len(self.model.trainable_variables))
             step = self._train_step(stage)
             started, loss_sum, correct, seen = time.time(), 0.0, 0.0, 0.0
-            for _ in progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step"):
+            for _ in progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                              log_every=60):
                 loss, c, n = step(iterator)
                 loss_sum, correct, seen = loss_sum + float(loss), correct + float(c), seen + float(n)
             self.predict = self.predict or predict_function(self.model, val_ds)

@@ -284,12 +284,16 @@ def _extract_encoder_chunks(paths: list[str], cfg, cache_dir: Path | None, varia
         yield from results
 
 
+LOG_EVERY_SECONDS = 30  # progress in a log file (off a terminal) during a long extraction
+
+
 def extract_many(paths: Sequence[str], cfg: FeatureConfig, cache_dir: Path | None = DEFAULT_CACHE_DIR,
                  variant: Variant = 0, seed: int = 0, n_jobs: int = -1,
                  desc: str = "features") -> tuple[list[np.ndarray | None], dict[str, str]]:
     """Extract features for many files in parallel; bad files give ``None`` and an entry in the errors dict."""
     from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
+
+    from core.cli import progress
 
     paths = list(paths)
     if hasattr(cfg, "frames_batch"):  # an encoder: one process, its matrix products already use every core
@@ -302,7 +306,7 @@ def extract_many(paths: Sequence[str], cfg: FeatureConfig, cache_dir: Path | Non
         results = itertools.chain(first, Parallel(n_jobs=n_jobs, return_as="generator", batch_size=8)(jobs))
     feats: list[np.ndarray | None] = []
     errors: dict[str, str] = {}
-    for path, (value, error) in zip(paths, tqdm(results, total=len(paths), desc=desc, leave=False, disable=None)):
+    for path, (value, error) in zip(paths, progress(results, len(paths), desc, "clip", log_every=LOG_EVERY_SECONDS)):
         feats.append(value)
         if error:
             log.warning("skipping %s", error)

@@ -287,3 +287,16 @@ def test_ctrl_c_in_a_training_tool_is_one_line_saying_how_to_resume(capsys):
     assert cli.resumable_main(interrupted) == 130
     assert capsys.readouterr().err == "\ninterrupted: run the same command to resume from the last finished epoch\n"
     assert cli.resumable_main(lambda: 0) == 0
+
+
+def test_progress_off_a_terminal_logs_now_and_then_when_asked(caplog, monkeypatch):
+    """A long step writing to a log file (nohup) says how far it got; without log_every it stays silent."""
+    import time
+
+    clock = iter(range(0, 1000, 20))  # every item takes 20 s
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="progress"):
+        assert list(cli.progress(range(5), desc="features", unit="clip", log_every=30)) == [0, 1, 2, 3, 4]
+    assert [r.getMessage() for r in caplog.records] == ["features: 2 of 5 clip(s), 40 s", "features: 4 of 5 clip(s), 80 s"]
+    caplog.clear()
+    assert list(cli.progress(range(3), desc="x")) == [0, 1, 2] and not caplog.records
