@@ -284,6 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         media = ", ".join(sorted(VIDEO_EXTENSIONS + AUDIO_EXTENSIONS))
         print(f"error: no video or audio files ({media}) in {args.paths}", file=sys.stderr)
         return 2
+    if args.late_weights:  # a usage error comes first (it is read again with the models)
+        from fusion.late import read_late_config
+
+        try:
+            read_late_config(args.late_weights)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if not any(p.exists() for p in paths):  # nothing there to read: said at once, not after the models load
         for p in paths:
             echo(f"error: {p}: no such file", err=True)
