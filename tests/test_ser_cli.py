@@ -224,7 +224,7 @@ def test_noise_and_phone_copies_join_the_training_clips(trained, tmp_path, caplo
     with caplog.at_level(logging.INFO, logger="ser.train"):
         assert ser_train.main(argv) == 0
     clean = int((pd.read_csv(out / "split.csv")["split"] == "train").sum())
-    assert f"train {4 * clean} (with augmentation)" in caplog.text
+    assert f"train {4 * clean} ({clean} clips + {3 * clean} augmented copies)" in caplog.text
     assert read_json(out / "config.json")["train"]["noise_copies"] == 2
 
 
@@ -316,7 +316,10 @@ def test_predictor_is_deterministic_and_matches_cli(trained):
 
 
 def test_predict_without_model_is_a_clear_error(tmp_path, capsys):
-    assert ser_predict.main(["--model-dir", str(tmp_path), "x.wav"]) == 2
+    import soundfile as sf
+
+    sf.write(tmp_path / "x.wav", synth.tone("happy", seconds=1.0), 16_000)  # an input that exists: checked first
+    assert ser_predict.main(["--model-dir", str(tmp_path), str(tmp_path / "x.wav")]) == 2
     assert "ser.train" in capsys.readouterr().err
 
 
