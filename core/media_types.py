@@ -4,8 +4,29 @@ Decoding goes through libsndfile or FFmpeg, which read every one of them; a file
 sound track is then reported on its own, never silently passed over."""
 from __future__ import annotations
 
+from typing import Collection
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+
+
+def files_below(root, suffixes: Collection[str]) -> list:
+    """Files below ``root`` whose suffix is one of ``suffixes`` (lower case), hidden ones excluded, sorted. Linked
+    folders are followed (a corpus assembled from links to actor folders elsewhere; ``Path.rglob`` skips them),
+    each real folder once, so a link cycle ends."""
+    import os
+    from pathlib import Path
+
+    found, seen = [], set()
+    for dirpath, dirnames, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        found.extend(path for path in (Path(dirpath) / n for n in names if not n.startswith("."))
+                     if path.suffix.lower() in suffixes and path.is_file())
+    return sorted(found)
 
 
 def ffmpeg_words(exc: BaseException) -> str:

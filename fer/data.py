@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from core.labels import EMOTIONS, EMOTION_INDEX, UnknownLabelError, map_label
+from core.media_types import files_below
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,7 @@ def read_gray(path: str | os.PathLike) -> np.ndarray | None:
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))
+    return files_below(folder, IMAGE_EXTENSIONS)
 
 
 def images_by_emotion_folder(corpus: str, folder: Path, skips: "SkipLog") -> list[tuple[Path, str]]:

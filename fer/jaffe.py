@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 from core.cli import progress
 from core.datasets import resolve_corpus_dir
 from core.labels import UnknownLabelError, map_label
+from core.media_types import files_below
 from fer.data import FaceSet, SkipLog, build_faceset, cap_per_class, read_gray
 from fer.faces import DEFAULT_DETECTOR, FACE_MARGIN, crop_face, detect_and_align
 
@@ -37,7 +37,7 @@ def load_jaffe(data_dir: str | os.PathLike | None = None, size: int = 48, detect
     items = []
     fallbacks = 0
     labelled = []
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in (".tif", ".tiff")):
+    for path in files_below(root, (".tif", ".tiff")):
         parsed = parse_name(path.name)
         if parsed is None:
             skips.skip("file name not SUBJECT.LABELn.INDEX.tiff", str(path))

@@ -31,7 +31,7 @@ import numpy as np
 from core.cli import CLIParser, add_verbose_flag, echo, module_prog, path_arg, progress, quiet_tensorflow
 from core.io import load_keras_model, read_model_config
 from core.labels import EMOTIONS
-from core.media_types import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
+from core.media_types import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, files_below
 from fer.data import IMAGE_EXTENSIONS
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
 from fusion.media import MAX_CLIP_SECONDS, PHOTO, MediaError, NoAudioError, NoVideoError, StillImageError
@@ -217,7 +217,7 @@ def expand_paths(paths: Sequence[str]) -> list[Path]:
     media = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in media and f.is_file()))
+            out.extend(files_below(p, media))
         else:
             out.append(p)
     return out

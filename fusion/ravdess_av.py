@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.labels import EMOTION_INDEX, UnknownLabelError, map_label
-from core.media_types import VIDEO_EXTENSIONS
+from core.media_types import VIDEO_EXTENSIONS, files_below
 
 NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
 
@@ -31,7 +31,7 @@ def load_ravdess_av(root: str | Path, include_song: bool = True) -> tuple[pd.Dat
     root = Path(root)
     report = {"files": 0, "bad_name": 0, "video_only": 0, "audio_only": 0, "song_skipped": 0, "unknown_label": 0}
     rows = []
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()):
+    for path in files_below(root, VIDEO_EXTENSIONS):
         if path.name.startswith("._"):  # macOS resource forks in some archives
             continue
         report["files"] += 1

@@ -362,3 +362,26 @@ def test_an_mp3_cut_short_is_refused_when_its_header_counts_its_frames(tmp_path)
     # A head read that stops before the cut is the file's true start: nothing to refuse.
     samples, rate, seconds = audio.decode_head(tmp_path / "counted_cut.mp3", max_seconds=1.0)
     assert samples.size == rate and seconds == pytest.approx(6.0, abs=0.01)
+
+
+def test_linked_folders_are_searched_once_each(tmp_path):
+    """A corpus assembled from links to actor folders elsewhere was empty to the loaders (Path.rglob and os.walk do
+    not follow links); a link back up the tree must not loop."""
+    import os
+
+    from core.media_types import files_below
+    from fer.data import list_images
+    from ser.corpora import audio_files
+
+    elsewhere = tmp_path / "disk" / "Actor_01"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "03-01-05-01-01-01-01.wav").write_bytes(b"")
+    (elsewhere / "face.png").write_bytes(b"")
+    (elsewhere / ".hidden.wav").write_bytes(b"")
+    corpus = tmp_path / "ravdess"
+    corpus.mkdir()
+    os.symlink(elsewhere, corpus / "Actor_01")
+    os.symlink(corpus, elsewhere / "back_up")  # a cycle
+    assert audio_files(corpus) == [corpus / "Actor_01" / "03-01-05-01-01-01-01.wav"]
+    assert list_images(corpus) == [corpus / "Actor_01" / "face.png"]
+    assert files_below(corpus, (".mp4",)) == []

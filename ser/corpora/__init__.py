@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from core.datasets import resolve_corpus_dir
-from core.media_types import AUDIO_EXTENSIONS as _AUDIO, VIDEO_EXTENSIONS as _VIDEO
+from core.media_types import AUDIO_EXTENSIONS as _AUDIO, VIDEO_EXTENSIONS as _VIDEO, files_below
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,8 @@ def clip_key(clip: Clip, roots: dict[str, dict]) -> str:
 
 
 def audio_files(root: Path) -> list[Path]:
-    """Audio files below ``root`` in a stable order, hidden files excluded."""
-    files = [Path(dirpath) / name
-             for dirpath, _, names in os.walk(root)
-             for name in names
-             if not name.startswith(".") and Path(name).suffix.lower() in AUDIO_EXTENSIONS]
-    return sorted(files)
+    """Audio files below ``root`` in a stable order, hidden files excluded, linked folders followed."""
+    return files_below(root, AUDIO_EXTENSIONS)
 
 
 def dedupe_by_name(files: Iterable[Path]) -> list[Path]:
