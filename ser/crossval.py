@@ -91,22 +91,28 @@ def pooled_predictions(fold_metrics: Sequence[dict[str, Any]]) -> tuple[np.ndarr
 
 
 def run(cfg: CrossValConfig) -> dict[str, Any]:
+    from core.training import check_resume, record_run_settings
     from ser.train import run as train_run
 
     out = Path(cfg.output)
     plan = fold_configs(cfg)
     if cfg.fold >= len(plan):
         raise ValueError(f"--fold {cfg.fold} does not exist: there are {len(plan)} folds (0-based)")
+    # Which fold a machine runs is not a setting; --folds 3 on a 2-fold folder is refused by name (it was refused
+    # by a fold's own check, naming --test-speakers).
+    settings = {k: v for k, v in asdict(cfg).items() if k != "fold"}
+    check_resume(out, "ser.crossval", settings)
     out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves no folder
+    record_run_settings(out, "ser.crossval", settings)
     fold_metrics = []
     for k, (speakers, fold_cfg) in enumerate(plan):
         if cfg.fold >= 0 and k != cfg.fold:
             continue
         done = Path(fold_cfg.output) / "metrics.json"
         if done.exists() and read_json(Path(fold_cfg.output) / "config.json")["train"] == asdict(fold_cfg):
-            log.info("fold %d/%d already finished: %s", k + 1, len(plan), done)
+            log.info("fold%d (%d of %d) already finished: %s", k, k + 1, len(plan), done)
         else:
-            log.info("fold %d/%d: test speakers %s", k + 1, len(plan), ", ".join(speakers))
+            log.info("fold%d (%d of %d): test speakers %s", k, k + 1, len(plan), ", ".join(speakers))
             train_run(fold_cfg)
         fold_metrics.append(read_json(done))
     if cfg.fold >= 0:
@@ -124,7 +130,7 @@ def run(cfg: CrossValConfig) -> dict[str, Any]:
         "pooled": {k: pooled[k] for k in ("accuracy", "f1_macro", "f1_weighted", "n")},
         "fold_accuracy_mean": float(np.mean(accuracies)), "fold_accuracy_std": float(np.std(accuracies)),
         "fold_f1_macro_mean": float(np.mean(f1s)), "fold_f1_macro_std": float(np.std(f1s)),
-        "config": asdict(cfg),
+        "config": asdict(cfg) | {"refit": True},  # every fold is a refit run: no validation speakers are left
     }
     write_json(out / "crossval.json", summary)
     print(f"pooled over {len(plan)} folds: {format_summary(pooled)}; per fold accuracy "

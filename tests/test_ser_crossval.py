@@ -38,7 +38,7 @@ def test_pooled_predictions_rebuild_every_clip_from_confusion_matrices():
     assert np.bincount(y_true).tolist() == [4, 4]
 
 
-def test_every_ravdess_clip_is_tested_once_and_rerun_skips_finished_folds(corpora, tmp_path, monkeypatch):
+def test_every_ravdess_clip_is_tested_once_and_rerun_skips_finished_folds(corpora, tmp_path, monkeypatch, capsys):
     out = tmp_path / "cv"
     assert crossval.main(_argv(corpora, out, tmp_path / "cache", "--fold", "1")) == 0  # one fold alone
     assert (out / "fold1" / "metrics.json").is_file() and not (out / "fold0").exists()
@@ -63,6 +63,10 @@ def test_every_ravdess_clip_is_tested_once_and_rerun_skips_finished_folds(corpor
 
     monkeypatch.setattr("ser.train.run", no_training)
     assert crossval.main(_argv(corpora, out, tmp_path / "cache")) == 0
+    assert summary["config"]["refit"] is True  # each fold is a refit run
+    # Another fold count on this folder is refused by name, before anything is trained.
+    assert crossval.main(_argv(corpora, out, tmp_path / "cache", "--folds", "3")) == 2
+    assert "--folds 2 there, 3 now" in capsys.readouterr().err
 
 
 def test_bad_settings_are_clear_errors(corpora, tmp_path, capsys):
