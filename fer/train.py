@@ -252,8 +252,9 @@ def check_run_split(run_dir: Path, sources: Sequence[str], splits: np.ndarray) -
         got = {Path(s).name for s, p in zip(sources, splits) if p == part}
         if want != got:
             raise SplitMismatchError(f"the faces under this data folder do not re-create {run_dir}'s {part} split "
-                             f"({len(want - got)} of its {len(want)} {part} images missing, {len(got - want)} others "
-                             "in their place): pass the data folder it was trained on")
+                                     f"({len(want - got)} of its {len(want)} {part} images missing, "
+                                     f"{len(got - want)} others in their place): pass the data folder it was "
+                                     "trained on")
 
 
 def write_split_csv(path: Path, data, splits: np.ndarray) -> None:
