@@ -189,11 +189,19 @@ def output_folder_problem(folder: str | os.PathLike) -> str | None:
     return None
 
 
-def refuse_training_run(parser: argparse.ArgumentParser, output: str | None, flag: str = "--output") -> None:
-    """``parser.error`` when an output folder holds a training run (its history.csv): an ensemble or evaluation
+def training_run_problem(output: str | None, flag: str = "--output") -> str | None:
+    """Why an output folder is refused when it holds a training run (its history.csv): an ensemble or evaluation
     written there would replace its model and reports and leave its curves and checkpoints beside them."""
     if output and os.path.isfile(os.path.join(output, "history.csv")):
-        parser.error(f"{flag} {output} holds a training run; give another folder")
+        return f"{flag} {output} holds a training run; give another folder"
+    return None
+
+
+def refuse_training_run(parser: argparse.ArgumentParser, output: str | None, flag: str = "--output") -> None:
+    """``parser.error`` (one line, exit 2) for ``training_run_problem``."""
+    problem = training_run_problem(output, flag)
+    if problem:
+        parser.error(problem)
 
 
 def refuse_missing_dir(parser: argparse.ArgumentParser, path: str | None, flag: str = "--data-dir") -> None:

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.cli import progress, quiet_tensorflow
+from core.cli import progress, quiet_tensorflow, training_run_problem
 from core.config import config_parser, parse_config
 from core.datasets import DatasetNotFoundError
 from core.io import atomic_write, write_json
@@ -50,8 +50,9 @@ class EvaluateConfig:
         if self.split not in SPLIT_CHOICES:
             raise ValueError(f"unknown --split {self.split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
         check_loader_detector(self.detector)
-        if (Path(self.output) / "history.csv").is_file():  # as core.cli.refuse_training_run says it
-            raise ValueError(f"--output {self.output} holds a training run; give another folder")
+        problem = training_run_problem(self.output)
+        if problem:
+            raise ValueError(problem)
 
 
 HELP = {
