@@ -251,6 +251,17 @@ def _logged_progress(items: Iterable[T], total: int | None, desc: str, unit: str
                                                unit, now - start)
 
 
+def none_exist(paths: Iterable[str | os.PathLike]) -> bool:
+    """True when none of ``paths`` exists, each then said on stderr (``PATH: no such file``): a predict tool has
+    nothing to read and says so before its model loads."""
+    paths = list(paths)
+    if any(os.path.exists(p) for p in paths):
+        return False
+    for path in paths:
+        echo(f"error: {path}: no such file", err=True)
+    return True
+
+
 def echo(text: str, err: bool = False) -> None:
     """Print a line (stdout, or stderr with ``err``) without tearing an active :func:`progress` bar."""
     from tqdm.auto import tqdm

@@ -28,7 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.cli import CLIParser, add_verbose_flag, echo, module_prog, path_arg, progress, quiet_tensorflow
+from core.cli import (CLIParser, add_verbose_flag, echo, module_prog, none_exist, path_arg, progress,
+                      quiet_tensorflow)
 from core.io import load_keras_model, read_model_config
 from core.labels import EMOTIONS
 from core.media_types import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, files_below
@@ -292,9 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    if not any(p.exists() for p in paths):  # nothing there to read: said at once, not after the models load
-        for p in paths:
-            echo(f"error: {p}: no such file", err=True)
+    if none_exist(paths):  # said at once, not after the models load
         return 1
     try:
         predictor = load_predictor(args.mode, args.model_dir, args.ser_model_dir, args.fer_model_dir,

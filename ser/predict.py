@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from core.cli import echo, progress
+    from core.cli import echo, none_exist, progress
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -253,9 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not files:
         print(f"error: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in {args.paths}", file=sys.stderr)
         return 2
-    if not any(f.exists() for f in files):  # nothing there to read: said at once, not after the model loads
-        for f in files:
-            echo(f"error: {f}: no such file", err=True)
+    if none_exist(files):  # said at once, not after the model loads
         return 1
     try:
         predictor = SERPredictor(args.model_dir, tflite=args.tflite)
