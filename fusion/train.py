@@ -510,7 +510,10 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     usable = frame[frame["status"].isin(["ok", "cached"])]
     parts = {s: usable[usable["split"] == s] for s in ("train", "val", "test")}
     if parts["train"].empty or parts["val"].empty:
-        raise RuntimeError(f"empty train or validation split: { {k: len(v) for k, v in parts.items()} }")
+        counts = {k: len(v) for k, v in parts.items()}
+        hint = ("the corpus's own split (MELD) gave no usable clips there" if cfg.corpus != "ravdess" else
+                "too few usable actors' clips for --val-fraction / --val-actors and --test-fraction / --test-actors")
+        raise RuntimeError(f"empty train or validation split: {counts} ({hint}; {report['skipped']} skipped)")
     out.mkdir(parents=True, exist_ok=True)  # only now: a run refused for its data leaves no folder behind
     if chief:
         record_run_settings(out, "fusion.train", settings)

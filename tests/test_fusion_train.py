@@ -266,6 +266,13 @@ def test_a_run_refused_for_its_data_leaves_no_folder(tmp_path, capsys):
                              "--output", str(out), "--weights", "none"]) == 2
     assert "error:" in capsys.readouterr().err
     assert not out.exists() and not out.parent.exists()
+    # Clips, but too few actors for a validation one at these fractions: said with the options to change.
+    make_ravdess(tmp_path / "two_actors", actors=(1, 2), seconds=0.6, size=(64, 64))
+    assert main(TINY_ARGS + ["--data-dir", str(tmp_path / "two_actors"), "--cache-dir", str(tmp_path / "cache"),
+                             "--output", str(out), "--weights", "none", "--val-actors", "", "--test-actors", ""]) == 2
+    err = capsys.readouterr().err
+    assert "empty train or validation split" in err and "--val-fraction / --val-actors" in err
+    assert not out.exists()
 
 
 def test_a_finished_run_is_kept_and_other_settings_are_refused(trained, corpus, capsys):
