@@ -31,9 +31,7 @@ def load_ravdess_av(root: str | Path, include_song: bool = True) -> tuple[pd.Dat
     root = Path(root)
     report = {"files": 0, "bad_name": 0, "video_only": 0, "audio_only": 0, "song_skipped": 0, "unknown_label": 0}
     rows = []
-    for path in files_below(root, VIDEO_EXTENSIONS):
-        if path.name.startswith("._"):  # macOS resource forks in some archives
-            continue
+    for path in files_below(root, VIDEO_EXTENSIONS):  # hidden files (macOS "._" resource forks) left out
         report["files"] += 1
         fields = parse_name(path.stem)
         if fields is None:
