@@ -57,15 +57,17 @@ MIN_SPECTRAL_CHANGE_DB = 3.5  # speech: 5-15 dB; tones, hum, steady noise: 0-2.5
 MAINS_HZ = (50.0, 60.0)
 
 
-REASONS = ("speech", "silence", "constant (DC)", "too short", "noise", "hum", "steady tone")
+# "other sound" is not this module's: a Whisper model's decoder hears no speech (ser.whisper.no_speech).
+REASONS = ("speech", "silence", "constant (DC)", "too short", "noise", "hum", "steady tone", "other sound")
 
 
 class NoSpeechError(AudioError):
     """Audio that decodes fine but holds no speech; ``reason`` is one of REASONS, the message says more."""
 
-    def __init__(self, message: str, reason: str = "no speech") -> None:
+    def __init__(self, message: str, reason: str = "no speech", no_speech_probability: float | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.no_speech_probability = no_speech_probability  # Whisper's, for reason "other sound"
 
 
 def no_speech_reason(exc: Exception) -> str | None:

@@ -8,8 +8,9 @@ mean over the rest. ``--segments`` prints each window's own result. A recording
 no longer than one window goes through the model exactly as clips do in training and ``ser.evaluate``.
 
 Every window must hold speech (``ser.frontend.speech_check``): windows of hum, a steady tone, noise or
-DC are dropped, and a file with none left is reported as "no speech" (a warning on stderr; with
-``--json`` a line ``{"path": ..., "label": null, "probabilities": null, "no_speech": "<reason>"}``)
+DC are dropped; so are windows in which a Whisper model's own decoder hears no speech (music and other
+sounds: ``ser.whisper.no_speech``). A file with none left is reported as "no speech" (a warning on stderr;
+with ``--json`` a line ``{"path": ..., "label": null, "probabilities": null, "no_speech": "<reason>"}``)
 instead of an emotion.
 
 Exit status: 0 every file got an emotion; 1 some file was unreadable or held no speech (the others
@@ -31,6 +32,7 @@ from ser.audio import AudioError, check_signal, decode, resample
 from ser.corpora import AUDIO_EXTENSIONS, audio_files
 from ser.features import Normalizer, load_feature_config, pad, waveform_frames, waveform_frames_batch
 from ser.frontend import NoSpeechError, speech_check
+from ser.whisper.no_speech import NO_SPEECH_THRESHOLD
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "saved_models" / "ser"
@@ -83,6 +85,16 @@ def speech_windows(y: np.ndarray, cfg: FeatureConfig, hop_seconds: float | None 
     windows = [(s / sr, (s + size) / sr, y[s:s + size]) for s in starts]
     voiced = [w for w in windows if np.abs(w[2]).max() > floor]
     return voiced or windows[:1]
+
+
+def hears_speech(no_speech_probability: float | None) -> bool:
+    """Whether Whisper's no-speech probability of a window lets it through (None: the model cannot tell)."""
+    return no_speech_probability is None or no_speech_probability < NO_SPEECH_THRESHOLD
+
+
+def strongest_refusal(refusals: Sequence[NoSpeechError]) -> NoSpeechError:
+    """The one that speaks for a recording none of whose windows holds speech: Whisper's surest."""
+    return max(refusals, key=lambda e: e.no_speech_probability or 0.0)
 
 
 class SERPredictor:
@@ -160,15 +172,41 @@ class SERPredictor:
         NoSpeechError when no window holds speech; AudioError if the waveform is empty or silent.
         """
         windows = self.speech_segments(y, sr, hop_seconds, source)
-        probs = self.window_probabilities([w for _, _, w in windows])
-        return [(start, end, p) for (start, end, _), p in zip(windows, probs)]
+        heard = self.window_results([w for _, _, w in windows], source)
+        kept = [(start, end, p) for (start, end, _), p in zip(windows, heard) if not isinstance(p, NoSpeechError)]
+        if not kept:
+            raise strongest_refusal(heard)  # type: ignore[arg-type]
+        return kept
+
+    def window_results(self, waveforms: Sequence[np.ndarray], source: str = "audio"
+                       ) -> list[np.ndarray | NoSpeechError]:
+        """Each waveform's probabilities (as ``window_probabilities``), or NoSpeechError (reason "other sound")
+        where the model's Whisper encoder hears no speech in it: music and other sounds that pass
+        ``speech_check``. Models without that encoder (MFCC / log-mel) answer every waveform."""
+        probs, no_speech = self.window_outputs(waveforms)
+        return [NoSpeechError(f"{source}: no speech: Whisper hears no speech in it (no-speech probability "
+                              f"{q:.2f}; speech < {NO_SPEECH_THRESHOLD:g}): music or another sound", "other sound",
+                              no_speech_probability=q)
+                if not hears_speech(q) else p for p, q in zip(probs, no_speech)]
 
     def window_probabilities(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         """(n, classes) for waveforms at the model's rate, each treated as one clip (trimmed, first window)."""
+        return self.window_outputs(waveforms)[0]
+
+    def window_outputs(self, waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, list[float | None]]:
+        """``window_probabilities`` and each waveform's Whisper no-speech probability from the same encoding
+        (None for models without a Whisper encoder in trailing silence; in an ensemble, the first member's that
+        has one)."""
         if self.members:
-            return np.mean([m.window_probabilities(waveforms) for m in self.members], axis=0)
-        x, lengths = pad(waveform_frames_batch(list(waveforms), self.features), self.features.max_frames)
-        return np.asarray(self._infer(self.normalizer.transform(x, lengths)))
+            outputs = [m.window_outputs(waveforms) for m in self.members]
+            heard = next((q for _, q in outputs if any(v is not None for v in q)), outputs[0][1])
+            return np.mean([p for p, _ in outputs], axis=0), heard
+        if hasattr(self.features, "frames_and_no_speech"):
+            frames, heard = self.features.frames_and_no_speech(list(waveforms))
+        else:
+            frames, heard = waveform_frames_batch(list(waveforms), self.features), [None] * len(waveforms)
+        x, lengths = pad(frames, self.features.max_frames)
+        return np.asarray(self._infer(self.normalizer.transform(x, lengths))), heard
 
     def clip_probabilities(self, clips: Sequence, n_jobs: int = -1) -> tuple[list, np.ndarray, dict[str, str]]:
         """``(readable clips, probabilities, errors)`` for corpus clips, features as in training (ser.evaluate)."""

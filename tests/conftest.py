@@ -35,6 +35,14 @@ def load_bench_script(name: str):
     return module
 
 
+@pytest.fixture
+def synthetic_voices_pass(monkeypatch):
+    """The synthetic voices of tests.synth_audio / tests.synth_video are tones, not speech, and Whisper's no-speech
+    check (ser.whisper.no_speech) refuses them as it should. Tests of what happens around the shipped speech model
+    (fusion, routing, determinism) turn that check off; tests/test_ser_whisper_no_speech.py tests the check."""
+    monkeypatch.setattr("ser.predict.NO_SPEECH_THRESHOLD", float("inf"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real corpora in ../shared/data; tests that need them skip cleanly without it."""

@@ -126,7 +126,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 class FakeVoice:
     """SERPredictor stand-in: probabilities from loudness and pitch-ish statistics of the window; audio
     without speech raises ser.frontend.NoSpeechError, as the real predictor does. Like SERPredictor it
-    has ``speech_segments`` + ``window_probabilities``, so the live stream batches windows through it;
+    has ``speech_segments`` + ``window_results``, so the live stream batches windows through it;
     ``batches`` records how many windows each model call got."""
     class_names = EMOTIONS
 
@@ -163,6 +163,9 @@ class FakeVoice:
         if self.delay:
             time.sleep(self.delay)
         return np.stack([self._probs(y) for y in waveforms])
+
+    def window_results(self, waveforms) -> list:
+        return list(self.window_probabilities(waveforms))
 
     def predict_segments(self, y: np.ndarray, sr: int) -> list[tuple[float, float, np.ndarray]]:
         """Back-to-back 1 s windows of speech (the real model: 3 s windows of speech every 1.5 s)."""

@@ -31,6 +31,7 @@ def _vector(probs: dict) -> np.ndarray:
     return np.array([probs[e] for e in EMOTIONS])
 
 
+@pytest.mark.usefixtures("synthetic_voices_pass")
 def test_predict_without_flags_fuses_with_the_shipped_weights(clips, capsys, repo_root):
     from fusion.late import load_late_fusion
     from fusion.predict import main
@@ -47,6 +48,7 @@ def test_predict_without_flags_fuses_with_the_shipped_weights(clips, capsys, rep
     assert result["label"] == EMOTIONS[int(np.argmax(expected))]
 
 
+@pytest.mark.usefixtures("synthetic_voices_pass")
 def test_audio_files_go_to_the_voice_and_silent_video_to_the_face(clips, capsys):
     from fusion.predict import main
 
@@ -61,6 +63,7 @@ def test_audio_files_go_to_the_voice_and_silent_video_to_the_face(clips, capsys)
     assert silent["label"] == silent["modalities"]["face"]["label"]
 
 
+@pytest.mark.usefixtures("synthetic_voices_pass")
 def test_an_audio_file_gets_the_voice_answer_of_ser_predict(tmp_path, capsys):
     """A file without pictures is read as ``ser.predict`` reads it (the file's own rate, resampled by the speech
     front end), so ``fusion.predict`` gives exactly its answer, here for a 48 kHz recording."""

@@ -14,7 +14,7 @@ SER_MODELS = ("ser", "ser_compact")  # the default (Whisper encoder + head) and 
 
 
 @pytest.mark.parametrize("name", SER_MODELS)
-def test_shipped_ser_model_loads_and_is_deterministic(name, repo_root):
+def test_shipped_ser_model_loads_and_is_deterministic(name, repo_root, synthetic_voices_pass):
     from ser.predict import DEFAULT_MODEL_DIR, SERPredictor
 
     assert DEFAULT_MODEL_DIR == repo_root / "saved_models" / "ser"

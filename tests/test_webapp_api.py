@@ -1125,7 +1125,7 @@ def test_a_batcher_with_a_max_share_rests_between_ticks():
 
 def test_a_failing_voice_model_answers_with_an_error_and_tries_again_later():
     class Broken(sm.FakeVoice):
-        def window_probabilities(self, waveforms):
+        def window_results(self, waveforms):
             self.calls += 1
             raise RuntimeError("encoder exploded")
 

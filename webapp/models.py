@@ -173,14 +173,14 @@ class Models:
 
     def predict_voice_batch(self, windows: Sequence[np.ndarray], sr: int) -> list[dict[str, float] | Exception]:
         """``predict_voice`` of several live windows, their model inputs in one call where the predictor
-        allows it (``speech_segments`` + ``window_probabilities``, as SERPredictor has).
+        allows it (``speech_segments`` + ``window_results``, as SERPredictor has).
 
-        Each item is the probabilities or the exception that window raised (NoSpeechError for hum or
-        noise), so one bad window never costs the others their answer.
+        Each item is the probabilities or the exception that window raised (NoSpeechError for hum, noise or
+        music), so one bad window never costs the others their answer.
         """
         slot = self._require(self.voice, "voice")
         predictor = slot.predictor
-        if not (hasattr(predictor, "speech_segments") and hasattr(predictor, "window_probabilities")):
+        if not (hasattr(predictor, "speech_segments") and hasattr(predictor, "window_results")):
             out: list[dict[str, float] | Exception] = []
             for y in windows:
                 try:
@@ -188,6 +188,8 @@ class Models:
                 except Exception as exc:  # handed back per window, see above
                     out.append(exc)
             return out
+        from ser.predict import strongest_refusal
+
         results: list[Any] = [None] * len(windows)
         parts: list[tuple[int, np.ndarray]] = []
         for i, y in enumerate(windows):
@@ -198,14 +200,17 @@ class Models:
         if parts:
             try:
                 with slot.lock:
-                    probs = np.asarray(predictor.window_probabilities([w for _, w in parts]))
+                    heard = predictor.window_results([w for _, w in parts])
             except Exception as exc:  # the model itself failed: every window that reached it says so
                 for i, _ in parts:
                     results[i] = exc
             else:
                 for i in {i for i, _ in parts}:
-                    mine = [p for (j, _), p in zip(parts, probs) if j == i]
-                    results[i] = to_probabilities(np.mean(mine, axis=0), slot.classes)
+                    mine = [p for (j, _), p in zip(parts, heard) if j == i]
+                    speech = [p for p in mine if not isinstance(p, Exception)]
+                    # as SERPredictor.predict_segments: the window's parts with speech, or why none had any
+                    results[i] = (to_probabilities(np.mean(speech, axis=0), slot.classes) if speech
+                                  else strongest_refusal(mine))
         return results
 
     def predict_voice_segments(self, y: np.ndarray, sr: int) -> tuple[dict[str, float], list[dict]]:

@@ -14,7 +14,7 @@ Probabilities = dict[str, float]
 
 FaceState = Literal["face", "no_face", "no_model", "unknown"]
 VoiceState = Literal["voice", "silence", "no_speech", "no_model", "unknown"]
-NoSpeechReason = Literal["silence", "constant (DC)", "too short", "noise", "hum", "steady tone"]
+NoSpeechReason = Literal["silence", "constant (DC)", "too short", "noise", "hum", "steady tone", "other sound"]
 
 
 class ErrorResponse(BaseModel):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import threading
@@ -26,6 +27,7 @@ import numpy as np
 
 from ser.whisper.weights import DEFAULT_ENCODER, SHA256, resolve_encoder_dir
 
+log = logging.getLogger(__name__)
 _ENCODERS: dict[str, "WhisperEncoder"] = {}
 _LOCK = threading.Lock()
 # Clips per encoder call (sorted by length first). With the reference padding, 8 clips of ~2 s together cost
@@ -54,6 +56,7 @@ class WhisperEncoder:
         spec = tf.TensorSpec([None, None, self.config.n_mels], tf.float32)
         self._call = tf.function(lambda mel: self.model(mel, training=False), input_signature=[spec])
         self._silence: dict[str, "SilenceReference"] = {}
+        self._no_speech: "NoSpeechHead | bool | None" = None  # False: this folder cannot give one
 
     def silence_reference(self, encoder_sha256: str) -> "SilenceReference":
         """The padding's keys and values for ``pad_states="reference"`` (made on first use: ~1 s, 37 MB)."""
@@ -63,6 +66,22 @@ class WhisperEncoder:
             if encoder_sha256 not in self._silence:
                 self._silence[encoder_sha256] = SilenceReference(self, load_reference(encoder_sha256))
             return self._silence[encoder_sha256]
+
+    def no_speech_head(self) -> "NoSpeechHead | None":
+        """Whisper's no-speech probability over this encoder's states (``ser.whisper.no_speech``; made on first use:
+        ~1 s and ~220 MB for the decoder step's weights and the silent window's keys and values). None, with one
+        warning, for a folder without a decoder or vocabulary: the signal check alone then tells speech."""
+        from ser.whisper.no_speech import NoSpeechHead, NoSpeechUnavailable
+        from ser.whisper.silence import pure_silence_final
+
+        with _LOCK:
+            if self._no_speech is None:
+                try:
+                    self._no_speech = NoSpeechHead(self.folder, pure_silence_final(self))
+                except NoSpeechUnavailable as exc:
+                    log.warning("%s; music and other sounds are not told from speech beyond the signal check", exc)
+                    self._no_speech = False
+            return self._no_speech or None
 
     def hidden_states(self, mel: np.ndarray) -> np.ndarray:
         """(batch, frames, n_mels) -> (batch, num_states, ceil(frames / 2), hidden_dim) float32."""
@@ -186,20 +205,34 @@ class WhisperFeatureConfig:
         librosa's 512-sample grid, so where a recording starts moves the cut by up to 32 ms and changes the
         states; averaging over phases of that grid makes the answer depend less on it (docs/speech_frontend.md),
         at ``phases`` times the encoder's cost."""
+        return self.frames_and_no_speech(waveforms, no_speech=False)[0]
+
+    @property
+    def hears_no_speech(self) -> bool:
+        """Whether ``frames_and_no_speech`` can give Whisper's no-speech probability: only for clips encoded in
+        trailing silence, as Whisper was trained (a clip encoded alone gives speech up to 0.9; docs/speech_frontend.md)."""
+        return self.pad_seconds > 0
+
+    def frames_and_no_speech(self, waveforms: list[np.ndarray], no_speech: bool = True
+                             ) -> tuple[list[np.ndarray], list[float | None]]:
+        """``frames_batch`` and, from the same encoding, each waveform's no-speech probability
+        (``ser.whisper.no_speech``; None when not ``no_speech`` or not ``hears_no_speech``)."""
+        no_speech = no_speech and self.hears_no_speech
         if self.phases == 1:
-            return self._frames_batch(waveforms)
+            return self._frames_batch(waveforms, no_speech)
         shifts = [k * TRIM_GRID // self.phases for k in range(self.phases)]
         shifted = [np.concatenate([np.zeros(s, np.float32), np.asarray(y, np.float32)])
                    for y in waveforms for s in shifts]
-        states = self._frames_batch(shifted)
+        states, heard = self._frames_batch(shifted, no_speech)
         out = []
         for i in range(len(waveforms)):
             group = states[i * self.phases:(i + 1) * self.phases]
             steps = min(g.shape[0] for g in group)
             out.append(np.mean([g[:steps].astype(np.float32) for g in group], axis=0).astype(np.float16))
-        return out
+        return out, heard[::self.phases]  # the unshifted phase: the waveform as given
 
-    def _frames_batch(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
+    def _frames_batch(self, waveforms: list[np.ndarray], no_speech: bool = False
+                      ) -> tuple[list[np.ndarray], list[float | None]]:
         from ser.whisper.preprocessor import log_mel
         from ser.whisper.silence import clip_steps, window_seconds
 
@@ -207,26 +240,32 @@ class WhisperFeatureConfig:
         prepared = [self.prepare(np.asarray(y, np.float32)) for y in waveforms]
         steps = [clip_steps(y.size) for y in prepared]  # the clip's own encoder steps, padding dropped
         out: list[np.ndarray | None] = [None] * len(prepared)
+        finals: list[np.ndarray | None] = [None] * len(prepared)
 
         def keep(idx, states):
             for i, s in zip(idx, states):  # s: (num_states, steps, dim)
                 out[i] = pool_steps(s[:, : steps[i]].transpose(1, 0, 2), self.pool).astype(np.float16)
+                finals[i] = s[-1]  # the encoder's output over the clip and the padding encoded with it
 
         if self.pad_states == "reference":
             silence = encoder.silence_reference(self.encoder_sha256)
             order = sorted(range(len(prepared)), key=lambda i: prepared[i].size)  # a call runs to its longest
             for idx in _chunks(order, ENCODER_BATCH):
-                keep(idx, silence.hidden_states_batch([prepared[i] for i in idx]))
-            return out  # type: ignore[return-value]
-        pad = min(self.pad_seconds, window_seconds(encoder))  # the window: 30 s for every Whisper size
-        mels = [log_mel(y, encoder.config.n_mels, pad_to_seconds=pad) for y in prepared]
-        by_length: dict[int, list[int]] = {}  # only equal-length log-mels stack (with padding: all of them)
-        for i, mel in enumerate(mels):
-            by_length.setdefault(mel.shape[0], []).append(i)
-        for group in by_length.values():
-            for idx in _chunks(group, ENCODER_BATCH):
-                keep(idx, encoder.hidden_states(np.stack([mels[i] for i in idx])))
-        return out  # type: ignore[return-value]
+                keep(idx, silence.hidden_states_batch([prepared[i] for i in idx], with_padding=True))
+        else:
+            pad = min(self.pad_seconds, window_seconds(encoder))  # the window: 30 s for every Whisper size
+            mels = [log_mel(y, encoder.config.n_mels, pad_to_seconds=pad) for y in prepared]
+            by_length: dict[int, list[int]] = {}  # only equal-length log-mels stack (with padding: all of them)
+            for i, mel in enumerate(mels):
+                by_length.setdefault(mel.shape[0], []).append(i)
+            for group in by_length.values():
+                for idx in _chunks(group, ENCODER_BATCH):
+                    keep(idx, encoder.hidden_states(np.stack([mels[i] for i in idx])))
+        heard: list[float | None] = [None] * len(prepared)
+        head = encoder.no_speech_head() if no_speech else None
+        if head is not None:
+            heard = [float(p) for p in head.probabilities(finals)]  # type: ignore[arg-type]
+        return out, heard  # type: ignore[return-value]
 
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:

@@ -68,6 +68,13 @@ def pure_silence_states(encoder, value: float = PURE_SILENCE_VALUE) -> np.ndarra
     return encoder.hidden_states(mel)[0, : cfg.num_layers]
 
 
+def pure_silence_final(encoder, value: float = PURE_SILENCE_VALUE) -> np.ndarray:
+    """(positions, dim): the encoder's output (after its final norm) over a window with no speech at all."""
+    cfg = encoder.config
+    mel = np.full((1, 2 * cfg.max_positions, cfg.n_mels), value, np.float32)
+    return encoder.hidden_states(mel)[0, -1]
+
+
 def build_reference(encoder, waveforms, rank: int = RANK, progress=None) -> dict[str, np.ndarray]:
     """Each layer's input over the padding, averaged over ``waveforms`` (prepared clips, each encoded in the full
     window), stored as its difference from pure silence at ``rank``."""
@@ -172,10 +179,11 @@ class SilenceReference:
         """(num_states, clip steps, dim) float32 of a prepared 16 kHz waveform, as if followed by the padding."""
         return self.hidden_states_batch([y])[0]
 
-    def hidden_states_batch(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
+    def hidden_states_batch(self, waveforms: list[np.ndarray], with_padding: bool = False) -> list[np.ndarray]:
         """``hidden_states`` of several waveforms in one call, each the same as alone (to float rounding).
 
-        The call runs to the longest clip's steps, so clips of similar length batch best."""
+        The call runs to the longest clip's steps, so clips of similar length batch best. ``with_padding`` keeps the
+        steps of padding encoded with each clip (its first ``near_steps``) after its own."""
         from ser.whisper.preprocessor import log_mel
 
         steps = [clip_steps(y.size) for y in waveforms]
@@ -189,7 +197,7 @@ class SilenceReference:
         mels = [log_mel(y, self.config.n_mels, pad_to_seconds=(max(y.size, run * 320) + 1600) / 16_000)[:frames]
                 for y in waveforms]
         out = self._call(np.stack(mels), np.asarray(runs, np.int32)).numpy()
-        return [states[:, :n] for states, n in zip(out, steps)]
+        return [states[:, :r if with_padding else n] for states, n, r in zip(out, steps, runs)]
 
 
 def load_reference(encoder_sha256: str) -> dict[str, np.ndarray] | None:
