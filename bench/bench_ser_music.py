@@ -81,13 +81,17 @@ def files_of(target: Path) -> list[Path]:
 def verdict(predictor, y: np.ndarray) -> tuple[str, float | None]:
     """("speech" | "signal: <reason>" | "whisper", the lowest no-speech probability of its windows or None), as
     ``SERPredictor.predict_waveform`` decides: the item is refused by Whisper when every window is."""
-    from ser.frontend import NoSpeechError
+    from ser.audio import AudioError
+    from ser.frontend import no_speech_reason
     from ser.predict import hears_speech
 
     try:
         windows = predictor.speech_segments(y, SR)
-    except NoSpeechError as exc:
-        return f"signal: {exc.reason}", None
+    except AudioError as exc:  # no speech, or digital silence (a track's quiet end)
+        reason = no_speech_reason(exc)
+        if reason is None:
+            raise
+        return f"signal: {reason}", None
     _, heard = predictor.window_outputs([w for _, _, w in windows])
     known = [q for q in heard if q is not None]
     return ("speech" if any(hears_speech(q) for q in heard) else "whisper"), (min(known) if known else None)
@@ -165,21 +169,42 @@ def sounds_set(predictor, target: Path) -> dict:
     return summarise(str(target), "sounds", outcomes, unreadable)
 
 
-def head_cost(predictor, repeats: int = 30) -> dict:
-    """CPU time of the no-speech step alone for one 3 s window (its clip + padding steps), one thread."""
-    from threadpoolctl import threadpool_limits
+LATENCY_SNIPPET = """
+import json, sys, time
+import numpy as np
+sys.path.insert(0, {repo!r})
+from ser.audio import load_audio
+from ser.predict import SERPredictor
+from ser.whisper.encoder import WhisperFeatureConfig
+if not {check!r}:  # the predictor as it was before the check: the decoder step never runs
+    WhisperFeatureConfig.hears_no_speech = property(lambda self: False)
+p = SERPredictor({run!r})
+y = load_audio({clip!r})[: 3 * 16000]
+for _ in range(5):
+    p.window_probabilities([y])
+times = []
+for _ in range(30):
+    t = time.process_time(); p.window_probabilities([y]); times.append(time.process_time() - t)
+print(json.dumps({{"ms": 1000 * float(np.median(times))}}))
+"""
 
-    from ser.whisper.encoder import get_encoder
 
-    head = get_encoder(predictor.features.encoder).no_speech_head()
-    states = np.random.default_rng(0).normal(size=(200, head.dim)).astype(np.float32)  # 150 clip + 50 padding
-    times = []
-    with threadpool_limits(1):
-        for _ in range(repeats):
-            start = time.process_time()
-            head.probabilities([states])
-            times.append(time.process_time() - start)
-    return {"ms_per_window": round(1000 * float(np.median(times)), 1), "threads": 1, "steps": 200}
+def cost_one_core(model_dir: str, clip: Path) -> dict:
+    """CPU ms per 3 s window through the predictor (signal check excluded), with and without the no-speech step,
+    each in a fresh process pinned to one core."""
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
+    out = {}
+    for check in (False, True):
+        code = LATENCY_SNIPPET.format(repo=str(REPO), run=model_dir, clip=str(clip), check=check)
+        done = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,
+                              env=env, check=True)
+        out["with_check" if check else "without_check"] = round(json.loads(done.stdout.splitlines()[-1])["ms"], 1)
+    return {**out, "clip": str(clip)}
 
 
 def markdown(rows: list[dict], cost: dict | None, threshold: float, skipped: list[str]) -> str:
@@ -205,11 +230,33 @@ def markdown(rows: list[dict], cost: dict | None, threshold: float, skipped: lis
         lines.append(f"| {r['set']} | " + " | ".join(f"{100 * x:.1f} %" for x in rates) + " |")
     lines.append("")
     if cost:
-        lines.append(f"- The no-speech step costs {cost['ms_per_window']} ms of CPU per 3 s window "
-                     f"({cost['steps']} encoder steps, {cost['threads']} thread), on top of the encoder.")
+        lines.append("- CPU time per 3 s window through the predictor (log-mel, encoder, head; one core, median of 30): "
+                     f"{cost['without_check']} ms without the no-speech step, {cost['with_check']} ms with it "
+                     f"({Path(cost['clip']).name}).")
     lines.append("- Music: evenly spaced 3 s windows of each track. Speech with noise: every n-th clip of the set.")
     lines += [f"- Not found here, left out: {s}" for s in skipped]
     return "\n".join(lines) + "\n"
+
+
+class Sets:
+    """Finished sets of an interrupted run (the same options), kept in OUT/ser_music.partial.json: a run takes
+    ~25 minutes on 2 cores, and a crash in the last set should not cost the others."""
+
+    def __init__(self, path: Path, args: argparse.Namespace):
+        from core.io import read_json
+
+        self.path = path
+        self.options = {k: v for k, v in vars(args).items() if k not in ("out", "verbose")}
+        saved = read_json(path) if path.is_file() else {}
+        self.sets: dict = saved.get("sets", {}) if saved.get("options") == self.options else {}
+
+    def get(self, target: Path, measure) -> list[dict]:
+        from core.io import write_json
+
+        if str(target) not in self.sets:
+            self.sets[str(target)] = measure()
+            write_json(self.path, {"options": self.options, "sets": self.sets})
+        return self.sets[str(target)]
 
 
 def main() -> None:
@@ -226,19 +273,24 @@ def main() -> None:
     sounds = [Path(p) for p in (args.sounds or DEFAULT_SOUNDS)]
     skipped = [str(p) for p in speech + music + sounds if not p.exists()]
     predictor = SERPredictor(args.model_dir)
-    rows: list[dict] = []
-    for i, target in enumerate(p for p in speech if p.exists()):
-        rows += speech_set(predictor, target, snr if i == 0 else [], args.noise_clips)
-    rows += [music_set(predictor, p, args.windows) for p in music if p.exists()]
-    rows += [sounds_set(predictor, p) for p in sounds if p.exists()]
-    hears = getattr(predictor.features, "hears_no_speech", False)
-    cost = head_cost(predictor) if hears else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    done = Sets(out / "ser_music.partial.json", args)
+    rows: list[dict] = []
+    for i, target in enumerate(p for p in speech if p.exists()):
+        rows += done.get(target, lambda: speech_set(predictor, target, snr if i == 0 else [], args.noise_clips))
+    for target in (p for p in music if p.exists()):
+        rows += done.get(target, lambda: [music_set(predictor, target, args.windows)])
+    for target in (p for p in sounds if p.exists()):
+        rows += done.get(target, lambda: [sounds_set(predictor, target)])
+    clips = files_of(speech[0]) if speech[0].exists() else []
+    hears = getattr(predictor.features, "hears_no_speech", False)
+    cost = cost_one_core(args.model_dir, clips[0]) if hears and clips else None
     write_json(out / "ser_music.json", {"model_dir": args.model_dir, "threshold": NO_SPEECH_THRESHOLD,
                                         "sets": rows, "cost": cost, "skipped": skipped})
     text = markdown(rows, cost, NO_SPEECH_THRESHOLD, skipped)
     (out / "ser_music.md").write_text(text)
+    done.path.unlink(missing_ok=True)
     print(text)
 
 

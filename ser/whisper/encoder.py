@@ -210,7 +210,7 @@ class WhisperFeatureConfig:
     @property
     def hears_no_speech(self) -> bool:
         """Whether ``frames_and_no_speech`` can give Whisper's no-speech probability: only for clips encoded in
-        trailing silence, as Whisper was trained (a clip encoded alone gives speech up to 0.9; docs/speech_frontend.md)."""
+        trailing silence, as Whisper was trained (encoded alone, speech reaches 0.9: docs/speech_frontend.md)."""
         return self.pad_seconds > 0
 
     def frames_and_no_speech(self, waveforms: list[np.ndarray], no_speech: bool = True
