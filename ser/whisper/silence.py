@@ -61,18 +61,20 @@ def window_seconds(encoder) -> float:
     return 2 * encoder.config.max_positions * 160 / 16_000
 
 
+def _silent_window(encoder, value: float) -> np.ndarray:
+    """(num_states, positions, dim): every hidden state over a window with no speech at all."""
+    cfg = encoder.config
+    return encoder.hidden_states(np.full((1, 2 * cfg.max_positions, cfg.n_mels), value, np.float32))[0]
+
+
 def pure_silence_states(encoder, value: float = PURE_SILENCE_VALUE) -> np.ndarray:
     """(num_layers, positions, dim): each layer's input over a window with no speech at all."""
-    cfg = encoder.config
-    mel = np.full((1, 2 * cfg.max_positions, cfg.n_mels), value, np.float32)
-    return encoder.hidden_states(mel)[0, : cfg.num_layers]
+    return _silent_window(encoder, value)[: encoder.config.num_layers]
 
 
 def pure_silence_final(encoder, value: float = PURE_SILENCE_VALUE) -> np.ndarray:
     """(positions, dim): the encoder's output (after its final norm) over a window with no speech at all."""
-    cfg = encoder.config
-    mel = np.full((1, 2 * cfg.max_positions, cfg.n_mels), value, np.float32)
-    return encoder.hidden_states(mel)[0, -1]
+    return _silent_window(encoder, value)[-1]
 
 
 def build_reference(encoder, waveforms, rank: int = RANK, progress=None) -> dict[str, np.ndarray]:
