@@ -36,7 +36,7 @@ from core.media_types import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, files_below
 from fer.data import IMAGE_EXTENSIONS
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
 from fusion.media import MAX_CLIP_SECONDS, PHOTO, MediaError, NoAudioError, NoVideoError, StillImageError
-from fusion.preprocess import PreprocessConfig, preprocess_clip
+from fusion.preprocess import PreprocessConfig, clip_features, decode_media
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "saved_models" / "fusion"
@@ -104,12 +104,17 @@ class FusionPredictor:
     def predict_clip(self, path: str | os.PathLike) -> dict[str, Any]:
         """Fused and per-modality predictions; raises FileNotFoundError / MediaError with the reason."""
         from fusion.pipeline import clip_seconds
+        from ser.frontend import NoSpeechError, require_speech
 
         try:
-            clip, arrays = preprocess_clip(path, self.preprocess, max_seconds=self.clip_seconds)
-        except NoAudioError as exc:
+            clip = decode_media(path, self.preprocess, self.clip_seconds)
+            # The joint model answers whatever it is given: hum or a fan would get a confident emotion. The signal
+            # check (ser.frontend) refuses it, as late fusion and the server refuse a voice without speech.
+            require_speech(clip.audio, clip.sample_rate, source=str(path))
+        except (NoAudioError, NoSpeechError) as exc:
             raise NoAudioError(f"{exc}; the joint model needs speech: use --mode late for face-only "
                                "prediction") from exc
+        arrays = clip_features(clip, self.preprocess)
         probs = self.predict_arrays(arrays)
         result = {"path": str(path), "mode": "joint", **as_result(probs["emotion"], self.class_names),
                   "modalities": {k: as_result(v, self.class_names) for k, v in probs.items() if k != "emotion"},

@@ -196,8 +196,14 @@ def preprocess_clip(path: str | os.PathLike, cfg: PreprocessConfig = PreprocessC
                     max_seconds: float | None = None) -> tuple[Clip, dict[str, np.ndarray]]:
     """Decode and featurise one clip: (the decoded clip, its model arrays); raises ``MediaError`` subclasses /
     ``FileNotFoundError``."""
-    clip = decode_clip(path, fps=cfg.fps, sample_rate=cfg.sample_rate, max_seconds=max_seconds or cfg.max_seconds)
+    clip = decode_media(path, cfg, max_seconds)
     return clip, clip_features(clip, cfg)
+
+
+def decode_media(path: str | os.PathLike, cfg: PreprocessConfig = PreprocessConfig(),
+                 max_seconds: float | None = None) -> Clip:
+    """The clip as ``preprocess_clip`` decodes it, before any features (a check can refuse it first)."""
+    return decode_clip(path, fps=cfg.fps, sample_rate=cfg.sample_rate, max_seconds=max_seconds or cfg.max_seconds)
 
 
 def preprocess_file(path: str | os.PathLike, cfg: PreprocessConfig = PreprocessConfig(),

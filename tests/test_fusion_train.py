@@ -118,6 +118,18 @@ def test_predict_errors_for_single_bad_clips(trained, corpus, predictor):
         FusionPredictor(trained.parent / "nowhere")
 
 
+def test_the_joint_model_refuses_a_clip_whose_sound_is_not_speech(predictor, tmp_path):
+    """Hum under a face used to get a confident joint answer; late fusion and the server already refused it."""
+    from fusion.media import NoAudioError
+    from tests.synth_video import write_clip
+
+    t = np.arange(32_000) / 16_000
+    hum = sum(0.1 / k * np.sin(2 * np.pi * 50 * k * t) for k in range(1, 6)).astype(np.float32)
+    clip = write_clip(tmp_path / "hum.mp4", audio=hum, seconds=2.0)
+    with pytest.raises(NoAudioError, match=r"no speech: hum.*the joint model needs speech: use --mode late"):
+        predictor.predict_clip(clip)
+
+
 @pytest.fixture(scope="module")
 def ser_fer(tmp_path_factory):
     base = tmp_path_factory.mktemp("late_models")
