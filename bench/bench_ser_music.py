@@ -9,8 +9,9 @@ Every item goes through ``SERPredictor`` as ``predict_waveform`` takes it: the s
 that gets an emotion, and the no-speech probabilities' spread.
 
 - speech sets: clips as they are (every file under each ``--speech`` folder), and ``--noise-clips`` of the first
-  set with white noise at each of ``--snr`` below the speech's active level (``ser.frontend.active_rms``, pauses
-  left out: stricter than ``ser.features.add_white_noise``'s whole-clip power); every refusal is a false one.
+  set with white noise, and with music (the first music set's first tracks), at each of ``--snr`` below the
+  speech's active level (``ser.frontend.active_rms``, pauses left out: stricter than
+  ``ser.features.add_white_noise``'s whole-clip power); every refusal is a false one.
 - music sets: ``--windows`` 3 s windows evenly spaced through every track under each ``--music`` folder;
   every window that gets an emotion is a miss. ``--sounds``: other non-speech files, whole.
 
@@ -47,6 +48,7 @@ SPOKEN_THEME_SOUNDS = "audio-channel-"  # freedesktop's channel names are a voic
 SR = 16_000
 WINDOW_SECONDS = 3.0
 OTHER_THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8)
+BACKGROUND_TRACKS = 10  # tracks of the first music set played under the noisy speech clips
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,11 +126,16 @@ def load(path: Path):
         return None
 
 
-def speech_set(predictor, target: Path, snr: list[float], noise_clips: int) -> list[dict]:
+def speech_set(predictor, target: Path, snr: list[float], noise_clips: int,
+               background: list[np.ndarray] | None = None) -> list[dict]:
+    """The set as it is; with ``snr``, also ``noise_clips`` of its clips under white noise and, with
+    ``background`` (music tracks), under music, each at every level of ``snr`` below the speech."""
     from ser.frontend import active_rms
 
     files = files_of(target)
+    background = background or []
     outcomes, noisy, unreadable = [], {s: [] for s in snr}, 0
+    under_music: dict[float, list] = {s: [] for s in snr if background}
     every = max(1, len(files) // max(noise_clips, 1))
     rng = np.random.default_rng(0)
     for i, path in enumerate(progress(files, desc=target.name)):
@@ -143,9 +150,18 @@ def speech_set(predictor, target: Path, snr: list[float], noise_clips: int) -> l
         for s in snr:
             noise = rng.normal(0.0, level * 10 ** (-s / 20), y.size).astype(np.float32)
             noisy[s].append(verdict(predictor, y + noise))
+        if background:
+            track = background[len(under_music[snr[0]]) % len(background)]
+            start = int(rng.integers(0, max(1, track.size - y.size)))
+            music = np.resize(track[start:start + y.size], y.size)
+            music = music / max(active_rms(music), 1e-9)
+            for s in snr:
+                under_music[s].append(verdict(predictor, y + (music * level * 10 ** (-s / 20)).astype(np.float32)))
     rows = [summarise(str(target), "speech", outcomes, unreadable)]
     rows += [summarise(f"{target} + white noise {s:g} dB below the speech", "speech", noisy[s], 0)
              for s in snr if noisy[s]]
+    rows += [summarise(f"{target} + music {s:g} dB below the speech", "speech", under_music[s], 0)
+             for s in under_music if under_music[s]]
     return rows
 
 
@@ -281,8 +297,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     done = Sets(out / "ser_music.partial.json", args)
     rows: list[dict] = []
+    first_music = next((p for p in music if p.exists()), None)
+    background = [y for y in (load(p) for p in files_of(first_music)[:BACKGROUND_TRACKS]) if y is not None] \
+        if first_music else []
     for i, target in enumerate(p for p in speech if p.exists()):
-        rows += done.get(target, lambda: speech_set(predictor, target, snr if i == 0 else [], args.noise_clips))
+        rows += done.get(target, lambda: speech_set(predictor, target, snr if i == 0 else [], args.noise_clips,
+                                                    background))
     for target in (p for p in music if p.exists()):
         rows += done.get(target, lambda: [music_set(predictor, target, args.windows)])
     for target in (p for p in sounds if p.exists()):
