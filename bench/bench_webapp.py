@@ -39,6 +39,8 @@ from webapp.stream import BINARY_HEADER  # noqa: E402
 
 FRAME_SIZE = (320, 240)   # what the page sends
 SAMPLE_RATE = 16_000
+DEFAULT_SPEECH = REPO_ROOT.parent / "shared" / "data" / "ravdess" / "Actor_01"
+SPEECH_CLIPS = 5
 DEFAULT_OUT = REPO_ROOT / "runs" / "bench_webapp"  # runs/ is not committed: bench/results only when asked
 # Issue 18's goals at 20 clients x 5 fps + audio on the 2-core machine.
 GOALS = {"rtt_all_p95_ms": 100.0, "rtt_frame_p95_ms": 150.0, "frames_answered_share": 0.80, "errors": 0}
@@ -67,13 +69,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_media(n_frames: int = 16) -> tuple[list[bytes], np.ndarray]:
+def make_media(n_frames: int = 16, speech: str | None = None) -> tuple[list[bytes], np.ndarray, str]:
+    """The frames, the audio as int16 and where the audio comes from: ``speech`` (files or a folder, its first
+    ``SPEECH_CLIPS`` clips) when it exists, else the tests' synthetic voice."""
     import cv2
 
     frames = [jpeg_bytes(cv2.resize(face_image(shift=int(40 * np.sin(2 * np.pi * i / n_frames))), FRAME_SIZE,
                                     interpolation=cv2.INTER_AREA), 70) for i in range(n_frames)]
-    audio = np.concatenate([voice(2.0, f0=120 + 20 * i, seed=i) for i in range(5)])
-    return frames, (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    paths = []
+    if speech and Path(speech).exists():
+        from ser.predict import expand_paths
+
+        paths = sorted(expand_paths([speech]))[:SPEECH_CLIPS]
+    if paths:
+        from ser.audio import load_audio
+
+        audio = np.concatenate([load_audio(p) for p in paths])
+        source = f"real speech, {len(paths)} clips of {speech} in a loop"
+    else:  # a tone to Whisper's no-speech check: the voice answers are "no speech", at the same cost
+        audio = np.concatenate([voice(2.0, f0=120 + 20 * i, seed=i) for i in range(5)])
+        source = "the tests' synthetic voice, which the default voice model refuses as 'other sound'"
+    return frames, (np.clip(audio, -1, 1) * 32767).astype("<i2"), source
 
 
 async def run_client(url: str, index: int, args, frames: list[bytes], pcm: np.ndarray, stop_at: float,
@@ -232,7 +248,7 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 async def run_clients(url: str, args) -> tuple[list[ClientStats], float]:
-    frames, pcm = make_media()
+    frames, pcm, args.audio_source = make_media(speech=args.speech)
     stats = [ClientStats() for _ in range(args.clients)]
     start = time.perf_counter()
     stop_at = start + args.duration
@@ -254,7 +270,7 @@ def summarize(stats: list[ClientStats], elapsed: float, args, health: dict, watc
     report = {
         "clients": args.clients, "connected": sum(s.connected for s in stats), "duration_s": args.duration,
         "elapsed_s": round(elapsed, 1),
-        "fps_per_client": args.fps, "audio_chunk_ms": args.chunk_ms,
+        "fps_per_client": args.fps, "audio_chunk_ms": args.chunk_ms, "audio_source": args.audio_source,
         "messages_sent": sent, "messages_sent_per_s": round(sent / args.duration, 1),
         "results": results, "results_per_s": round(results / args.duration, 1),
         "frames_sent": frames_sent, "frame_results": frame_results,
@@ -320,7 +336,8 @@ def markdown(r: dict) -> str:
         f"`python bench/bench_webapp.py {r['target']} --clients {r['clients']} "
         f"--duration {r['duration_s']:g}`{options}: {r['clients']} simulated browsers, each streaming "
         f"{r['fps_per_client']:g} JPEG frames/s (320x240, the astronaut's face) and a 16 kHz int16 audio window "
-        f"(speech-like) every {r['audio_chunk_ms']} ms over `/ws/stream`, all in one client process on the same "
+        f"({r.get('audio_source', 'speech-like')}) every {r['audio_chunk_ms']} ms over `/ws/stream`, all in one "
+        "client process on the same "
         f"{m['cpus']}-core machine as the server, which other jobs share. **Machine load** (1/5/15-min load "
         f"average): before the run {m['load_average_before']}, after {m['load_average_after']}, 1-min mean "
         f"during the run {m['load_1min_during_mean']} (the benchmark itself, server and clients, adds about 2). "
@@ -375,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of streaming")
     parser.add_argument("--fps", type=float, default=5.0, help="frames per second per client")
     parser.add_argument("--chunk-ms", type=int, default=250, help="audio window length and period")
+    parser.add_argument("--speech", default=str(DEFAULT_SPEECH),
+                        help="audio files or a folder to stream (its first 5 clips; default: RAVDESS Actor_01 in "
+                        "../shared/data, else the tests' synthetic voice)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="folder for webapp.json and webapp.md "
                         "(default: runs/bench_webapp; --out bench/results replaces the committed results)")
     parser.add_argument("--server-option", action="append", default=[], dest="server_options", metavar="OPTION",
