@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,13 @@ import numpy as np
 NO_SPEECH_THRESHOLD = 0.6
 START_TOKEN = "<|startoftranscript|>"
 NO_SPEECH_TOKENS = ("<|nospeech|>", "<|nocaptions|>")  # the token's name before and after Whisper large-v3
+
+
+@lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()  # finding the BLAS libraries once, not on every call
 
 
 class NoSpeechUnavailable(ValueError):
@@ -120,9 +128,16 @@ class NoSpeechHead:
         return float(self.probabilities([states])[0])
 
     def probabilities(self, windows: list[np.ndarray]) -> np.ndarray:
-        """``probability`` of several windows; the vocabulary's logits (the costly part) in one product."""
+        """``probability`` of several windows; the vocabulary's logits (the costly part) in one product.
+
+        On one BLAS thread: the matrix products are small, and spread over every core they slowed the live page's
+        face frames, which share those cores (bench/bench_webapp.py)."""
         if not windows:
             return np.zeros(0, np.float32)
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            return self._probabilities(windows)
+
+    def _probabilities(self, windows: list[np.ndarray]) -> np.ndarray:
         outputs = np.stack([self._last_state(np.asarray(states, np.float32)) for states in windows])
         logits = outputs @ self.projection.T
         if self.projection_bias is not None:
