@@ -201,10 +201,10 @@ if not {check!r}:  # the predictor as it was before the check: the decoder step 
 p = SERPredictor({run!r})
 y = load_audio({clip!r})[: 3 * 16000]
 for _ in range(5):
-    p.window_probabilities([y])
+    p.window_outputs([y])
 times = []
 for _ in range(30):
-    t = time.process_time(); p.window_probabilities([y]); times.append(time.process_time() - t)
+    t = time.process_time(); p.window_outputs([y]); times.append(time.process_time() - t)
 print(json.dumps({{"ms": 1000 * float(np.median(times))}}))
 """
 

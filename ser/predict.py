@@ -190,19 +190,21 @@ class SERPredictor:
                 if not hears_speech(q) else p for p, q in zip(probs, no_speech)]
 
     def window_probabilities(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
-        """(n, classes) for waveforms at the model's rate, each treated as one clip (trimmed, first window)."""
-        return self.window_outputs(waveforms)[0]
+        """(n, classes) for waveforms at the model's rate, each treated as one clip (trimmed, first window); no
+        speech check of any kind (``window_results`` has Whisper's)."""
+        return self.window_outputs(waveforms, no_speech=False)[0]
 
-    def window_outputs(self, waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, list[float | None]]:
+    def window_outputs(self, waveforms: Sequence[np.ndarray], no_speech: bool = True
+                       ) -> tuple[np.ndarray, list[float | None]]:
         """``window_probabilities`` and each waveform's Whisper no-speech probability from the same encoding
-        (None for models without a Whisper encoder in trailing silence; in an ensemble, the first member's that
-        has one)."""
+        (None without ``no_speech``, for models without a Whisper encoder in trailing silence; in an ensemble,
+        the first member's that has one)."""
         if self.members:
-            outputs = [m.window_outputs(waveforms) for m in self.members]
+            outputs = [m.window_outputs(waveforms, no_speech) for m in self.members]
             heard = next((q for _, q in outputs if any(v is not None for v in q)), outputs[0][1])
             return np.mean([p for p, _ in outputs], axis=0), heard
         if hasattr(self.features, "frames_and_no_speech"):
-            frames, heard = self.features.frames_and_no_speech(list(waveforms))
+            frames, heard = self.features.frames_and_no_speech(list(waveforms), no_speech)
         else:
             frames, heard = waveform_frames_batch(list(waveforms), self.features), [None] * len(waveforms)
         x, lengths = pad(frames, self.features.max_frames)

@@ -69,8 +69,9 @@ class WhisperEncoder:
 
     def no_speech_head(self) -> "NoSpeechHead | None":
         """Whisper's no-speech probability over this encoder's states (``ser.whisper.no_speech``; made on first use:
-        ~1 s and ~220 MB for the decoder step's weights and the silent window's keys and values). None, with one
-        warning, for a folder without a decoder or vocabulary: the signal check alone then tells speech."""
+        ~1 s and ~330 MB, the decoder step's weights and the silent window's keys and values, and what TensorFlow
+        keeps after encoding that window). None, with one warning, for a folder without a decoder or vocabulary:
+        the signal check alone then tells speech."""
         from ser.whisper.no_speech import NoSpeechHead, NoSpeechUnavailable
         from ser.whisper.silence import pure_silence_final
 
