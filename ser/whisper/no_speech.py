@@ -4,13 +4,13 @@
 Whisper was trained to answer ``<|nospeech|>`` on stretches without speech (music, sounds of all kinds), and
 OpenAI's transcriber uses this probability to skip them. ``ser.frontend.speech_check`` refuses silence, hum,
 tones and noise by signal measures, but instrumental music moves its pitch and spectrum like a voice and passes
-it; Whisper tells them apart (docs/speech_frontend.md#music: speech <= 0.3, music >= 0.75 in the window as
-Whisper always saw it).
+it; Whisper tells them apart (docs/speech_frontend.md#music-and-other-sounds: about 4,000 real clips at or below
+0.5, music windows mostly above 0.7).
 
 Only the decoder's first step is needed: one token, so its self-attention is the token's own value, and its
 cross-attention reads the encoder's output over the whole 30 s window. A clip's own steps (and the padding
 encoded with it, ``ser.whisper.silence``) come from its encoding; past them, the window holds the encoder's
-output for pure silence, whose keys and values are computed once. That is what makes it cheap (~10 ms a window
+output for pure silence, whose keys and values are computed once. That is what makes it cheap (~33 ms a window
 on one core, against ~100 ms for CTranslate2's ``generate`` over the 1500 steps); ``ctranslate2``'s own
 ``return_no_speech_prob`` checks it (tests/test_ser_whisper_no_speech.py).
 """
@@ -26,10 +26,10 @@ import numpy as np
 
 # At or above this, a window is not speech. The smallest of 0.5 / 0.6 / 0.7 / 0.8 that refuses no clean RAVDESS
 # 01-20 / TESS clip and <= 2 % of them with white noise 10 dB below the speech's level; Wesnoth's orchestral music
-# got an emotion in 2 % of its windows at it (58 % before). Other sets, chosen on nothing: bench/results/ser_music.md.
+# got an emotion in 2 % of its windows at it (59 % before). Sets that chose nothing: bench/results/ser_music.md.
 NO_SPEECH_THRESHOLD = 0.6
 START_TOKEN = "<|startoftranscript|>"
-NO_SPEECH_TOKENS = ("<|nospeech|>", "<|nocaptions|>")  # the token's name before and after Whisper large-v3
+NO_SPEECH_TOKENS = ("<|nospeech|>", "<|nocaptions|>")  # its two names in Whisper vocabularies (older: the second)
 
 
 @lru_cache(maxsize=1)
