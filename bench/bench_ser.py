@@ -68,13 +68,17 @@ print(json.dumps({{"ms_per_clip": 1000 * float(np.median(times))}}))
 """
 
 
-def latency_one_core(run: Path, clip: str) -> float:
-    """Median ms per 3 s clip (features + model), pinned to one core in a fresh process."""
-    code = LATENCY_SNIPPET.format(repo=str(REPO), run=str(run), clip=clip)
+def run_on_one_core(code: str) -> dict:
+    """The JSON line a Python snippet prints last, run in a fresh process pinned to one core."""
     cmd = ["taskset", "-c", "0", sys.executable, "-c", code]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["ms_per_clip"]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def latency_one_core(run: Path, clip: str) -> float:
+    """Median ms per 3 s clip (features + model), pinned to one core in a fresh process."""
+    return run_on_one_core(LATENCY_SNIPPET.format(repo=str(REPO), run=str(run), clip=clip))["ms_per_clip"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,11 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def files_of(target: Path) -> list[Path]:
     """The file, or every audio file below the folder (``.oga`` too: the freedesktop theme's Ogg files)."""
-    from core.media_types import AUDIO_EXTENSIONS
+    from core.media_types import AUDIO_EXTENSIONS, files_below
 
-    if target.is_file():
-        return [target]
-    return sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in (*AUDIO_EXTENSIONS, ".oga"))
+    return [target] if target.is_file() else files_below(target, (*AUDIO_EXTENSIONS, ".oga"))
 
 
 def verdict(predictor, y: np.ndarray) -> tuple[str, float | None]:
@@ -212,18 +210,12 @@ print(json.dumps({{"ms": 1000 * float(np.median(times))}}))
 def cost_one_core(model_dir: str, clip: Path) -> dict:
     """CPU ms per 3 s window through the predictor (signal check excluded), with and without the no-speech step,
     each in a fresh process pinned to one core."""
-    import json
-    import os
-    import subprocess
+    from bench_ser import run_on_one_core  # bench/ is on sys.path when this script runs
 
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-               MKL_NUM_THREADS="1")
     out = {}
     for check in (False, True):
         code = LATENCY_SNIPPET.format(repo=str(REPO), run=model_dir, clip=str(clip), check=check)
-        done = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,
-                              env=env, check=True)
-        out["with_check" if check else "without_check"] = round(json.loads(done.stdout.splitlines()[-1])["ms"], 1)
+        out["with_check" if check else "without_check"] = round(run_on_one_core(code)["ms"], 1)
     return {**out, "clip": str(clip)}
 
 
