@@ -83,15 +83,19 @@ class TFLiteModel:
 def export_model_dir(model, model_dir: str | os.PathLike, modes: Iterable[str], representative: np.ndarray,
                      test: tuple[np.ndarray, np.ndarray] | None = None, split: str = "the run's test split") -> dict:
     """Write ``model_<mode>.tflite`` files and ``export.json`` (sizes; accuracy change on ``test`` when given,
-    named by ``split`` in the report: every number names its split)."""
+    named by ``split`` in the report: every number names its split). ``test`` labels of None (a run refit on every
+    item keeps no test split) measure only the exports' agreement with the Keras model on the given items."""
     from core.io import atomic_write, write_json
 
     model_dir = Path(model_dir)
     report: dict = {"keras_size_kb": round((model_dir / "model.keras").stat().st_size / 1024, 1), "exports": {}}
+    labelled = test is not None and test[1] is not None
     if test is not None:
         x_test, y_test = test
         keras_pred = model.predict(x_test, batch_size=256, verbose=0).argmax(1)
-        report.update(split=split, test_n=len(y_test), keras_accuracy=float((keras_pred == y_test).mean()))
+        report.update(split=split, test_n=len(x_test))
+        if labelled:
+            report["keras_accuracy"] = float((keras_pred == y_test).mean())
     for mode in modes:
         path = model_dir / f"model_{mode}.tflite"
         data = to_tflite(model, mode, representative)
@@ -99,13 +103,35 @@ def export_model_dir(model, model_dir: str | os.PathLike, modes: Iterable[str], 
         entry = {"file": path.name, "size_kb": round(len(data) / 1024, 1)}
         if test is not None:
             pred = TFLiteModel(path)(x_test).argmax(1)
-            accuracy = float((pred == y_test).mean())
-            entry.update(accuracy=accuracy, accuracy_change=accuracy - report["keras_accuracy"],
-                         agreement_with_keras=float((pred == keras_pred).mean()))
+            if labelled:
+                accuracy = float((pred == y_test).mean())
+                entry.update(accuracy=accuracy, accuracy_change=accuracy - report["keras_accuracy"])
+            entry["agreement_with_keras"] = float((pred == keras_pred).mean())
         report["exports"][mode] = entry
         print(f"{mode}: {entry}")
     write_json(model_dir / "export.json", report)
     return report
+
+
+def refuse_export_without_data(model_dir: str | os.PathLike, data_dir: str | None, missing: str) -> str | None:
+    """Why an export that found none of the run's data must not go ahead (an error message), or None.
+
+    A ``--data-dir`` that holds none of the run's data is a mistake to report, not a request for stand-in
+    calibration; and without ``--data-dir``, exports that were measured on data (export.json names a split) are
+    not replaced by unmeasured ones. Either way nothing is written."""
+    from core.io import read_json
+
+    if data_dir is not None:
+        return f"{missing} (--data-dir {data_dir}): nothing was exported (leave --data-dir out to export without data)"
+    report_path = Path(model_dir) / "export.json"
+    try:
+        measured = read_json(report_path).get("split") if report_path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        measured = None
+    if measured:
+        return (f"{model_dir} holds exports measured on {measured}; exporting without data would replace them with "
+                f"unmeasured ones: give --data-dir with the run's data (or delete {report_path} to replace them anyway)")
+    return None
 
 
 def parse_modes(text: str) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from core.cli import quiet_tensorflow, refuse_missing_dir
-from core.export import export_model_dir, export_parser
+from core.export import export_model_dir, export_parser, refuse_export_without_data
 from core.io import ModelFolderError
 
 REPRESENTATIVE_FACES = 300
@@ -38,16 +38,25 @@ def split_faces(predictor, data_dir: str | None, max_test: int) -> tuple[dict, s
     for name, cap in (("train", REPRESENTATIVE_FACES), ("test", max_test)):
         idx = np.flatnonzero(splits == name)
         out[f"{name}_total"] = len(idx)
-        idx = rng.permutation(idx)[:cap] if cap else idx
+        idx = rng.permutation(idx)
+        if name == "train":
+            spare = idx[cap:]
+        idx = idx[:cap] if cap else idx
         out[name] = (data.images[idx].astype(np.float32)[..., None], np.asarray(data.labels)[idx])
+    if not out["test_total"]:  # a refit on every face keeps no test split: the conversion is checked on other
+        spare = spare[:max_test] if max_test else spare  # training faces (agreement with Keras; labels unused)
+        out["test"] = (data.images[spare].astype(np.float32)[..., None], None)
     return out, None
 
 
 def split_text(sets: dict, predictor) -> str:
     """How export.json names the faces its accuracies were measured on."""
-    n, total = len(sets["test"][1]), sets["test_total"]
+    n, total = len(sets["test"][0]), sets["test_total"]
     corpus = predictor.config.get("dataset", "the corpus")
     seed = predictor.config.get("seed", 42)
+    if not total:
+        return (f"{n} training faces of {corpus} not used for calibration, drawn with seed {seed} (agreement with "
+                "the Keras model only: the run was refit on every face and kept no test split)")
     drawn = f"{n} of its {total} faces, drawn with seed {seed}" if n < total else f"all {n} faces"
     return f"the run's test split of {corpus} ({drawn})"
 
@@ -69,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_test < 0:
         parser.error(f"--max-test must be >= 0 (0 = all), got {args.max_test}")
-    refuse_missing_dir(parser, args.data_dir)  # leaving --data-dir out exports without data (with a warning)
+    refuse_missing_dir(parser, args.data_dir)  # leaving --data-dir out exports without data (a warning), unless that
+    # would replace measured exports
     try:
         predictor = FERPredictor(args.model_dir)
     except (FileNotFoundError, ModelFolderError) as exc:
@@ -81,14 +91,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if problem:
+        refusal = refuse_export_without_data(predictor.model_dir, args.data_dir, problem)
+        if refusal:
+            print(f"error: {refusal}", file=sys.stderr)
+            return 2
         note = "; int8 is calibrated on random faces" if "int8" in args.modes else ""
         print(f"warning: {problem}{note}; the exports' accuracy is not measured", file=sys.stderr)
         representative = np.random.default_rng(0).integers(
             0, 256, (REPRESENTATIVE_FACES, predictor.face_size, predictor.face_size, 1)).astype(np.float32)
     else:
         representative = sets["train"][0]
-    export_model_dir(predictor.model, predictor.model_dir, args.modes, representative, sets.get("test"),
-                     split_text(sets, predictor) if sets else "")
+    check = sets["test"] if sets and len(sets["test"][0]) else None
+    if sets and check is None:  # refit on so few faces that calibration took them all
+        print("warning: no face is left to check the exports against the Keras model", file=sys.stderr)
+    export_model_dir(predictor.model, predictor.model_dir, args.modes, representative, check,
+                     split_text(sets, predictor) if check is not None else "")
     return 0
 
 

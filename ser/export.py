@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from core.cli import quiet_tensorflow, refuse_missing_dir
-from core.export import export_model_dir, export_parser
+from core.export import export_model_dir, export_parser, refuse_export_without_data
 from core.io import ModelFolderError
 
 REPRESENTATIVE_CLIPS = 200
@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    refuse_missing_dir(parser, args.data_dir)  # leaving --data-dir out exports without data (with a warning)
+    refuse_missing_dir(parser, args.data_dir)  # leaving --data-dir out exports without data (a warning), unless that
+    # would replace measured exports
     model_dir = Path(args.model_dir)
     if (model_dir / "members").is_dir() and not (model_dir / "model.keras").exists():
         print(f"error: {model_dir} is an ensemble of members with different front ends (ser.ensemble of Whisper "
@@ -67,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     train = split_arrays(predictor, args.data_dir, "train")
     test = split_arrays(predictor, args.data_dir, "test")
+    if train is None and test is None:
+        refusal = refuse_export_without_data(predictor.model_dir, args.data_dir, "none of the model's clips were found")
+        if refusal:
+            print(f"error: {refusal}", file=sys.stderr)
+            return 2
     rng = np.random.default_rng(0)
     if train is not None:
         representative = train[0][rng.permutation(len(train[0]))[:REPRESENTATIVE_CLIPS]]

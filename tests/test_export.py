@@ -84,12 +84,23 @@ def test_ser_export_cli_writes_files_report_and_predicts(tmp_path, capfd):
     assert tflite_out["label"] == keras_out["label"]
     assert tflite_out["probabilities"]["happy"] == pytest.approx(keras_out["probabilities"]["happy"], abs=0.02)
 
-    # Without data (an empty folder), float16 only: the warnings say what is missing and mention no int8 calibration.
+    # A --data-dir without the model's clips is a mistake: refused, and the measured exports stay as they were.
     (run / "model_int8.tflite").unlink()
     (tmp_path / "empty").mkdir()
-    assert export.main(["--model-dir", str(run), "--data-dir", str(tmp_path / "empty"), "--modes", "float16"]) == 0
+    measured = (run / "export.json").read_bytes(), (run / "model_float16.tflite").read_bytes()
+    assert export.main(["--model-dir", str(run), "--data-dir", str(tmp_path / "empty"), "--modes", "float16"]) == 2
+    err = capfd.readouterr().err
+    assert err.startswith("error: none of the model's clips were found") and "nothing was exported" in err
+    # Leaving --data-dir out would replace exports measured on data with unmeasured ones: refused too.
+    assert export.main(["--model-dir", str(run), "--modes", "float16"]) == 2
+    assert "holds exports measured on the run's test split" in capfd.readouterr().err
+    assert ((run / "export.json").read_bytes(), (run / "model_float16.tflite").read_bytes()) == measured
+    # Once that report is gone, exporting without data works: the warnings say what is missing, no int8 mentioned.
+    (run / "export.json").unlink()
+    assert export.main(["--model-dir", str(run), "--modes", "float16"]) == 0
     err = capfd.readouterr().err
     assert "--data-dir" in err and "accuracy is not measured" in err and "int8" not in err
+    assert "split" not in json.loads((run / "export.json").read_text())
     assert predict.main(["--model-dir", str(run), "--tflite", "int8", str(clip)]) == 2
     assert f"python -m ser.export --model-dir {run}" in capfd.readouterr().err
 
@@ -121,3 +132,24 @@ def test_ensemble_of_two_runs_is_a_loadable_run(tmp_path):
                        "--output", str(tmp_path / "other"), "--cache-dir", str(tmp_path / "cache"),
                        "--n-jobs", "1"]) == 0
     assert ensemble.main([str(runs[0]), str(tmp_path / "other"), "--output", str(tmp_path / "bad")]) == 2
+
+
+def test_fer_export_of_a_run_refit_on_every_face_checks_agreement_only(tmp_path, capfd):
+    """A final refit on every face keeps no test split: the exports are checked against the Keras model on training
+    faces that calibration did not use, and export.json reports agreement, never an accuracy."""
+    from fer import export, train
+    from synth_faces import write_fer2013_folders
+
+    data = tmp_path / "data"
+    write_fer2013_folders(data / "fer2013", per_class=45, splits=("train",))  # 315 faces: 300 calibrate, 15 check
+    run = tmp_path / "run"
+    assert train.main(["--model", "cnn", "--dataset", "fer2013", "--data-dir", str(data), "--epochs", "1",
+                       "--filters", "4,8", "--dense-units", "16", "--batch-size", "64", "--schedule", "cosine",
+                       "--refit", "true", "--val-fraction", "0", "--test-fraction", "0", "--output", str(run)]) == 0
+    capfd.readouterr()
+    assert export.main(["--model-dir", str(run), "--data-dir", str(data), "--modes", "float16"]) == 0
+    report = json.loads((run / "export.json").read_text())
+    assert report["test_n"] == 15 and "keras_accuracy" not in report
+    assert report["split"].startswith("15 training faces of fer2013 not used for calibration")
+    entry = report["exports"]["float16"]
+    assert "accuracy" not in entry and "accuracy_change" not in entry and entry["agreement_with_keras"] >= 0.9

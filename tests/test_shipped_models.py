@@ -104,7 +104,9 @@ def test_fer_export_cli_round_trip_without_data(tmp_path, repo_root):
 
     for name in ("model.keras", "config.json"):  # the tiny shipped model: the default's takes 40 s to convert
         shutil.copy(repo_root / "saved_models" / "fer_tiny" / name, tmp_path / name)
-    (tmp_path / "no_corpus").mkdir()  # a data folder without FER2013: int8 calibrated without data
-    assert export.main(["--model-dir", str(tmp_path), "--data-dir", str(tmp_path / "no_corpus"), "--modes", "int8"]) == 0
+    (tmp_path / "no_corpus").mkdir()  # a data folder without FER2013 is a mistake: refused, nothing written
+    assert export.main(["--model-dir", str(tmp_path), "--data-dir", str(tmp_path / "no_corpus"), "--modes", "int8"]) == 2
+    assert not (tmp_path / "model_int8.tflite").exists() and not (tmp_path / "export.json").exists()
+    assert export.main(["--model-dir", str(tmp_path), "--modes", "int8"]) == 0  # no --data-dir: calibrated without data
     assert (tmp_path / "model_int8.tflite").stat().st_size > 100_000
     assert "exports" in json.loads((tmp_path / "export.json").read_text())
