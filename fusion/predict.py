@@ -48,7 +48,12 @@ log = logging.getLogger("fusion.predict")
 class FusionPredictor:
     """A trained ``fusion.train`` run folder (model.keras + config.json) ready for inference."""
 
-    def __init__(self, model_dir: str | os.PathLike | None = None, max_seconds: float = MAX_CLIP_SECONDS):
+    def __init__(self, model_dir: str | os.PathLike | None = None, max_seconds: float = MAX_CLIP_SECONDS,
+                 speech_model: str | os.PathLike | bool = True):
+        """``speech_model``: the SER run folder whose check a clip's sound must pass before the joint model answers
+        (``ser.predict.SERPredictor.predict_segments``: the signal check, then, for a Whisper model encoded in
+        trailing silence such as the shipped one, Whisper's no-speech probability, which refuses music); True: the
+        shipped ``saved_models/ser`` where it exists; False: the signal check alone (a caller that has checked)."""
         import tensorflow as tf
 
         import fusion.models  # noqa: F401  registers the custom layers of a saved fusion model
@@ -77,6 +82,7 @@ class FusionPredictor:
         self.clip_seconds = check_max_seconds(max_seconds)       # what is read of a clip at all
         self.model = load_keras_model(self.model_dir / "model.keras")
         self.keys = input_keys(self.modalities, self.preprocess.pretrained)
+        self.speech_model = load_speech_model(speech_model)
         specs = {k: tf.TensorSpec([None, *v.shape[1:]], v.dtype) for k, v in self.model.input.items()}
         # One traced graph with open batch/time axes: no retracing per clip length, no model.predict overhead.
         self._forward = tf.function(lambda x: self.model(x, training=False), input_signature=[specs])
@@ -108,9 +114,12 @@ class FusionPredictor:
 
         try:
             clip = decode_media(path, self.preprocess, self.clip_seconds)
-            # The joint model answers whatever it is given: hum or a fan would get a confident emotion. The signal
-            # check (ser.frontend) refuses it, as late fusion and the server refuse a voice without speech.
+            # The joint model answers whatever it is given: hum, a fan or music would get a confident emotion. The
+            # signal check (ser.frontend) refuses hum and noise, the speech model's Whisper check music, as late
+            # fusion and the server refuse a voice without speech.
             require_speech(clip.audio, clip.sample_rate, source=str(path))
+            if self.speech_model is not None:
+                self.speech_model.predict_segments(clip.audio, clip.sample_rate, source=str(path))
         except (NoAudioError, NoSpeechError) as exc:
             raise NoAudioError(f"{exc}; the joint model needs speech: use --mode late for face-only "
                                "prediction") from exc
@@ -124,6 +133,20 @@ class FusionPredictor:
             result["face_frames"] = int(arrays["face_mask"].sum())
             result["frames"] = int(len(arrays["face_mask"]))
         return result
+
+
+def load_speech_model(speech_model: str | os.PathLike | bool) -> Any:
+    """The SERPredictor that gates the joint model (see ``FusionPredictor``), or None for the signal check alone."""
+    from ser.predict import DEFAULT_MODEL_DIR as SER_DIR, SERPredictor
+
+    if speech_model is False:
+        return None
+    if speech_model is True:
+        if not (SER_DIR / "config.json").is_file():
+            log.info("no %s: the joint model's clips get the signal check alone", SER_DIR)
+            return None
+        speech_model = SER_DIR
+    return SERPredictor(speech_model)
 
 
 def check_max_seconds(max_seconds: float) -> float:
@@ -167,7 +190,7 @@ class AutoPredictor:
                                     "nor late-fusion weights (late_fusion.json)")
         else:  # no shipped folder: the even default, as --mode late without --late-weights
             self.late_config = read_late_config(None)
-        self.joint = FusionPredictor(self.model_dir, max_seconds) if has_joint else None
+        self.joint = FusionPredictor(self.model_dir, max_seconds, ser_model_dir or True) if has_joint else None
         self._late_args = (ser_model_dir, fer_model_dir, detector, max_seconds)
         self._late = None
         if self.joint is None:
@@ -205,7 +228,7 @@ def load_predictor(mode: str = "auto", model_dir: str | os.PathLike | None = Non
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     check_max_seconds(max_seconds)
     if mode == "joint":
-        return FusionPredictor(model_dir, max_seconds)
+        return FusionPredictor(model_dir, max_seconds, ser_model_dir or True)
     if mode == "auto":
         return AutoPredictor(model_dir, ser_model_dir, fer_model_dir, late_weights, detector, max_seconds)
     from fusion.late import LateFusion, find_late_fusion
@@ -263,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "the fusion.train model; late: saved ser + fer models combined")
     parser.add_argument("--model-dir", default=None,
                         help=f"fusion folder: a fusion.train run and/or late_fusion.json (default: {DEFAULT_MODEL_DIR})")
-    parser.add_argument("--ser-model-dir", default=None, help="late fusion: SER run folder (default saved_models/ser)")
+    parser.add_argument("--ser-model-dir", default=None,
+                        help="SER run folder: late fusion's voice model; in joint mode, the check that a clip holds "
+                             "speech (Whisper's no-speech probability refuses music) (default saved_models/ser)")
     parser.add_argument("--fer-model-dir", default=None, help="late fusion: FER run folder (default saved_models/fer)")
     parser.add_argument("--late-weights", default=None,
                         help="late fusion: late_fusion.json (from python -m fusion.late) or 'audio=0.6,face=0.4', "

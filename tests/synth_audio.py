@@ -44,6 +44,20 @@ def tone(emotion: str, sr: int = 16_000, seconds: float = 1.0, seed: int = 0) ->
     return (y + 0.005 * rng.standard_normal(t.size)).astype(np.float32)
 
 
+def piano_melody(seed: int, sr: int = 16_000) -> np.ndarray:
+    """Plucked notes with harmonics, a bass and a fifth under each: moves its pitch and spectrum like a voice."""
+    rng = np.random.default_rng(seed)
+    scale = 220 * 2 ** (np.array([0, 2, 4, 5, 7, 9, 11, 12]) / 12)
+    t = np.arange(int(0.25 * sr)) / sr
+    envelope = np.exp(-3 * t) * np.minimum(1, t / 0.01)
+
+    def note(f, amp):
+        return amp * envelope * sum(np.sin(2 * np.pi * f * k * t) / k ** 1.5 for k in range(1, 8))
+
+    notes = [note(f, 0.3) + note(f / 2, 0.2) + note(f * 1.5, 0.15) for f in rng.choice(scale, 12)]
+    return np.concatenate(notes).astype(np.float32)
+
+
 def write(path: Path, y: np.ndarray, sr: int = 16_000, **kwargs) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), y, sr, **kwargs)

@@ -74,7 +74,7 @@ def test_run_writes_every_artifact_and_counts_bad_clips(trained):
 def predictor(trained):
     from fusion.predict import FusionPredictor
 
-    return FusionPredictor(trained)
+    return FusionPredictor(trained, speech_model=False)  # the synthetic voices are tones to Whisper
 
 
 def test_saved_model_reproduces_the_test_metrics(trained, predictor):
@@ -86,13 +86,14 @@ def test_saved_model_reproduces_the_test_metrics(trained, predictor):
     assert accuracy == pytest.approx(read_json(trained / "metrics.json")["accuracy"])
 
 
-def test_predict_cli_joint_json_and_bad_clips(trained, corpus, capsys):
+def test_predict_cli_joint_json_and_bad_clips(trained, corpus, ser_fer, capsys):
     from fusion.predict import main
 
     good = sorted((corpus / "Actor_01").glob("*.mp4"))[:2]
     bad = sorted((corpus / "Actor_04").glob("01-01-01-02-*.mp4"))  # the no-audio and the corrupt clip
+    # --ser-model-dir names the speech model that checks each clip holds speech (an MFCC one: the signal check)
     rc = main([*map(str, good), *map(str, bad), str(corpus / "missing.mp4"), "--json", "--model-dir", str(trained),
-               "--mode", "joint"])
+               "--mode", "joint", "--ser-model-dir", str(ser_fer[0])])
     out, err = capsys.readouterr()
     assert rc == 1
     lines = [json.loads(line) for line in out.splitlines()]
@@ -128,6 +129,55 @@ def test_the_joint_model_refuses_a_clip_whose_sound_is_not_speech(predictor, tmp
     clip = write_clip(tmp_path / "hum.mp4", audio=hum, seconds=2.0)
     with pytest.raises(NoAudioError, match=r"no speech: hum.*the joint model needs speech: use --mode late"):
         predictor.predict_clip(clip)
+
+
+class _HearsNoSpeech:
+    """A speech model whose Whisper check refuses every clip, as the shipped one refuses music."""
+
+    def predict_segments(self, y, sr, hop_seconds=None, source="audio"):
+        from ser.frontend import NoSpeechError
+
+        raise NoSpeechError(f"{source}: no speech: Whisper hears no speech in it (no-speech probability 0.93; "
+                            "speech < 0.6): music or another sound", "other sound", no_speech_probability=0.93)
+
+
+def test_the_joint_model_asks_the_speech_model_and_auto_mode_falls_back_to_late(trained, corpus, ser_fer):
+    """A clip that passes the signal check but not the speech model's Whisper check (music) is no speech to the
+    joint model too; auto mode then reads the clip with late fusion, which uses the face alone."""
+    from fusion.media import NoAudioError
+    from fusion.predict import AutoPredictor, FusionPredictor
+
+    clip = sorted((corpus / "Actor_01").glob("*.mp4"))[0]
+    joint = FusionPredictor(trained, speech_model=ser_fer[0])  # an MFCC model: the signal check, which passes it
+    assert joint.speech_model.model_dir == ser_fer[0] and joint.predict_clip(clip)["mode"] == "joint"
+    joint.speech_model = _HearsNoSpeech()
+    with pytest.raises(NoAudioError, match=r"Whisper hears no speech.*the joint model needs speech: use --mode late"):
+        joint.predict_clip(clip)
+    auto = AutoPredictor(trained, *ser_fer, late_weights="audio=0.5,face=0.5")
+    assert auto.joint.speech_model.model_dir == ser_fer[0]  # --ser-model-dir checks the joint model's clips too
+    auto.joint.speech_model = _HearsNoSpeech()
+    result = auto.predict_clip(clip)
+    assert result["mode"] == "late" and "face" in result["modalities"]
+
+
+def test_the_joint_model_refuses_music_through_the_shipped_speech_model(trained, tmp_path):
+    """By default the joint model's clips pass the shipped speech model's check: a melody under a face, which the
+    signal check lets through, is no speech (real Whisper weights; the test of the check itself is in
+    tests/test_ser_whisper_no_speech.py)."""
+    from fusion.media import NoAudioError
+    from fusion.predict import FusionPredictor
+    from ser.predict import DEFAULT_MODEL_DIR
+    from tests.synth_audio import piano_melody
+    from tests.synth_video import write_clip
+
+    if not (DEFAULT_MODEL_DIR / "model.keras").is_file():
+        pytest.skip("saved_models/ser is not in this checkout")
+    melody = piano_melody(0)
+    clip = write_clip(tmp_path / "melody.mp4", audio=melody, seconds=len(melody) / 16_000)
+    joint = FusionPredictor(trained)
+    assert joint.speech_model.model_dir == DEFAULT_MODEL_DIR
+    with pytest.raises(NoAudioError, match=r"Whisper hears no speech.*the joint model needs speech"):
+        joint.predict_clip(clip)
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +259,7 @@ def test_a_clip_longer_than_max_seconds_is_reported_as_truncated(trained, ser_fe
     assert cut_result["duration_seconds"] == pytest.approx(3.0, abs=0.1)
     assert cut_result["frames"] < whole_result["frames"]
     assert "3.0 s long; only its first 1.5 s were used (--max-seconds)" in cut.err
-    joint = FusionPredictor(trained, max_seconds=1.5).predict_clip(clip)  # the joint model reads the same span
+    joint = FusionPredictor(trained, max_seconds=1.5, speech_model=False).predict_clip(clip)  # the same span
     assert joint["truncated"] and joint["duration_seconds"] == pytest.approx(3.0, abs=0.1)
     missing = str(tmp_path / "no_model")  # refused before any model loads
     for bad in ("0", "-1", "nan"):

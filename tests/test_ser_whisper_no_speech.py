@@ -12,6 +12,7 @@ import pytest
 from ser.frontend import NoSpeechError
 from ser.whisper.ct2 import write_model_bin
 from ser.whisper.no_speech import NO_SPEECH_THRESHOLD, NoSpeechHead, NoSpeechUnavailable, token_ids
+from tests import synth_audio as synth
 from tests.test_ser_whisper import DIM, FFN, HEADS, LAYERS, tiny_variables
 
 VOCAB = [f"t{i}" for i in range(20)] + ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>",
@@ -179,24 +180,10 @@ def shipped_ser():
     return SERPredictor(DEFAULT_MODEL_DIR)
 
 
-def _piano_melody(seed: int, sr: int = 16_000) -> np.ndarray:
-    """Plucked notes with harmonics, a bass and a fifth under each: moves its pitch and spectrum like a voice."""
-    rng = np.random.default_rng(seed)
-    scale = 220 * 2 ** (np.array([0, 2, 4, 5, 7, 9, 11, 12]) / 12)
-    t = np.arange(int(0.25 * sr)) / sr
-    envelope = np.exp(-3 * t) * np.minimum(1, t / 0.01)
-
-    def note(f, amp):
-        return amp * envelope * sum(np.sin(2 * np.pi * f * k * t) / k ** 1.5 for k in range(1, 8))
-
-    notes = [note(f, 0.3) + note(f / 2, 0.2) + note(f * 1.5, 0.15) for f in rng.choice(scale, 12)]
-    return np.concatenate(notes).astype(np.float32)
-
-
 def test_the_shipped_model_refuses_a_melody_the_signal_check_lets_through(shipped_ser):
     from ser.frontend import speech_check
 
-    melody = _piano_melody(0)
+    melody = synth.piano_melody(0)
     assert speech_check(melody, 16_000).is_speech  # what the signal check alone would have given an emotion
     with pytest.raises(NoSpeechError) as caught:
         shipped_ser.predict_waveform(melody, 16_000)

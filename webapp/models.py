@@ -365,7 +365,8 @@ def _fer_factory(model_dir: Path, detector: str) -> Any:
 
 
 def _fusion_factory(model_dir: Path, detector: str) -> Any:
-    return importlib.import_module("fusion.predict").FusionPredictor(model_dir)
+    # speech_model=False: the server asks the joint model only about clips its own voice model heard speech in
+    return importlib.import_module("fusion.predict").FusionPredictor(model_dir, speech_model=False)
 
 
 def _fer_live_factory(model_dir: Path, detector: str, tflite: str = "") -> Any:
