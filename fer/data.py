@@ -307,9 +307,10 @@ def make_augmenter(seed: int = 42, flip: bool = True, rotation: float = 0.05, zo
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, training: bool = False,
-                 augmenter=None, seed: int = 42):
+                 augmenter=None, seed: int = 42, cutmix: float = 0.0):
     """tf.data of (float32 0..255 (n,h,w,1), int label or probability vector); shuffled and augmented only when
-    ``training``."""
+    ``training``. ``cutmix``: the probability that a training batch is CutMix'ed after augmentation (its targets
+    are then probability vectors, also in the batches left as they are)."""
     import tensorflow as tf
 
     x = images[..., None] if images.ndim == 3 else images
@@ -321,4 +322,26 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, traini
     ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=tf.data.AUTOTUNE)
     if training and augmenter is not None:
         ds = ds.map(lambda a, b: (augmenter(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
+    if training and cutmix > 0:
+        ds = ds.map(cutmix_batch(cutmix, seed), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def cutmix_batch(probability: float, seed: int = 42):
+    """A tf.data map: with ``probability``, each face of the batch gets a random rectangle of another face of the
+    batch and the labels mix by the rectangle's area (keras.layers.CutMix; Yun et al. 2019); integer labels become
+    one-hot either way."""
+    import keras
+    import tensorflow as tf
+
+    from core.labels import NUM_CLASSES
+
+    layer = keras.layers.CutMix(factor=1.0, seed=seed, name="aug_cutmix")
+
+    def mix(images, labels):
+        labels = labels if labels.dtype.is_floating else tf.one_hot(labels, NUM_CLASSES)
+        mixed = layer({"images": images, "labels": labels}, training=True)
+        chosen = tf.random.uniform([], seed=seed) < probability
+        return (tf.where(chosen, mixed["images"], images), tf.where(chosen, mixed["labels"], labels))
+
+    return mix

@@ -52,6 +52,7 @@ class TrainConfig:
     augment: bool = True
     shift: float = 0.1
     erasing: float = 0.0
+    cutmix: float = 0.0
     label_smoothing: float = 0.0
     schedule: str = "plateau"
     init_from: str = ""
@@ -97,7 +98,7 @@ class TrainConfig:
             if not widths or not all(w.isdigit() and int(w) > 0 for w in widths):
                 raise ValueError(f"--filters must be comma-separated positive integers (e.g. 24,48,96,160), "
                                  f"got {self.filters!r}")
-        for name in ("erasing", "distill_weight", "view_mixup"):  # probabilities / weights
+        for name in ("erasing", "cutmix", "distill_weight", "view_mixup"):  # probabilities / weights
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be from 0 to 1, got {getattr(self, name)}")
         if not 0.0 <= self.shift < 1.0:
@@ -106,6 +107,8 @@ class TrainConfig:
             raise ValueError("--teacher-views needs a --teacher")
         if self.view_mixup and not self.teacher_views:
             raise ValueError("--view-mixup needs --teacher-views")
+        if self.cutmix and self.teacher_views:
+            raise ValueError("--cutmix does not apply to --teacher-views (the views are fixed): use --view-mixup")
 
 
 HELP = {
@@ -128,6 +131,8 @@ HELP = {
     "augment": "random flip / rotation / zoom / brightness / shift on the training split",
     "shift": "augmentation: random shift as a fraction of the side (0 = off)",
     "erasing": "augmentation: probability of erasing one random rectangle (0 = off)",
+    "cutmix": "augmentation: probability that a training batch is CutMix'ed (a rectangle of another face pasted in, "
+              "the labels mixed by area; 0 = off)",
     "label_smoothing": "label smoothing of the cross-entropy (0 = off)",
     "schedule": "learning rate: plateau (halve when validation loss stalls) or cosine (decay to 0 over --epochs; "
                 "raise --patience to run them all)",
@@ -288,6 +293,11 @@ def _fit(model, cfg: TrainConfig, run_dir: Path, train_ds, val_ds, weights, epoc
                      class_weight=weights, callbacks=callbacks, shuffle=False, verbose=2)  # tf.data shuffles
 
 
+def soft_targets(cfg: TrainConfig) -> bool:
+    """Whether training targets are probability vectors (a teacher's answers, CutMix's mixed labels)."""
+    return bool(cfg.teacher) or cfg.cutmix > 0
+
+
 def copy_weights(source: keras.Model, target: keras.Model) -> None:
     """Every weighted layer of ``target`` takes the weights of ``source``'s layer of the same name. Convolutions
     do not depend on the input size, so a faceres trained at 112 px can continue at 160 (--init-from with a
@@ -397,8 +407,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             targets = {"train": distill_targets(cfg.teacher, x["train"], y["train"], cfg.distill_weight,
                                                 cfg.label_smoothing, loaded=teacher),
                        "val": np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]}
+        if cfg.cutmix and not cfg.teacher:  # mixed labels are probability vectors: one-hot validation as well
+            targets["val"] = np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]
         train_ds = make_dataset(x["train"], targets["train"], cfg.batch_size, training=True, augmenter=augmenter,
-                                seed=cfg.seed)
+                                seed=cfg.seed, cutmix=cfg.cutmix)
     teacher = None  # its answers are in the targets: training does not hold it
     val_ds = None if cfg.refit else make_dataset(x["val"], targets["val"], cfg.batch_size)
     weights = class_weights(y["train"], NUM_CLASSES) if cfg.class_weighting else None
@@ -412,7 +424,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         done = int(read_json(stage1_info)["epochs"])
     else:
         compile_model(model, learning_rate(cfg, cfg.learning_rate, len(train_ds), cfg.epochs), cfg.label_smoothing,
-                      soft_targets=bool(cfg.teacher))
+                      soft_targets=soft_targets(cfg))
         history = _fit(model, cfg, run_dir, train_ds, val_ds, weights, cfg.epochs, extra_callbacks=extra_callbacks)
         # Absolute epoch numbers (a resumed fit starts at the restored epoch); early stopping may end sooner.
         done = max(history.epoch) + 1 if history.epoch else cfg.epochs
@@ -424,7 +436,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         n = unfreeze_top(model, cfg.fine_tune_layers)
         log.info("stage 2: %d base layers unfrozen, learning rate %g", n, cfg.fine_tune_lr)
         compile_model(model, learning_rate(cfg, cfg.fine_tune_lr, len(train_ds), cfg.fine_tune_epochs),
-                      cfg.label_smoothing, soft_targets=bool(cfg.teacher))
+                      cfg.label_smoothing, soft_targets=soft_targets(cfg))
         _fit(model, cfg, run_dir, train_ds, val_ds, weights, done + cfg.fine_tune_epochs, initial_epoch=done,
              extra_callbacks=extra_callbacks)
         model = _best_or(model, run_dir)

@@ -170,6 +170,21 @@ def test_erasing_blanks_a_rectangle_and_shift_moves_the_face():
     assert isinstance(make_augmenter(), keras.Sequential)
 
 
+def test_cutmix_pastes_another_face_and_mixes_the_labels_by_area():
+    images = np.concatenate([np.zeros((32, 48, 48), np.uint8), np.full((32, 48, 48), 255, np.uint8)])
+    labels = np.r_[np.zeros(32, int), np.full(32, 3)]  # black faces neutral, white faces angry
+    batches = list(make_dataset(images, labels, 16, training=True, cutmix=1.0, seed=1))
+    mixed = 0
+    for x, y in batches:
+        white, y = (x.numpy()[..., 0] == 255).mean(axis=(1, 2)), y.numpy()
+        assert y.shape == (16, 7) and np.allclose(y.sum(axis=1), 1, atol=1e-5)
+        np.testing.assert_allclose(y[:, 3], white, atol=0.05)  # the label is the share of the white face's pixels
+        mixed += int(((white > 0) & (white < 1)).sum())
+    assert mixed > 16  # rectangles of the other colour were pasted
+    plain = list(make_dataset(images, labels, 16, training=True, cutmix=0.0, seed=1))
+    assert plain[0][1].shape == (16,)  # without CutMix the labels stay integers
+
+
 def test_drop_duplicates_removes_leaks_conflicts_and_repeats_from_training_only():
     from fer.data import drop_duplicates
 

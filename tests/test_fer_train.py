@@ -376,6 +376,17 @@ def test_refit_trains_on_validation_images_and_keeps_the_test_images(cnn_run, fe
     assert not (ens / "val_metrics.json").exists()
 
 
+def test_cutmix_trains_on_mixed_labels_and_scores_validation_as_usual(fer_data, tmp_path):
+    run = tmp_path / "cutmix"
+    assert fer_train.main(["--model", "cnn", "--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "1",
+                           "--cutmix", "1.0", "--output", str(run), *TINY]) == 0
+    assert read_json(run / "config.json")["cutmix"] == 1.0
+    history = pd.read_csv(run / "history.csv")  # one-hot validation and mixed training targets: one loss for both
+    assert len(history) == 1 and np.isfinite(history[["loss", "val_loss"]].to_numpy()).all()
+    val = read_json(run / "val_metrics.json")
+    assert val["split"] == "val" and 0.0 <= val["accuracy"] <= 1.0
+
+
 def test_a_refit_run_takes_flip_averaging_from_the_run_its_recipe_was_chosen_with(cnn_run, fer_data, tmp_path,
                                                                                    capsys):
     import shutil
@@ -457,6 +468,8 @@ def test_a_missing_teacher_or_bad_weight_fails_before_loading_data(tmp_path, cap
     (["--shift", "1"], "--shift must be from 0 to below 1"),
     (["--teacher-views", "-1"], "--teacher-views must be >= 0"),
     (["--view-mixup", "0.5"], "--view-mixup needs --teacher-views"),
+    (["--cutmix", "1.5"], "--cutmix must be from 0 to 1, got 1.5"),
+    (["--cutmix", "0.5", "--teacher", "T", "--teacher-views", "2"], "--cutmix does not apply to --teacher-views"),
 ])
 def test_unusable_augmentation_or_architecture_options_name_the_flag_before_the_data_loads(option, message,
                                                                                             tmp_path, capsys):
