@@ -85,7 +85,8 @@ def make_media(n_frames: int = 16, speech: str | None = None) -> tuple[list[byte
         from ser.audio import load_audio
 
         audio = np.concatenate([load_audio(p) for p in paths])
-        source = f"real speech, {len(paths)} clips of {speech} in a loop"
+        shown = os.path.relpath(speech, REPO_ROOT) if Path(speech).is_absolute() else speech  # no machine's paths
+        source = f"real speech, {len(paths)} clips of {shown} in a loop"
     else:  # a tone to Whisper's no-speech check: the voice answers are "no speech", at the same cost
         audio = np.concatenate([voice(2.0, f0=120 + 20 * i, seed=i) for i in range(5)])
         source = "the tests' synthetic voice, which the default voice model refuses as 'other sound'"
