@@ -33,19 +33,19 @@ def split_faces(predictor, data_dir: str | None, max_test: int) -> tuple[dict, s
         raise
     except (DatasetNotFoundError, FileNotFoundError, ValueError) as exc:
         return {}, str(exc)
+    def faces(idx: np.ndarray) -> np.ndarray:
+        return data.images[idx].astype(np.float32)[..., None]
+
     rng = np.random.default_rng(seed)
-    out = {}
+    out, drawn = {}, {}
     for name, cap in (("train", REPRESENTATIVE_FACES), ("test", max_test)):
-        idx = np.flatnonzero(splits == name)
-        out[f"{name}_total"] = len(idx)
-        idx = rng.permutation(idx)
-        if name == "train":
-            spare = idx[cap:]
-        idx = idx[:cap] if cap else idx
-        out[name] = (data.images[idx].astype(np.float32)[..., None], np.asarray(data.labels)[idx])
+        drawn[name] = rng.permutation(np.flatnonzero(splits == name))
+        out[f"{name}_total"] = len(drawn[name])
+        idx = drawn[name][:cap or None]
+        out[name] = (faces(idx), np.asarray(data.labels)[idx])
     if not out["test_total"]:  # a refit on every face keeps no test split: the conversion is checked on other
-        spare = spare[:max_test] if max_test else spare  # training faces (agreement with Keras; labels unused)
-        out["test"] = (data.images[spare].astype(np.float32)[..., None], None)
+        # training faces than calibration's (agreement with the Keras model; labels unused)
+        out["test"] = (faces(drawn["train"][REPRESENTATIVE_FACES:][:max_test or None]), None)
     return out, None
 
 

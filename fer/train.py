@@ -403,12 +403,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         extra_callbacks = [clock.callback()]
         targets = {"val": np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]}
     else:
-        if cfg.teacher:  # soft targets: one-hot for validation too, so loss and accuracy read the same shapes
-            targets = {"train": distill_targets(cfg.teacher, x["train"], y["train"], cfg.distill_weight,
-                                                cfg.label_smoothing, loaded=teacher),
-                       "val": np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]}
-        if cfg.cutmix and not cfg.teacher:  # mixed labels are probability vectors: one-hot validation as well
-            targets["val"] = np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]
+        if cfg.teacher:
+            targets["train"] = distill_targets(cfg.teacher, x["train"], y["train"], cfg.distill_weight,
+                                               cfg.label_smoothing, loaded=teacher)
+        if soft_targets(cfg):  # a teacher's answers or CutMix's mixed labels: one-hot validation, so loss and
+            targets["val"] = np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]  # accuracy read the same shapes
         train_ds = make_dataset(x["train"], targets["train"], cfg.batch_size, training=True, augmenter=augmenter,
                                 seed=cfg.seed, cutmix=cfg.cutmix)
     teacher = None  # its answers are in the targets: training does not hold it
