@@ -123,6 +123,29 @@ def test_a_tiny_whisper_gives_each_window_its_probability_from_the_same_encoding
     assert not alone.hears_no_speech and alone.frames_and_no_speech(clips)[1] == [None] * 3
 
 
+def test_with_phases_whisper_judges_only_the_waveform_as_given(tmp_path, monkeypatch):
+    """Shifted copies (``phases``) average the states; the no-speech probability is the unshifted copy's, so the
+    decoder step runs once per waveform, not once per phase."""
+    from dataclasses import replace
+
+    from ser.whisper.encoder import WhisperFeatureConfig
+    from ser.whisper.no_speech import NoSpeechHead
+
+    folder = tiny_whisper(tmp_path / "tiny")
+    one = WhisperFeatureConfig(encoder=str(folder), encoder_sha256="tiny", num_states=LAYERS + 1, hidden_dim=DIM,
+                               max_seconds=1.0, pad_seconds=1.0)
+    rng = np.random.default_rng(2)
+    clips = [rng.standard_normal(n).astype(np.float32) for n in (8000, 12000)]
+    asked: list[int] = []
+    probabilities = NoSpeechHead.probabilities
+    monkeypatch.setattr(NoSpeechHead, "probabilities", lambda self, windows: asked.append(len(windows))
+                        or probabilities(self, windows))
+    _, heard_one = one.frames_and_no_speech(clips)
+    _, heard_four = replace(one, phases=4).frames_and_no_speech(clips)
+    assert asked == [2, 2]
+    np.testing.assert_allclose(heard_four, heard_one, rtol=1e-5)
+
+
 class _Predictor:
     """SERPredictor's deciding code on windows whose Whisper answers are given."""
 

@@ -224,7 +224,8 @@ class WhisperFeatureConfig:
         shifts = [k * TRIM_GRID // self.phases for k in range(self.phases)]
         shifted = [np.concatenate([np.zeros(s, np.float32), np.asarray(y, np.float32)])
                    for y in waveforms for s in shifts]
-        states, heard = self._frames_batch(shifted, no_speech)
+        # Whisper's judgement of the waveform as given (the unshifted phase) only: no decoder step per shifted copy
+        states, heard = self._frames_batch(shifted, [no_speech and k % self.phases == 0 for k in range(len(shifted))])
         out = []
         for i in range(len(waveforms)):
             group = states[i * self.phases:(i + 1) * self.phases]
@@ -232,8 +233,10 @@ class WhisperFeatureConfig:
             out.append(np.mean([g[:steps].astype(np.float32) for g in group], axis=0).astype(np.float16))
         return out, heard[::self.phases]  # the unshifted phase: the waveform as given
 
-    def _frames_batch(self, waveforms: list[np.ndarray], no_speech: bool = False
+    def _frames_batch(self, waveforms: list[np.ndarray], no_speech: bool | list[bool] = False
                       ) -> tuple[list[np.ndarray], list[float | None]]:
+        """The states of each waveform and, where ``no_speech`` (one flag, or one per waveform) asks for it, its
+        no-speech probability."""
         from ser.whisper.preprocessor import log_mel
         from ser.whisper.silence import clip_steps, window_seconds
 
@@ -262,10 +265,13 @@ class WhisperFeatureConfig:
             for group in by_length.values():
                 for idx in _chunks(group, ENCODER_BATCH):
                     keep(idx, encoder.hidden_states(np.stack([mels[i] for i in idx])))
+        asked = [i for i, wanted in enumerate(no_speech if isinstance(no_speech, list) else [no_speech] * len(prepared))
+                 if wanted]
         heard: list[float | None] = [None] * len(prepared)
-        head = encoder.no_speech_head() if no_speech else None
+        head = encoder.no_speech_head() if asked else None
         if head is not None:
-            heard = [float(p) for p in head.probabilities(finals)]  # type: ignore[arg-type]
+            for i, p in zip(asked, head.probabilities([finals[i] for i in asked])):  # type: ignore[misc]
+                heard[i] = float(p)
         return out, heard  # type: ignore[return-value]
 
 
