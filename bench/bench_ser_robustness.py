@@ -13,12 +13,16 @@ speech" and, with split labels, the accuracy. Conditions:
   earlier; sub-frame: the speech is the same, only its position in the analysis frames moves);
 - ``silence 1 s``: a second of silence before and after;
 - ``telephone``: down to 8 kHz and back (the 4 kHz band of a phone call);
-- ``noise 30 dB`` / ``noise 20 dB``: white noise at that signal-to-noise ratio over the whole clip (seeded).
+- ``noise 30 dB`` / ``noise 20 dB``: white noise at that signal-to-noise ratio over the whole clip (seeded);
+- ``music 10 dB`` / ``music 0 dB``: a stretch of a music track (``--music``: a folder of tracks; by default
+  Wesnoth's orchestral tracks, Debian ``wesnoth-1.16-music``, left out when absent) under the clip, 10 dB below
+  the speech's active level (``ser.frontend.active_rms``, pauses left out) or as loud as it (seeded).
 Writes OUT/ser_robustness.md and OUT/ser_robustness.json.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,39 +66,78 @@ def noise(snr_db: float):
     return add
 
 
+def music(tracks: list[np.ndarray], snr_db: float):
+    """A stretch of one of ``tracks`` under the clip, ``snr_db`` below the speech's active level; the same track and
+    stretch for the same clip, whatever the order."""
+    def add(y: np.ndarray) -> np.ndarray:
+        from ser.frontend import active_rms
+
+        rng = np.random.default_rng([SEED, y.size])
+        track = tracks[int(rng.integers(len(tracks)))]
+        start = int(rng.integers(0, max(1, track.size - y.size)))
+        stretch = np.resize(track[start:start + y.size], y.size).astype(np.float64)
+        return y + stretch / max(active_rms(stretch), 1e-9) * active_rms(y) * 10 ** (-snr_db / 20)
+    return add
+
+
 CONDITIONS = {AS_RECORDED: lambda y: y, "shift 4 ms": silence_before(64), "shift 16 ms": silence_before(256),
               "silence 1 s": around(1.0), "telephone": telephone, "noise 30 dB": noise(30.0),
               "noise 20 dB": noise(20.0)}
+MUSIC_SNRS = (10.0, 0.0)
+DEFAULT_MUSIC = Path("/usr/share/games/wesnoth/1.16/data/core/music")
+MUSIC_TRACKS = 10  # the folder's first tracks, whole (a few MB each at 16 kHz)
+
+
+def load_tracks(folder: Path) -> list[np.ndarray]:
+    """The first ``MUSIC_TRACKS`` readable audio files under ``folder`` at 16 kHz (none: an empty list)."""
+    from core.media_types import AUDIO_EXTENSIONS, files_below
+    from ser.audio import AudioError, load_audio
+
+    tracks = []
+    for path in files_below(folder, AUDIO_EXTENSIONS)[:MUSIC_TRACKS] if folder.is_dir() else []:
+        try:
+            tracks.append(load_audio(path, SAMPLE_RATE).astype(np.float64))
+        except AudioError:
+            continue
+    return tracks
+
+
+def conditions_with_music(tracks: list[np.ndarray]) -> dict:
+    return CONDITIONS | {f"music {snr:g} dB": music(tracks, snr) for snr in MUSIC_SNRS if tracks}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CLIParser(prog="python bench/bench_ser_robustness.py", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_clip_arguments(parser, "saved_models/ser and saved_models/ser_compact")
+    parser.add_argument("--music", default=str(DEFAULT_MUSIC),
+                        help="folder of music tracks played under the clips (default: Wesnoth's, where installed; "
+                             "absent or empty: no music conditions)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"),
                         help="folder for ser_robustness.md and .json (default: bench/results)")
     add_verbose_flag(parser)
     return parser
 
 
-def measure(model_dir: Path, args: argparse.Namespace) -> dict:
+def measure(model_dir: Path, args: argparse.Namespace, conditions: dict) -> dict:
     from ser.predict import SERPredictor
 
     predictor = SERPredictor(model_dir)
     paths, truth, source = clips_of(model_dir, args)
     start = time.perf_counter()
-    labels, kept, unreadable = label_each(predictor, paths, truth, CONDITIONS, model_dir.name)
+    labels, kept, unreadable = label_each(predictor, paths, truth, conditions, model_dir.name)
     if not kept:
         raise SystemExit(f"no readable clips for {model_dir} ({source})")
     reference = labels[AS_RECORDED]
-    return {"model_dir": str(model_dir), "model": predictor.config.get("model"), "source": source,
+    shown = os.path.relpath(model_dir, REPO) if model_dir.resolve().is_relative_to(REPO) else str(model_dir)
+    return {"model_dir": shown, "model": predictor.config.get("model"), "source": source,
             "clips": len(kept), "unreadable": unreadable, "seconds": round(time.perf_counter() - start, 1),
             "conditions": {name: score(got, None if name == AS_RECORDED else reference, kept)
                            for name, got in labels.items()}}
 
 
 def markdown(results: list[dict]) -> str:
-    changed = [name for name in CONDITIONS if name != AS_RECORDED]
+    changed = [name for name in results[0]["conditions"] if name != AS_RECORDED]
     lines = ["Label agreement with the clip as recorded when the recording changes (see the script's docstring), "
              "accuracy, and the share of these real speech clips refused as \"no speech\".", "",
              "| model | clips | " + " | ".join(changed) + " |", "|---|---|" + "---|" * len(changed)]
@@ -108,6 +151,8 @@ def markdown(results: list[dict]) -> str:
         cells = [f"{100 * c[name]['no_speech_rate']:.1f} %" for name in changed]
         lines.append("| no speech | | " + " | ".join(cells) + " |")
     lines += [""] + [f"- {r['model_dir']}: {r['source']}" for r in results]
+    if any(name.startswith("music") for name in changed):
+        lines.append(f"- music: the first {MUSIC_TRACKS} tracks of the --music folder, a seeded stretch per clip")
     return "\n".join(lines) + "\n"
 
 
@@ -116,10 +161,15 @@ def main() -> None:
     from core.io import write_json
 
     models = args.model_dir or [str(REPO / "saved_models" / "ser"), str(REPO / "saved_models" / "ser_compact")]
-    results = [measure(Path(d), args) for d in models]
+    tracks = load_tracks(Path(args.music))
+    if not tracks:
+        print(f"no music tracks under {args.music}: the music conditions are left out", file=sys.stderr)
+    conditions = conditions_with_music(tracks)
+    results = [measure(Path(d), args, conditions) for d in models]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "ser_robustness.json", {"conditions": list(CONDITIONS), "seed": SEED, "models": results})
+    write_json(out / "ser_robustness.json", {"conditions": list(conditions), "seed": SEED,
+                                             "music": args.music if tracks else None, "models": results})
     text = markdown(results)
     (out / "ser_robustness.md").write_text(text)
     print(text)

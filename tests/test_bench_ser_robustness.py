@@ -37,3 +37,28 @@ def test_score_counts_a_refusal_as_a_disagreement(bench):
     row = bench.score(["happy", None, "sad", "sad"], ["happy", "sad", "sad", "angry"], ["happy", "sad", "sad", "sad"])
     assert row == {"no_speech": 1, "no_speech_rate": 0.25, "agreement": 0.5, "accuracy": 0.75}
     assert "agreement" not in bench.score(["happy"], None, [None])
+
+
+def test_music_plays_under_the_clip_at_the_named_level_and_is_the_same_for_the_same_clip(bench):
+    from ser.frontend import active_rms
+
+    rng = np.random.default_rng(3)
+    tracks = [rng.standard_normal(40_000), np.sin(2 * np.pi * 440 * np.arange(30_000) / 16_000)]
+    y = 0.1 * np.sin(2 * np.pi * 200 * np.arange(16_000) / 16_000)
+    conditions = bench.conditions_with_music(tracks)
+    assert set(conditions) - set(bench.CONDITIONS) == {"music 10 dB", "music 0 dB"}
+    for name, snr in (("music 10 dB", 10.0), ("music 0 dB", 0.0)):
+        mixed = conditions[name](y)
+        assert mixed.shape == y.shape
+        assert 20 * np.log10(active_rms(y) / active_rms(mixed - y)) == pytest.approx(snr, abs=0.01)
+        np.testing.assert_array_equal(conditions[name](y), mixed)
+    assert bench.conditions_with_music([]) == bench.CONDITIONS  # no tracks: no music rows
+
+
+def test_the_report_lists_the_conditions_that_were_run(bench):
+    rows = {"agreement": 1.0, "accuracy": 0.5, "no_speech": 0, "no_speech_rate": 0.0}
+    result = {"model_dir": "m", "model": "whisper", "source": "s", "clips": 2,
+              "conditions": {bench.AS_RECORDED: {"accuracy": 0.5, "no_speech": 0, "no_speech_rate": 0.0},
+                             "telephone": rows, "music 0 dB": rows}}
+    header = bench.markdown([result]).splitlines()[2]
+    assert header == "| model | clips | telephone | music 0 dB |"
