@@ -38,6 +38,7 @@ MOSAIC_ROWS = 64
 JPEG_QUALITY = 95  # FER2013's own JPEGs sit on the same 8x8 grid: re-encoding at 95 changes 0.05 grey levels on average
 FACE = 48
 KD_TEMPERATURE = 2.0
+PACKED_WEIGHTS = "backbone.f16.weights.h5"  # pack --weights: the backbone's float16 copy inside the packed folder
 
 
 @dataclass
@@ -104,10 +105,29 @@ def from_mosaics(blobs: Sequence[bytes], count: int) -> np.ndarray:
     return faces[:count]
 
 
+def half_precision_copy(weights: str | os.PathLike, output: str | os.PathLike) -> None:
+    """A ``.weights.h5`` with every float32 array stored as float16 (same layout: ``load_weights`` casts back).
+    Half the bytes to carry to an accelerator; a starting point for fine-tuning, off by ~1e-3 relative."""
+    import h5py
+
+    def copy(name: str, item) -> None:
+        if isinstance(item, h5py.Dataset):
+            data = item[()]
+            dst.create_dataset(name, data=data.astype(np.float16) if data.dtype == np.float32 else data)
+        else:
+            dst.require_group(name)
+        dst[name].attrs.update(item.attrs)
+
+    with h5py.File(weights, "r") as src, h5py.File(output, "w") as dst:
+        dst.attrs.update(src.attrs)
+        src.visititems(copy)
+
+
 def pack(run_dir: str | os.PathLike, output: str | os.PathLike, data_dir: str | None = None,
-         parts: Sequence[str] = ("train", "val")) -> dict:
+         parts: Sequence[str] = ("train", "val"), weights: str | os.PathLike | None = None) -> dict:
     """Write the ``parts`` of a fer.train run's split (re-created from its config.json, exactly as fer.train and
-    fer.ensemble do) as JPEG mosaics + labels.npy + split.npy + manifest.json into ``output``."""
+    fer.ensemble do) as JPEG mosaics + labels.npy + split.npy + manifest.json into ``output``; with ``weights``
+    (faceres-deep.weights.h5) also their float16 copy, ``PACKED_WEIGHTS``: all an accelerator needs, smaller."""
     from core.io import atomic_write, read_json, write_json
     from core.weights import sha256_of
     from fer.train import load_split, run_config
@@ -129,12 +149,18 @@ def pack(run_dir: str | os.PathLike, output: str | os.PathLike, data_dir: str | 
         names.append(name)
     np.save(out / "labels.npy", labels)
     np.save(out / "split.npy", splits.astype(str))
+    extra = []
+    if weights is not None:
+        atomic_write(out / PACKED_WEIGHTS, lambda tmp: half_precision_copy(weights, tmp), suffix=".weights.h5")
+        extra = [PACKED_WEIGHTS]
     decoded = from_mosaics([(out / n).read_bytes() for n in names], len(faces))
     manifest = {"run": str(run_dir), "dataset": config.get("dataset"), "seed": config.get("seed"),
                 "parts": list(parts), "count": int(len(faces)),
                 "counts": {p: int((splits == p).sum()) for p in parts}, "mosaics": names,
                 "jpeg_quality": JPEG_QUALITY, "mean_abs_change": float(np.abs(decoded.astype(int) - faces).mean()),
-                "sha256": {n: sha256_of(out / n) for n in names + ["labels.npy", "split.npy"]}}
+                "sha256": {n: sha256_of(out / n) for n in names + ["labels.npy", "split.npy"] + extra}}
+    if weights is not None:
+        manifest["weights"] = {"file": PACKED_WEIGHTS, "from": str(weights), "from_sha256": sha256_of(weights)}
     write_json(out / "manifest.json", manifest)
     return manifest
 
@@ -425,6 +451,14 @@ def probe(data_dir: str, weights: str, output: str, image_size: int = 160, batch
     return rows
 
 
+def fastest_batch_size(probe_json: str | os.PathLike) -> int:
+    """The batch size ``probe`` found fastest with the augmenter (as fit trains), in faces per second."""
+    rows = [r for r in json.loads(Path(probe_json).read_text()) if r.get("augment")]
+    if not rows:
+        raise ValueError(f"{probe_json}: no timing with the augmenter (the probe did not get that far)")
+    return int(max(rows, key=lambda r: r["faces_per_s"])["batch_size"])
+
+
 # ---------------------------------------------------------------------------------------------------- collecting
 
 
@@ -505,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="a fer.train run folder (its config.json re-creates the split)")
     p.add_argument("--data-dir", default=None, help="where the corpus is now, if not where the run found it")
     p.add_argument("--output", required=True, help="folder for the mosaics, labels and manifest")
+    p.add_argument("--weights", default=None, help=f"also a float16 copy of these backbone weights "
+                   f"(faceres-deep.weights.h5), as {PACKED_WEIGHTS}: half the bytes to carry")
     f = sub.add_parser("fit", help="train the phases on a packed folder (any Keras 3 backend)")
     f.add_argument("--data", required=True, help="folder written by pack")
     f.add_argument("--weights", required=True, help="faceres-deep.weights.h5 (python -m fer.backbones)")
@@ -547,7 +583,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "collect":
                 collect(args.weights, args.run, args.output, args.data_dir, args.results or None)
                 return 0
-            manifest = pack(args.run, args.output, args.data_dir)
+            if args.weights and not Path(args.weights).is_file():
+                raise FileNotFoundError(f"--weights {args.weights} does not exist")
+            manifest = pack(args.run, args.output, args.data_dir, weights=args.weights)
         except (FileNotFoundError, ValueError) as exc:  # DatasetNotFoundError and FaceDataError are among them
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -178,3 +178,39 @@ def test_pack_and_collect_name_a_missing_run_or_weights_in_one_line(tmp_path, ca
                            "--output", str(tmp_path / "c")]) == 2
     assert capsys.readouterr().err.startswith("error: --weights")
     assert not (tmp_path / "p").exists() and not (tmp_path / "c").exists()
+
+
+def test_the_lease_takes_the_batch_size_the_probe_timed_fastest_with_the_augmenter(tmp_path):
+    rows = [{"batch_size": 64, "augment": False, "faces_per_s": 900.0},
+            {"batch_size": 64, "augment": True, "faces_per_s": 500.0},
+            {"batch_size": 256, "augment": False, "faces_per_s": 400.0},
+            {"batch_size": 256, "augment": True, "faces_per_s": 700.0}]
+    probe_json = tmp_path / "probe.json"
+    probe_json.write_text(json.dumps(rows))
+    assert train_gpu.fastest_batch_size(probe_json) == 256
+    probe_json.write_text(json.dumps(rows[:1]))  # cut off before any timing with the augmenter
+    with pytest.raises(ValueError, match="no timing with the augmenter"):
+        train_gpu.fastest_batch_size(probe_json)
+
+
+def test_pack_with_weights_carries_a_half_size_backbone_that_loads_as_the_original(fer_run, tmp_path):
+    from fer.backbones import build_faceres_network
+    from fer.models import build_faceres
+
+    weights = tmp_path / "faceres-deep.weights.h5"
+    build_faceres_network(32).save_weights(weights)
+    out = tmp_path / "packed"
+    assert train_gpu.main(["pack", "--run", str(fer_run), "--output", str(out), "--weights", str(weights)]) == 0
+    manifest = read_json(out / "manifest.json")
+    half = out / train_gpu.PACKED_WEIGHTS
+    assert manifest["weights"]["file"] == train_gpu.PACKED_WEIGHTS and train_gpu.PACKED_WEIGHTS in manifest["sha256"]
+    assert half.stat().st_size < 0.6 * weights.stat().st_size
+    original = build_faceres(weights=str(weights), image_size=32).get_layer("faceres_backbone").get_weights()
+    loaded = build_faceres(weights=str(half), image_size=32).get_layer("faceres_backbone").get_weights()
+    assert len(loaded) == len(original)
+    for a, b in zip(original, loaded):
+        assert b.dtype == np.float32
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+    assert train_gpu.main(["pack", "--run", str(fer_run), "--output", str(tmp_path / "o2"),
+                           "--weights", str(tmp_path / "missing.h5")]) == 2
+    assert not (tmp_path / "o2").exists()  # refused before any face was read
