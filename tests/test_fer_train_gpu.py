@@ -100,13 +100,14 @@ def test_fit_then_collect_gives_a_run_folder(fer_run, packed, tmp_path):
     load_tfjs_faceres(network, TfjsGraph(write_faceres_graph(tmp_path / "tfjs", alpha=1.0)))
     weights = tmp_path / "faceres-deep.weights.h5"
     network.save_weights(weights)
-    phases = [train_gpu.Phase("fr32", "faceres", image_size=32, epochs=2, batch_size=16, seconds=600),
+    phases = [train_gpu.Phase("fr32", "faceres", image_size=32, epochs=2, batch_size=16, erasing=0.25, seconds=600),
               train_gpu.Phase("kd", "distill", epochs=2, batch_size=16, seconds=600)]
     out = tmp_path / "gpu_out"
     results = train_gpu.fit(str(packed[0]), str(weights), str(out), budget=1200, phases=phases)
     assert [r["phase"]["name"] for r in results] == ["fr32", "kd"]
     assert results[1]["teacher"]["phase"] == "fr32"
-    assert json.loads((out / "results.json").read_text())[0]["best_epoch"] in (1, 2)
+    recorded = json.loads((out / "results.json").read_text())[0]
+    assert recorded["best_epoch"] in (1, 2) and recorded["phase"]["erasing"] == 0.25  # the recipe, as it ran
     log = (out / "log.txt").read_text()
     assert "fr32 head only" in log and "fr32 epoch 2/2" in log
 
