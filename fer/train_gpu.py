@@ -145,6 +145,13 @@ def pack(run_dir: str | os.PathLike, output: str | os.PathLike, data_dir: str | 
         raise ValueError(f"{run_dir} was trained on {faces.shape[1]} px faces; packing needs {FACE} px")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    extra = []
+    if weights is not None:  # first: a file that is not HDF5 fails before the faces are written
+        try:
+            atomic_write(out / PACKED_WEIGHTS, lambda tmp: half_precision_copy(weights, tmp), suffix=".weights.h5")
+        except OSError as exc:
+            raise ValueError(f"--weights {weights}: not a Keras .weights.h5 file ({exc})") from exc
+        extra = [PACKED_WEIGHTS]
     names = []
     for i, blob in enumerate(to_mosaics(faces)):
         name = f"faces_{i:02d}.jpg"
@@ -152,10 +159,6 @@ def pack(run_dir: str | os.PathLike, output: str | os.PathLike, data_dir: str | 
         names.append(name)
     np.save(out / "labels.npy", labels)
     np.save(out / "split.npy", splits.astype(str))
-    extra = []
-    if weights is not None:
-        atomic_write(out / PACKED_WEIGHTS, lambda tmp: half_precision_copy(weights, tmp), suffix=".weights.h5")
-        extra = [PACKED_WEIGHTS]
     decoded = from_mosaics([(out / n).read_bytes() for n in names], len(faces))
     manifest = {"run": str(run_dir), "dataset": config.get("dataset"), "seed": config.get("seed"),
                 "parts": list(parts), "count": int(len(faces)),

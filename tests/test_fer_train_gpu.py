@@ -215,3 +215,7 @@ def test_pack_with_weights_carries_a_half_size_backbone_that_loads_as_the_origin
     assert train_gpu.main(["pack", "--run", str(fer_run), "--output", str(tmp_path / "o2"),
                            "--weights", str(tmp_path / "missing.h5")]) == 2
     assert not (tmp_path / "o2").exists()  # refused before any face was read
+    (tmp_path / "text.h5").write_text("not HDF5")
+    assert train_gpu.main(["pack", "--run", str(fer_run), "--output", str(tmp_path / "o3"),
+                           "--weights", str(tmp_path / "text.h5")]) == 2
+    assert not list((tmp_path / "o3").glob("faces_*.jpg"))  # failed before writing the faces
