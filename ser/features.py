@@ -173,6 +173,58 @@ def add_noise(y: np.ndarray, rng: np.random.Generator, snr_db: tuple[float, floa
     return add_white_noise(y, rng.uniform(*snr_db), rng)
 
 
+MUSIC_SNR_DB = (0.0, 15.0)  # music copies (ser.train --music-copies): music up to as loud as the speech
+
+
+def synthetic_music(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` samples of a random little piece at unit RMS: chords and a melody of harmonic tones (random timbre, key
+    and tempo) over a kick and hi-hat beat. Made here, so training on it needs no music licence; it is not meant to
+    sound good, only to put sustained harmonic partials and onsets under speech as background music does."""
+    t = np.arange(n) / sr
+    beat = 60.0 / rng.uniform(70, 150)
+    root = 110.0 * 2 ** (rng.integers(0, 12) / 12)
+    scale = np.array([0, 2, 4, 5, 7, 9, 11]) if rng.random() < 0.5 else np.array([0, 2, 3, 5, 7, 8, 10])
+    partials = rng.uniform(0.3, 0.9) ** np.arange(int(rng.integers(3, 9)))  # brighter or duller instruments
+    out = np.zeros(n)
+
+    def note(start: float, length: float, freq: float, level: float) -> None:
+        a, b = int(start * sr), min(n, int((start + length) * sr))
+        if b <= a:
+            return
+        u = t[a:b] - start
+        envelope = np.minimum(u / 0.01, 1.0) * np.exp(-u / max(length * rng.uniform(0.3, 1.0), 1e-3))
+        out[a:b] += level * envelope * sum(p * np.sin(2 * np.pi * freq * (k + 1) * u) for k, p in enumerate(partials))
+
+    for bar in np.arange(0.0, n / sr, 4 * beat):
+        degree = int(rng.integers(0, 7))
+        for step in (0, 2, 4):  # a triad held over the bar
+            semis = scale[(degree + step) % 7] + 12 * ((degree + step) // 7)
+            note(bar, 4 * beat, root * 2 ** (semis / 12), 0.3)
+        for k in range(8):  # a melody of eighth notes an octave up
+            semis = 12 + scale[int(rng.integers(0, 7))]
+            note(bar + k * beat / 2, beat / 2, root * 2 ** (semis / 12), 0.25 * (rng.random() < 0.8))
+        for k in range(4):  # kick on every beat, hi-hat between
+            a = int((bar + k * beat) * sr)
+            u = t[a:min(n, a + int(0.15 * sr))] - t[a] if a < n else t[:0]
+            out[a:a + u.size] += 0.8 * np.exp(-u / 0.04) * np.sin(2 * np.pi * (50 + 80 * np.exp(-u / 0.02)) * u)
+            h = int((bar + (k + 0.5) * beat) * sr)
+            if h < n:
+                burst = rng.standard_normal(min(n - h, int(0.03 * sr)))
+                out[h:h + burst.size] += 0.2 * np.diff(burst, prepend=0.0) * np.exp(-np.arange(burst.size) / (0.01 * sr))
+    return (out / (np.sqrt(np.mean(out ** 2)) + 1e-12)).astype(np.float32)
+
+
+def add_music(y: np.ndarray, sr: int, rng: np.random.Generator, snr_db: tuple[float, float] = MUSIC_SNR_DB
+              ) -> np.ndarray:
+    """``y`` with ``synthetic_music`` under it, a random ``snr_db`` below the speech's active level (pauses left
+    out, ``ser.frontend.active_rms``); the voice itself is left alone."""
+    from ser.frontend import active_rms
+
+    music = synthetic_music(y.size, sr, rng)
+    level = active_rms(np.asarray(y, np.float64)) * 10 ** (-rng.uniform(*snr_db) / 20)
+    return (y + level * music / max(active_rms(music.astype(np.float64)), 1e-12)).astype(np.float32)
+
+
 PHONE_RATE = 8_000  # a phone call's sample rate: what survives is the band below 4 kHz
 
 
@@ -184,9 +236,15 @@ def phone_band(y: np.ndarray, sr: int, rate: int = PHONE_RATE) -> np.ndarray:
     return librosa.resample(narrow, orig_sr=rate, target_sr=sr)[: len(y)].astype(np.float32)
 
 
-# 0: the clip; k >= 1: its k-th augmented copy; "noise<k>": its k-th noise copy; "phone": its phone-band copy
+# 0: the clip; k >= 1: its k-th augmented copy; "noise<k>": its k-th noise copy; "music<k>": its k-th copy with
+# synthetic music under it; "phone": its phone-band copy
 Variant = int | str
 PHONE_VARIANT = "phone"
+
+
+def music_variant(k: int) -> str:
+    """The ``variant`` of a clip's k-th music copy (k >= 1)."""
+    return f"music{k}"
 
 
 def noise_variant(k: int) -> str:
@@ -195,11 +253,22 @@ def noise_variant(k: int) -> str:
 
 
 # ---------------------------------------------------------------- cached, parallel extraction
+def _code_fingerprint(*functions) -> str:
+    import inspect
+
+    return hashlib.sha1("".join(inspect.getsource(f) for f in functions).encode()).hexdigest()[:8]
+
+
+_MUSIC_CODE = _code_fingerprint(synthetic_music, add_music)  # a changed composer never reads old cached copies
+
+
 def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: Variant, seed: int) -> Path:
     stat = os.stat(path)
     ident = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{variant}"
     if variant == PHONE_VARIANT:  # no randomness: the band alone makes it
         ident += f"|rate={PHONE_RATE}"
+    elif isinstance(variant, str) and variant.startswith("music"):  # the seed, the SNR range and the composer
+        ident += f"|seed={seed}|snr={MUSIC_SNR_DB[0]:g}-{MUSIC_SNR_DB[1]:g}|{_MUSIC_CODE}"
     elif isinstance(variant, str):  # a noise copy: the seed and the SNR range make it
         ident += f"|seed={seed}|snr={NOISE_SNR_DB[0]:g}-{NOISE_SNR_DB[1]:g}"
     elif variant:  # an augmented copy depends on the seed and the recipe too (plain features keep their old keys)
@@ -215,6 +284,8 @@ def _load_waveform(path: str, cfg: FeatureConfig, variant: Variant, seed: int) -
     if variant:
         digest = int(hashlib.sha1(f"{path}|{variant}|{seed}".encode()).hexdigest()[:8], 16)
         rng = np.random.default_rng(digest)
+        if isinstance(variant, str) and variant.startswith("music"):
+            return add_music(y, cfg.sample_rate, rng)
         y = add_noise(y, rng) if isinstance(variant, str) else augment_waveform(y, cfg.sample_rate, rng)
     return y
 

@@ -23,7 +23,7 @@ from core.labels import EMOTIONS, NUM_CLASSES
 from core.reports import format_summary, plot_history, write_report
 from core.training import (check_refit, check_resume, class_weights, finished_run, learning_rate, make_callbacks,
                            read_history, record_run_settings, set_seed)
-from ser.features import DEFAULT_CACHE_DIR, PHONE_VARIANT, noise_variant
+from ser.features import DEFAULT_CACHE_DIR, PHONE_VARIANT, music_variant, noise_variant
 
 log = logging.getLogger("ser.train")
 
@@ -50,6 +50,8 @@ class TrainConfig:
     augment: int = 1                 # augmented copies of each training clip (noise, pitch, stretch)
     noise_copies: int = 0            # white-noise copies of each training clip (10-30 dB SNR), the voice untouched
     noise_weight: float = 1.0        # each noise copy's weight in training, relative to a clean clip
+    music_copies: int = 0            # copies of each training clip with synthetic music under it (0-15 dB below)
+    music_weight: float = 1.0        # each music copy's weight in training, relative to a clean clip
     phone_copy: bool = False         # a copy of each training clip through a phone call's band (8 kHz)
     phone_weight: float = 1.0        # the phone copy's weight in training, relative to a clean clip
     refit: bool = False              # final fit: validation speakers join training, last weights kept
@@ -99,10 +101,11 @@ class TrainConfig:
             check_phases(self.phases, self.trim, "--phases")
         if self.features not in ("mfcc", "logmel"):
             raise ValueError(f"unknown --features {self.features!r}; choose mfcc or logmel")
-        if self.augment < 0 or self.noise_copies < 0:
-            raise ValueError(f"--augment {self.augment} / --noise-copies {self.noise_copies}: copies cannot be "
-                             "negative (0 disables)")
-        for option, weight in (("--noise-weight", self.noise_weight), ("--phone-weight", self.phone_weight)):
+        if self.augment < 0 or self.noise_copies < 0 or self.music_copies < 0:
+            raise ValueError(f"--augment {self.augment} / --noise-copies {self.noise_copies} / --music-copies "
+                             f"{self.music_copies}: copies cannot be negative (0 disables)")
+        for option, weight in (("--noise-weight", self.noise_weight), ("--music-weight", self.music_weight),
+                               ("--phone-weight", self.phone_weight)):
             if not 0 < weight <= 1e3:
                 raise ValueError(f"{option} {weight:g}: use a positive weight (1 = as a clean clip)")
 
@@ -160,6 +163,10 @@ HELP = {
                     "model holds up on noisy recordings; 0 disables",
     "noise_weight": "weight of each noise copy in training, relative to a clean clip (whisper's recipe: 0.25 keeps "
                     "clean accuracy and holds noisy speech; docs/whisper.md)",
+    "music_copies": "copies of each training clip with synthetic music under it (chords, melody and a beat, "
+                    "0-15 dB below the speech; the voice itself unchanged), so the model holds up with background "
+                    "music; 0 disables",
+    "music_weight": "weight of each music copy in training, relative to a clean clip",
     "phone_copy": "also train on each clip as heard through a phone call (resampled to 8 kHz and back), so the "
                   "model holds up on calls and narrow-band microphones",
     "phone_weight": "weight of the phone copy in training, relative to a clean clip (whisper's recipe: 0.5)",
@@ -243,6 +250,7 @@ def run(cfg: TrainConfig) -> dict:
     aug_x, aug_y, aug_w = [x_train], [y_train], [np.ones(len(y_train))]
     copies = ({k: 1.0 for k in range(1, cfg.augment + 1)}  # each copy's weight in training
               | {noise_variant(k): cfg.noise_weight for k in range(1, cfg.noise_copies + 1)}
+              | {music_variant(k): cfg.music_weight for k in range(1, cfg.music_copies + 1)}
               | ({PHONE_VARIANT: cfg.phone_weight} if cfg.phone_copy else {}))
     for variant, weight in copies.items():  # augmentation after the split, training clips only
         a_clips, a_feats, _ = extract_clips(train_clips, fcfg, cache, cfg.n_jobs, variant, cfg.seed)
@@ -355,7 +363,8 @@ def array_batches(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, copy_weight: n
 
 
 def _sample_weights(y: np.ndarray, copy_weight: np.ndarray | None) -> np.ndarray:
-    """Each clip's class weight, times its copy's weight (``--noise-weight`` / ``--phone-weight``, else 1)."""
+    """Each clip's class weight, times its copy's weight (``--noise-weight`` / ``--music-weight`` /
+    ``--phone-weight``, else 1)."""
     weights = class_weights(y, NUM_CLASSES)
     per_clip = np.array([weights[int(c)] for c in y], np.float32)
     return per_clip if copy_weight is None else per_clip * np.asarray(copy_weight, np.float32)

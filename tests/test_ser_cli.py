@@ -220,12 +220,16 @@ def test_noise_and_phone_copies_join_the_training_clips(trained, tmp_path, caplo
     root, _, _ = trained
     out = tmp_path / "noisy"
     argv = _argv(root, out, tmp_path / "cache", "--epochs", "1", "--augment", "0", "--noise-copies", "2",
-                 "--noise-weight", "0.5", "--phone-copy", "true")
+                 "--noise-weight", "0.5", "--music-copies", "1", "--music-weight", "0.5", "--phone-copy", "true")
     with caplog.at_level(logging.INFO, logger="ser.train"):
         assert ser_train.main(argv) == 0
     clean = int((pd.read_csv(out / "split.csv")["split"] == "train").sum())
-    assert f"train {4 * clean} ({clean} clips + {3 * clean} augmented copies)" in caplog.text
-    assert read_json(out / "config.json")["train"]["noise_copies"] == 2
+    assert f"train {5 * clean} ({clean} clips + {4 * clean} augmented copies)" in caplog.text
+    train = read_json(out / "config.json")["train"]
+    assert train["noise_copies"] == 2 and train["music_copies"] == 1 and train["music_weight"] == 0.5
+    with pytest.raises(SystemExit):  # checked before any feature is extracted
+        ser_train.main(_argv(root, tmp_path / "bad", tmp_path / "cache", "--music-copies", "-1"))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_keras_batches_weigh_each_copy_on_top_of_its_class():

@@ -242,6 +242,47 @@ def test_noise_copies_are_reproducible_and_cached_apart_from_augmented_copies(co
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 5 * len(paths)
 
 
+def test_music_copy_puts_harmonic_music_with_a_beat_under_the_untouched_voice_in_its_snr_range():
+    from ser.features import MUSIC_SNR_DB, add_music, synthetic_music
+    from ser.frontend import active_rms
+
+    sr = 16_000
+    music = synthetic_music(3 * sr, sr, np.random.default_rng(0))
+    assert music.dtype == np.float32 and np.sqrt(np.mean(music.astype(np.float64) ** 2)) == pytest.approx(1, rel=1e-3)
+    np.testing.assert_array_equal(music, synthetic_music(3 * sr, sr, np.random.default_rng(0)))
+    spectrum = np.abs(np.fft.rfft(music)) ** 2
+    top = np.sort(spectrum)[::-1]
+    assert top[:200].sum() > 0.5 * spectrum.sum()  # tones: a few partials hold most of the power, unlike noise
+    energy = np.convolve(music.astype(np.float64) ** 2, np.ones(160) / 160, mode="valid")[::160]
+    assert energy.max() > 3 * np.median(energy)  # onsets (steady noise or a held tone: about 1)
+    voice = synth.tone("happy", seconds=2.0)
+    snrs = []
+    for seed in range(30):
+        mixed = add_music(voice, sr, np.random.default_rng(seed))
+        assert mixed.dtype == np.float32 and mixed.shape == voice.shape
+        snrs.append(20 * np.log10(active_rms(voice.astype(np.float64))
+                                  / active_rms(mixed.astype(np.float64) - voice)))
+    assert MUSIC_SNR_DB[0] - 0.2 < min(snrs) and max(snrs) < MUSIC_SNR_DB[1] + 0.2
+    assert max(snrs) - min(snrs) > 7  # drawn across the range, not one level
+
+
+def test_music_copies_are_reproducible_and_cached_apart_from_noise_copies(corpora, tmp_path):
+    from ser.features import music_variant
+
+    root, _ = corpora
+    clips, _ = load_clips(["ravdess"], root)
+    paths = [c.path for c in clips][:2]
+    cfg = FeatureConfig(max_seconds=1.0)
+    clean, _ = extract_many(paths, cfg, tmp_path / "cache", n_jobs=1)
+    music, _ = extract_many(paths, cfg, tmp_path / "cache", variant=music_variant(1), n_jobs=1)
+    noisy, _ = extract_many(paths, cfg, tmp_path / "cache", variant=noise_variant(1), n_jobs=1)
+    uncached, _ = extract_many(paths, cfg, None, variant=music_variant(1), n_jobs=1)
+    for c, m, n, u in zip(clean, music, noisy, uncached):
+        assert m.shape == c.shape and not np.allclose(m, c) and not np.allclose(m, n)
+        np.testing.assert_array_equal(m, u)
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 3 * len(paths)
+
+
 def test_phone_band_keeps_speech_below_4_khz_and_removes_what_is_above():
     sr = 16_000
     t = np.arange(sr) / sr
