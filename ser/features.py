@@ -247,6 +247,10 @@ def music_variant(k: int) -> str:
     return f"music{k}"
 
 
+def _is_music(variant: Variant) -> bool:
+    return isinstance(variant, str) and variant.startswith("music")
+
+
 def noise_variant(k: int) -> str:
     """The ``variant`` of a clip's k-th noise copy (k >= 1)."""
     return f"noise{k}"
@@ -267,7 +271,7 @@ def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: Variant
     ident = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{variant}"
     if variant == PHONE_VARIANT:  # no randomness: the band alone makes it
         ident += f"|rate={PHONE_RATE}"
-    elif isinstance(variant, str) and variant.startswith("music"):  # the seed, the SNR range and the composer
+    elif _is_music(variant):  # the seed, the SNR range and the composer
         ident += f"|seed={seed}|snr={MUSIC_SNR_DB[0]:g}-{MUSIC_SNR_DB[1]:g}|{_MUSIC_CODE}"
     elif isinstance(variant, str):  # a noise copy: the seed and the SNR range make it
         ident += f"|seed={seed}|snr={NOISE_SNR_DB[0]:g}-{NOISE_SNR_DB[1]:g}"
@@ -284,7 +288,7 @@ def _load_waveform(path: str, cfg: FeatureConfig, variant: Variant, seed: int) -
     if variant:
         digest = int(hashlib.sha1(f"{path}|{variant}|{seed}".encode()).hexdigest()[:8], 16)
         rng = np.random.default_rng(digest)
-        if isinstance(variant, str) and variant.startswith("music"):
+        if _is_music(variant):
             return add_music(y, cfg.sample_rate, rng)
         y = add_noise(y, rng) if isinstance(variant, str) else augment_waveform(y, cfg.sample_rate, rng)
     return y

@@ -222,7 +222,9 @@ def test_noise_copy_is_white_noise_in_its_snr_range_over_the_untouched_voice():
     assert max(snrs) - min(snrs) > 10  # drawn across the range, not one level
 
 
-def test_noise_copies_are_reproducible_and_cached_apart_from_augmented_copies(corpora, tmp_path):
+def test_noise_and_music_copies_are_reproducible_and_cached_apart_from_augmented_copies(corpora, tmp_path):
+    from ser.features import music_variant
+
     root, _ = corpora
     clips, _ = load_clips(["ravdess"], root)
     paths = [c.path for c in clips][:2]
@@ -239,7 +241,12 @@ def test_noise_copies_are_reproducible_and_cached_apart_from_augmented_copies(co
         assert not np.allclose(s, n)
     phone, _ = extract_many(paths, cfg, tmp_path / "cache", variant=PHONE_VARIANT, n_jobs=1)
     assert all(p.shape == c.shape and not np.allclose(p, c) for p, c in zip(phone, clean))
-    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 5 * len(paths)
+    music, _ = extract_many(paths, cfg, tmp_path / "cache", variant=music_variant(1), n_jobs=1)
+    music_uncached, _ = extract_many(paths, cfg, None, variant=music_variant(1), n_jobs=1)
+    for c, n, m, u in zip(clean, noisy, music, music_uncached):
+        assert m.shape == c.shape and not np.allclose(m, c) and not np.allclose(m, n)  # its own cache entry
+        np.testing.assert_array_equal(m, u)
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 6 * len(paths)
 
 
 def test_music_copy_puts_harmonic_music_with_a_beat_under_the_untouched_voice_in_its_snr_range():
@@ -264,23 +271,6 @@ def test_music_copy_puts_harmonic_music_with_a_beat_under_the_untouched_voice_in
                                   / active_rms(mixed.astype(np.float64) - voice)))
     assert MUSIC_SNR_DB[0] - 0.2 < min(snrs) and max(snrs) < MUSIC_SNR_DB[1] + 0.2
     assert max(snrs) - min(snrs) > 7  # drawn across the range, not one level
-
-
-def test_music_copies_are_reproducible_and_cached_apart_from_noise_copies(corpora, tmp_path):
-    from ser.features import music_variant
-
-    root, _ = corpora
-    clips, _ = load_clips(["ravdess"], root)
-    paths = [c.path for c in clips][:2]
-    cfg = FeatureConfig(max_seconds=1.0)
-    clean, _ = extract_many(paths, cfg, tmp_path / "cache", n_jobs=1)
-    music, _ = extract_many(paths, cfg, tmp_path / "cache", variant=music_variant(1), n_jobs=1)
-    noisy, _ = extract_many(paths, cfg, tmp_path / "cache", variant=noise_variant(1), n_jobs=1)
-    uncached, _ = extract_many(paths, cfg, None, variant=music_variant(1), n_jobs=1)
-    for c, m, n, u in zip(clean, music, noisy, uncached):
-        assert m.shape == c.shape and not np.allclose(m, c) and not np.allclose(m, n)
-        np.testing.assert_array_equal(m, u)
-    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 3 * len(paths)
 
 
 def test_phone_band_keeps_speech_below_4_khz_and_removes_what_is_above():
