@@ -124,10 +124,16 @@ def load(path: Path):
         return None
 
 
+def tracks(folder: Path, count: int) -> list[np.ndarray]:
+    """The first ``count`` readable audio files under ``folder`` at 16 kHz (none there: an empty list)."""
+    return [y for y in (load(p) for p in files_of(folder)[:count]) if y is not None] if folder.exists() else []
+
+
 def speech_set(predictor, target: Path, snr: list[float], noise_clips: int,
                background: list[np.ndarray] | None = None) -> list[dict]:
     """The set as it is; with ``snr``, also ``noise_clips`` of its clips under white noise and, with
     ``background`` (music tracks), under music, each at every level of ``snr`` below the speech."""
+    from ser.features import mix_under
     from ser.frontend import active_rms
 
     files = files_of(target)
@@ -152,9 +158,8 @@ def speech_set(predictor, target: Path, snr: list[float], noise_clips: int,
             track = background[len(under_music[snr[0]]) % len(background)]
             start = int(rng.integers(0, max(1, track.size - y.size)))
             music = np.resize(track[start:start + y.size], y.size)
-            music = music / max(active_rms(music), 1e-9)
             for s in snr:
-                under_music[s].append(verdict(predictor, y + (music * level * 10 ** (-s / 20)).astype(np.float32)))
+                under_music[s].append(verdict(predictor, mix_under(y, music, s)))
     rows = [summarise(str(target), "speech", outcomes, unreadable)]
     rows += [summarise(f"{target} + white noise {s:g} dB below the speech", "speech", noisy[s], 0)
              for s in snr if noisy[s]]
@@ -290,8 +295,7 @@ def main() -> None:
     done = Sets(out / "ser_music.partial.json", args)
     rows: list[dict] = []
     first_music = next((p for p in music if p.exists()), None)
-    background = [y for y in (load(p) for p in files_of(first_music)[:BACKGROUND_TRACKS]) if y is not None] \
-        if first_music else []
+    background = tracks(first_music, BACKGROUND_TRACKS) if first_music else []
     for i, target in enumerate(p for p in speech if p.exists()):
         rows += done.get(target, lambda: speech_set(predictor, target, snr if i == 0 else [], args.noise_clips,
                                                     background))

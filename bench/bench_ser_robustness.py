@@ -35,6 +35,7 @@ for _path in (REPO, REPO / "bench"):  # the toolkit, and the gain bench this one
         sys.path.insert(0, str(_path))
 
 from bench_ser_gain import add_clip_arguments, clips_of, label_each, score  # noqa: E402
+from bench_ser_music import tracks as read_tracks  # noqa: E402
 from core.cli import CLIParser, add_verbose_flag, quiet_tensorflow  # noqa: E402
 
 SAMPLE_RATE = 16_000
@@ -70,13 +71,12 @@ def music(tracks: list[np.ndarray], snr_db: float):
     """A stretch of one of ``tracks`` under the clip, ``snr_db`` below the speech's active level; the same track and
     stretch for the same clip, whatever the order."""
     def add(y: np.ndarray) -> np.ndarray:
-        from ser.frontend import active_rms
+        from ser.features import mix_under
 
         rng = np.random.default_rng([SEED, y.size])
         track = tracks[int(rng.integers(len(tracks)))]
         start = int(rng.integers(0, max(1, track.size - y.size)))
-        stretch = np.resize(track[start:start + y.size], y.size).astype(np.float64)
-        return y + stretch / max(active_rms(stretch), 1e-9) * active_rms(y) * 10 ** (-snr_db / 20)
+        return mix_under(y, np.resize(track[start:start + y.size], y.size), snr_db)
     return add
 
 
@@ -86,20 +86,6 @@ CONDITIONS = {AS_RECORDED: lambda y: y, "shift 4 ms": silence_before(64), "shift
 MUSIC_SNRS = (10.0, 0.0)
 DEFAULT_MUSIC = Path("/usr/share/games/wesnoth/1.16/data/core/music")
 MUSIC_TRACKS = 10  # the folder's first tracks, whole (a few MB each at 16 kHz)
-
-
-def load_tracks(folder: Path) -> list[np.ndarray]:
-    """The first ``MUSIC_TRACKS`` readable audio files under ``folder`` at 16 kHz (none: an empty list)."""
-    from core.media_types import AUDIO_EXTENSIONS, files_below
-    from ser.audio import AudioError, load_audio
-
-    tracks = []
-    for path in files_below(folder, AUDIO_EXTENSIONS)[:MUSIC_TRACKS] if folder.is_dir() else []:
-        try:
-            tracks.append(load_audio(path, SAMPLE_RATE).astype(np.float64))
-        except AudioError:
-            continue
-    return tracks
 
 
 def conditions_with_music(tracks: list[np.ndarray]) -> dict:
@@ -161,15 +147,15 @@ def main() -> None:
     from core.io import write_json
 
     models = args.model_dir or [str(REPO / "saved_models" / "ser"), str(REPO / "saved_models" / "ser_compact")]
-    tracks = load_tracks(Path(args.music))
-    if not tracks:
+    music_tracks = read_tracks(Path(args.music), MUSIC_TRACKS)
+    if not music_tracks:
         print(f"no music tracks under {args.music}: the music conditions are left out", file=sys.stderr)
-    conditions = conditions_with_music(tracks)
+    conditions = conditions_with_music(music_tracks)
     results = [measure(Path(d), args, conditions) for d in models]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "ser_robustness.json", {"conditions": list(conditions), "seed": SEED,
-                                             "music": args.music if tracks else None, "models": results})
+                                             "music": args.music if music_tracks else None, "models": results})
     text = markdown(results)
     (out / "ser_robustness.md").write_text(text)
     print(text)

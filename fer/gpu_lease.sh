@@ -29,9 +29,8 @@ if [ "${1:-}" = "stash" ]; then  # first of two calls: keep the carried part for
   mkdir -p "$STASH" && cp -r gpu_data .whl "$STASH"/ 2>/dev/null
   du -sh "$STASH"/*; exit 0
 fi
-if [ -d "$STASH" ]; then  # what an earlier call kept; this call's own files win
-  cp -rn "$STASH"/gpu_data . 2>/dev/null; [ -d .whl ] || cp -r "$STASH"/.whl . 2>/dev/null
-  cp -n "$STASH"/.whl/*.whl .whl/ 2>/dev/null
+if [ -d "$STASH" ]; then  # what an earlier call kept; this call's own files win (-n: nothing overwritten)
+  cp -rn "$STASH"/. . 2>/dev/null
 fi
 WEIGHTS=$DATA/backbone.f16.weights.h5
 [ -f "$WEIGHTS" ] || WEIGHTS=gpu_data/faceres-deep.weights.h5

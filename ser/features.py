@@ -12,6 +12,7 @@ equals the training mean).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -214,15 +215,22 @@ def synthetic_music(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
     return (out / (np.sqrt(np.mean(out ** 2)) + 1e-12)).astype(np.float32)
 
 
-def add_music(y: np.ndarray, sr: int, rng: np.random.Generator, snr_db: tuple[float, float] = MUSIC_SNR_DB
-              ) -> np.ndarray:
-    """``y`` with ``synthetic_music`` under it, a random ``snr_db`` below the speech's active level (pauses left
-    out, ``ser.frontend.active_rms``); the voice itself is left alone."""
+def mix_under(y: np.ndarray, sound: np.ndarray, snr_db: float) -> np.ndarray:
+    """``y`` with ``sound`` (same length) under it, ``snr_db`` below ``y``'s active level (pauses left out,
+    ``ser.frontend.active_rms``, on both): background music or talk as a listener hears it against the speech."""
     from ser.frontend import active_rms
 
+    sound = np.asarray(sound, np.float64)
+    scale = active_rms(np.asarray(y, np.float64)) * 10 ** (-snr_db / 20) / max(active_rms(sound), 1e-12)
+    return (y + scale * sound).astype(np.float32)
+
+
+def add_music(y: np.ndarray, sr: int, rng: np.random.Generator, snr_db: tuple[float, float] = MUSIC_SNR_DB
+              ) -> np.ndarray:
+    """``y`` with ``synthetic_music`` under it, a random ``snr_db`` below the speech (``mix_under``); the voice
+    itself is left alone."""
     music = synthetic_music(y.size, sr, rng)
-    level = active_rms(np.asarray(y, np.float64)) * 10 ** (-rng.uniform(*snr_db) / 20)
-    return (y + level * music / max(active_rms(music.astype(np.float64)), 1e-12)).astype(np.float32)
+    return mix_under(y, music, rng.uniform(*snr_db))
 
 
 PHONE_RATE = 8_000  # a phone call's sample rate: what survives is the band below 4 kHz
@@ -257,13 +265,13 @@ def noise_variant(k: int) -> str:
 
 
 # ---------------------------------------------------------------- cached, parallel extraction
-def _code_fingerprint(*functions) -> str:
+@functools.cache
+def _music_code() -> str:
+    """A changed composer never reads old cached music copies (read on first use, not at every import)."""
     import inspect
 
-    return hashlib.sha1("".join(inspect.getsource(f) for f in functions).encode()).hexdigest()[:8]
-
-
-_MUSIC_CODE = _code_fingerprint(synthetic_music, add_music)  # a changed composer never reads old cached copies
+    source = "".join(inspect.getsource(f) for f in (synthetic_music, add_music, mix_under))
+    return hashlib.sha1(source.encode()).hexdigest()[:8]
 
 
 def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: Variant, seed: int) -> Path:
@@ -272,7 +280,7 @@ def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: Variant
     if variant == PHONE_VARIANT:  # no randomness: the band alone makes it
         ident += f"|rate={PHONE_RATE}"
     elif _is_music(variant):  # the seed, the SNR range and the composer
-        ident += f"|seed={seed}|snr={MUSIC_SNR_DB[0]:g}-{MUSIC_SNR_DB[1]:g}|{_MUSIC_CODE}"
+        ident += f"|seed={seed}|snr={MUSIC_SNR_DB[0]:g}-{MUSIC_SNR_DB[1]:g}|{_music_code()}"
     elif isinstance(variant, str):  # a noise copy: the seed and the SNR range make it
         ident += f"|seed={seed}|snr={NOISE_SNR_DB[0]:g}-{NOISE_SNR_DB[1]:g}"
     elif variant:  # an augmented copy depends on the seed and the recipe too (plain features keep their old keys)

@@ -220,7 +220,7 @@ class WhisperFeatureConfig:
         (``ser.whisper.no_speech``; None when not ``no_speech`` or not ``hears_no_speech``)."""
         no_speech = no_speech and self.hears_no_speech
         if self.phases == 1:
-            return self._frames_batch(waveforms, no_speech)
+            return self._frames_batch(waveforms, [no_speech] * len(waveforms))
         shifts = [k * TRIM_GRID // self.phases for k in range(self.phases)]
         shifted = [np.concatenate([np.zeros(s, np.float32), np.asarray(y, np.float32)])
                    for y in waveforms for s in shifts]
@@ -233,10 +233,9 @@ class WhisperFeatureConfig:
             out.append(np.mean([g[:steps].astype(np.float32) for g in group], axis=0).astype(np.float16))
         return out, heard[::self.phases]  # the unshifted phase: the waveform as given
 
-    def _frames_batch(self, waveforms: list[np.ndarray], no_speech: bool | list[bool] = False
+    def _frames_batch(self, waveforms: list[np.ndarray], no_speech: list[bool]
                       ) -> tuple[list[np.ndarray], list[float | None]]:
-        """The states of each waveform and, where ``no_speech`` (one flag, or one per waveform) asks for it, its
-        no-speech probability."""
+        """The states of each waveform and, where its ``no_speech`` flag asks for it, its no-speech probability."""
         from ser.whisper.preprocessor import log_mel
         from ser.whisper.silence import clip_steps, window_seconds
 
@@ -265,8 +264,7 @@ class WhisperFeatureConfig:
             for group in by_length.values():
                 for idx in _chunks(group, ENCODER_BATCH):
                     keep(idx, encoder.hidden_states(np.stack([mels[i] for i in idx])))
-        asked = [i for i, wanted in enumerate(no_speech if isinstance(no_speech, list) else [no_speech] * len(prepared))
-                 if wanted]
+        asked = [i for i, wanted in enumerate(no_speech) if wanted]
         heard: list[float | None] = [None] * len(prepared)
         head = encoder.no_speech_head() if asked else None
         if head is not None:
