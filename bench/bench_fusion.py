@@ -218,7 +218,7 @@ def late_probabilities(pairs: list[dict], corpus: Path, work: Path) -> list[dict
         for clip in todo:
             probs, info = late.modality_probs(corpus / clip)
             known[clip] = {m: None if probs[m] is None else probs[m].tolist() for m in ("audio", "face")} | {
-                "face_frames": info["face_frames"], "frames": info["frames"]}
+                "face_frames": info["frames_with_face"], "frames": info["frames_sampled"]}
         write_json(store, known)
     return [{k: np.asarray(v) if k in ("audio", "face") and v is not None else v for k, v in known[p["clip"]].items()}
             for p in pairs]

@@ -266,7 +266,7 @@ class LateFusion:
 
         audio_error = None
         clip, info = self.decode(path)
-        info = {"seconds": round(clip.seconds, 3), "frames": int(len(clip.frames)),
+        info = {"seconds": round(clip.seconds, 3), "frames_sampled": int(len(clip.frames)),
                 **clip.span(self.max_seconds), **info}
         probs: dict[str, np.ndarray | None] = {"audio": None, "face": None}
         if clip.audio.size == 0:
@@ -279,7 +279,7 @@ class LateFusion:
                 if reason:
                     info["no_speech"] = reason
         crops = self.face_crops(clip.frames) if len(clip.frames) else np.zeros((0, 1, 1), np.uint8)
-        info["face_frames"] = int(len(crops))
+        info["frames_with_face"] = int(len(crops))
         if len(crops):
             probs["face"] = self.fer.predict_crops(crops).mean(axis=0).astype(np.float64)
         elif "face_missing" not in info:
@@ -287,16 +287,11 @@ class LateFusion:
         return probs, info, audio_error
 
     def result(self, path: str | os.PathLike, probs: dict[str, np.ndarray | None], info: dict[str, Any]) -> dict:
-        fused = self.config.fuse(probs)
-        used = list(fusion_shares(probs, self.config.weights))  # a modality of weight 0 did not decide
-        out = {"path": str(path), "mode": "late", **as_result(fused, self.class_names),
-               "weights": self.config.weights, "rule": self.config.rule, "used": used,
-               "modalities": {m: as_result(p, self.class_names) for m, p in probs.items() if p is not None}}
-        out.update(info)
-        return out
+        return clip_answer(path, probs, info, self.config, class_names=self.class_names)
 
     def predict_clip(self, path: str | os.PathLike) -> dict:
-        """Fused label and probabilities plus each modality's own; raises MediaError / ValueError.
+        """The clip's answer (``clip_answer``): fused label and probabilities plus each model's own; raises
+        MediaError / ValueError.
 
         A clip with neither a face nor speech gets ``"label": None`` (and ``no_speech`` where its sound is not
         speech), as the server's video endpoint answers it; only a file with no pictures and no usable sound
@@ -305,11 +300,9 @@ class LateFusion:
 
         probs, info, audio_error = self._modalities(path)
         if probs["audio"] is None and probs["face"] is None:
-            if not info["frames"] and not isinstance(audio_error, NoSpeechError):
+            if not info["frames_sampled"] and not isinstance(audio_error, NoSpeechError):
                 raise ValueError(f"{path}: nothing to predict from ({info.get('audio_missing')}; "
                                  f"{info.get('face_missing')})")
-            return {"path": str(path), "mode": "late", "label": None, "probabilities": None,
-                    "weights": self.config.weights, "rule": self.config.rule, "used": [], "modalities": {}, **info}
         return self.result(path, probs, info)
 
 
@@ -342,6 +335,42 @@ def sound_only(path: str | os.PathLike, fps: float = LATE_FPS, max_seconds: floa
 def as_result(probs: np.ndarray, class_names: Sequence[str] = EMOTIONS) -> dict:
     return {"label": class_names[int(np.argmax(probs))],
             "probabilities": {name: round(float(p), 6) for name, p in zip(class_names, probs)}}
+
+
+ANSWER_NAMES = {"audio": "voice", "face": "face"}  # late_fusion.json's modality names -> the answer's
+CLIP_FACTS = ("frames_sampled", "frames_with_face", "seconds", "duration_seconds", "truncated", "no_speech",
+              "audio_missing", "face_missing")
+
+
+def clip_answer(path: str | os.PathLike, probs: Mapping[str, np.ndarray | None], info: Mapping[str, Any],
+                config: LateFusionConfig | None, fused: np.ndarray | None = None,
+                class_names: Sequence[str] = EMOTIONS) -> dict[str, Any]:
+    """One clip's answer: the object ``python -m fusion.predict --json`` prints and the server's
+    ``POST /api/predict/video`` returns, built here for both so that they cannot drift apart.
+
+    ``probs``: the voice (``"audio"``) and face models' own probabilities, None where missing. ``fused``: the joint
+    model's answer (``mode: "joint"``, ``config`` None); by default the two are fused late by ``config``. ``info``:
+    the facts in CLIP_FACTS (a reason absent from it is null). Fields: ``path``, ``mode``, ``label`` and
+    ``probabilities`` (null when neither a face nor speech was found), ``voice`` and ``face`` (each model's own
+    label and probabilities, or null), then, in late mode, ``used`` (the ones that decided: never one of weight 0
+    while the other is there), ``weights`` and ``rule`` (null for the joint model), then CLIP_FACTS.
+    """
+    present = {m: p for m, p in probs.items() if p is not None}
+    late = config is not None and fused is None
+    used = list(fusion_shares(probs, config.weights)) if late and present else []
+    if late and present:
+        fused = config.fuse(dict(probs))
+    answer: dict[str, Any] = {"path": str(path), "mode": "late" if late else "joint", "label": None,
+                              "probabilities": None}
+    if fused is not None:
+        answer.update(as_result(fused, class_names))
+    answer.update({ANSWER_NAMES[m]: as_result(present[m], class_names) if m in present else None
+                   for m in LATE_MODALITIES})
+    answer["used"] = [ANSWER_NAMES[m] for m in LATE_MODALITIES if m in used] if late else None
+    answer["weights"] = {ANSWER_NAMES[m]: float(config.weights.get(m, 0.0)) for m in LATE_MODALITIES} if late else None
+    answer["rule"] = config.rule if late else None
+    answer.update({k: info.get(k) for k in CLIP_FACTS})
+    return answer
 
 
 def _scores(probs: Sequence[dict[str, np.ndarray | None]], y_true: np.ndarray, weights: dict[str, float],

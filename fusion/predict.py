@@ -10,8 +10,9 @@
 the folder's ``late_fusion.json``. A clip the joint model cannot take (no audio track, or an audio file) goes
 to late fusion, which uses the voice alone for audio, the face alone for a clip without sound or speech.
 
-Per clip: the fused label and probabilities, plus each modality's own (``modalities``: the joint model's
-auxiliary heads ``audio`` / ``frame`` / ``face``, or in late mode the SER and FER models). ``--json`` prints
+Per clip: the fused label and probabilities, plus each model's own (late mode: ``voice`` and ``face``, the SER and
+FER models; the joint model: its auxiliary heads ``audio`` / ``frame`` / ``face`` under ``heads``), in the same
+object the server's video endpoint answers (``fusion.late.clip_answer``). ``--json`` prints
 one object per line. A clip with neither a face nor speech gets no label (``"label": null``, with ``no_speech``
 saying what its sound was) and a warning; clips that cannot be used (corrupt, cut short, no pictures and no
 usable sound) are reported on stderr and skipped; the exit code is then 1.
@@ -35,6 +36,7 @@ from core.labels import EMOTIONS
 from core.media_types import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, files_below
 from fer.data import IMAGE_EXTENSIONS
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
+from fusion.late import as_result, clip_answer
 from fusion.media import MAX_CLIP_SECONDS, PHOTO, MediaError, NoAudioError, NoVideoError, StillImageError
 from fusion.preprocess import PreprocessConfig, clip_features, decode_media
 
@@ -125,13 +127,15 @@ class FusionPredictor:
                                "prediction") from exc
         arrays = clip_features(clip, self.preprocess)
         probs = self.predict_arrays(arrays)
-        result = {"path": str(path), "mode": "joint", **as_result(probs["emotion"], self.class_names),
-                  "modalities": {k: as_result(v, self.class_names) for k, v in probs.items() if k != "emotion"},
-                  "seconds": round(min(clip_seconds(arrays, self.preprocess), clip.seconds), 3)}
-        result.update(clip.span(self.clip_seconds))
-        if "face_mask" in arrays:
-            result["face_frames"] = int(arrays["face_mask"].sum())
-            result["frames"] = int(len(arrays["face_mask"]))
+        mask = arrays.get("face_mask")
+        info = {"seconds": round(min(clip_seconds(arrays, self.preprocess), clip.seconds), 3),
+                **clip.span(self.clip_seconds),
+                "frames_sampled": None if mask is None else int(len(mask)),
+                "frames_with_face": None if mask is None else int(mask.sum())}
+        # The joint model's own heads are not the face and voice models': they are reported apart, as "heads".
+        result = clip_answer(path, {"audio": None, "face": None}, info, None, fused=probs["emotion"],
+                             class_names=self.class_names)
+        result["heads"] = {k: as_result(v, self.class_names) for k, v in probs.items() if k != "emotion"}
         return result
 
 
@@ -153,11 +157,6 @@ def check_max_seconds(max_seconds: float) -> float:
     if not max_seconds > 0 or not np.isfinite(max_seconds):  # NaN too
         raise ValueError(f"--max-seconds must be a number of seconds > 0, got {max_seconds}")
     return float(max_seconds)
-
-
-def as_result(probs: np.ndarray, class_names: Sequence[str] = EMOTIONS) -> dict:
-    return {"label": class_names[int(np.argmax(probs))],
-            "probabilities": {name: round(float(p), 6) for name, p in zip(class_names, probs)}}
 
 
 def has_joint_model(model_dir: str | os.PathLike | None = None) -> bool:
@@ -264,14 +263,16 @@ def photo_error(path: Path) -> str | None:
 
 
 def format_text(result: dict) -> str:
-    used = result.get("used", list(result["modalities"]))  # late mode: a modality of weight 0 did not decide
-    own = "  ".join(f"{m}: {r['label']}" + ("" if m in used else " (not used)")
-                    for m, r in result["modalities"].items())
-    return f"{result['path']}: {result['label']} ({result['probabilities'][result['label']]:.2f})  [{own}]"
+    if result["mode"] == "joint":
+        own, used = result["heads"], list(result["heads"])
+    else:  # late mode: a model of weight 0 did not decide
+        own, used = {m: result[m] for m in ("voice", "face") if result[m]}, result["used"]
+    parts = "  ".join(f"{m}: {r['label']}" + ("" if m in used else " (not used)") for m, r in own.items())
+    return f"{result['path']}: {result['label']} ({result['probabilities'][result['label']]:.2f})  [{parts}]"
 
 
 def no_label_reason(result: dict) -> str:
-    return f"{result.get('face_missing', 'no face')}; {result.get('audio_missing', 'no speech')}"
+    return f"{result.get('face_missing') or 'no face'}; {result.get('audio_missing') or 'no speech'}"
 
 
 def build_parser() -> argparse.ArgumentParser:

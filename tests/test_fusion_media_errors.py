@@ -166,12 +166,12 @@ def test_used_never_lists_a_modality_of_weight_zero(shipped, tmp_path):
     late = copy.copy(shipped.late)
     late.config = read_late_config("audio=1,face=0")
     result = late.result("clip.mp4", {"audio": audio, "face": face}, {})
-    assert result["used"] == ["audio"] and set(result["modalities"]) == {"audio", "face"}
-    assert result["probabilities"] == result["modalities"]["audio"]["probabilities"]
+    assert result["used"] == ["voice"] and result["voice"] and result["face"]
+    assert result["probabilities"] == result["voice"]["probabilities"]
     assert "face: happy (not used)" in format_text(result)
     assert late.result("clip.mp4", {"audio": None, "face": face}, {})["used"] == ["face"]  # the only one: it decides
     both = shipped.late.result("clip.mp4", {"audio": audio, "face": face}, {})
-    assert both["used"] == ["audio", "face"] and "(not used)" not in format_text(both)
+    assert both["used"] == ["voice", "face"] and "(not used)" not in format_text(both)
 
 
 def test_a_photo_points_to_fer_predict(tmp_path, cli):

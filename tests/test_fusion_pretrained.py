@@ -120,7 +120,7 @@ def test_train_on_cached_encoder_outputs_and_predict(trained, corpus, tmp_path):
     accuracy = float(np.mean(np.array(predicted) == test["label"].to_numpy()))
     assert accuracy == pytest.approx(read_json(trained / "metrics.json")["accuracy"])
     result = predictor.predict_clip(test["path"].iloc[0])
-    assert result["mode"] == "joint" and set(result["modalities"]) == {"face", "audio"} and result["face_frames"] > 0
+    assert result["mode"] == "joint" and set(result["heads"]) == {"face", "audio"} and result["frames_with_face"] > 0
 
 
 def test_pretrained_encoders_refuse_the_frame_branch(corpus, tmp_path, capsys):

@@ -40,10 +40,11 @@ def test_predict_without_flags_fuses_with_the_shipped_weights(clips, capsys, rep
     assert shipped.source == str(repo_root / "saved_models" / "fusion" / "late_fusion.json")
     assert main([str(clips["av"]), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert result["mode"] == "late" and result["used"] == ["audio", "face"]
-    assert result["weights"] == shipped.weights and result["rule"] == shipped.rule
-    assert set(result["modalities"]) == {"audio", "face"} and result["face_frames"] > 0
-    expected = shipped.fuse({m: _vector(result["modalities"][m]["probabilities"]) for m in ("audio", "face")})
+    assert result["mode"] == "late" and result["used"] == ["voice", "face"]
+    assert result["weights"] == {"voice": shipped.weights["audio"], "face": shipped.weights["face"]}
+    assert result["rule"] == shipped.rule and result["frames_with_face"] > 0
+    expected = shipped.fuse({"audio": _vector(result["voice"]["probabilities"]),
+                             "face": _vector(result["face"]["probabilities"])})
     np.testing.assert_allclose(_vector(result["probabilities"]), expected, atol=1e-4)  # printed to 6 decimals
     assert result["label"] == EMOTIONS[int(np.argmax(expected))]
 
@@ -56,11 +57,11 @@ def test_audio_files_go_to_the_voice_and_silent_video_to_the_face(clips, capsys)
     assert main([*map(str, paths), "--json"]) == 0
     voice_mp4, wav, silent = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     for result in (voice_mp4, wav):
-        assert result["used"] == ["audio"] and result["face_missing"] == "no video track"
-        assert result["probabilities"] == result["modalities"]["audio"]["probabilities"]
+        assert result["used"] == ["voice"] and result["face_missing"] == "no video track"
+        assert result["probabilities"] == result["voice"]["probabilities"]
     np.testing.assert_allclose(_vector(voice_mp4["probabilities"]), _vector(wav["probabilities"]), atol=0.05)
     assert silent["used"] == ["face"] and silent["audio_missing"] == "no audio track"
-    assert silent["label"] == silent["modalities"]["face"]["label"]
+    assert silent["label"] == silent["face"]["label"]
 
 
 @pytest.mark.usefixtures("synthetic_voices_pass")
@@ -78,8 +79,8 @@ def test_an_audio_file_gets_the_voice_answer_of_ser_predict(tmp_path, capsys):
     heard = json.loads(capsys.readouterr().out.splitlines()[0])
     assert fusion_main([str(path), "--json"]) == 0
     fused = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert fused["used"] == ["audio"]
-    assert fused["modalities"]["audio"]["probabilities"] == heard["probabilities"]
+    assert fused["used"] == ["voice"]
+    assert fused["voice"]["probabilities"] == heard["probabilities"]
     assert fused["duration_seconds"] == 2.5 and fused["truncated"] is False
 
 
@@ -191,5 +192,5 @@ def test_real_ravdess_clip_with_the_shipped_folder(shared_data):
 
     clip = shared_data / "ravdess_video" / "Actor_01" / "01-01-01-01-01-01-01.mp4"
     result = load_predictor().predict_clip(clip)
-    assert result["mode"] == "late" and result["used"] == ["audio", "face"]
-    assert result["face_frames"] >= 0.8 * result["frames"] and result["label"] in EMOTIONS
+    assert result["mode"] == "late" and result["used"] == ["voice", "face"]
+    assert result["frames_with_face"] >= 0.8 * result["frames_sampled"] and result["label"] in EMOTIONS

@@ -102,7 +102,7 @@ def test_predict_cli_joint_json_and_bad_clips(trained, corpus, ser_fer, capsys):
         assert result["mode"] == "joint" and result["label"] in EMOTIONS
         assert list(result["probabilities"]) == list(EMOTIONS)
         assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
-        assert set(result["modalities"]) == {"frame", "face", "audio"}
+        assert set(result["heads"]) == {"frame", "face", "audio"} and result["voice"] is None
     assert "no audio track" in err and "cannot decode" in err and "missing.mp4" in err
 
 
@@ -157,7 +157,7 @@ def test_the_joint_model_asks_the_speech_model_and_auto_mode_falls_back_to_late(
     assert auto.joint.speech_model.model_dir == ser_fer[0]  # --ser-model-dir checks the joint model's clips too
     auto.joint.speech_model = _HearsNoSpeech()
     result = auto.predict_clip(clip)
-    assert result["mode"] == "late" and "face" in result["modalities"]
+    assert result["mode"] == "late" and result["face"] is not None
 
 
 def test_the_joint_model_refuses_music_through_the_shipped_speech_model(trained, tmp_path):
@@ -193,13 +193,13 @@ def test_late_fusion_predicts_and_falls_back_to_one_modality(ser_fer, corpus):
     late = LateFusion(*ser_fer, weights="audio=0.7,face=0.3")
     clip = sorted((corpus / "Actor_01").glob("*.mp4"))[0]
     result = late.predict_clip(clip)
-    audio, face = (np.array(list(result["modalities"][m]["probabilities"].values())) for m in ("audio", "face"))
+    audio, face = (np.array(list(result[m]["probabilities"].values())) for m in ("voice", "face"))
     fused = np.array(list(result["probabilities"].values()))
     np.testing.assert_allclose(fused, 0.7 * audio + 0.3 * face, atol=1e-5)
-    assert result["face_frames"] > 0 and result["label"] == EMOTIONS[int(np.argmax(fused))]
+    assert result["frames_with_face"] > 0 and result["label"] == EMOTIONS[int(np.argmax(fused))]
     no_audio, corrupt = sorted((corpus / "Actor_04").glob("01-01-01-02-*.mp4"))
     alone = late.predict_clip(no_audio)
-    assert alone["audio_missing"] == "no audio track" and list(alone["modalities"]) == ["face"]
+    assert alone["audio_missing"] == "no audio track" and alone["voice"] is None and alone["used"] == ["face"]
     with pytest.raises(CorruptMediaError):
         late.predict_clip(corrupt)
 
@@ -238,7 +238,7 @@ def test_late_cli_fit_and_predict(trained, ser_fer, capsys):
     rc = predict_main([clip, "--mode", "late", "--json", "--ser-model-dir", str(ser_fer[0]),
                        "--fer-model-dir", str(ser_fer[1]), "--late-weights", str(out)])
     result = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert rc == 0 and result["mode"] == "late" and result["weights"] == fitted["weights"]
+    assert rc == 0 and result["mode"] == "late" and result["weights"] == {"voice": fitted["weights"]["audio"], "face": fitted["weights"]["face"]}
 
 
 def test_a_clip_longer_than_max_seconds_is_reported_as_truncated(trained, ser_fer, tmp_path, capsys):
@@ -257,7 +257,7 @@ def test_a_clip_longer_than_max_seconds_is_reported_as_truncated(trained, ser_fe
     assert not whole_result["truncated"] and "warning" not in whole.err
     assert cut_result["truncated"] and cut_result["seconds"] == pytest.approx(1.5, abs=0.2)  # + one frame at 5/s
     assert cut_result["duration_seconds"] == pytest.approx(3.0, abs=0.1)
-    assert cut_result["frames"] < whole_result["frames"]
+    assert cut_result["frames_sampled"] < whole_result["frames_sampled"]
     assert "3.0 s long; only its first 1.5 s were used (--max-seconds)" in cut.err
     joint = FusionPredictor(trained, max_seconds=1.5, speech_model=False).predict_clip(clip)  # the same span
     assert joint["truncated"] and joint["duration_seconds"] == pytest.approx(3.0, abs=0.1)
@@ -314,7 +314,7 @@ def test_real_ravdess_clip_decodes_and_predicts(shared_data, predictor):
     assert len(clip.frames) == pytest.approx(33, abs=1)  # 3.3 s at 10 fps
     assert clip.audio.size / 16_000 == pytest.approx(3.3, abs=0.1)
     result = predictor.predict_clip(clip_path)
-    assert result["label"] in EMOTIONS and result["face_frames"] >= 0.8 * result["frames"]
+    assert result["label"] in EMOTIONS and result["frames_with_face"] >= 0.8 * result["frames_sampled"]
 
 
 def test_a_run_refused_for_its_data_leaves_no_folder(tmp_path, capsys):

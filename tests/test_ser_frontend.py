@@ -298,7 +298,7 @@ def test_video_with_a_hum_track_is_decided_by_the_face(app_client, tmp_path):
     path = write_clip(tmp_path / "hum.mp4", frames, hum(1.0).astype(np.float32), fps=10.0)
     body = app_client.post("/api/predict/video", files={"file": ("hum.mp4", Path(path).read_bytes(),
                                                                   "video/mp4")}).json()
-    assert body["no_speech"] == "hum" and body["voice"] is None and body["method"] == "weighted_average"
+    assert body["no_speech"] == "hum" and body["voice"] is None and body["used"] == ["face"]
     assert body["face"] and body["label"] == body["face"]["label"]
 
 

@@ -212,7 +212,8 @@ def test_predict_video_fuses_face_and_voice(client, media):
     response = client.post("/api/predict/video", files={"file": ("clip.mp4", media["mp4"], "video/mp4")})
     assert response.status_code == 200, response.text
     result = VideoPrediction.model_validate(response.json())
-    assert result.method == "weighted_average"
+    assert result.mode == "late" and result.rule == "mean" and result.used == ["voice", "face"]
+    assert result.weights == {"voice": 0.4, "face": 0.6} and result.face_missing is None
     assert result.frames_sampled > 0 and result.frames_with_face > 0
     assert result.face is not None and result.voice is not None
     assert result.duration_seconds == pytest.approx(2.0, abs=0.3)
@@ -281,16 +282,17 @@ def test_predict_video_without_a_video_stream_uses_the_voice_alone_like_fusion_p
 
 
 def test_predict_video_uses_the_fusion_model_when_loaded_and_falls_back_when_it_fails(media):
-    for fusion, method in ((sm.FakeFusion(), "fusion_model"), (sm.FakeFusion(fail=True), "weighted_average")):
+    for fusion, mode in ((sm.FakeFusion(), "joint"), (sm.FakeFusion(fail=True), "late")):
         with make_client(Models(ser=sm.FakeVoice(), fer=sm.FakeFace(), fusion=fusion)) as c:
             assert c.get("/api/health").json()["models"]["fusion"]["loaded"]
             response = c.post("/api/predict/video", files={"file": ("clip.mp4", media["mp4"], "video/mp4")})
             assert response.status_code == 200, response.text
             body = VideoPrediction.model_validate(response.json())
-            assert body.method == method and len(fusion.paths) == 1
+            assert body.mode == mode and len(fusion.paths) == 1
             assert body.face is not None and body.voice is not None
-            if method == "fusion_model":
+            if mode == "joint":
                 assert body.label == "surprise" and body.probabilities["surprise"] == pytest.approx(0.7)
+                assert body.weights is None and body.rule is None and body.used is None
             else:
                 assert body.probabilities["neutral"] == pytest.approx(
                     0.6 * body.face.probabilities["neutral"] + 0.4 * body.voice.probabilities["neutral"], abs=1e-5)

@@ -180,12 +180,15 @@ def test_an_uploaded_video_gets_the_answer_fusion_predict_gives(client, models_d
         server = client.post("/api/predict/video", content=path.read_bytes(), headers={"content-type": "video/mp4"})
         assert server.status_code == 200, server.text
         server = server.json()
-        assert server["frames_sampled"] == cli["frames"] == min(int(seconds * 5), settings.video_frames)
-        assert server["frames_with_face"] == cli["face_frames"] > 0
-        for side, mine in (("face", "face"), ("voice", "audio")):
-            assert server[side]["probabilities"] == pytest.approx(cli["modalities"][mine]["probabilities"], abs=1e-4)
-        assert server["label"] == cli["label"]
+        assert server["frames_sampled"] == cli["frames_sampled"] == min(int(seconds * 5), settings.video_frames)
+        assert server["frames_with_face"] == cli["frames_with_face"] > 0
+        assert list(server) == list(cli)  # one object (fusion.late.clip_answer), field for field
+        for side in ("face", "voice"):
+            assert server[side]["probabilities"] == pytest.approx(cli[side]["probabilities"], abs=1e-4)
         assert server["probabilities"] == pytest.approx(cli["probabilities"], abs=1e-4)
+        facts = set(cli) - {"path", "probabilities", "face", "voice"}
+        assert {k: server[k] for k in facts} == {k: cli[k] for k in facts}
+        assert cli["mode"] == "late" and cli["used"] == ["voice", "face"]
 
 
 def test_a_video_with_a_silent_or_no_audio_track_says_why_as_fusion_predict_does(client, models_dir, tmp_path):
@@ -203,8 +206,9 @@ def test_a_video_with_a_silent_or_no_audio_track_says_why_as_fusion_predict_does
         server = client.post("/api/predict/video", content=path.read_bytes(), headers={"content-type": "video/mp4"})
         assert server.status_code == 200, server.text
         server = server.json()
-        assert server["voice"] is None and "audio" not in cli["modalities"]
-        assert server["audio_missing"] == cli["audio_missing"], kind
+        assert server["voice"] is None and cli["voice"] is None
+        assert list(server) == list(cli)
+        assert (server["audio_missing"], server["face_missing"]) == (cli["audio_missing"], cli["face_missing"]), kind
         assert server["no_speech"] == ("silence" if kind == "silent" else None)
         assert server["label"] == cli["label"]
 

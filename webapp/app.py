@@ -451,6 +451,10 @@ def create_app(models_dir: str | Path | None = None, settings: Settings | None =
     return app
 
 
+def as_vector(probabilities: dict[str, float] | None) -> np.ndarray | None:
+    return None if probabilities is None else np.array([probabilities[e] for e in EMOTIONS], np.float64)
+
+
 def _mean_result(probabilities: list[dict[str, float]]) -> dict[str, Any] | None:
     if not probabilities:
         return None
@@ -471,7 +475,7 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
     frames (5 per second, at most ``video_frames``) and the same audio samples, so both give the same answer."""
     import cv2
 
-    from fusion.late import LATE_FPS, decode_for_prediction
+    from fusion.late import LATE_FPS, LateFusionConfig, clip_answer, decode_for_prediction
     from fusion.media import MediaError as ClipError
     from fusion.media import StillImageError
     from ser.audio import AudioError, check_signal
@@ -492,6 +496,7 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
             for i, faces in enumerate(map(models.predict_faces, frames)):
                 per_frame[i] = faces[0]["probabilities"] if faces else None
         face = _mean_result([p for p in per_frame if p is not None])
+        frames_with_face = sum(p is not None for p in per_frame)
         windows: list[dict] = []
         if not clip.audio.size:
             audio_missing = NO_AUDIO_TRACK
@@ -514,22 +519,22 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
         if not frames and voice is None and not speechless:  # worded as fusion.late.LateFusion.predict_clip says it
             raise media.MediaError(f"nothing to predict from ({audio_missing}; "
                                    f"{info.get('face_missing', 'no video frames')})")
-        method, fused = "weighted_average", None
+        fused = None
         if models.fusion.loaded and not speechless and frames:
             try:
-                probs = models.predict_fusion_file(str(path))
-                fused, method = {"label": top_label(probs), "probabilities": probs}, "fusion_model"
+                fused = as_vector(models.predict_fusion_file(str(path)))
             except Exception as exc:  # the clip may not suit the joint model (no speech, say): fall back
-                log.warning("%s: fusion model failed (%s); using the weighted average", name, exc)
-        if fused is None:
-            fused = fuse(face and face["probabilities"], voice and voice["probabilities"],
-                         settings.face_weight, settings.voice_weight, settings.fusion_rule)
-    answer = {"path": name, "label": fused["label"] if fused else None,
-              "probabilities": fused["probabilities"] if fused else None, "method": method,
-              "face": face, "voice": voice, "no_speech": no_speech, "audio_missing": audio_missing,
-              "frames_sampled": len(frames),
-              "frames_with_face": sum(p is not None for p in per_frame),
-              **span}
+                log.warning("%s: fusion model failed (%s); fused late instead", name, exc)
+    if not frames_with_face and "face_missing" not in info:
+        info["face_missing"] = ("no face found in any sampled frame" if models.face.loaded
+                                else f"no face model is loaded ({models.face.error})")
+    info.update({"seconds": round(clip.seconds, 3), "frames_sampled": len(frames),
+                 "frames_with_face": frames_with_face, "no_speech": no_speech, "audio_missing": audio_missing, **span})
+    # One builder for this answer and fusion.predict's: the same fields, the same fusion of the same numbers.
+    late = LateFusionConfig({"audio": settings.voice_weight, "face": settings.face_weight}, settings.fusion_rule)
+    answer = clip_answer(name, {"audio": as_vector(voice and voice["probabilities"]),
+                                "face": as_vector(face and face["probabilities"])}, info,
+                         None if fused is not None else late, fused=fused)
     if segments:
         answer["segments"] = video_segments(per_frame, times, windows, span["duration_seconds"], settings)
     return answer

@@ -113,23 +113,36 @@ class VideoSegment(BaseModel):
 
 
 class VideoPrediction(BaseModel):
+    """Same object as ``python -m fusion.predict --json`` (both built by ``fusion.late.clip_answer``;
+    ``?segments=true`` adds ``segments``)."""
     path: str
+    mode: str = Field(description="'late': the voice and face models fused by weights and rule; 'joint': a "
+                                  "fusion model (python -m fusion.train) answered.")
     label: str | None = Field(description="Fused label; null when neither a face nor a voice was found.")
     probabilities: Probabilities | None
-    method: str = Field(description="'fusion_model' when the fusion model answered, else 'weighted_average'.")
-    face: ModalityResult | None = Field(description="Mean face probabilities over sampled frames with a face.")
-    voice: ModalityResult | None = Field(description="Voice probabilities of the audio track.")
-    no_speech: NoSpeechReason | None = Field(
-        default=None, description="The audio track holds no speech (what it holds instead: 'silence' for a digitally "
-                                  "silent track): the face alone decides.")
-    audio_missing: str | None = Field(
-        default=None, description="Why 'voice' is null, in words, as `python -m fusion.predict --json` says it: "
-                                  "'no audio track', the speech check's finding, or that no voice model is loaded.")
+    voice: ModalityResult | None = Field(description="The voice model's own answer for the audio track.")
+    face: ModalityResult | None = Field(description="The face model's own answer: its probabilities averaged over "
+                                                    "the sampled frames with a face.")
+    used: list[str] | None = Field(description="Late mode: 'voice' and/or 'face', the ones that decided (never "
+                                               "one of weight 0 while the other is there); null for 'joint'.")
+    weights: dict[str, float] | None = Field(description="Late mode: the 'voice' and 'face' weights "
+                                                         "(see /api/health); null for 'joint'.")
+    rule: str | None = Field(description="Late mode: 'mean' or 'product'; null for 'joint'.")
     frames_sampled: int
     frames_with_face: int
+    seconds: float = Field(description="Seconds of the clip analysed (at most max_video_seconds).")
     duration_seconds: float = Field(description="The whole file's length, as its container says.")
     truncated: bool = Field(description="The clip is longer than the server's max_video_seconds (see "
                                         "/api/health): only its start was analysed.")
+    no_speech: NoSpeechReason | None = Field(
+        description="The audio track holds no speech (what it holds instead: 'silence' for a digitally "
+                    "silent track): the face alone decides.")
+    audio_missing: str | None = Field(
+        description="Why 'voice' is null, in words: 'no audio track', the speech check's finding, or that no "
+                    "voice model is loaded.")
+    face_missing: str | None = Field(
+        description="Why 'face' is null, in words: 'no video track', 'no face found in any sampled frame', or "
+                    "that no face model is loaded.")
     segments: list[VideoSegment] | None = Field(
         default=None, description="Only with ?segments=true: face, voice and fused per segment of the clip, in "
                                   "time order.")
