@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -39,6 +40,8 @@ LATE_MODALITIES = ("audio", "face")
 DEFAULT_WEIGHTS = {"audio": 0.5, "face": 0.5}
 WEIGHTS_FILE = "late_fusion.json"
 LATE_FPS = 5.0          # faces change slowly; 5 frames/s halves detection cost against the joint model's 10
+SEGMENT_SECONDS = 3.0   # a timeline row (--segments): about one Whisper speech window
+MAX_SEGMENTS = 40       # a long clip gets longer rows rather than a table nobody reads
 GRID_STEPS = 21         # audio weight 0.00, 0.05, ..., 1.00
 # "product" (log-linear pooling) treats the modalities as independent evidence: one confident modality can
 # overrule a hesitant one.
@@ -192,6 +195,18 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str | None:
     return sha256_of(path)[:16] if path.is_file() else None
 
 
+@dataclass
+class ClipReading:
+    """What ``LateFusion.read`` got from one clip."""
+
+    probs: dict[str, np.ndarray | None]  # each model's probabilities ("audio", "face"), None where missing
+    info: dict[str, Any]                 # clip_answer's CLIP_FACTS
+    audio_error: Exception | None = None  # why the audio was left out, when it was
+    times: list[float] = field(default_factory=list)                  # seconds of each sampled frame
+    per_frame: list[np.ndarray | None] = field(default_factory=list)  # the face model's answer per frame
+    windows: list[tuple[float, float, np.ndarray]] = field(default_factory=list)  # the voice model's speech windows
+
+
 class LateFusion:
     """Saved SER + FER models applied to one clip: per-modality and fused probabilities.
 
@@ -235,75 +250,88 @@ class LateFusion:
                 log.warning("%s was fitted for another %s model than %s; the weights still apply, but re-fit them "
                             "(python bench/bench_fusion.py --ship)", self.config.source, name, folder)
 
-    def face_crops(self, frames_rgb: np.ndarray) -> np.ndarray:
-        """The largest face of each frame, cropped the way the FER model was trained; (n, s, s) uint8."""
+    def face_crops(self, frames_rgb: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """The largest face of each frame, cropped the way the FER model was trained ((n, s, s) uint8), and the
+        index of the frame each came from."""
         import cv2
 
         from fer.faces import align_face, detect_faces_with_landmarks
 
-        crops = []
-        for rgb in frames_rgb:
+        crops, found = [], []
+        for k, rgb in enumerate(frames_rgb):
             bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
             faces = detect_faces_with_landmarks(bgr, method=self.detector)
             if faces:
                 crops.append(align_face(bgr, faces[0], size=self.fer.face_size, margin=self.fer.margin))
+                found.append(k)
         size = self.fer.face_size
-        return np.stack(crops) if crops else np.zeros((0, size, size), np.uint8)
+        return (np.stack(crops) if crops else np.zeros((0, size, size), np.uint8)), found
 
     def decode(self, path: str | os.PathLike) -> tuple[Clip, dict[str, Any]]:
         return decode_for_prediction(path, self.fps, self.max_seconds, self.max_frames)
 
     def modality_probs(self, path: str | os.PathLike) -> tuple[dict[str, np.ndarray | None], dict[str, Any]]:
         """(probabilities per modality or None when unavailable, facts such as why one is missing)."""
-        probs, info, _ = self._modalities(path)
-        return probs, info
+        reading = self.read(path)
+        return reading.probs, reading.info
 
-    def _modalities(self, path: str | os.PathLike) -> tuple[dict[str, np.ndarray | None], dict[str, Any],
-                                                             Exception | None]:
-        """``modality_probs`` plus the error that left the audio out (None when it was used or absent)."""
+    def read(self, path: str | os.PathLike) -> ClipReading:
+        """Both models on one clip: ``modality_probs`` plus the error that left the audio out and the per-frame and
+        per-window answers a timeline (``clip_segments``) is made of."""
         from ser.audio import AudioError
         from ser.frontend import no_speech_reason
 
-        audio_error = None
         clip, info = self.decode(path)
         info = {"seconds": round(clip.seconds, 3), "frames_sampled": int(len(clip.frames)),
                 **clip.span(self.max_seconds), **info}
-        probs: dict[str, np.ndarray | None] = {"audio": None, "face": None}
+        reading = ClipReading({"audio": None, "face": None}, info, times=[k / clip.fps for k in range(len(clip.frames))],
+                              per_frame=[None] * len(clip.frames))
         if clip.audio.size == 0:
             info["audio_missing"] = "no audio track"
         else:
             try:
-                probs["audio"] = np.asarray(self.ser.predict_waveform(clip.audio, clip.sample_rate), np.float64)
+                reading.windows = [(float(a), float(b), np.asarray(p, np.float64))
+                                   for a, b, p in self.ser.predict_segments(clip.audio, clip.sample_rate)]
+                reading.probs["audio"] = np.mean([p for _, _, p in reading.windows], axis=0)  # as predict_waveform
             except AudioError as exc:  # silent track, or no speech in it (NoSpeechError)
-                info["audio_missing"], audio_error, reason = str(exc), exc, no_speech_reason(exc)
+                info["audio_missing"], reading.audio_error, reason = str(exc), exc, no_speech_reason(exc)
                 if reason:
                     info["no_speech"] = reason
-        crops = self.face_crops(clip.frames) if len(clip.frames) else np.zeros((0, 1, 1), np.uint8)
+        crops, found = self.face_crops(clip.frames) if len(clip.frames) else (np.zeros((0, 1, 1), np.uint8), [])
         info["frames_with_face"] = int(len(crops))
         if len(crops):
-            probs["face"] = self.fer.predict_crops(crops).mean(axis=0).astype(np.float64)
+            faces = self.fer.predict_crops(crops).astype(np.float64)
+            for k, p in zip(found, faces):
+                reading.per_frame[k] = p
+            reading.probs["face"] = faces.mean(axis=0)
         elif "face_missing" not in info:
             info["face_missing"] = "no face found in any sampled frame"
-        return probs, info, audio_error
+        return reading
 
     def result(self, path: str | os.PathLike, probs: dict[str, np.ndarray | None], info: dict[str, Any]) -> dict:
         return clip_answer(path, probs, info, self.config, class_names=self.class_names)
 
-    def predict_clip(self, path: str | os.PathLike) -> dict:
-        """The clip's answer (``clip_answer``): fused label and probabilities plus each model's own; raises
-        MediaError / ValueError.
+    def predict_clip(self, path: str | os.PathLike, segments: bool = False,
+                     segment_seconds: float = SEGMENT_SECONDS) -> dict:
+        """The clip's answer (``clip_answer``): fused label and probabilities plus each model's own; with
+        ``segments`` also ``clip_segments``' timeline. Raises MediaError / ValueError.
 
         A clip with neither a face nor speech gets ``"label": None`` (and ``no_speech`` where its sound is not
         speech), as the server's video endpoint answers it; only a file with no pictures and no usable sound
         (none, silent, unreadable) is an error."""
         from ser.frontend import NoSpeechError
 
-        probs, info, audio_error = self._modalities(path)
-        if probs["audio"] is None and probs["face"] is None:
-            if not info["frames_sampled"] and not isinstance(audio_error, NoSpeechError):
-                raise ValueError(f"{path}: nothing to predict from ({info.get('audio_missing')}; "
-                                 f"{info.get('face_missing')})")
-        return self.result(path, probs, info)
+        reading = self.read(path)
+        if reading.probs["audio"] is None and reading.probs["face"] is None:
+            if not reading.info["frames_sampled"] and not isinstance(reading.audio_error, NoSpeechError):
+                raise ValueError(f"{path}: nothing to predict from ({reading.info.get('audio_missing')}; "
+                                 f"{reading.info.get('face_missing')})")
+        answer = self.result(path, reading.probs, reading.info)
+        if segments:
+            answer["segments"] = clip_segments(reading.per_frame, reading.times, reading.windows,
+                                               reading.info["duration_seconds"], self.max_seconds, self.config,
+                                               segment_seconds, self.class_names)
+        return answer
 
 
 def decode_for_prediction(path: str | os.PathLike, fps: float = LATE_FPS, max_seconds: float = MAX_CLIP_SECONDS,
@@ -371,6 +399,35 @@ def clip_answer(path: str | os.PathLike, probs: Mapping[str, np.ndarray | None],
     answer["rule"] = config.rule if late else None
     answer.update({k: info.get(k) for k in CLIP_FACTS})
     return answer
+
+
+def clip_segments(per_frame: Sequence[np.ndarray | None], times: Sequence[float],
+                  windows: Sequence[tuple[float, float, np.ndarray]], duration: float, max_seconds: float,
+                  config: LateFusionConfig, segment_seconds: float = SEGMENT_SECONDS,
+                  class_names: Sequence[str] = EMOTIONS) -> list[dict[str, Any]]:
+    """A clip's timeline, for ``fusion.predict --segments`` and the server's ``?segments=true`` alike: one row per
+    ``segment_seconds`` of the part analysed (longer rows for a long clip: at most MAX_SEGMENTS), each with the
+    face model's mean over the frames sampled in it (by their time), the voice model's mean over the speech windows
+    whose centre falls in it, their late fusion by ``config``, ``null`` where there is no face or no speech."""
+    span = min(duration, max_seconds) if duration > 0 else max(times, default=0.0) + 1e-3
+    length = max(segment_seconds, span / MAX_SEGMENTS)
+    count = max(1, math.ceil(span / length - 1e-6))
+    rows = []
+    for k in range(count):
+        start, end = k * length, min(span, (k + 1) * length)
+        last = k == count - 1  # the last row also takes what sits exactly at (or rounds past) the end
+        inside = lambda t: start <= t < end or (last and t >= start)  # noqa: E731
+        frames = [p for p, t in zip(per_frame, times) if inside(t)]
+        seen = [p for p in frames if p is not None]
+        heard = [p for a, b, p in windows if inside((a + b) / 2)]
+        probs = {"audio": np.mean(heard, axis=0) if heard else None, "face": np.mean(seen, axis=0) if seen else None}
+        fused = config.fuse(probs) if heard or seen else None
+        rows.append({"start": round(start, 3), "end": round(end, 3),
+                     **{ANSWER_NAMES[m]: None if probs[m] is None else as_result(probs[m], class_names)
+                        for m in LATE_MODALITIES},
+                     "fused": None if fused is None else as_result(fused, class_names),
+                     "frames_sampled": len(frames), "frames_with_face": len(seen)})
+    return rows
 
 
 def _scores(probs: Sequence[dict[str, np.ndarray | None]], y_true: np.ndarray, weights: dict[str, float],

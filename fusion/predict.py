@@ -32,11 +32,10 @@ import numpy as np
 from core.cli import (CLIParser, add_verbose_flag, echo, module_prog, none_exist, path_arg, progress,
                       quiet_tensorflow)
 from core.io import load_keras_model, read_model_config
-from core.labels import EMOTIONS
 from core.media_types import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, files_below
 from fer.data import IMAGE_EXTENSIONS
 from fer.faces import DEFAULT_DETECTOR, DETECTORS
-from fusion.late import as_result, clip_answer
+from fusion.late import MAX_SEGMENTS, SEGMENT_SECONDS, as_result, clip_answer
 from fusion.media import MAX_CLIP_SECONDS, PHOTO, MediaError, NoAudioError, NoVideoError, StillImageError
 from fusion.preprocess import PreprocessConfig, clip_features, decode_media
 
@@ -204,13 +203,15 @@ class AutoPredictor:
             self._late = LateFusion(ser_dir, fer_dir, self.late_config, detector=detector, max_seconds=max_seconds)
         return self._late
 
-    def predict_clip(self, path: str | os.PathLike) -> dict[str, Any]:
-        if self.joint is not None and Path(path).suffix.lower() not in AUDIO_EXTENSIONS:
+    def predict_clip(self, path: str | os.PathLike, segments: bool = False,
+                     segment_seconds: float = SEGMENT_SECONDS) -> dict[str, Any]:
+        """The joint model's answer where it can take the clip, else late fusion's (``segments``: late only)."""
+        if self.joint is not None and not segments and Path(path).suffix.lower() not in AUDIO_EXTENSIONS:
             try:
                 return self.joint.predict_clip(path)
             except (NoAudioError, NoVideoError):
                 pass  # late fusion takes the modality there is
-        return self.late.predict_clip(path)
+        return self.late.predict_clip(path, segments, segment_seconds)
 
 
 def load_predictor(mode: str = "auto", model_dir: str | os.PathLike | None = None,
@@ -271,6 +272,12 @@ def format_text(result: dict) -> str:
     return f"{result['path']}: {result['label']} ({result['probabilities'][result['label']]:.2f})  [{parts}]"
 
 
+def format_segment(row: dict) -> str:
+    said = lambda r: r["label"] if r else "-"  # noqa: E731
+    return (f"  {row['start']:7.2f}-{row['end']:7.2f} s  {said(row['fused']):8s}  voice: {said(row['voice'])}  "
+            f"face: {said(row['face'])}")
+
+
 def no_label_reason(result: dict) -> str:
     return f"{result.get('face_missing') or 'no face'}; {result.get('audio_missing') or 'no speech'}"
 
@@ -299,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-seconds", type=float, default=MAX_CLIP_SECONDS,
                         help="seconds of each clip analysed, from its start (the server's --max-video-seconds); a "
                              "longer clip is reported as truncated, with a warning (default: %(default)s)")
+    parser.add_argument("--segments", action="store_true",
+                        help="late fusion: also a timeline, voice, face and fused per --segment-seconds of the clip "
+                             "(the server's ?segments=true)")
+    parser.add_argument("--segment-seconds", type=float, default=SEGMENT_SECONDS,
+                        help="length of a --segments row; a long clip gets longer ones, at most "
+                             f"{MAX_SEGMENTS} rows (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     add_verbose_flag(parser)
     return parser
@@ -311,6 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_max_seconds(args.max_seconds)
     except ValueError as exc:
         parser.error(str(exc))
+    if not args.segment_seconds > 0 or not np.isfinite(args.segment_seconds):
+        parser.error(f"--segment-seconds must be a number of seconds > 0, got {args.segment_seconds}")
+    if args.segments and (args.mode == "joint" or (args.mode == "auto" and has_joint_model(args.model_dir))):
+        parser.error("--segments is for late fusion (the voice and face models per stretch of the clip); the joint "
+                     "model answers whole clips: add --mode late")
     paths = expand_paths(args.paths)  # before the models load: an empty folder is a usage error, found at once
     if not paths:
         media = ", ".join(sorted(VIDEO_EXTENSIONS + AUDIO_EXTENSIONS))
@@ -340,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             echo(f"error: {problem}", err=True)
             continue
         try:
-            result = predictor.predict_clip(path)
+            result = (predictor.predict_clip(path, segments=True, segment_seconds=args.segment_seconds)
+                      if args.segments else predictor.predict_clip(path))
         except (MediaError, FileNotFoundError, ValueError) as exc:
             failures += 1
             echo(f"error: {exc}{PHOTO_HINT if isinstance(exc, StillImageError) else ''}", err=True)
@@ -355,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             echo(f"warning: {path}: {result['duration_seconds']:.1f} s long; only its first {args.max_seconds:g} s "
                  "were used (--max-seconds)", err=True)
         echo(json.dumps(result) if args.json else format_text(result))
+        if not args.json:
+            for row in result.get("segments", []):
+                echo(format_segment(row))
     if failures:
         echo(f"{failures} of {len(paths)} input(s) got no emotion", err=True)
     return 1 if failures else 0

@@ -222,3 +222,30 @@ def test_seconds_analysed_never_exceed_the_clip_or_the_cap(tmp_path, cli, shippe
     late = copy.copy(shipped.late)
     late.max_seconds = 0.5
     assert late.predict_clip(path)["seconds"] == pytest.approx(0.5)
+
+
+def test_segments_are_a_timeline_of_the_whole_answer(cli, tmp_path, shipped):
+    """``--segments`` (the server's ?segments=true): rows cover the analysed part in order, each frame in exactly
+    one row, each row's face the mean of its own frames; bad lengths and the joint model are refused first."""
+    clip = write_clip(tmp_path / "talk.mp4", seconds=4.0)
+    rc, out, _ = cli(str(clip), "--json", "--segments", "--segment-seconds", "1.5")
+    (answer,) = [json.loads(x) for x in out.splitlines()]
+    rows = answer["segments"]
+    assert rc == 0 and [(r["start"], r["end"]) for r in rows] == [(0.0, 1.5), (1.5, 3.0), (3.0, answer["seconds"])]
+    assert sum(r["frames_sampled"] for r in rows) == answer["frames_sampled"]
+    assert sum(r["frames_with_face"] for r in rows) == answer["frames_with_face"] > 0
+    reading = shipped.late.read(clip)
+    first = [p for p, t in zip(reading.per_frame, reading.times) if t < 1.5 and p is not None]
+    np.testing.assert_allclose(list(rows[0]["face"]["probabilities"].values()), np.mean(first, axis=0), atol=1e-6)
+    for row in rows:  # each row fused as the whole clip is: by the same weights and rule
+        probs = {m: None if row[n] is None else np.array(list(row[n]["probabilities"].values()))
+                 for m, n in (("audio", "voice"), ("face", "face"))}
+        np.testing.assert_allclose(list(row["fused"]["probabilities"].values()), shipped.late.config.fuse(probs),
+                                   atol=1e-5)
+    rc, out, _ = cli(str(clip), "--segments")
+    assert rc == 0 and len(out.splitlines()) == 1 + len(list(np.arange(0, answer["seconds"], 3.0)))
+    assert re.search(r"^\s+0\.00-\s+3\.00 s  \w+\s+voice: \S+  face: \S+$", out.splitlines()[1])
+    for bad in (["--segment-seconds", "0"], ["--segment-seconds", "nan"], ["--mode", "joint"]):
+        with pytest.raises(SystemExit) as stop:
+            cli(str(clip), "--segments", *bad)
+        assert stop.value.code == 2

@@ -10,6 +10,7 @@ documentation's copies).
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -176,10 +177,20 @@ def test_an_uploaded_video_gets_the_answer_fusion_predict_gives(client, models_d
                       weights={"audio": settings.voice_weight, "face": settings.face_weight})
     for seconds in (3.0, 25.0):  # 25 s: more frames than --video-frames at 5 per second, spread evenly
         path = sm.write_mp4(tmp_path / f"clip{seconds:g}.mp4", seconds=seconds)
-        cli = late.predict_clip(path)
-        server = client.post("/api/predict/video", content=path.read_bytes(), headers={"content-type": "video/mp4"})
+        cli = late.predict_clip(path, segments=True, segment_seconds=settings.video_segment_seconds)
+        server = client.post("/api/predict/video?segments=true", content=path.read_bytes(),
+                             headers={"content-type": "video/mp4"})
         assert server.status_code == 200, server.text
         server = server.json()
+        assert len(server["segments"]) == len(cli["segments"]) == math.ceil(seconds / 3)  # the same timeline
+        for mine, theirs in zip(server.pop("segments"), cli.pop("segments")):
+            assert list(mine) == list(theirs)
+            assert [mine[k] for k in ("start", "end", "frames_sampled", "frames_with_face")] == \
+                   [theirs[k] for k in ("start", "end", "frames_sampled", "frames_with_face")]
+            for side in ("voice", "face", "fused"):
+                assert (mine[side] is None) == (theirs[side] is None), side
+                if mine[side]:
+                    assert mine[side]["probabilities"] == pytest.approx(theirs[side]["probabilities"], abs=1e-4)
         assert server["frames_sampled"] == cli["frames_sampled"] == min(int(seconds * 5), settings.video_frames)
         assert server["frames_with_face"] == cli["frames_with_face"] > 0
         assert list(server) == list(cli)  # one object (fusion.late.clip_answer), field for field

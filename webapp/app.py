@@ -34,7 +34,7 @@ from webapp import media
 from webapp.models import PRECISION, ModelLoader, ModelUnavailable, Models, top_label
 from webapp.schemas import (AudioPrediction, ErrorResponse, Health, ImagePrediction, StreamHello, VideoPrediction,
                             stream_schema)
-from webapp.stream import CLOSE_BUSY, LiveWorkers, StreamConfig, StreamSession, _now_ms, fuse
+from webapp.stream import CLOSE_BUSY, LiveWorkers, StreamConfig, StreamSession, _now_ms
 
 log = logging.getLogger(__name__)
 
@@ -462,7 +462,6 @@ def _mean_result(probabilities: list[dict[str, float]]) -> dict[str, Any] | None
     return {"label": top_label(mean), "probabilities": mean}
 
 
-MAX_VIDEO_SEGMENTS = 40     # a long clip gets longer segments rather than a table nobody reads
 NO_AUDIO_TRACK = "no audio track"  # fusion.late.LateFusion.modality_probs's audio_missing for the same clip
 
 
@@ -475,7 +474,7 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
     frames (5 per second, at most ``video_frames``) and the same audio samples, so both give the same answer."""
     import cv2
 
-    from fusion.late import LATE_FPS, LateFusionConfig, clip_answer, decode_for_prediction
+    from fusion.late import LATE_FPS, LateFusionConfig, clip_answer, clip_segments, decode_for_prediction
     from fusion.media import MediaError as ClipError
     from fusion.media import StillImageError
     from ser.audio import AudioError, check_signal
@@ -536,27 +535,8 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
                                 "face": as_vector(face and face["probabilities"])}, info,
                          None if fused is not None else late, fused=fused)
     if segments:
-        answer["segments"] = video_segments(per_frame, times, windows, span["duration_seconds"], settings)
+        answer["segments"] = clip_segments(
+            list(map(as_vector, per_frame)), times,
+            [(w["start"], w["end"], as_vector(w["probabilities"])) for w in windows],
+            span["duration_seconds"], settings.max_video_seconds, late, settings.video_segment_seconds)
     return answer
-
-
-def video_segments(per_frame: list[dict[str, float] | None], times: list[float], windows: list[dict],
-                   duration: float, settings: Settings) -> list[dict[str, Any]]:
-    """Face, voice and fused per stretch of the clip: frames by their time, speech windows by their centre."""
-    span = min(duration, settings.max_video_seconds) if duration > 0 else max(times, default=0.0) + 1e-3
-    length = max(settings.video_segment_seconds, span / MAX_VIDEO_SEGMENTS)
-    count = max(1, math.ceil(span / length - 1e-6))
-    rows = []
-    for k in range(count):
-        start, end = k * length, min(span, (k + 1) * length)
-        last = k == count - 1  # the last segment also takes what sits exactly at (or rounds past) the end
-        inside = lambda t: start <= t < end or (last and t >= start)  # noqa: E731
-        faces = [p for p, t in zip(per_frame, times) if inside(t)]
-        face = _mean_result([p for p in faces if p is not None])
-        voice = _mean_result([w["probabilities"] for w in windows if inside((w["start"] + w["end"]) / 2)])
-        fused = fuse(face and face["probabilities"], voice and voice["probabilities"],
-                     settings.face_weight, settings.voice_weight, settings.fusion_rule)
-        rows.append({"start": round(start, 3), "end": round(end, 3), "face": face, "voice": voice,
-                     "fused": {"label": fused["label"], "probabilities": fused["probabilities"]} if fused else None,
-                     "frames_sampled": len(faces), "frames_with_face": sum(p is not None for p in faces)})
-    return rows

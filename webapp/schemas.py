@@ -105,9 +105,9 @@ class ModalityResult(BaseModel):
 class VideoSegment(BaseModel):
     start: float = Field(description="Segment start, seconds into the clip.")
     end: float = Field(description="Segment end, seconds.")
-    face: ModalityResult | None = Field(description="Mean over the sampled frames of this segment with a face.")
     voice: ModalityResult | None = Field(description="Mean over the speech windows centred in this segment.")
-    fused: ModalityResult | None = Field(description="Weighted average of the two (the live page's rule).")
+    face: ModalityResult | None = Field(description="Mean over the sampled frames of this segment with a face.")
+    fused: ModalityResult | None = Field(description="The two fused by the whole clip's weights and rule.")
     frames_sampled: int
     frames_with_face: int
 
