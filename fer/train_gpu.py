@@ -131,11 +131,11 @@ def pack(run_dir: str | os.PathLike, output: str | os.PathLike, data_dir: str | 
     """Write the ``parts`` of a fer.train run's split (re-created from its config.json, exactly as fer.train and
     fer.ensemble do) as JPEG mosaics + labels.npy + split.npy + manifest.json into ``output``; with ``weights``
     (faceres-deep.weights.h5) also their float16 copy, ``PACKED_WEIGHTS``: all an accelerator needs, smaller."""
-    from core.io import atomic_write, read_json, write_json
+    from core.io import atomic_write, write_json
     from core.weights import sha256_of
     from fer.train import load_split, run_config
 
-    config = read_json(_run_config_path(run_dir))
+    config = chosen_split_config(run_dir)
     data, splits = load_split(run_config(config, data_dir))
     keep = np.isin(splits, list(parts))
     if not keep.any():
@@ -477,6 +477,15 @@ def _run_config_path(run_dir: str | os.PathLike) -> Path:
     return path
 
 
+def chosen_split_config(run_dir: str | os.PathLike) -> dict:
+    """A run's config.json with the split its recipe was chosen on: a refit run (such as the shipped
+    ``saved_models/fer``) trained on its validation faces too, but they are packed, and scored, as validation, so a
+    fresh machine can pack the shipped model's split without any run of its own."""
+    from core.io import read_json
+
+    return read_json(_run_config_path(run_dir)) | {"refit": False}
+
+
 def collect(weights: str | os.PathLike, run_dir: str | os.PathLike, output: str | os.PathLike,
             data_dir: str | None = None, results: str | os.PathLike | None = None) -> dict:
     """A fit's weights as an ordinary fer.train run folder: model.keras, config.json (the packed run's, with the
@@ -484,7 +493,7 @@ def collect(weights: str | os.PathLike, run_dir: str | os.PathLike, output: str 
     test (hold-out) faces, re-created from the packed run's config exactly as fer.train does."""
     import pandas as pd
 
-    from core.io import atomic_write, read_json, save_model, write_json
+    from core.io import atomic_write, save_model, write_json
     from core.reports import format_summary, plot_history, write_report
     from fer.models import TINY_FILTERS, build_faceres, build_tiny
     from fer.train import load_split, predict_labels, run_config
@@ -504,7 +513,7 @@ def collect(weights: str | os.PathLike, run_dir: str | os.PathLike, output: str 
         built = {"weights": "faceres", "image_size": phase["image_size"], "dropout": 0.5}
     else:
         model, built = build_tiny(), {"filters": list(TINY_FILTERS), "dropout": 0.0}
-    config = read_json(_run_config_path(run_dir))
+    config = chosen_split_config(run_dir)
     model.load_weights(weights)
     data, splits = load_split(run_config(config, data_dir))
     out.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,17 @@ def test_pack_holds_train_and_val_of_the_runs_split(fer_run, packed):
     assert "test" not in faces  # the hold-out never leaves
 
 
+def test_a_refit_run_packs_the_split_its_recipe_was_chosen_on(fer_run, packed, tmp_path):
+    """The shipped saved_models/fer is a refit (its validation faces joined training): packed from it, a fresh
+    machine gets the same train and val parts as from the run the recipe was chosen with, val kept apart."""
+    refit = tmp_path / "refit"
+    refit.mkdir()
+    write_json(refit / "config.json", read_json(fer_run / "config.json") | {"refit": True})
+    manifest = train_gpu.pack(refit, tmp_path / "out")
+    assert manifest["counts"] == packed[1]["counts"] == {"train": 28, "val": 14}
+    assert manifest["sha256"] == packed[1]["sha256"]
+
+
 def test_mosaics_round_trip_and_padding():
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, (70, 48, 48), dtype=np.uint8)
