@@ -284,8 +284,8 @@ class LateFusion:
         clip, info = self.decode(path)
         info = {"seconds": round(clip.seconds, 3), "frames_sampled": int(len(clip.frames)),
                 **clip.span(self.max_seconds), **info}
-        reading = ClipReading({"audio": None, "face": None}, info, times=[k / clip.fps for k in range(len(clip.frames))],
-                              per_frame=[None] * len(clip.frames))
+        reading = ClipReading({"audio": None, "face": None}, info, per_frame=[None] * len(clip.frames),
+                              times=[k / clip.fps for k in range(len(clip.frames))])
         if clip.audio.size == 0:
             info["audio_missing"] = "no audio track"
         else:
