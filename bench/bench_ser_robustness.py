@@ -14,6 +14,8 @@ speech" and, with split labels, the accuracy. Conditions:
 - ``silence 1 s``: a second of silence before and after;
 - ``telephone``: down to 8 kHz and back (the 4 kHz band of a phone call);
 - ``noise 30 dB`` / ``noise 20 dB``: white noise at that signal-to-noise ratio over the whole clip (seeded);
+- ``speech 1.5 s`` / ``speech 1 s``: only the central 1.5 / 1 s of the clip's speech (``ser.features.speech_stretch``:
+  a short reply, or what a live window holds);
 - ``music 10 dB`` / ``music 0 dB``: a stretch of a music track (``--music``: a folder of tracks; by default
   Wesnoth's orchestral tracks, Debian ``wesnoth-1.16-music``, left out when absent) under the clip, 10 dB below
   the speech's active level (``ser.frontend.active_rms``, pauses left out) or as loud as it (seeded).
@@ -80,9 +82,17 @@ def music(tracks: list[np.ndarray], snr_db: float):
     return add
 
 
+def speech_only(seconds: float):
+    def cut(y: np.ndarray) -> np.ndarray:
+        from ser.features import speech_stretch
+
+        return speech_stretch(y, SAMPLE_RATE, seconds)
+    return cut
+
+
 CONDITIONS = {AS_RECORDED: lambda y: y, "shift 4 ms": silence_before(64), "shift 16 ms": silence_before(256),
               "silence 1 s": around(1.0), "telephone": telephone, "noise 30 dB": noise(30.0),
-              "noise 20 dB": noise(20.0)}
+              "noise 20 dB": noise(20.0), "speech 1.5 s": speech_only(1.5), "speech 1 s": speech_only(1.0)}
 MUSIC_SNRS = (10.0, 0.0)
 DEFAULT_MUSIC = Path("/usr/share/games/wesnoth/1.16/data/core/music")
 MUSIC_TRACKS = 10  # the folder's first tracks, whole (a few MB each at 16 kHz)

@@ -233,6 +233,23 @@ def add_music(y: np.ndarray, sr: int, rng: np.random.Generator, snr_db: tuple[fl
     return mix_under(y, music, rng.uniform(*snr_db))
 
 
+CROP_SECONDS = (0.8, 2.0)  # short copies (ser.train --crop-copies): a short reply, a live window's speech
+
+
+def speech_stretch(y: np.ndarray, sr: int, seconds: float, rng: np.random.Generator | None = None,
+                   top_db: float = 30.0) -> np.ndarray:
+    """``seconds`` of ``y``'s speech (the part ``librosa.effects.trim`` keeps at ``top_db``, the features' trim): a
+    random stretch with ``rng``, else the central one; the whole of it when it is shorter."""
+    import librosa
+
+    start, end = librosa.effects.trim(np.asarray(y, np.float32), top_db=top_db)[1]
+    n = int(round(seconds * sr))
+    if end - start <= n:
+        return np.asarray(y[start:end], np.float32)
+    first = int(rng.integers(start, end - n + 1)) if rng is not None else start + (end - start - n) // 2
+    return np.asarray(y[first:first + n], np.float32)
+
+
 PHONE_RATE = 8_000  # a phone call's sample rate: what survives is the band below 4 kHz
 
 
@@ -245,7 +262,7 @@ def phone_band(y: np.ndarray, sr: int, rate: int = PHONE_RATE) -> np.ndarray:
 
 
 # 0: the clip; k >= 1: its k-th augmented copy; "noise<k>": its k-th noise copy; "music<k>": its k-th copy with
-# synthetic music under it; "phone": its phone-band copy
+# synthetic music under it; "crop<k>": its k-th short copy; "phone": its phone-band copy
 Variant = int | str
 PHONE_VARIANT = "phone"
 
@@ -257,6 +274,15 @@ def music_variant(k: int) -> str:
 
 def _is_music(variant: Variant) -> bool:
     return isinstance(variant, str) and variant.startswith("music")
+
+
+def crop_variant(k: int) -> str:
+    """The ``variant`` of a clip's k-th short copy (k >= 1): ``speech_stretch`` of CROP_SECONDS."""
+    return f"crop{k}"
+
+
+def _is_crop(variant: Variant) -> bool:
+    return isinstance(variant, str) and variant.startswith("crop")
 
 
 def noise_variant(k: int) -> str:
@@ -281,6 +307,8 @@ def _cache_path(cache_dir: Path, cfg: FeatureConfig, path: str, variant: Variant
         ident += f"|rate={PHONE_RATE}"
     elif _is_music(variant):  # the seed, the SNR range and the composer
         ident += f"|seed={seed}|snr={MUSIC_SNR_DB[0]:g}-{MUSIC_SNR_DB[1]:g}|{_music_code()}"
+    elif _is_crop(variant):  # the seed and the range of lengths
+        ident += f"|seed={seed}|seconds={CROP_SECONDS[0]:g}-{CROP_SECONDS[1]:g}"
     elif isinstance(variant, str):  # a noise copy: the seed and the SNR range make it
         ident += f"|seed={seed}|snr={NOISE_SNR_DB[0]:g}-{NOISE_SNR_DB[1]:g}"
     elif variant:  # an augmented copy depends on the seed and the recipe too (plain features keep their old keys)
@@ -298,6 +326,8 @@ def _load_waveform(path: str, cfg: FeatureConfig, variant: Variant, seed: int) -
         rng = np.random.default_rng(digest)
         if _is_music(variant):
             return add_music(y, cfg.sample_rate, rng)
+        if _is_crop(variant):
+            return speech_stretch(y, cfg.sample_rate, rng.uniform(*CROP_SECONDS), rng, cfg.trim_db or 30.0)
         y = add_noise(y, rng) if isinstance(variant, str) else augment_waveform(y, cfg.sample_rate, rng)
     return y
 

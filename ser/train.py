@@ -23,7 +23,7 @@ from core.labels import EMOTIONS, NUM_CLASSES
 from core.reports import format_summary, plot_history, write_report
 from core.training import (check_refit, check_resume, class_weights, finished_run, learning_rate, make_callbacks,
                            read_history, record_run_settings, set_seed)
-from ser.features import DEFAULT_CACHE_DIR, PHONE_VARIANT, music_variant, noise_variant
+from ser.features import DEFAULT_CACHE_DIR, PHONE_VARIANT, crop_variant, music_variant, noise_variant
 
 log = logging.getLogger("ser.train")
 
@@ -52,6 +52,8 @@ class TrainConfig:
     noise_weight: float = 1.0        # each noise copy's weight in training, relative to a clean clip
     music_copies: int = 0            # copies of each training clip with synthetic music under it (0-15 dB below)
     music_weight: float = 1.0        # each music copy's weight in training, relative to a clean clip
+    crop_copies: int = 0             # short copies of each training clip: a random 0.8-2 s stretch of its speech
+    crop_weight: float = 1.0         # each short copy's weight in training, relative to a clean clip
     phone_copy: bool = False         # a copy of each training clip through a phone call's band (8 kHz)
     phone_weight: float = 1.0        # the phone copy's weight in training, relative to a clean clip
     refit: bool = False              # final fit: validation speakers join training, last weights kept
@@ -101,11 +103,12 @@ class TrainConfig:
             check_phases(self.phases, self.trim, "--phases")
         if self.features not in ("mfcc", "logmel"):
             raise ValueError(f"unknown --features {self.features!r}; choose mfcc or logmel")
-        if self.augment < 0 or self.noise_copies < 0 or self.music_copies < 0:
+        if min(self.augment, self.noise_copies, self.music_copies, self.crop_copies) < 0:
             raise ValueError(f"--augment {self.augment} / --noise-copies {self.noise_copies} / --music-copies "
-                             f"{self.music_copies}: copies cannot be negative (0 disables)")
+                             f"{self.music_copies} / --crop-copies {self.crop_copies}: copies cannot be negative "
+                             "(0 disables)")
         for option, weight in (("--noise-weight", self.noise_weight), ("--music-weight", self.music_weight),
-                               ("--phone-weight", self.phone_weight)):
+                               ("--crop-weight", self.crop_weight), ("--phone-weight", self.phone_weight)):
             if not 0 < weight <= 1e3:
                 raise ValueError(f"{option} {weight:g}: use a positive weight (1 = as a clean clip)")
 
@@ -167,6 +170,9 @@ HELP = {
                     "0-15 dB below the speech; the voice itself unchanged), so the model holds up with background "
                     "music; 0 disables",
     "music_weight": "weight of each music copy in training, relative to a clean clip",
+    "crop_copies": "short copies of each training clip: a random 0.8-2 s stretch of its speech (a short reply, a "
+                   "live window), so the model holds up on short utterances; 0 disables",
+    "crop_weight": "weight of each short copy in training, relative to a clean clip",
     "phone_copy": "also train on each clip as heard through a phone call (resampled to 8 kHz and back), so the "
                   "model holds up on calls and narrow-band microphones",
     "phone_weight": "weight of the phone copy in training, relative to a clean clip (whisper's recipe: 0.5)",
@@ -251,6 +257,7 @@ def run(cfg: TrainConfig) -> dict:
     copies = ({k: 1.0 for k in range(1, cfg.augment + 1)}  # each copy's weight in training
               | {noise_variant(k): cfg.noise_weight for k in range(1, cfg.noise_copies + 1)}
               | {music_variant(k): cfg.music_weight for k in range(1, cfg.music_copies + 1)}
+              | {crop_variant(k): cfg.crop_weight for k in range(1, cfg.crop_copies + 1)}
               | ({PHONE_VARIANT: cfg.phone_weight} if cfg.phone_copy else {}))
     for variant, weight in copies.items():  # augmentation after the split, training clips only
         a_clips, a_feats, _ = extract_clips(train_clips, fcfg, cache, cfg.n_jobs, variant, cfg.seed)

@@ -31,6 +31,16 @@ def test_each_condition_changes_the_recording_as_named(bench):
     assert abs(phone.size - y.size) <= 2
     high = np.sin(2 * np.pi * 6_000 * np.arange(16_000) / 16_000)
     assert np.sqrt(np.mean(c["telephone"](high) ** 2)) < 0.05  # above the 4 kHz band: gone
+    sound = np.random.default_rng(0).normal(0, 0.1, 48_000)  # no two stretches alike
+    talk = np.concatenate([np.zeros(16_000), sound, np.zeros(16_000)])  # 3 s of sound in 5 s
+    for name, seconds in (("speech 1.5 s", 1.5), ("speech 1 s", 1.0)):
+        cut = c[name](talk)
+        assert cut.size == int(seconds * 16_000)
+        heads = np.lib.stride_tricks.sliding_window_view(talk, 64)
+        (start,) = np.flatnonzero(np.abs(heads - cut[:64]).max(axis=1) < 1e-6)
+        np.testing.assert_allclose(cut, talk[start:start + cut.size], atol=1e-6)
+        # the central stretch of the sound (to librosa.effects.trim's 512-sample frames), never the silence around it
+        assert abs(start - (talk.size - cut.size) // 2) <= 512
 
 
 def test_score_counts_a_refusal_as_a_disagreement(bench):

@@ -206,7 +206,7 @@ def test_model_recipe_fills_only_the_options_not_given():
 
 
 @pytest.mark.parametrize("option", [["--noise-weight", "0"], ["--noise-copies", "-1"], ["--augment", "-2"],
-                                    ["--phone-weight", "-1"]])
+                                    ["--phone-weight", "-1"], ["--crop-copies", "-1"], ["--crop-weight", "0"]])
 def test_copy_options_are_checked_before_any_audio_is_read(tmp_path, capsys, option):
     argv = ["--model", "cnn", *option, "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r")]
     with pytest.raises(SystemExit) as exit_:
@@ -220,13 +220,15 @@ def test_noise_and_phone_copies_join_the_training_clips(trained, tmp_path, caplo
     root, _, _ = trained
     out = tmp_path / "noisy"
     argv = _argv(root, out, tmp_path / "cache", "--epochs", "1", "--augment", "0", "--noise-copies", "2",
-                 "--noise-weight", "0.5", "--music-copies", "1", "--music-weight", "0.5", "--phone-copy", "true")
+                 "--noise-weight", "0.5", "--music-copies", "1", "--music-weight", "0.5", "--phone-copy", "true",
+                 "--crop-copies", "1", "--crop-weight", "0.5")
     with caplog.at_level(logging.INFO, logger="ser.train"):
         assert ser_train.main(argv) == 0
     clean = int((pd.read_csv(out / "split.csv")["split"] == "train").sum())
-    assert f"train {5 * clean} ({clean} clips + {4 * clean} augmented copies)" in caplog.text
+    assert f"train {6 * clean} ({clean} clips + {5 * clean} augmented copies)" in caplog.text
     train = read_json(out / "config.json")["train"]
     assert train["noise_copies"] == 2 and train["music_copies"] == 1 and train["music_weight"] == 0.5
+    assert train["crop_copies"] == 1 and train["crop_weight"] == 0.5
     with pytest.raises(SystemExit):  # checked before any feature is extracted
         ser_train.main(_argv(root, tmp_path / "bad", tmp_path / "cache", "--music-copies", "-1"))
     assert not (tmp_path / "bad").exists()

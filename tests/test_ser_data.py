@@ -249,6 +249,40 @@ def test_noise_and_music_copies_are_reproducible_and_cached_apart_from_augmented
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 6 * len(paths)
 
 
+def test_short_copies_are_stretches_of_the_speech_cached_apart(corpora, tmp_path):
+    """``speech_stretch``: a stretch of the trimmed speech of the length asked (central without a generator, random
+    and reproducible with one); a clip's short copy ("crop1") is its own cache entry, never longer than the clip."""
+    from ser.features import CROP_SECONDS, crop_variant, speech_stretch
+
+    sr = 16_000
+    voice = synth.tone("sad", seconds=2.0)
+    y = np.concatenate([np.zeros(sr), voice, np.zeros(sr)]).astype(np.float32)  # 1 s of silence either side
+    centre = speech_stretch(y, sr, 1.0)
+    start = int(np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(y, centre.size) == centre, axis=1))[0])
+    assert centre.size == sr and abs(start - 1.5 * sr) < 0.05 * sr  # the middle second of the speech
+    starts = set()
+    for seed in range(20):
+        part = speech_stretch(y, sr, 0.8, np.random.default_rng(seed))
+        assert part.size == int(0.8 * sr)
+        starts.add(int(np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(y, part.size) == part,
+                                             axis=1))[0]))
+        np.testing.assert_array_equal(part, speech_stretch(y, sr, 0.8, np.random.default_rng(seed)))
+    assert len(starts) > 10 and min(starts) >= 0.95 * sr and max(starts) + 0.8 * sr <= 3.05 * sr  # inside the speech
+    assert speech_stretch(y, sr, 5.0).size < 2.2 * sr  # longer than the speech: all of the speech, no silence
+    root, _ = corpora
+    clips, _ = load_clips(["ravdess"], root)
+    paths = [c.path for c in clips][:2]
+    cfg = FeatureConfig()
+    clean, _ = extract_many(paths, cfg, tmp_path / "cache", n_jobs=1)
+    short, _ = extract_many(paths, cfg, tmp_path / "cache", variant=crop_variant(1), n_jobs=1)
+    again, _ = extract_many(paths, cfg, None, variant=crop_variant(1), n_jobs=1)
+    for c, s, a in zip(clean, short, again):
+        # the fixtures hold about 1 s of speech: a copy is at most all of it
+        assert s.shape[0] <= min(c.shape[0], CROP_SECONDS[1] * cfg.sample_rate / cfg.hop_length + 2)
+        np.testing.assert_array_equal(s, a)
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 2 * len(paths)
+
+
 def test_music_copy_puts_harmonic_music_with_a_beat_under_the_untouched_voice_in_its_snr_range():
     from ser.features import MUSIC_SNR_DB, add_music, synthetic_music
     from ser.frontend import active_rms
