@@ -87,9 +87,26 @@ def speech_windows(y: np.ndarray, cfg: FeatureConfig, hop_seconds: float | None 
     return voiced or windows[:1]
 
 
-def hears_speech(no_speech_probability: float | None) -> bool:
-    """Whether Whisper's no-speech probability of a window lets it through (None: the model cannot tell)."""
-    return no_speech_probability is None or no_speech_probability < NO_SPEECH_THRESHOLD
+SHORT_SOUND_SECONDS = 3.0   # windows with less sound than this get a higher no-speech threshold (exp47)
+SHORT_SOUND_STEP = 0.1      # per second of sound under SHORT_SOUND_SECONDS
+SHORT_SOUND_CAP = 0.85
+
+
+def no_speech_threshold(seconds: float | None = None) -> float:
+    """The no-speech probability at which a window holding ``seconds`` of sound is refused. Whisper's no-speech
+    probability rises as the sound in its 30 s window gets shorter, speech's as music's (runs/exp47: real speech's 99th
+    percentile 0.74 at 1 s and 0.60 at 2 s, music's 1st 0.85 and 0.71), so the threshold rises with it: from
+    NO_SPEECH_THRESHOLD at 3 s (whole clips) by 0.1 a second to 0.85 (None: NO_SPEECH_THRESHOLD)."""
+    if seconds is None:
+        return NO_SPEECH_THRESHOLD
+    raised = NO_SPEECH_THRESHOLD + SHORT_SOUND_STEP * (SHORT_SOUND_SECONDS - seconds)
+    return max(NO_SPEECH_THRESHOLD, min(SHORT_SOUND_CAP, raised))
+
+
+def hears_speech(no_speech_probability: float | None, seconds: float | None = None) -> bool:
+    """Whether Whisper's no-speech probability of a window holding ``seconds`` of sound lets it through (None: the
+    model cannot tell)."""
+    return no_speech_probability is None or no_speech_probability < no_speech_threshold(seconds)
 
 
 def strongest_refusal(refusals: Sequence[NoSpeechError]) -> NoSpeechError:
@@ -184,10 +201,28 @@ class SERPredictor:
         where the model's Whisper encoder hears no speech in it: music and other sounds that pass
         ``speech_check``. Models without that encoder (MFCC / log-mel) answer every waveform."""
         probs, no_speech = self.window_outputs(waveforms)
-        return [NoSpeechError(f"{source}: no speech: Whisper hears no speech in it (no-speech probability "
-                              f"{q:.2f}; speech < {NO_SPEECH_THRESHOLD:g}): music or another sound", "other sound",
-                              no_speech_probability=q)
-                if not hears_speech(q) else p for p, q in zip(probs, no_speech)]
+        out: list[np.ndarray | NoSpeechError] = []
+        for p, q, w in zip(probs, no_speech, waveforms):
+            # below the lowest threshold a window passes whatever its length: no need to measure it
+            seconds = None if q is None or q < NO_SPEECH_THRESHOLD else self.sound_seconds(w)
+            if hears_speech(q, seconds):
+                out.append(p)
+                continue
+            rule = f"speech < {no_speech_threshold(seconds):.2f}" + ("" if seconds is None else
+                                                                   f" for {seconds:.1f} s of sound")
+            out.append(NoSpeechError(f"{source}: no speech: Whisper hears no speech in it (no-speech probability "
+                                     f"{q:.2f}; {rule}): music or another sound", "other sound",
+                                     no_speech_probability=q))
+        return out
+
+    def sound_seconds(self, waveform: np.ndarray) -> float | None:
+        """Seconds of sound the Whisper encoder sees in ``waveform`` (trimmed and cut as its features prepare it);
+        None for a model without one."""
+        features = next((m.features for m in self.members if hasattr(m.features, "prepare")), None) \
+            if self.members else getattr(self, "features", None)
+        if not hasattr(features, "prepare"):
+            return None
+        return features.prepare(np.asarray(waveform, np.float32)).size / features.sample_rate
 
     def window_probabilities(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         """(n, classes) for waveforms at the model's rate, each treated as one clip (trimmed, first window); no

@@ -30,6 +30,9 @@ class _Predictor:
     def window_outputs(self, waveforms):
         return np.zeros((len(waveforms), 7)), [float(w[1]) for w in waveforms]
 
+    def sound_seconds(self, waveform):  # its third sample, if any: how much sound the encoder would see
+        return float(waveform[2]) if waveform.size > 2 else 3.0
+
 
 def test_verdict_names_the_stage_and_keeps_whispers_probability(bench):
     predictor = _Predictor()
@@ -37,6 +40,9 @@ def test_verdict_names_the_stage_and_keeps_whispers_probability(bench):
     assert bench.verdict(predictor, np.array([2.0, 0.0])) == ("signal: silence", None)  # a track's silent end
     assert bench.verdict(predictor, np.array([0.0, 0.9])) == ("whisper", pytest.approx(0.9))
     assert bench.verdict(predictor, np.array([0.0, 0.1])) == ("speech", pytest.approx(0.1))
+    # the predictor's own rule: 0.75 refuses a window with 3 s of sound, not one with 1 s (threshold 0.8)
+    assert bench.verdict(predictor, np.array([0.0, 0.75, 3.0]))[0] == "whisper"
+    assert bench.verdict(predictor, np.array([0.0, 0.75, 1.0]))[0] == "speech"
 
 
 def test_summary_rates_and_the_other_thresholds(bench):

@@ -171,6 +171,34 @@ def test_windows_whisper_hears_no_speech_in_are_dropped_and_a_file_of_them_is_no
                                         "0.95") and "music or another sound" in str(caught.value)
 
 
+def test_the_threshold_rises_as_the_window_holds_less_sound():
+    """Whisper's no-speech probability of real speech rises as the speech gets shorter (exp47), so a window with
+    1 s of sound is refused at 0.8, not 0.6; whole clips (3 s and more) keep 0.6."""
+    from ser.predict import SERPredictor, no_speech_threshold
+
+    assert no_speech_threshold(None) == no_speech_threshold(3.0) == no_speech_threshold(10.0) == NO_SPEECH_THRESHOLD
+    assert no_speech_threshold(1.0) == pytest.approx(0.8) and no_speech_threshold(2.0) == pytest.approx(0.7)
+    assert no_speech_threshold(0.5) == no_speech_threshold(0.1) == pytest.approx(0.85)
+    lengths = np.linspace(0, 4, 41)
+    assert np.all(np.diff([no_speech_threshold(x) for x in lengths]) <= 0)
+
+    class Features:  # what the encoder sees: the waveform's non-zero part (a trim), at 16 kHz
+        sample_rate = 16_000
+
+        def prepare(self, y):
+            return y[np.flatnonzero(y)[0]:np.flatnonzero(y)[-1] + 1]
+
+    predictor = object.__new__(SERPredictor)
+    predictor.members, predictor.features = [], Features()
+    predictor.window_outputs = lambda ws: (np.eye(7)[[1] * len(ws)], [0.75] * len(ws))
+    short = np.concatenate([np.zeros(16_000), np.ones(16_000), np.zeros(16_000)]).astype(np.float32)  # 1 s of sound
+    whole = np.ones(48_000, np.float32)
+    assert predictor.sound_seconds(short) == 1.0 and predictor.sound_seconds(whole) == 3.0
+    kept, refused = predictor.window_results([short, whole], source="talk.wav")
+    assert isinstance(kept, np.ndarray) and isinstance(refused, NoSpeechError)
+    assert "speech < 0.60 for 3.0 s of sound" in str(refused)
+
+
 def test_the_live_stream_batch_says_no_speech_for_a_window_whisper_refuses():
     from webapp.models import Models
 
