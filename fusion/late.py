@@ -42,6 +42,7 @@ WEIGHTS_FILE = "late_fusion.json"
 LATE_FPS = 5.0          # faces change slowly; 5 frames/s halves detection cost against the joint model's 10
 SEGMENT_SECONDS = 3.0   # a timeline row (--segments): about one Whisper speech window
 MAX_SEGMENTS = 40       # a long clip gets longer rows rather than a table nobody reads
+NO_FACE_FOUND = "no face found in any sampled frame"  # face_missing, as fusion.predict and the server say it
 GRID_STEPS = 21         # audio weight 0.00, 0.05, ..., 1.00
 # "product" (log-linear pooling) treats the modalities as independent evidence: one confident modality can
 # overrule a hesitant one.
@@ -305,7 +306,7 @@ class LateFusion:
                 reading.per_frame[k] = p
             reading.probs["face"] = faces.mean(axis=0)
         elif "face_missing" not in info:
-            info["face_missing"] = "no face found in any sampled frame"
+            info["face_missing"] = NO_FACE_FOUND
         return reading
 
     def result(self, path: str | os.PathLike, probs: dict[str, np.ndarray | None], info: dict[str, Any]) -> dict:

@@ -474,7 +474,8 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
     frames (5 per second, at most ``video_frames``) and the same audio samples, so both give the same answer."""
     import cv2
 
-    from fusion.late import LATE_FPS, LateFusionConfig, clip_answer, clip_segments, decode_for_prediction
+    from fusion.late import (LATE_FPS, NO_FACE_FOUND, LateFusionConfig, clip_answer, clip_segments,
+                             decode_for_prediction)
     from fusion.media import MediaError as ClipError
     from fusion.media import StillImageError
     from ser.audio import AudioError, check_signal
@@ -525,7 +526,7 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
             except Exception as exc:  # the clip may not suit the joint model (no speech, say): fall back
                 log.warning("%s: fusion model failed (%s); fused late instead", name, exc)
     if not frames_with_face and "face_missing" not in info:
-        info["face_missing"] = ("no face found in any sampled frame" if models.face.loaded
+        info["face_missing"] = (NO_FACE_FOUND if models.face.loaded
                                 else f"no face model is loaded ({models.face.error})")
     info.update({"seconds": round(clip.seconds, 3), "frames_sampled": len(frames),
                  "frames_with_face": frames_with_face, "no_speech": no_speech, "audio_missing": audio_missing, **span})
