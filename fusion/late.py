@@ -37,6 +37,8 @@ from fusion.media import MAX_CLIP_FRAMES, MAX_CLIP_SECONDS, Clip, MediaError, No
 log = logging.getLogger("fusion.late")
 
 LATE_MODALITIES = ("audio", "face")
+ANSWER_NAMES = {"audio": "voice", "face": "face"}  # late_fusion.json's modality names -> the answers'
+SPEC_NAMES = {answer: name for name, answer in ANSWER_NAMES.items()}  # and back, for --late-weights
 DEFAULT_WEIGHTS = {"audio": 0.5, "face": 0.5}
 WEIGHTS_FILE = "late_fusion.json"
 LATE_FPS = 5.0          # faces change slowly; 5 frames/s halves detection cost against the joint model's 10
@@ -128,7 +130,8 @@ def _checked_weights(weights: Mapping[str, Any], where: str) -> dict[str, float]
 
 
 def read_late_config(spec: str | os.PathLike | LateFusionConfig | None = None) -> LateFusionConfig:
-    """A ``late_fusion.json`` (or a folder holding one), ``audio=0.6,face=0.4[,rule=product]``, or the default."""
+    """A ``late_fusion.json`` (or a folder holding one), ``audio=0.6,face=0.4[,rule=product]`` (``voice`` for
+    ``audio`` too), or the default."""
     if isinstance(spec, LateFusionConfig):
         return spec
     if spec is None or str(spec) == "":
@@ -156,7 +159,8 @@ def read_late_config(spec: str | os.PathLike | LateFusionConfig | None = None) -
     except ValueError:
         raise ValueError(f"late-fusion weights must be a file or 'audio=W,face=W[,rule=mean|product]', "
                          f"got {spec!r}") from None
-    pairs = {k.strip(): v.strip() for k, v in pairs.items()}
+    # "voice" as the answers name it (clip_answer's weights) is "audio" here
+    pairs = {SPEC_NAMES.get(k.strip(), k.strip()): v.strip() for k, v in pairs.items()}
     rule = pairs.pop("rule", "mean")
     if rule not in RULES:
         raise ValueError(f"late-fusion rule must be one of {RULES}, got {rule!r}")
@@ -366,7 +370,6 @@ def as_result(probs: np.ndarray, class_names: Sequence[str] = EMOTIONS) -> dict:
             "probabilities": {name: round(float(p), 6) for name, p in zip(class_names, probs)}}
 
 
-ANSWER_NAMES = {"audio": "voice", "face": "face"}  # late_fusion.json's modality names -> the answer's
 CLIP_FACTS = ("frames_sampled", "frames_with_face", "seconds", "duration_seconds", "truncated", "no_speech",
               "audio_missing", "face_missing")
 

@@ -299,8 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "speech (Whisper's no-speech probability refuses music) (default saved_models/ser)")
     parser.add_argument("--fer-model-dir", default=None, help="late fusion: FER run folder (default saved_models/fer)")
     parser.add_argument("--late-weights", default=None,
-                        help="late fusion: late_fusion.json (from python -m fusion.late) or 'audio=0.6,face=0.4', "
-                             "both named, 0 leaves one out (default: the fusion folder's late_fusion.json)")
+                        help="late fusion: late_fusion.json (from python -m fusion.late) or 'audio=0.6,face=0.4' (or "
+                             "voice=...), both named, 0 leaves one out (default: the fusion folder's late_fusion.json)")
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
                         help="late fusion face detector (default: %(default)s)")
     parser.add_argument("--max-seconds", type=float, default=MAX_CLIP_SECONDS,

@@ -129,6 +129,10 @@ def test_bad_late_fusion_specs_are_refused_clearly(tmp_path, capsys, clips):
         read_late_config("audio=0.5,face=0.5,rule=vote")
     with pytest.raises(ValueError, match="non-negative"):
         read_late_config("audio=0,face=0")
+    # the answers call the audio's weight "voice": a spec may too
+    assert read_late_config("voice=0.7,face=0.3,rule=product").weights == {"audio": 0.7, "face": 0.3}
+    with pytest.raises(ValueError, match="non-negative"):
+        read_late_config("voice=0.7,audio=0.2,face=0.1,speech=1")
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a late-fusion file"):
         read_late_config(tmp_path / "bad.json")
