@@ -84,7 +84,6 @@ def verdict(predictor, y: np.ndarray) -> tuple[str, float | None]:
     ``SERPredictor.predict_waveform`` decides: the item is refused by Whisper when every window is."""
     from ser.audio import AudioError
     from ser.frontend import no_speech_reason
-    from ser.predict import hears_speech
 
     try:
         windows = predictor.speech_segments(y, SR)
@@ -95,7 +94,7 @@ def verdict(predictor, y: np.ndarray) -> tuple[str, float | None]:
         return f"signal: {reason}", None
     _, heard = predictor.window_outputs([w for _, _, w in windows])
     known = [q for q in heard if q is not None]
-    passed = any(hears_speech(q, predictor.sound_seconds(w)) for (_, _, w), q in zip(windows, heard))
+    passed = any(predictor.hears(q, w)[0] for (_, _, w), q in zip(windows, heard))  # the predictor's own rule
     return ("speech" if passed else "whisper"), (min(known) if known else None)
 
 

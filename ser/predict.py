@@ -203,9 +203,8 @@ class SERPredictor:
         probs, no_speech = self.window_outputs(waveforms)
         out: list[np.ndarray | NoSpeechError] = []
         for p, q, w in zip(probs, no_speech, waveforms):
-            # below the lowest threshold a window passes whatever its length: no need to measure it
-            seconds = None if q is None or q < NO_SPEECH_THRESHOLD else self.sound_seconds(w)
-            if hears_speech(q, seconds):
+            heard, seconds = self.hears(q, w)
+            if heard:
                 out.append(p)
                 continue
             rule = f"speech < {no_speech_threshold(seconds):.2f}" + ("" if seconds is None else
@@ -214,6 +213,13 @@ class SERPredictor:
                                      f"{q:.2f}; {rule}): music or another sound", "other sound",
                                      no_speech_probability=q))
         return out
+
+    def hears(self, no_speech_probability: float | None, waveform: np.ndarray) -> tuple[bool, float | None]:
+        """(whether the window passes Whisper's check, the seconds of sound it was judged by: None when not needed)."""
+        # below the lowest threshold a window passes whatever its length: no need to measure it
+        q = no_speech_probability
+        seconds = None if q is None or q < NO_SPEECH_THRESHOLD else self.sound_seconds(waveform)
+        return hears_speech(q, seconds), seconds
 
     def sound_seconds(self, waveform: np.ndarray) -> float | None:
         """Seconds of sound the Whisper encoder sees in ``waveform`` (trimmed and cut as its features prepare it);

@@ -31,7 +31,7 @@ from core.labels import EMOTIONS
 from fusion.media import MAX_CLIP_FRAMES, MAX_CLIP_SECONDS
 from ser.frontend import NoSpeechError, no_speech_reason
 from webapp import media
-from webapp.models import PRECISION, ModelLoader, ModelUnavailable, Models, top_label
+from webapp.models import ModelLoader, ModelUnavailable, Models, top_label
 from webapp.schemas import (AudioPrediction, ErrorResponse, Health, ImagePrediction, StreamHello, VideoPrediction,
                             stream_schema)
 from webapp.stream import CLOSE_BUSY, LiveWorkers, StreamConfig, StreamSession, _now_ms
@@ -455,13 +455,6 @@ def as_vector(probabilities: dict[str, float] | None) -> np.ndarray | None:
     return None if probabilities is None else np.array([probabilities[e] for e in EMOTIONS], np.float64)
 
 
-def _mean_result(probabilities: list[dict[str, float]]) -> dict[str, Any] | None:
-    if not probabilities:
-        return None
-    mean = {e: round(float(np.mean([p[e] for p in probabilities])), PRECISION) for e in EMOTIONS}
-    return {"label": top_label(mean), "probabilities": mean}
-
-
 NO_AUDIO_TRACK = "no audio track"  # fusion.late.LateFusion.modality_probs's audio_missing for the same clip
 
 
@@ -491,12 +484,13 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
         times = [k / clip.fps for k in range(len(frames))]
         voice = no_speech = audio_missing = None
         speechless = False  # sound that is not speech (hum, noise): the joint model is not asked either
-        per_frame: list[dict[str, float] | None] = [None] * len(frames)
+        per_frame: list[np.ndarray | None] = [None] * len(frames)  # the largest face's probabilities
         if models.face.loaded:
             for i, faces in enumerate(map(models.predict_faces, frames)):
-                per_frame[i] = faces[0]["probabilities"] if faces else None
-        face = _mean_result([p for p in per_frame if p is not None])
-        frames_with_face = sum(p is not None for p in per_frame)
+                per_frame[i] = as_vector(faces[0]["probabilities"]) if faces else None
+        seen = [p for p in per_frame if p is not None]
+        face = np.mean(seen, axis=0) if seen else None
+        frames_with_face = len(seen)
         windows: list[dict] = []
         if not clip.audio.size:
             audio_missing = NO_AUDIO_TRACK
@@ -511,7 +505,7 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
                     probs, windows = models.predict_voice_segments(clip.audio, clip.sample_rate)
                 else:
                     probs = models.predict_voice(clip.audio, clip.sample_rate)
-                voice = {"label": top_label(probs), "probabilities": probs}
+                voice = as_vector(probs)
             except AudioError as exc:  # silent, too short, or no speech in it: the face alone decides
                 log.info("%s: no usable audio (%s)", name, exc)
                 no_speech, audio_missing = no_speech_reason(exc), str(exc)
@@ -532,12 +526,9 @@ def predict_video_bytes(models: Models, settings: Settings, name: str, data: byt
                  "frames_with_face": frames_with_face, "no_speech": no_speech, "audio_missing": audio_missing, **span})
     # One builder for this answer and fusion.predict's: the same fields, the same fusion of the same numbers.
     late = LateFusionConfig({"audio": settings.voice_weight, "face": settings.face_weight}, settings.fusion_rule)
-    answer = clip_answer(name, {"audio": as_vector(voice and voice["probabilities"]),
-                                "face": as_vector(face and face["probabilities"])}, info,
-                         None if fused is not None else late, fused=fused)
+    answer = clip_answer(name, {"audio": voice, "face": face}, info, None if fused is not None else late, fused=fused)
     if segments:
         answer["segments"] = clip_segments(
-            list(map(as_vector, per_frame)), times,
-            [(w["start"], w["end"], as_vector(w["probabilities"])) for w in windows],
+            per_frame, times, [(w["start"], w["end"], as_vector(w["probabilities"])) for w in windows],
             span["duration_seconds"], settings.max_video_seconds, late, settings.video_segment_seconds)
     return answer
