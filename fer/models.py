@@ -313,3 +313,13 @@ def with_flip_average(model: keras.Model) -> keras.Model:
 
 def is_flip_averaged(model: keras.Model) -> bool:
     return any(isinstance(layer, HorizontalFlip) for layer in model.layers)
+
+
+def without_tta(model: keras.Model) -> keras.Model:
+    """The network inside a ``with_tta`` model (the shipped models average flips), or ``model`` itself."""
+    if not is_flip_averaged(model):
+        return model
+    inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(inner) != 1:
+        raise ValueError(f"{model.name} averages flips of {len(inner)} networks, not one")
+    return inner[0]

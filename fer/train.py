@@ -467,7 +467,7 @@ def _new_model(cfg: TrainConfig, input_shape: tuple[int, int, int]):
     """The run's model before training: built from the recipe, with the --init-from weights if given."""
     import keras
 
-    from fer.models import build_model
+    from fer.models import build_model, without_tta
 
     kwargs = model_kwargs(cfg)
     if cfg.init_from and cfg.model == "faceres":
@@ -475,7 +475,8 @@ def _new_model(cfg: TrainConfig, input_shape: tuple[int, int, int]):
     model = build_model(cfg.model, input_shape, NUM_CLASSES, **kwargs)
     if cfg.init_from:
         log.info("warm start from %s", cfg.init_from)
-        copy_weights(keras.models.load_model(cfg.init_from, compile=False), model)
+        # A flip-averaged model (the shipped ones) continues from the network it averages.
+        copy_weights(without_tta(keras.models.load_model(cfg.init_from, compile=False)), model)
     return model
 
 

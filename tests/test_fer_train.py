@@ -223,6 +223,21 @@ def test_warm_start_continues_from_a_trained_model(cnn_run, fer_data, tmp_path):
     assert any("duplicates dropped from training" in note for note in read_json(run / "data_report.json")["notes"])
 
 
+def test_warm_start_from_a_flip_averaged_model(cnn_run, tmp_path):
+    # The shipped models average flips (fer.tta); continuing one starts from the network inside.
+    from fer.models import with_flip_average
+
+    plain = keras.models.load_model(cnn_run / "model.keras")
+    shipped = tmp_path / "flip.keras"
+    with_flip_average(plain).save(shipped)
+    cfg = fer_train.run_config(read_json(cnn_run / "config.json"))
+    cfg.init_from = str(shipped)
+    warm = fer_train._new_model(cfg, tuple(plain.input_shape[1:]))
+    assert len(warm.get_weights()) == len(plain.get_weights())
+    for a, b in zip(warm.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_tiny_model_trains_end_to_end(fer_data, tmp_path):
     run = tmp_path / "tiny"
     rc = fer_train.main(["--model", "tiny", "--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "1",
