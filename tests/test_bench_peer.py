@@ -35,3 +35,15 @@ def test_hold_out_images_with_a_copy_elsewhere_are_flagged(repo_root):
     images[5] = images[3]  # a training image repeated in training only
     part = np.array([True, True, False, False, False, False])
     np.testing.assert_array_equal(bench.has_copy_outside(images, part), [True, False, False, False, False, False])
+
+
+def test_models_refit_on_all_of_fer2013_training_are_marked(repo_root):
+    # Their hold-out numbers are training-set numbers, like the peer's.
+    sys.path.insert(0, str(repo_root / "bench"))
+    import bench_fer_peer as bench
+
+    assert bench.trained_on_holdout({"dataset": "fer2013", "refit": True, "test_fraction": 0.0})
+    assert not bench.trained_on_holdout({"dataset": "fer2013", "refit": True, "test_fraction": 0.2})
+    assert not bench.trained_on_holdout({"dataset": "fer2013", "refit": False, "test_fraction": 0.2})
+    assert not bench.trained_on_holdout({"dataset": "jaffe", "refit": True, "test_fraction": 0.0})
+    assert bench.Peer.trained_on_holdout
