@@ -139,7 +139,8 @@ HELP = {
     "dedupe": "drop exact-duplicate training images: copies of validation/test images, copies with conflicting "
               "labels, repeats (counted in data_report.json)",
     "refit": "final fit once the recipe is chosen on validation: the validation images join training, all "
-             "--epochs run and the last weights are kept (needs --schedule cosine); only the test split is scored",
+             "--epochs run and the last weights are kept (needs --schedule cosine); only the test split is scored "
+             "(with --test-fraction 0 there is none: every face trains, as for the shipped FER2013 models)",
     "teacher": "knowledge distillation: a model.keras whose probabilities on the training faces become the targets "
                "(mixed with the labels by --distill-weight); e.g. a faceres run distilled into tiny",
     "distill_weight": "distillation: weight of the teacher's probabilities in the targets (the rest is the label)",
