@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--row", action="append", default=[],
                         help="extra card row 'name=value' (split at the first '=' with no space around it)")
     parser.add_argument("--notes", default="", help="model card: free-text notes (targets met or not, caveats)")
+    parser.add_argument("--metrics", default=None,
+                        help="an evaluation folder (e.g. fer.evaluate --output) whose metrics.json and "
+                             "confusion_matrix.png the card reports instead of the run's: for a run refit on every "
+                             "item, which has no held-out score (name its split in --split)")
     add_verbose_flag(parser)
     return parser
 
@@ -56,6 +60,7 @@ def parse_row(text: str) -> tuple[str, str]:
 def main(argv: Sequence[str] | None = None) -> None:
     import importlib
 
+    from core.io import read_json
     from core.model_card import write_model_card
 
     parser = build_parser()
@@ -68,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(exc))
     if not (run / "model.keras").is_file():
         parser.error(f"--run {run}: no model.keras there (a finished run folder is needed)")
+    scores = Path(args.metrics) if args.metrics else run
+    if not (scores / "metrics.json").is_file():
+        parser.error(f"{scores}: no metrics.json there")
+    if not read_json(scores / "metrics.json").get("n"):
+        parser.error(f"{scores}/metrics.json scores no held-out item (a run refit on every item): evaluate it on "
+                     "other data and pass that folder as --metrics")
     importlib.import_module(f"{args.task}.models")  # registers custom layers, so the card can count parameters
     dest.mkdir(parents=True, exist_ok=True)
     for stale in (dest / name for name in KEEP + ("MODEL_CARD.md",)):  # files of the model shipped before
@@ -75,8 +86,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in KEEP:
         if name == "split.csv" and args.task == "fer":
             continue  # 2 MB for FER2013; fer.train.load_split re-creates it from config.json
-        if (run / name).exists():
-            shutil.copy2(run / name, dest / name)
+        source = scores if name in ("metrics.json", "confusion_matrix.png") else run
+        if (source / name).exists():
+            shutil.copy2(source / name, dest / name)
     card = write_model_card(dest, args.title, args.data, args.split, args.licence, args.command, rows, args.notes,
                             task=args.task)
     total = sum(p.stat().st_size for p in dest.iterdir()) / 1024

@@ -90,5 +90,7 @@ def write_report(out_dir: str | os.PathLike, y_true: Sequence[int], y_pred: Sequ
 
 
 def format_summary(metrics: Mapping[str, Any]) -> str:
+    if not metrics.get("n"):
+        return "no held-out items (refit on every item)"
     return (f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['f1_macro']:.4f}  "
             f"weighted-F1 {metrics['f1_weighted']:.4f}  (n={metrics['n']})")

@@ -11,7 +11,7 @@ import pytest
 from core.io import read_json
 from fer import evaluate as fer_evaluate
 from fer import train as fer_train
-from synth_faces import write_ckplus, write_fer2013_csv
+from synth_faces import write_ckplus, write_fer2013_csv, write_fer2013_folders
 
 TINY = ["--filters", "4,8", "--dense-units", "16", "--batch-size", "16", "--patience", "5"]
 ARTIFACTS = ("model.keras", "config.json", "metrics.json", "val_metrics.json", "confusion_matrix.png",
@@ -524,3 +524,23 @@ def test_warm_start_carries_weights_across_input_sizes_and_refuses_other_archite
         fer_train.copy_weights(build_tiny(), large)
     with pytest.raises(ValueError, match="this model needs"):
         fer_train.copy_weights(build_faceres(weights=None, image_size=32, alpha=0.5), large)
+
+
+def test_a_refit_on_every_face_says_it_has_no_score_and_is_finished(tmp_path, capsys):
+    # --refit true --test-fraction 0 (how the shipped FER2013 models end): nothing held out, so metrics.json says
+    # n = 0, and the same command again trains nothing (it would rebuild a teacher bank and retrain).
+    write_fer2013_folders(tmp_path / "data" / "fer2013", per_class=4, splits=("train",))  # the Kaggle layout we have
+    run = tmp_path / "all"
+    args = ["--model", "cnn", "--dataset", "fer2013", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
+            "--refit", "true", "--schedule", "cosine", "--test-fraction", "0", "--output", str(run), *TINY]
+    assert fer_train.main(args) == 0
+    metrics = read_json(run / "metrics.json")
+    assert metrics["n"] == 0 and metrics["split"] == "none"
+    split = pd.read_csv(run / "split.csv")["split"]
+    assert set(split) == {"train"}
+    model = (run / "model.keras").read_bytes()
+    capsys.readouterr()
+    assert fer_train.main(args) == 0
+    out = capsys.readouterr().out
+    assert "already finished" in out and "no held-out items" in out
+    assert (run / "model.keras").read_bytes() == model
