@@ -8,7 +8,8 @@
 Corpora: JAFFE (faces cut from the photos with the default detector, aligned: fer.faces) and CK+48, which neither model was trained
 on: the fair comparison. Also our FER2013 hold-out (the split every face recipe was chosen and scored on), where
 the peer's number is inflated: it was trained on FER2013's Training images, which include our hold-out; so are
-models of ours refit on all of Training (marked †). Reports accuracy, macro-F1 and ms per face on one core. Writes bench/results/fer_peer.md and .json (needs ../shared/data; exits 0 with a note without it).
+models of ours refit on all of Training (marked †). Reports accuracy, macro-F1 and ms per face on one core.
+Writes bench/results/fer_peer.md and .json (needs ../shared/data; exits 0 with a note without it).
 """
 from __future__ import annotations
 
@@ -118,8 +119,9 @@ def corpora(data_root: Path) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
 
 def trained_on_holdout(config: dict) -> bool:
     """A FER2013 model refit on every Training face (--refit true --test-fraction 0): the hold-out is in its training."""
-    return (config.get("dataset") == "fer2013" and bool(config.get("refit"))
-            and not float(config.get("test_fraction", 0.2)))
+    from fer.train import refit_on_every_face
+
+    return config.get("dataset") == "fer2013" and refit_on_every_face(config)
 
 
 def has_copy_outside(images: np.ndarray, part: np.ndarray) -> np.ndarray:

@@ -228,6 +228,12 @@ def load_split(cfg: TrainConfig):
     return data, splits
 
 
+def refit_on_every_face(config: dict[str, Any]) -> bool:
+    """A run's config.json says it trained on every face of its corpus (--refit true --test-fraction 0 on a corpus
+    without its own test part, as FER2013's Training folder): no held-out image of that corpus is left."""
+    return bool(config.get("refit")) and not float(config.get("test_fraction", 0.2))
+
+
 def held_out_split(config: dict[str, Any], run_dir: Path | None = None, **overrides: Any):
     """``load_split`` of a finished run's config.json as evaluation needs it: its validation and test images
     exactly (its --max-per-class, detector, fractions, subjects), without the training-side options (dedupe, a

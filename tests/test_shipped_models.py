@@ -87,6 +87,7 @@ def test_shipped_fer_models_fit_their_size_budgets(repo_root):
 @pytest.mark.parametrize("mode", ["float16", "int8"])
 def test_shipped_fer_tflite_agrees_with_keras(mode, name, repo_root):
     from fer.predict import FERPredictor
+    from fer.train import refit_on_every_face
 
     faces = np.random.default_rng(4).integers(0, 256, (3, 48, 48), dtype=np.uint8)
     a = FERPredictor(repo_root / "saved_models" / name).predict_crops(faces)
@@ -94,7 +95,7 @@ def test_shipped_fer_tflite_agrees_with_keras(mode, name, repo_root):
     assert b.shape == (3, 7) and np.abs(a - b).max() < 0.1
     report = json.loads((repo_root / "saved_models" / name / "export.json").read_text())
     config = json.loads((repo_root / "saved_models" / name / "config.json").read_text())
-    if config.get("refit") and not config.get("test_fraction"):  # trained on every FER2013 Training face: no
+    if refit_on_every_face(config):  # trained on every FER2013 Training face: no
         # labelled faces left, so the export is checked by its agreement with the Keras model (fer.export)
         assert report["exports"][mode]["agreement_with_keras"] >= 0.95 and "accuracy" not in report["exports"][mode]
         assert "training faces of fer2013 not used for calibration" in report["split"]
