@@ -480,10 +480,15 @@ def _run_config_path(run_dir: str | os.PathLike) -> Path:
 def chosen_split_config(run_dir: str | os.PathLike) -> dict:
     """A run's config.json with the split its recipe was chosen on: a refit run (such as the shipped
     ``saved_models/fer``) trained on its validation faces too, but they are packed, and scored, as validation, so a
-    fresh machine can pack the shipped model's split without any run of its own."""
+    fresh machine can pack the shipped model's split without any run of its own. A run refit on every face
+    (``--test-fraction 0``) gets fer.train's default test fraction back, so the hold-out stays home."""
     from core.io import read_json
+    from fer.train import TrainConfig, refit_on_every_face
 
-    return read_json(_run_config_path(run_dir)) | {"refit": False}
+    config = read_json(_run_config_path(run_dir))
+    if refit_on_every_face(config):  # the shipped face models since stop 45: their recipes were chosen on
+        config = config | {"test_fraction": TrainConfig.test_fraction}  # fer.train's default split, hold-out apart
+    return config | {"refit": False}
 
 
 def collect(weights: str | os.PathLike, run_dir: str | os.PathLike, output: str | os.PathLike,

@@ -58,6 +58,23 @@ def test_a_refit_run_packs_the_split_its_recipe_was_chosen_on(fer_run, packed, t
     assert manifest["sha256"] == packed[1]["sha256"]
 
 
+def test_a_run_refit_on_every_face_packs_the_default_split_with_its_hold_out_apart(tmp_path):
+    """The shipped face models trained on all of FER2013 Training (--refit true --test-fraction 0); their recipes were
+    chosen on fer.train's default split, which is what a lease must pack: the hold-out must not go to the GPU."""
+    from synth_faces import write_fer2013_folders
+
+    write_fer2013_folders(tmp_path / "data" / "fer2013", per_class=10, splits=("train",))  # the Kaggle layout we have
+    chosen, shipped = tmp_path / "chosen", tmp_path / "shipped"
+    base = {"model": "faceres", "dataset": "fer2013", "data_dir": str(tmp_path / "data"), "seed": 42}
+    for run, extra in ((chosen, {}), (shipped, {"refit": True, "test_fraction": 0.0})):
+        run.mkdir()
+        write_json(run / "config.json", base | extra)
+    want = train_gpu.pack(chosen, tmp_path / "out_chosen")
+    got = train_gpu.pack(shipped, tmp_path / "out_shipped")
+    assert got["counts"] == want["counts"] and sum(want["counts"].values()) < 70  # the hold-out stayed home
+    assert got["sha256"] == want["sha256"]
+
+
 def test_mosaics_round_trip_and_padding():
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, (70, 48, 48), dtype=np.uint8)
