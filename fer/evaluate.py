@@ -82,13 +82,17 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     from core.reports import format_summary, write_report
     from fer.data import load_corpus, split_faceset
     from fer.predict import FERPredictor
-    from fer.train import held_out_split
+    from fer.train import held_out_split, refit_on_every_face
 
     cfg.validate()  # also when called without the CLI
     predictor = FERPredictor(cfg.model_dir)
     train_cfg = predictor.config
     if cfg.split == "val" and train_cfg.get("refit") and train_cfg.get("dataset") == cfg.dataset:
         raise ValueError(f"{predictor.model_dir} was refit on its validation images: --split val is training data")
+    if cfg.split != "all" and train_cfg.get("dataset") == cfg.dataset and refit_on_every_face(train_cfg):
+        raise ValueError(f"{predictor.model_dir} was trained on every {cfg.dataset} face (--refit true "
+                         f"--test-fraction 0): none is held out; score it on a corpus it did not see "
+                         f"(--dataset ckplus or --dataset jaffe)")
     seed = int(train_cfg.get("seed", 42))
     if cfg.split != "all" and train_cfg.get("dataset") == cfg.dataset:
         # The run's own corpus: its split exactly as training made it, as fer.ensemble and fer.export re-create it.

@@ -544,3 +544,9 @@ def test_a_refit_on_every_face_says_it_has_no_score_and_is_finished(tmp_path, ca
     out = capsys.readouterr().out
     assert "already finished" in out and "no held-out items" in out
     assert (run / "model.keras").read_bytes() == model
+    # Scoring its own corpus's test split names why it is empty and what to score instead.
+    assert fer_evaluate.main(["--model-dir", str(run), "--dataset", "fer2013", "--data-dir", str(tmp_path / "data"),
+                              "--split", "test", "--output", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert "trained on every fer2013 face" in err and "--dataset ckplus" in err
+    assert not (tmp_path / "eval").exists()
