@@ -114,6 +114,11 @@ def test_shipped_file_was_fitted_on_validation_for_the_shipped_models(repo_root)
     data = read_json(repo_root / "saved_models" / "fusion" / "late_fusion.json")
     assert "validation" in data["fitted_on"]
     assert data["models"]["ser"]["dir"] == "saved_models/ser" and data["models"]["fer"]["dir"] == "saved_models/fer"
+    # Fitted for the very models that ship: otherwise every fusion.predict warns "re-fit them" out of the box.
+    from fusion.late import model_fingerprint
+
+    for name in ("ser", "fer"):
+        assert data["models"][name]["sha256"] == model_fingerprint(repo_root / "saved_models" / name), name
     # The fitting's promise: never below the better single modality on the clips it was fitted on.
     assert data["f1_macro"] >= max(data["f1_macro_single_modality"].values())
     assert (repo_root / "saved_models" / "fusion" / "MODEL_CARD.md").is_file()
