@@ -41,7 +41,7 @@ CLIS: dict[str, str] = {
     "bench/bench_ser_whisper_padding.py": "bench_ser_whisper_padding",
     "bench/bench_fer_detect.py": "bench_fer_detect", "bench/bench_fer_backbone.py": "bench_fer_backbone",
     "bench/bench_fer_crop_check.py": "bench_fer_crop_check", "bench/bench_ser_windows.py": "bench_ser_windows",
-    "bench/bench_voice_memory.py": "bench_voice_memory",
+    "bench/bench_voice_memory.py": "bench_voice_memory", "bench/bench_fer_robustness.py": "bench_fer_robustness",
 }
 
 # Not fixed yet, in files owned by other work in progress. Each entry is a strict xfail: once the file is
