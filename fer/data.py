@@ -280,11 +280,45 @@ def _stratified_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(picked)
 
 
+def camera_degradation(rate: float, seed: int = 42):
+    """A Keras layer that gives a share ``rate`` of the faces of each batch what a poor camera in a poor room
+    gives: contrast x U(0.4, 1) around the face's mean, gain x U(0.25, 1.6), a lower resolution (the batch's side
+    drawn from 12-48 px, then back) and sensor noise of sigma U(0, 12) gray levels, in that order. Chosen in
+    exp52 (docs/results.md); TensorFlow ops, for fer.train's tf.data pipeline."""
+    import keras
+    import tensorflow as tf
+
+    class CameraDegradation(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.generator = tf.random.Generator.from_seed(seed)
+
+        def call(self, x, training=True):
+            if not training:
+                return x
+            size = tf.shape(x)[1:3]
+            n = tf.shape(x)[0]
+
+            def uniform(low, high):
+                return self.generator.uniform([n, 1, 1, 1], low, high)
+
+            mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+            y = (mean + uniform(0.4, 1.0) * (x - mean)) * uniform(0.25, 1.6)
+            side = self.generator.uniform([], 12, 49, dtype=tf.int32)
+            y = tf.image.resize(tf.image.resize(y, [side, side], method="area"), size, method="bilinear")
+            y = tf.clip_by_value(y + self.generator.normal(tf.shape(x)) * uniform(0.0, 12.0), 0.0, 255.0)
+            chosen = tf.cast(self.generator.uniform([n, 1, 1, 1]) < rate, x.dtype)
+            return chosen * y + (1.0 - chosen) * x
+
+    return CameraDegradation(name="aug_camera")
+
+
 def make_augmenter(seed: int = 42, flip: bool = True, rotation: float = 0.05, zoom: float = 0.1,
-                   brightness: float = 0.1, shift: float = 0.0, erasing: float = 0.0):
+                   brightness: float = 0.1, shift: float = 0.0, erasing: float = 0.0, degrade: float = 0.0):
     """Random flip / rotation / zoom / brightness (and optionally shift and erasing) as Keras preprocessing
     layers, used in tf.data. ``shift`` is a fraction of the side (a random-crop equivalent); ``erasing`` is
-    the probability of blanking one random rectangle (Zhong et al. 2017)."""
+    the probability of blanking one random rectangle (Zhong et al. 2017); ``degrade`` the share of faces given
+    a poor camera's contrast, gain, resolution and noise (``camera_degradation``; TensorFlow only)."""
     import keras
     from keras import layers
 
@@ -303,6 +337,8 @@ def make_augmenter(seed: int = 42, flip: bool = True, rotation: float = 0.05, zo
         # A single float would make Keras draw each image's probability from [0, erasing]: pass a fixed range.
         steps.append(layers.RandomErasing(factor=(erasing, erasing), scale=(0.02, 0.2), value_range=(0.0, 255.0), seed=seed,
                                           name="aug_erasing"))
+    if degrade:
+        steps.append(camera_degradation(degrade, seed))
     return keras.Sequential(steps, name="augment")
 
 

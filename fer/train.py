@@ -52,6 +52,7 @@ class TrainConfig:
     augment: bool = True
     shift: float = 0.1
     erasing: float = 0.0
+    degrade: float = 0.0
     cutmix: float = 0.0
     label_smoothing: float = 0.0
     schedule: str = "plateau"
@@ -98,7 +99,7 @@ class TrainConfig:
             if not widths or not all(w.isdigit() and int(w) > 0 for w in widths):
                 raise ValueError(f"--filters must be comma-separated positive integers (e.g. 24,48,96,160), "
                                  f"got {self.filters!r}")
-        for name in ("erasing", "cutmix", "distill_weight", "view_mixup"):  # probabilities / weights
+        for name in ("erasing", "degrade", "cutmix", "distill_weight", "view_mixup"):  # probabilities / weights
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be from 0 to 1, got {getattr(self, name)}")
         if not 0.0 <= self.shift < 1.0:
@@ -131,6 +132,8 @@ HELP = {
     "augment": "random flip / rotation / zoom / brightness / shift on the training split",
     "shift": "augmentation: random shift as a fraction of the side (0 = off)",
     "erasing": "augmentation: probability of erasing one random rectangle (0 = off)",
+    "degrade": "augmentation: share of training faces given a poor camera's contrast, gain, resolution and noise "
+               "(exp52; 0 = off)",
     "cutmix": "augmentation: probability that a training batch is CutMix'ed (a rectangle of another face pasted in, "
               "the labels mixed by area; 0 = off)",
     "label_smoothing": "label smoothing of the cross-entropy (0 = off)",
@@ -396,7 +399,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     write_json(run_dir / "config.json", config_out)
 
     def augmenter_for(seed: int):
-        return make_augmenter(seed, shift=cfg.shift, erasing=cfg.erasing) if cfg.augment else None
+        if not cfg.augment:
+            return None
+        return make_augmenter(seed, shift=cfg.shift, erasing=cfg.erasing, degrade=cfg.degrade)
 
     augmenter = augmenter_for(cfg.seed)
     targets = {s: y[s] for s in ("train", "val")}

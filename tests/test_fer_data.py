@@ -170,6 +170,27 @@ def test_erasing_blanks_a_rectangle_and_shift_moves_the_face():
     assert isinstance(make_augmenter(), keras.Sequential)
 
 
+def test_camera_degradation_changes_about_its_share_of_faces_in_the_pipeline():
+    # --degrade P: a share P of the training faces gets a poor camera's contrast, gain, resolution and noise; the
+    # rest pass untouched; validation and test batches never do.
+    rng = np.random.default_rng(0)
+    images = rng.integers(60, 200, (256, 48, 48), dtype=np.uint8)
+    labels = np.arange(256) % 7
+    off = dict(flip=False, rotation=0, zoom=0, brightness=0)
+    for rate in (0.0, 0.5, 1.0):
+        names = [layer.name for layer in make_augmenter(seed=5, degrade=rate, **off).layers]
+        assert ("aug_camera" in names) == (rate > 0)
+    augmenter = make_augmenter(seed=5, degrade=0.5, **off)
+    x, y = next(iter(make_dataset(images, labels, 256, training=True, augmenter=augmenter, seed=5)))
+    x, y = x.numpy()[..., 0], y.numpy()
+    assert x.shape == (256, 48, 48) and x.min() >= 0 and x.max() <= 255 and sorted(y) == sorted(labels)
+    untouched = np.array([any(np.array_equal(face, image) for image in images) for face in x.astype(np.uint8)])
+    assert 0.3 < untouched.mean() < 0.7  # about half, by chance
+    assert not np.isclose(x[~untouched].std(axis=(1, 2)), 0).all()  # changed faces are still images, not blanks
+    plain = next(iter(make_dataset(images, labels, 256, augmenter=augmenter)))[0].numpy()[..., 0]
+    np.testing.assert_array_equal(plain, images.astype(np.float32))  # not in training: never degraded
+
+
 def test_cutmix_pastes_another_face_and_mixes_the_labels_by_area():
     images = np.concatenate([np.zeros((32, 48, 48), np.uint8), np.full((32, 48, 48), 255, np.uint8)])
     labels = np.r_[np.zeros(32, int), np.full(32, 3)]  # black faces neutral, white faces angry

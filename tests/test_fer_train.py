@@ -214,12 +214,14 @@ def test_warm_start_continues_from_a_trained_model(cnn_run, fer_data, tmp_path):
     start = keras.models.load_model(cnn_run / "model.keras")
     rc = fer_train.main(["--model", "cnn", "--dataset", "fer2013", "--data-dir", str(fer_data), "--epochs", "1",
                          "--output", str(run), "--init-from", str(cnn_run / "model.keras"), "--learning-rate", "0.01",
-                         "--label-smoothing", "0.1", "--erasing", "0.5", "--dedupe", "true", *TINY])
+                         "--label-smoothing", "0.1", "--erasing", "0.5", "--degrade", "0.5", "--dedupe", "true",
+                         *TINY])
     assert rc == 0
     warm = keras.models.load_model(run / "model.keras")
     assert [w.shape for w in warm.get_weights()] == [w.shape for w in start.get_weights()]
     assert any(not np.allclose(a, b) for a, b in zip(warm.get_weights(), start.get_weights()))
     assert read_json(run / "config.json")["init_from"] == str(cnn_run / "model.keras")
+    assert read_json(run / "config.json")["degrade"] == 0.5
     assert any("duplicates dropped from training" in note for note in read_json(run / "data_report.json")["notes"])
 
 
@@ -480,6 +482,7 @@ def test_a_missing_teacher_or_bad_weight_fails_before_loading_data(tmp_path, cap
     (["--filters", "0,-1"], "--filters must be comma-separated positive integers"),
     (["--filters", "8,x"], "--filters must be comma-separated positive integers"),
     (["--erasing", "2"], "--erasing must be from 0 to 1, got 2.0"),
+    (["--degrade", "-0.1"], "--degrade must be from 0 to 1, got -0.1"),
     (["--shift", "1"], "--shift must be from 0 to below 1"),
     (["--teacher-views", "-1"], "--teacher-views must be >= 0"),
     (["--view-mixup", "0.5"], "--view-mixup needs --teacher-views"),
