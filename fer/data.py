@@ -284,30 +284,44 @@ def camera_degradation(rate: float, seed: int = 42):
     """A Keras layer that gives a share ``rate`` of the faces of each batch what a poor camera in a poor room
     gives: contrast x U(0.4, 1) around the face's mean, gain x U(0.25, 1.6), a lower resolution (the batch's side
     drawn from 12-48 px, then back) and sensor noise of sigma U(0, 12) gray levels, in that order. Chosen in
-    exp52 (docs/results.md); TensorFlow ops, for fer.train's tf.data pipeline."""
+    exp52 (docs/results.md). Keras ops only, so the same layer runs in fer.train's tf.data pipeline and inside
+    fer.train_gpu's model on JAX or PyTorch; the shrinking averages areas where the backend can (TensorFlow, as
+    in exp52) and is an antialiased bilinear resize elsewhere."""
     import keras
-    import tensorflow as tf
+    from keras import ops
+
+    smallest, largest = 12, 48
+    area = keras.backend.backend() == "tensorflow"
+
+    def shrunk_to(side: int):
+        def resize(y):
+            small = ops.image.resize(y, (side, side), interpolation="area" if area else "bilinear", antialias=not area)
+            return ops.image.resize(small, ops.shape(y)[1:3], interpolation="bilinear")
+        return resize
+
+    # One branch per side: JAX needs static shapes, so the drawn side picks a branch instead of sizing a resize.
+    branches = [shrunk_to(side) for side in range(smallest, largest + 1)]
 
     class CameraDegradation(keras.layers.Layer):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
-            self.generator = tf.random.Generator.from_seed(seed)
+            self.seed_generator = keras.random.SeedGenerator(seed)
 
         def call(self, x, training=True):
             if not training:
                 return x
-            size = tf.shape(x)[1:3]
-            n = tf.shape(x)[0]
+            n = ops.shape(x)[0]
 
             def uniform(low, high):
-                return self.generator.uniform([n, 1, 1, 1], low, high)
+                return keras.random.uniform((n, 1, 1, 1), low, high, seed=self.seed_generator)
 
-            mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+            mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
             y = (mean + uniform(0.4, 1.0) * (x - mean)) * uniform(0.25, 1.6)
-            side = self.generator.uniform([], 12, 49, dtype=tf.int32)
-            y = tf.image.resize(tf.image.resize(y, [side, side], method="area"), size, method="bilinear")
-            y = tf.clip_by_value(y + self.generator.normal(tf.shape(x)) * uniform(0.0, 12.0), 0.0, 255.0)
-            chosen = tf.cast(self.generator.uniform([n, 1, 1, 1]) < rate, x.dtype)
+            side = keras.random.randint((), smallest, largest + 1, seed=self.seed_generator)
+            y = ops.switch(side - smallest, branches, y)
+            noise = keras.random.normal(ops.shape(x), seed=self.seed_generator) * uniform(0.0, 12.0)
+            y = ops.clip(y + noise, 0.0, 255.0)
+            chosen = ops.cast(uniform(0.0, 1.0) < rate, x.dtype)
             return chosen * y + (1.0 - chosen) * x
 
     return CameraDegradation(name="aug_camera")
@@ -318,7 +332,7 @@ def make_augmenter(seed: int = 42, flip: bool = True, rotation: float = 0.05, zo
     """Random flip / rotation / zoom / brightness (and optionally shift and erasing) as Keras preprocessing
     layers, used in tf.data. ``shift`` is a fraction of the side (a random-crop equivalent); ``erasing`` is
     the probability of blanking one random rectangle (Zhong et al. 2017); ``degrade`` the share of faces given
-    a poor camera's contrast, gain, resolution and noise (``camera_degradation``; TensorFlow only)."""
+    a poor camera's contrast, gain, resolution and noise (``camera_degradation``)."""
     import keras
     from keras import layers
 

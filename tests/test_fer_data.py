@@ -191,6 +191,41 @@ def test_camera_degradation_changes_about_its_share_of_faces_in_the_pipeline():
     np.testing.assert_array_equal(plain, images.astype(np.float32))  # not in training: never degraded
 
 
+JAX_DEGRADATION = """
+import keras, numpy as np
+from fer.data import camera_degradation
+faces = np.random.default_rng(0).integers(60, 200, (32, 48, 48, 1)).astype("float32")
+layer = camera_degradation(0.5, seed=3)
+out = np.asarray(layer(faces, training=True))
+untouched = np.mean([np.array_equal(a, b) for a, b in zip(out, faces)])
+model = keras.Sequential([keras.Input((48, 48, 1)), layer, keras.layers.Flatten(), keras.layers.Dense(7)])
+model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+loss = model.train_on_batch(faces, np.arange(32) % 7)  # jit-compiled, as fer.train_gpu trains
+print(keras.backend.backend(), untouched, out.min(), out.max(), float(loss))
+"""
+
+
+def test_camera_degradation_runs_on_jax_inside_a_compiled_model():
+    # fer.train_gpu trains on the lease with Keras on JAX and no TensorFlow: the layer must not need tf ops, and
+    # its random resolution must not need a traced shape.
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (the GPU lease's backend)")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(repo), "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", JAX_DEGRADATION], env=env, cwd=repo, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    backend, untouched, low, high, loss = done.stdout.split()[-5:]
+    assert backend == "jax" and 0.2 < float(untouched) < 0.8 and float(low) >= 0 and float(high) <= 255
+    assert np.isfinite(float(loss))
+
+
 def test_cutmix_pastes_another_face_and_mixes_the_labels_by_area():
     images = np.concatenate([np.zeros((32, 48, 48), np.uint8), np.full((32, 48, 48), 255, np.uint8)])
     labels = np.r_[np.zeros(32, int), np.full(32, 3)]  # black faces neutral, white faces angry

@@ -128,14 +128,16 @@ def test_fit_then_collect_gives_a_run_folder(fer_run, packed, tmp_path):
     load_tfjs_faceres(network, TfjsGraph(write_faceres_graph(tmp_path / "tfjs", alpha=1.0)))
     weights = tmp_path / "faceres-deep.weights.h5"
     network.save_weights(weights)
-    phases = [train_gpu.Phase("fr32", "faceres", image_size=32, epochs=2, batch_size=16, erasing=0.25, seconds=600),
-              train_gpu.Phase("kd", "distill", epochs=2, batch_size=16, seconds=600)]
+    phases = [train_gpu.Phase("fr32", "faceres", image_size=32, epochs=2, batch_size=16, erasing=0.25, degrade=0.5,
+                              seconds=600),
+              train_gpu.Phase("kd", "distill", epochs=2, batch_size=16, degrade=0.5, seconds=600)]
     out = tmp_path / "gpu_out"
     results = train_gpu.fit(str(packed[0]), str(weights), str(out), budget=1200, phases=phases)
     assert [r["phase"]["name"] for r in results] == ["fr32", "kd"]
     assert results[1]["teacher"]["phase"] == "fr32"
     recorded = json.loads((out / "results.json").read_text())[0]
     assert recorded["best_epoch"] in (1, 2) and recorded["phase"]["erasing"] == 0.25  # the recipe, as it ran
+    assert recorded["phase"]["degrade"] == 0.5
     log = (out / "log.txt").read_text()
     assert "fr32 head only" in log and "fr32 epoch 2/2" in log
 
@@ -183,7 +185,7 @@ def test_probe_times_each_batch_size_with_and_without_augmentation(packed, tmp_p
         assert row["epoch_s_estimate"] == pytest.approx(row["step_ms"] / 1000 * -(-28 // row["batch_size"]), abs=0.06)
 
 
-def test_cli_checks_arguments_before_any_work(tmp_path):
+def test_cli_checks_arguments_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_gpu.main(["fit", "--data", str(tmp_path), "--weights", str(tmp_path / "w.h5"), "--output",
                         str(tmp_path / "o"), "--phases", "faceres160,nope"])
@@ -196,7 +198,21 @@ def test_cli_checks_arguments_before_any_work(tmp_path):
     with pytest.raises(SystemExit):
         train_gpu.main(["fit", "--data", str(tmp_path), "--weights", str(tmp_path / "w.h5"), "--output",
                         str(tmp_path / "o"), "--batch-size", "-1"])
+    with pytest.raises(SystemExit):
+        train_gpu.main(["fit", "--data", str(tmp_path), "--weights", str(tmp_path / "w.h5"), "--output",
+                        str(tmp_path / "o"), "--degrade", "1.5"])
+    assert "--degrade must be from 0 to 1, got 1.5" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_every_phase_trains_on_faces_a_poor_camera_gave_as_fer_train_degrade_does():
+    # exp52's recipe: half of the faces degraded, the teacher of the distillation seeing the same faces.
+    assert {p.degrade for p in train_gpu.PHASES} == {train_gpu.DEGRADE} and train_gpu.DEGRADE == 0.5
+    names = [layer.name for layer in train_gpu.make_augmenter(0, degrade=0.5).layers]
+    assert "aug_camera" in names and "aug_camera" not in [layer.name for layer in train_gpu.make_augmenter(0).layers]
+    faces = np.random.default_rng(0).integers(60, 200, (64, 48, 48, 1)).astype("float32")
+    changed = np.asarray(train_gpu.make_augmenter(0, degrade=1.0)(faces, training=True))
+    assert changed.shape == faces.shape and not np.allclose(changed, faces)
 
 
 def test_pack_and_collect_name_a_missing_run_or_weights_in_one_line(tmp_path, capsys):
