@@ -630,11 +630,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = [n for n in names if n not in by_name]
         if unknown:
             parser.error(f"unknown phases {unknown}; choose from {sorted(by_name)}")
-        _require_inputs(parser, args)
         if args.batch_size < 0:
             parser.error(f"--batch-size must be positive (0: each phase's own), got {args.batch_size}")
         if args.degrade is not None and not 0 <= args.degrade <= 1:
             parser.error(f"--degrade must be from 0 to 1, got {args.degrade}")
+        _require_inputs(parser, args)
         phases = [Phase(**{**asdict(by_name[n]), "epochs": max(2, round(by_name[n].epochs * args.scale)),
                            "batch_size": args.batch_size or by_name[n].batch_size,
                            "degrade": by_name[n].degrade if args.degrade is None else args.degrade}) for n in names]
