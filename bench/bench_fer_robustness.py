@@ -105,12 +105,14 @@ def main(argv=None) -> int:
 
     models = ([Peer(args.peer)] if args.peer else []) + [Ours(d) for d in args.models.split(",") if d]
     sets = {name: load_corpus(corpus, data_root, size=48) for name, corpus in (("CK+48", "ckplus"), ("JAFFE", "jaffe"))}
+    # The changed crops once for all models (seeded: every model sees the same ones).
+    variants = {(s, c): changed(data.images, c) for s, data in sets.items() for c in CONDITIONS}
     rows = []
     for model in models:
         row = {"model": model.name}
         for set_name, data in sets.items():
             for condition in CONDITIONS:
-                faces = changed(data.images, condition)
+                faces = variants[set_name, condition]
                 pred = np.concatenate([model.predict(faces[i:i + 256]) for i in range(0, len(faces), 256)]).argmax(1)
                 row[f"{set_name} | {condition}"] = float(np.mean(pred == data.labels))
         rows.append(row)

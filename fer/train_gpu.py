@@ -276,9 +276,8 @@ def fit_faceres(phase: Phase, data, weights: str, out: Path, deadline: float, lo
 
     keras.utils.set_random_seed(phase.seed)
     model = build_faceres(weights=weights, image_size=phase.image_size, freeze_base=True)
-    trainer = keras.Sequential([keras.Input((FACE, FACE, 1)), make_augmenter(phase.seed, phase.erasing, phase.degrade),
-                               model],
-                               name="trainer")
+    augment = make_augmenter(phase.seed, phase.erasing, phase.degrade)
+    trainer = keras.Sequential([keras.Input((FACE, FACE, 1)), augment, model], name="trainer")
     loss = SmoothedSparseCrossentropy(phase.label_smoothing)
     if phase.head_epochs:
         started = time.time()
