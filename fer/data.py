@@ -324,6 +324,11 @@ def camera_degradation(rate: float, seed: int = 42):
             chosen = ops.cast(uniform(0.0, 1.0) < rate, x.dtype)
             return chosen * y + (1.0 - chosen) * x
 
+        def compute_output_shape(self, input_shape):
+            # Said, not traced: on JAX, tracing call() for a model's symbolic build draws from the seed generator
+            # outside any state scope and fails (fer.train_gpu's distiller calls the augmenter only in training).
+            return input_shape
+
     return CameraDegradation(name="aug_camera")
 
 

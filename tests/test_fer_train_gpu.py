@@ -4,6 +4,7 @@ ordinary run folder."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -215,6 +216,68 @@ def test_the_tiny_phase_trains_on_faces_a_poor_camera_gave_as_fer_train_degrade_
     faces = np.random.default_rng(0).integers(60, 200, (64, 48, 48, 1)).astype("float32")
     changed = np.asarray(train_gpu.make_augmenter(0, degrade=1.0)(faces, training=True))
     assert changed.shape == faces.shape and not np.allclose(changed, faces)
+
+
+LEASE_FIT = """
+import sys
+try:
+    import tensorflow  # noqa: F401
+except ModuleNotFoundError:
+    pass
+else:
+    sys.exit("tensorflow is importable: this is not the lease's environment")
+from fer import train_gpu
+sys.exit(train_gpu.main(sys.argv[1:]))
+"""
+
+
+def _site_without_tensorflow(folder: Path) -> Path:
+    """This interpreter's packages as links, TensorFlow's left out: a lease machine's view (Keras, JAX or torch,
+    h5py, OpenCV; no TensorFlow) that ``python -S`` sees through PYTHONPATH."""
+    import site
+
+    folder.mkdir()
+    for entry in Path(site.getsitepackages()[0]).iterdir():
+        if not entry.name.startswith(("tensorflow", "tf_keras", "tensorboard")):
+            (folder / entry.name).symlink_to(entry)
+    return folder
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_the_lease_fit_runs_on_its_backend_where_tensorflow_is_not_installed(backend, packed, tmp_path):
+    # gpu_lease.sh's fit (its default phases, two epochs each) as the lease runs it: Keras on torch (the script's
+    # default) or JAX and no TensorFlow. The tests above run on TensorFlow, where the distiller's augmenter (the
+    # camera degradation traced for a symbolic build) worked and JAX's did not. Skips where the backend is not
+    # installed (neither is in requirements.txt): `pip install torch` or `jax[cpu]` here to rehearse a lease.
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    from fer.backbones import build_faceres_network, load_tfjs_faceres
+    from fer.tfjs import TfjsGraph
+    from tests.synth_tfjs import write_faceres_graph
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (a GPU lease's backend)")
+    network = build_faceres_network(32)
+    load_tfjs_faceres(network, TfjsGraph(write_faceres_graph(tmp_path / "tfjs", alpha=1.0)))
+    weights = tmp_path / "faceres-deep.weights.h5"
+    network.save_weights(weights)
+    repo = Path(__file__).resolve().parents[1]
+    site_packages = _site_without_tensorflow(tmp_path / "site")
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(site_packages), str(repo)])}
+    out = tmp_path / "gpu_out"
+    done = subprocess.run([sys.executable, "-S", "-c", LEASE_FIT, "fit", "--data", str(packed[0]), "--weights",
+                           str(weights), "--output", str(out), "--budget", "900", "--scale", "0.01",
+                           "--phases", "faceres160,tiny_kd"],  # gpu_lease.sh's PHASES
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    log = (out / "log.txt").read_text()
+    assert f"backend {backend}" in log and "tiny_kd epoch 2/2" in log
+    assert [r["phase"]["name"] for r in json.loads((out / "results.json").read_text())] == ["faceres160", "tiny_kd"]
+    assert (out / "tiny_kd.weights.h5").is_file()
 
 
 def test_pack_and_collect_name_a_missing_run_or_weights_in_one_line(tmp_path, capsys):
