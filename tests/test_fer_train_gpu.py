@@ -244,7 +244,7 @@ def _site_without_tensorflow(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_the_lease_fit_runs_on_its_backend_where_tensorflow_is_not_installed(backend, packed, tmp_path):
+def test_the_lease_fit_runs_on_its_backend_where_tensorflow_is_not_installed(backend, fer_run, packed, tmp_path):
     # gpu_lease.sh's fit (its default phases, two epochs each) as the lease runs it: Keras on torch (the script's
     # default) or JAX and no TensorFlow. The tests above run on TensorFlow, where the distiller's augmenter (the
     # camera degradation traced for a symbolic build) worked and JAX's did not. Skips where the backend is not
@@ -277,7 +277,11 @@ def test_the_lease_fit_runs_on_its_backend_where_tensorflow_is_not_installed(bac
     log = (out / "log.txt").read_text()
     assert f"backend {backend}" in log and "tiny_kd epoch 2/2" in log
     assert [r["phase"]["name"] for r in json.loads((out / "results.json").read_text())] == ["faceres160", "tiny_kd"]
-    assert (out / "tiny_kd.weights.h5").is_file()
+    # Back here (TensorFlow): what the lease wrote becomes ordinary run folders.
+    for name in ("faceres160", "tiny_kd"):
+        metrics = train_gpu.collect(out / f"{name}.weights.h5", fer_run, tmp_path / f"run_{name}")
+        assert metrics["val"]["n"] == 14
+        assert keras.models.load_model(tmp_path / f"run_{name}" / "model.keras").output_shape == (None, 7)
 
 
 def test_pack_and_collect_name_a_missing_run_or_weights_in_one_line(tmp_path, capsys):
