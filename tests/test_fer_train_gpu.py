@@ -1,6 +1,6 @@
 """fer.train_gpu on synthetic faces with the TensorFlow backend (the same code runs on JAX or torch on a GPU
 machine): packing a run's split, the phase clock, the distillation loss, a short fit and its collection into an
-ordinary run folder."""
+ordinary run folder; and, where torch or JAX is installed, the lease's fit on that backend without TensorFlow."""
 from __future__ import annotations
 
 import json
@@ -237,9 +237,11 @@ def _site_without_tensorflow(folder: Path) -> Path:
     import site
 
     folder.mkdir()
-    for entry in Path(site.getsitepackages()[0]).iterdir():
-        if not entry.name.startswith(("tensorflow", "tf_keras", "tensorboard")):
-            (folder / entry.name).symlink_to(entry)
+    for packages in map(Path, site.getsitepackages()):
+        for entry in packages.iterdir() if packages.is_dir() else ():
+            link = folder / entry.name
+            if not entry.name.startswith(("tensorflow", "tf_keras")) and not link.exists():
+                link.symlink_to(entry)
     return folder
 
 
