@@ -28,6 +28,22 @@ def fer_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def converted_weights(tmp_path_factory):
+    """faceres-deep.weights.h5 converted from a synthetic graph of faceres-deep's layout (a random Keras init
+    passes no gradient back)."""
+    from fer.backbones import build_faceres_network, load_tfjs_faceres
+    from fer.tfjs import TfjsGraph
+    from tests.synth_tfjs import write_faceres_graph
+
+    folder = tmp_path_factory.mktemp("converted")
+    network = build_faceres_network(32)
+    load_tfjs_faceres(network, TfjsGraph(write_faceres_graph(folder / "tfjs", alpha=1.0)))
+    weights = folder / "faceres-deep.weights.h5"
+    network.save_weights(weights)
+    return weights
+
+
+@pytest.fixture(scope="module")
 def packed(fer_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("packed")
     manifest = train_gpu.pack(fer_run, out)
@@ -119,16 +135,8 @@ def test_distillation_loss():
     assert float(ops.convert_to_numpy(soft(labels, agree))) < float(ops.convert_to_numpy(soft(labels, both)))
 
 
-def test_fit_then_collect_gives_a_run_folder(fer_run, packed, tmp_path):
-    from fer.backbones import build_faceres_network, load_tfjs_faceres
-    from fer.tfjs import TfjsGraph
-    from tests.synth_tfjs import write_faceres_graph
-
-    # Converted from a synthetic graph of faceres-deep's layout (a random Keras init passes no gradient back).
-    network = build_faceres_network(32)
-    load_tfjs_faceres(network, TfjsGraph(write_faceres_graph(tmp_path / "tfjs", alpha=1.0)))
-    weights = tmp_path / "faceres-deep.weights.h5"
-    network.save_weights(weights)
+def test_fit_then_collect_gives_a_run_folder(fer_run, packed, converted_weights, tmp_path):
+    weights = converted_weights
     phases = [train_gpu.Phase("fr32", "faceres", image_size=32, epochs=2, batch_size=16, erasing=0.25, degrade=0.5,
                               seconds=600),
               train_gpu.Phase("kd", "distill", epochs=2, batch_size=16, degrade=0.5, seconds=600)]
@@ -246,7 +254,8 @@ def _site_without_tensorflow(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_the_lease_fit_runs_on_its_backend_where_tensorflow_is_not_installed(backend, fer_run, packed, tmp_path):
+def test_the_lease_fit_runs_on_its_backend_where_tensorflow_is_not_installed(backend, fer_run, packed,
+                                                                              converted_weights, tmp_path):
     # gpu_lease.sh's fit (its default phases, two epochs each) as the lease runs it: Keras on torch (the script's
     # default) or JAX and no TensorFlow. The tests above run on TensorFlow, where the distiller's augmenter (the
     # camera degradation traced for a symbolic build) worked and JAX's did not. Skips where the backend is not
@@ -256,23 +265,15 @@ def test_the_lease_fit_runs_on_its_backend_where_tensorflow_is_not_installed(bac
     import subprocess
     import sys
 
-    from fer.backbones import build_faceres_network, load_tfjs_faceres
-    from fer.tfjs import TfjsGraph
-    from tests.synth_tfjs import write_faceres_graph
-
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (a GPU lease's backend)")
-    network = build_faceres_network(32)
-    load_tfjs_faceres(network, TfjsGraph(write_faceres_graph(tmp_path / "tfjs", alpha=1.0)))
-    weights = tmp_path / "faceres-deep.weights.h5"
-    network.save_weights(weights)
     repo = Path(__file__).resolve().parents[1]
     site_packages = _site_without_tensorflow(tmp_path / "site")
     env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(site_packages), str(repo)])}
     out = tmp_path / "gpu_out"
     done = subprocess.run([sys.executable, "-S", "-c", LEASE_FIT, "fit", "--data", str(packed[0]), "--weights",
-                           str(weights), "--output", str(out), "--budget", "900", "--scale", "0.01",
+                           str(converted_weights), "--output", str(out), "--budget", "900", "--scale", "0.01",
                            "--phases", "faceres160,tiny_kd"],  # gpu_lease.sh's PHASES
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
