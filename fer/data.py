@@ -362,10 +362,12 @@ def make_augmenter(seed: int = 42, flip: bool = True, rotation: float = 0.05, zo
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, training: bool = False,
-                 augmenter=None, seed: int = 42, cutmix: float = 0.0):
+                 augmenter=None, seed: int = 42, cutmix: float = 0.0, teacher=None, distill_weight: float = 0.7):
     """tf.data of (float32 0..255 (n,h,w,1), int label or probability vector); shuffled and augmented only when
     ``training``. ``cutmix``: the probability that a training batch is CutMix'ed after augmentation (its targets
-    are then probability vectors, also in the batches left as they are)."""
+    are then probability vectors, also in the batches left as they are). ``teacher`` (training only, with
+    probability-vector ``labels``): a model whose answer for each face exactly as the student will see it
+    (augmented, possibly CutMix'ed) becomes ``distill_weight`` of its target, the (mixed) label the rest."""
     import tensorflow as tf
 
     x = images[..., None] if images.ndim == 3 else images
@@ -379,6 +381,11 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, traini
         ds = ds.map(lambda a, b: (augmenter(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
     if training and cutmix > 0:
         ds = ds.map(cutmix_batch(cutmix, seed), num_parallel_calls=tf.data.AUTOTUNE)
+    if training and teacher is not None:
+        if labels.ndim != 2:
+            raise ValueError("a teacher mixes its answers with probability-vector labels (e.g. smoothed one-hot)")
+        ds = ds.map(lambda a, b: (a, distill_weight * teacher(a, training=False) + (1.0 - distill_weight) * b),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -1,6 +1,6 @@
 """Knowledge distillation targets for `fer.train --teacher`.
 
-Two ways to teach:
+Three ways to teach:
 - fixed targets (`distill_targets`): the teacher answers once per training face; the student then sees a new
   random augmentation of that face every epoch but is always asked for the clean face's answer.
 - consistent targets (`view_bank`, `--teacher-views V`): the teacher answers for V fixed views of every face
@@ -8,6 +8,9 @@ Two ways to teach:
   student, each epoch, sees one of those views, possibly mirrored, with the answer for exactly that view
   (Beyer et al. 2022, "Knowledge distillation: a good teacher is patient and consistent"). A flip-averaged
   teacher gives a face and its mirror image the same answer, so mirroring keeps the targets exact.
+- fresh targets (`fer.data.make_dataset(teacher=...)`, `--teacher-fresh`): the teacher answers for every augmented
+  batch as it is drawn, so every epoch brings new views, each with its own answer ("function matching" in the
+  same paper); the teacher's forward pass is paid every epoch instead of once.
 
 The bank is computed once (the teacher costs 9-20 ms per face on one core, by machine and load: 25-55 minutes for
 8 views of FER2013's training faces) and saved in the run folder, so a resumed run does not pay for it again; an
@@ -61,7 +64,8 @@ def distill_targets(teacher_path: str, images: np.ndarray, labels: np.ndarray, w
 
 def view_bank(teacher_path: str, images: np.ndarray, labels: np.ndarray, views: int, weight: float,
               label_smoothing: float, augmenters: Callable[[int], Any] | None, mixup: float = 0.0, seed: int = 42,
-              cache: Path | None = None, loaded: Any = None) -> tuple[np.ndarray, np.ndarray]:
+              cache: Path | None = None, loaded: Any = None,
+              augmentation: Any = ()) -> tuple[np.ndarray, np.ndarray]:
     """``views`` versions of every face, uint8 (views, n, h, w), and their targets (views, n, classes).
 
     View 0 is the face itself; view v >= 1 is ``augmenters(v)``'s random version of it, mixed with the same view of
@@ -72,10 +76,12 @@ def view_bank(teacher_path: str, images: np.ndarray, labels: np.ndarray, views: 
     there. While it is built, each finished view is kept beside it (``<cache stem>.parts/``): a view's randomness
     depends on its index alone, so an interrupted bank continues at its first missing view and ends as it would
     have without the interruption. ``loaded``: ``load_teacher(teacher_path, ...)`` where the caller has it already
-    (the cache key names ``teacher_path``)."""
+    (the cache key names ``teacher_path``). ``augmentation``: the settings ``augmenters`` draws with (any
+    printable value): the cache key cannot see inside the callable, so a bank made with other settings is made
+    again only when they are named here."""
     if views < 1:
         raise ValueError(f"--teacher-views must be >= 1, got {views}")
-    key = _bank_key(teacher_path, images, labels, views, weight, label_smoothing, mixup, seed)
+    key = _bank_key(teacher_path, images, labels, views, weight, label_smoothing, mixup, seed, augmentation)
     if cache is not None and cache.exists():
         with np.load(cache) as saved:
             if str(saved["key"]) == key:

@@ -23,7 +23,7 @@ from core.config import apply_recipe, config_parser, parse_config, to_dict, vali
 from core.datasets import DatasetNotFoundError
 from core.io import atomic_write, config_kind, read_json, save_model, write_json
 from core.labels import EMOTIONS, NUM_CLASSES
-from fer.distill import BANK_FILE, EpochClock, distill_targets, view_bank, view_dataset
+from fer.distill import BANK_FILE, EpochClock, distill_targets, smoothed_one_hot, view_bank, view_dataset
 
 log = logging.getLogger("fer.train")
 
@@ -60,6 +60,7 @@ class TrainConfig:
     teacher: str = ""
     distill_weight: float = 0.7
     teacher_views: int = 0
+    teacher_fresh: bool = False
     view_mixup: float = 0.0
     refit: bool = False
     dedupe: bool = False
@@ -106,6 +107,10 @@ class TrainConfig:
             raise ValueError(f"--shift must be from 0 to below 1 (a fraction of the side), got {self.shift}")
         if self.teacher_views and not self.teacher:
             raise ValueError("--teacher-views needs a --teacher")
+        if self.teacher_fresh and not self.teacher:
+            raise ValueError("--teacher-fresh needs a --teacher")
+        if self.teacher_fresh and self.teacher_views:
+            raise ValueError("--teacher-fresh and --teacher-views are two ways to teach: choose one")
         if self.view_mixup and not self.teacher_views:
             raise ValueError("--view-mixup needs --teacher-views")
         if self.cutmix and self.teacher_views:
@@ -150,6 +155,9 @@ HELP = {
     "teacher_views": "distillation with consistent targets: the teacher answers for this many fixed views of every "
                      "face (the face + augmented versions, saved in the run folder) and each epoch the student sees "
                      "one of them with that view's answer; 0 = one answer per face, fresh augmentation (fer.distill)",
+    "teacher_fresh": "distillation: the teacher answers for every augmented training batch as it is drawn (new views "
+                     "each epoch, each with its own answer; the teacher's cost every epoch instead of once; "
+                     "combines with --degrade and --cutmix)",
     "view_mixup": "--teacher-views: probability that an augmented view is mixed with another face (mixup)",
     "init_from": "warm start: a model.keras to continue training from (same architecture; a fresh optimizer)",
     "class_weighting": "weight the loss by inverse class frequency",
@@ -409,20 +417,24 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.teacher_views:  # the augmentation is in the views, each with the teacher's answer for it
         bank, bank_targets = view_bank(cfg.teacher, x["train"], y["train"], cfg.teacher_views, cfg.distill_weight,
                                        cfg.label_smoothing, lambda v: augmenter_for(cfg.seed + v), cfg.view_mixup,
-                                       cfg.seed, cache=run_dir / BANK_FILE, loaded=teacher)
+                                       cfg.seed, cache=run_dir / BANK_FILE, loaded=teacher,
+                                       augmentation=(cfg.augment, cfg.shift, cfg.erasing, cfg.degrade))
         clock = EpochClock()  # the views' epoch order follows fit's epoch, so a resume continues it exactly
         train_ds = view_dataset(bank, bank_targets, cfg.batch_size, cfg.seed, clock)
         extra_callbacks = [clock.callback()]
         targets = {"val": np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]}
     else:
-        if cfg.teacher:
+        if cfg.teacher_fresh:  # the teacher's part is added batch by batch (make_dataset)
+            targets["train"] = smoothed_one_hot(y["train"], cfg.label_smoothing)
+        elif cfg.teacher:
             targets["train"] = distill_targets(cfg.teacher, x["train"], y["train"], cfg.distill_weight,
                                                cfg.label_smoothing, loaded=teacher)
         if soft_targets(cfg):  # a teacher's answers or CutMix's mixed labels: one-hot validation, so loss and
             targets["val"] = np.eye(NUM_CLASSES, dtype=np.float32)[y["val"]]  # accuracy read the same shapes
         train_ds = make_dataset(x["train"], targets["train"], cfg.batch_size, training=True, augmenter=augmenter,
-                                seed=cfg.seed, cutmix=cfg.cutmix)
-    teacher = None  # its answers are in the targets: training does not hold it
+                                seed=cfg.seed, cutmix=cfg.cutmix, teacher=teacher if cfg.teacher_fresh else None,
+                                distill_weight=cfg.distill_weight)
+    teacher = None  # its answers are in the targets (or, fresh, in train_ds): nothing else holds it
     val_ds = None if cfg.refit else make_dataset(x["val"], targets["val"], cfg.batch_size)
     weights = class_weights(y["train"], NUM_CLASSES) if cfg.class_weighting else None
 

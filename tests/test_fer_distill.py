@@ -66,6 +66,13 @@ def test_a_saved_bank_is_reused_only_for_the_same_faces_and_settings(teacher_fil
     np.testing.assert_array_equal(first[0], again[0])  # reused: a fresh augmenter would have drawn other views
     other = distill.view_bank(str(teacher_file), images, labels, 3, **args)
     assert other[0].shape[0] == 3
+    # the augmenters' settings are part of the key when named: a bank drawn with other ones is drawn again
+    named = distill.view_bank(str(teacher_file), images, labels, 3, **(args | {"augmentation": (True, 0.1)}))
+    np.testing.assert_array_equal(named[0], other[0])  # recomputed with the same augmenters: the same views
+    stronger = distill.view_bank(str(teacher_file), images, labels, 3,
+                                 **(args | {"augmentation": (True, 0.3),
+                                            "augmenters": lambda v: make_augmenter(seed=5 + v, shift=0.3)}))
+    assert not np.array_equal(stronger[0][1], other[0][1])
     with pytest.raises(ValueError, match="teacher-views must be >= 1"):
         distill.view_bank(str(teacher_file), images, labels, 0, **args)
 
@@ -158,8 +165,54 @@ def test_train_with_teacher_views_runs_end_to_end_and_removes_its_bank(teacher_f
     assert len(loads) == 1  # checked before anything is written, then the same model builds the bank
 
 
+def test_fresh_targets_are_the_teachers_answer_for_the_very_faces_the_student_gets(teacher_file, faces):
+    from fer.data import make_dataset
+
+    images, labels = faces
+    teacher = distill.load_teacher(str(teacher_file), (48, 48))
+    one_hot = distill.smoothed_one_hot(labels, 0.1)
+    ds = make_dataset(images, one_hot, batch_size=4, training=True, augmenter=make_augmenter(seed=3, erasing=0.5),
+                      teacher=teacher, distill_weight=0.6)
+    for epoch in range(2):
+        seen = []
+        for x, target in ds:
+            x, target = np.asarray(x), np.asarray(target)
+            assert not any(np.array_equal(face, original) for face in x[..., 0] for original in images)  # augmented
+            probs = np.asarray(teacher.predict_on_batch(x))
+            label_part = (target - 0.6 * probs) / 0.4  # what is left must be one face's smoothed label
+            rows = [np.flatnonzero(np.all(np.isclose(one_hot, row, atol=1e-4), axis=1)) for row in label_part]
+            assert all(len(r) >= 1 for r in rows)
+            seen.append(x)
+        assert sum(len(x) for x in seen) == len(images)
+    with pytest.raises(ValueError, match="probability-vector labels"):
+        make_dataset(images, labels, batch_size=4, training=True, teacher=teacher)
+
+
+def test_train_with_a_fresh_teacher_runs_end_to_end(teacher_file, tmp_path, monkeypatch):
+    from fer import data as fer_data
+
+    data = tmp_path / "data"
+    write_fer2013_csv(data / "fer2013" / "fer2013.csv", per_class=4)
+    run = tmp_path / "student"
+    calls = []
+    real_dataset = fer_data.make_dataset
+    monkeypatch.setattr(fer_data, "make_dataset", lambda *a, **k: calls.append(k) or real_dataset(*a, **k))
+    monkeypatch.setattr(distill, "distill_targets", lambda *a, **k: pytest.fail("fresh targets are not fixed ones"))
+    rc = fer_train.main(["--model", "tiny", "--filters", "4,8", "--dataset", "fer2013", "--data-dir", str(data),
+                         "--epochs", "2", "--batch-size", "8", "--output", str(run), "--teacher", str(teacher_file),
+                         "--teacher-fresh", "true", "--degrade", "0.5", "--distill-weight", "0.4"])
+    assert rc == 0
+    assert read_json(run / "config.json")["teacher_fresh"] is True
+    assert len((run / "history.csv").read_text().strip().splitlines()) == 3
+    training = [k for k in calls if k.get("training")]
+    assert len(training) == 1 and training[0]["teacher"] is not None and training[0]["distill_weight"] == 0.4
+    assert all(k.get("teacher") is None for k in calls if not k.get("training"))
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--teacher-views", "2"], "--teacher-views needs a --teacher"),
+    (["--teacher-fresh", "true"], "--teacher-fresh needs a --teacher"),
+    (["--teacher", "T", "--teacher-fresh", "true", "--teacher-views", "2"], "two ways to teach: choose one"),
     (["--teacher", "T", "--teacher-views", "-1"], "--teacher-views must be >= 0, got -1"),
     (["--teacher", "T", "--view-mixup", "0.5"], "--view-mixup needs --teacher-views"),
     (["--teacher", "T", "--teacher-views", "2", "--view-mixup", "2"], "--view-mixup must be from 0 to 1, got 2.0"),
