@@ -280,16 +280,29 @@ def _stratified_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(picked)
 
 
-def camera_degradation(rate: float, seed: int = 42):
+DEGRADATIONS = ("contrast", "gain", "resolution", "noise")  # camera_degradation's steps, in their order
+
+
+def check_degradations(kinds) -> tuple[str, ...]:
+    """``kinds`` (names or one comma-separated string) as a tuple, refused when empty or unknown."""
+    names = tuple(k.strip() for k in (kinds.split(",") if isinstance(kinds, str) else kinds) if k.strip())
+    unknown = [k for k in names if k not in DEGRADATIONS]
+    if unknown or not names:
+        raise ValueError(f"--degrade-kinds must name some of {', '.join(DEGRADATIONS)}, got {','.join(names) or 'none'}")
+    return names
+
+
+def camera_degradation(rate: float, seed: int = 42, kinds=DEGRADATIONS):
     """A Keras layer that gives a share ``rate`` of the faces of each batch what a poor camera in a poor room
     gives: contrast x U(0.4, 1) around the face's mean, gain x U(0.25, 1.6), a lower resolution (the batch's side
-    drawn from 12-48 px, then back) and sensor noise of sigma U(0, 12) gray levels, in that order. Chosen in
-    exp52 (docs/results.md). Keras ops only, so the same layer runs in fer.train's tf.data pipeline and inside
+    drawn from 12-48 px, then back) and sensor noise of sigma U(0, 12) gray levels, in that order; ``kinds``
+    keeps some of them (``DEGRADATIONS``). Chosen in exp52 (docs/results.md). Keras ops only, so the same layer runs in fer.train's tf.data pipeline and inside
     fer.train_gpu's model on JAX or PyTorch; the shrinking averages areas where the backend can (TensorFlow, as
     in exp52) and is an antialiased bilinear resize elsewhere."""
     import keras
     from keras import ops
 
+    kinds = check_degradations(kinds)
     smallest, largest = 12, 48
     area = keras.backend.backend() == "tensorflow"
 
@@ -315,12 +328,18 @@ def camera_degradation(rate: float, seed: int = 42):
             def uniform(low, high):
                 return keras.random.uniform((n, 1, 1, 1), low, high, seed=self.seed_generator)
 
-            mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
-            y = (mean + uniform(0.4, 1.0) * (x - mean)) * uniform(0.25, 1.6)
-            side = keras.random.randint((), smallest, largest + 1, seed=self.seed_generator)
-            y = ops.switch(side - smallest, branches, y)
-            noise = keras.random.normal(ops.shape(x), seed=self.seed_generator) * uniform(0.0, 12.0)
-            y = ops.clip(y + noise, 0.0, 255.0)
+            y = x
+            if "contrast" in kinds:
+                mean = ops.mean(y, axis=(1, 2, 3), keepdims=True)
+                y = mean + uniform(0.4, 1.0) * (y - mean)
+            if "gain" in kinds:
+                y = y * uniform(0.25, 1.6)
+            if "resolution" in kinds:
+                side = keras.random.randint((), smallest, largest + 1, seed=self.seed_generator)
+                y = ops.switch(side - smallest, branches, y)
+            if "noise" in kinds:
+                y = y + keras.random.normal(ops.shape(x), seed=self.seed_generator) * uniform(0.0, 12.0)
+            y = ops.clip(y, 0.0, 255.0)
             chosen = ops.cast(uniform(0.0, 1.0) < rate, x.dtype)
             return chosen * y + (1.0 - chosen) * x
 
@@ -333,11 +352,13 @@ def camera_degradation(rate: float, seed: int = 42):
 
 
 def make_augmenter(seed: int = 42, flip: bool = True, rotation: float = 0.05, zoom: float = 0.1,
-                   brightness: float = 0.1, shift: float = 0.0, erasing: float = 0.0, degrade: float = 0.0):
+                   brightness: float = 0.1, shift: float = 0.0, erasing: float = 0.0, degrade: float = 0.0,
+                   degrade_kinds=DEGRADATIONS):
     """Random flip / rotation / zoom / brightness (and optionally shift and erasing) as Keras preprocessing
     layers, used in tf.data. ``shift`` is a fraction of the side (a random-crop equivalent); ``erasing`` is
     the probability of blanking one random rectangle (Zhong et al. 2017); ``degrade`` the share of faces given
-    a poor camera's contrast, gain, resolution and noise (``camera_degradation``)."""
+    a poor camera's contrast, gain, resolution and noise, or the ``degrade_kinds`` of them
+    (``camera_degradation``)."""
     import keras
     from keras import layers
 
@@ -357,7 +378,7 @@ def make_augmenter(seed: int = 42, flip: bool = True, rotation: float = 0.05, zo
         steps.append(layers.RandomErasing(factor=(erasing, erasing), scale=(0.02, 0.2), value_range=(0.0, 255.0), seed=seed,
                                           name="aug_erasing"))
     if degrade:
-        steps.append(camera_degradation(degrade, seed))
+        steps.append(camera_degradation(degrade, seed, degrade_kinds))
     return keras.Sequential(steps, name="augment")
 
 

@@ -53,6 +53,7 @@ class TrainConfig:
     shift: float = 0.1
     erasing: float = 0.0
     degrade: float = 0.0
+    degrade_kinds: str = "contrast,gain,resolution,noise"
     cutmix: float = 0.0
     label_smoothing: float = 0.0
     schedule: str = "plateau"
@@ -107,6 +108,9 @@ class TrainConfig:
             raise ValueError(f"--shift must be from 0 to below 1 (a fraction of the side), got {self.shift}")
         if self.teacher_views and not self.teacher:
             raise ValueError("--teacher-views needs a --teacher")
+        from fer.data import check_degradations
+
+        check_degradations(self.degrade_kinds)
         if self.teacher_fresh and not self.teacher:
             raise ValueError("--teacher-fresh needs a --teacher")
         if self.teacher_fresh and self.teacher_views:
@@ -139,6 +143,8 @@ HELP = {
     "erasing": "augmentation: probability of erasing one random rectangle (0 = off)",
     "degrade": "augmentation: share of training faces given a poor camera's contrast, gain, resolution and noise "
                "(0 = off; 0.5 trains the shipped fer_tiny, exp52; it cost the 160 px faceres clean accuracy, exp54)",
+    "degrade_kinds": "--degrade: which of the poor camera's changes (comma separated, in this order): contrast, "
+                     "gain, resolution, noise",
     "cutmix": "augmentation: probability that a training batch is CutMix'ed (a rectangle of another face pasted in, "
               "the labels mixed by area; 0 = off)",
     "label_smoothing": "label smoothing of the cross-entropy (0 = off)",
@@ -409,7 +415,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     def augmenter_for(seed: int):
         if not cfg.augment:
             return None
-        return make_augmenter(seed, shift=cfg.shift, erasing=cfg.erasing, degrade=cfg.degrade)
+        return make_augmenter(seed, shift=cfg.shift, erasing=cfg.erasing, degrade=cfg.degrade,
+                              degrade_kinds=cfg.degrade_kinds)
 
     augmenter = augmenter_for(cfg.seed)
     targets = {s: y[s] for s in ("train", "val")}
@@ -418,7 +425,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         bank, bank_targets = view_bank(cfg.teacher, x["train"], y["train"], cfg.teacher_views, cfg.distill_weight,
                                        cfg.label_smoothing, lambda v: augmenter_for(cfg.seed + v), cfg.view_mixup,
                                        cfg.seed, cache=run_dir / BANK_FILE, loaded=teacher,
-                                       augmentation=(cfg.augment, cfg.shift, cfg.erasing, cfg.degrade))
+                                       augmentation=(cfg.augment, cfg.shift, cfg.erasing, cfg.degrade,
+                                                     cfg.degrade_kinds))
         clock = EpochClock()  # the views' epoch order follows fit's epoch, so a resume continues it exactly
         train_ds = view_dataset(bank, bank_targets, cfg.batch_size, cfg.seed, clock)
         extra_callbacks = [clock.callback()]

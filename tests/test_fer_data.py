@@ -191,6 +191,29 @@ def test_camera_degradation_changes_about_its_share_of_faces_in_the_pipeline():
     np.testing.assert_array_equal(plain, images.astype(np.float32))  # not in training: never degraded
 
 
+def test_camera_degradation_keeps_only_the_kinds_asked_for():
+    # --degrade-kinds: a gain alone scales each face by one factor; noise alone keeps each face's mean level.
+    from fer.data import camera_degradation, check_degradations
+
+    faces = np.random.default_rng(0).integers(60, 120, (64, 48, 48, 1)).astype("float32")
+    gained = np.asarray(camera_degradation(1.0, seed=3, kinds=("gain",))(faces, training=True))
+    ratio = gained / faces
+    low = ratio.max(axis=(1, 2, 3)) * 120 <= 255  # faces the gain did not clip
+    assert low.sum() > 10
+    np.testing.assert_allclose(ratio[low].std(axis=(1, 2, 3)), 0, atol=1e-4)
+    assert 0.25 <= ratio[low].min() and ratio[low].max() <= 1.6 and ratio[low].std() > 0.1
+    noisy = np.asarray(camera_degradation(1.0, seed=3, kinds="noise")(faces, training=True))
+    change = noisy - faces
+    assert np.abs(change.mean(axis=(1, 2, 3))).max() < 1.0  # no gain, no contrast: the level stays
+    assert (change.std(axis=(1, 2, 3)) > 1.0).mean() > 0.7  # sigma drawn from 0-12 per face
+    full = np.asarray(camera_degradation(1.0, seed=3)(faces, training=True))
+    assert np.abs((full - faces).mean(axis=(1, 2, 3))).max() > 10  # the gain is part of the full set
+    assert check_degradations(" noise, gain ") == ("noise", "gain")
+    for bad in ("blur", "", "noise,jpeg"):
+        with pytest.raises(ValueError, match="--degrade-kinds must name some of contrast, gain, resolution, noise"):
+            check_degradations(bad)
+
+
 JAX_DEGRADATION = """
 import keras, numpy as np
 from fer.data import camera_degradation

@@ -483,6 +483,7 @@ def test_a_missing_teacher_or_bad_weight_fails_before_loading_data(tmp_path, cap
     (["--filters", "8,x"], "--filters must be comma-separated positive integers"),
     (["--erasing", "2"], "--erasing must be from 0 to 1, got 2.0"),
     (["--degrade", "-0.1"], "--degrade must be from 0 to 1, got -0.1"),
+    (["--degrade", "0.5", "--degrade-kinds", "noise,blur"], "--degrade-kinds must name some of contrast"),
     (["--shift", "1"], "--shift must be from 0 to below 1"),
     (["--teacher-views", "-1"], "--teacher-views must be >= 0"),
     (["--view-mixup", "0.5"], "--view-mixup needs --teacher-views"),
