@@ -391,6 +391,8 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, traini
     (augmented, possibly CutMix'ed) becomes ``distill_weight`` of its target, the (mixed) label the rest."""
     import tensorflow as tf
 
+    if training and teacher is not None and labels.ndim != 2:
+        raise ValueError("a teacher mixes its answers with probability-vector labels (e.g. smoothed one-hot)")
     x = images[..., None] if images.ndim == 3 else images
     # Integer labels, or (distillation) one probability vector per face.
     targets = labels.astype(np.float32) if labels.ndim == 2 else labels.astype(np.int64)
@@ -403,8 +405,6 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, traini
     if training and cutmix > 0:
         ds = ds.map(cutmix_batch(cutmix, seed), num_parallel_calls=tf.data.AUTOTUNE)
     if training and teacher is not None:
-        if labels.ndim != 2:
-            raise ValueError("a teacher mixes its answers with probability-vector labels (e.g. smoothed one-hot)")
         ds = ds.map(lambda a, b: (a, distill_weight * teacher(a, training=False) + (1.0 - distill_weight) * b),
                     num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
