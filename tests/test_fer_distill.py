@@ -147,16 +147,22 @@ def test_a_resumed_fit_sees_the_views_an_uninterrupted_one_sees_at_that_epoch():
         np.testing.assert_array_equal(y, y_ref)
 
 
-def test_train_with_teacher_views_runs_end_to_end_and_removes_its_bank(teacher_file, tmp_path, monkeypatch):
+def _train_student(teacher_file, tmp_path, *extra: str) -> tuple[int, object]:
+    """fer.train's tiny student for 2 epochs on a synthetic FER2013 csv with ``teacher_file``: (exit code, run)."""
     data = tmp_path / "data"
     write_fer2013_csv(data / "fer2013" / "fer2013.csv", per_class=4)
     run = tmp_path / "student"
+    rc = fer_train.main(["--model", "tiny", "--filters", "4,8", "--dataset", "fer2013", "--data-dir", str(data),
+                         "--epochs", "2", "--batch-size", "8", "--output", str(run), "--teacher", str(teacher_file),
+                         *extra])
+    return rc, run
+
+
+def test_train_with_teacher_views_runs_end_to_end_and_removes_its_bank(teacher_file, tmp_path, monkeypatch):
     loads = []
     real_load = distill.load_teacher
     monkeypatch.setattr(distill, "load_teacher", lambda *a, **k: loads.append(a) or real_load(*a, **k))
-    rc = fer_train.main(["--model", "tiny", "--filters", "4,8", "--dataset", "fer2013", "--data-dir", str(data),
-                         "--epochs", "2", "--batch-size", "8", "--output", str(run), "--teacher", str(teacher_file),
-                         "--teacher-views", "3", "--view-mixup", "0.5"])
+    rc, run = _train_student(teacher_file, tmp_path, "--teacher-views", "3", "--view-mixup", "0.5")
     assert rc == 0
     config = read_json(run / "config.json")
     assert config["teacher_views"] == 3 and config["view_mixup"] == 0.5
@@ -191,16 +197,12 @@ def test_fresh_targets_are_the_teachers_answer_for_the_very_faces_the_student_ge
 def test_train_with_a_fresh_teacher_runs_end_to_end(teacher_file, tmp_path, monkeypatch):
     from fer import data as fer_data
 
-    data = tmp_path / "data"
-    write_fer2013_csv(data / "fer2013" / "fer2013.csv", per_class=4)
-    run = tmp_path / "student"
     calls = []
     real_dataset = fer_data.make_dataset
     monkeypatch.setattr(fer_data, "make_dataset", lambda *a, **k: calls.append(k) or real_dataset(*a, **k))
-    monkeypatch.setattr(distill, "distill_targets", lambda *a, **k: pytest.fail("fresh targets are not fixed ones"))
-    rc = fer_train.main(["--model", "tiny", "--filters", "4,8", "--dataset", "fer2013", "--data-dir", str(data),
-                         "--epochs", "2", "--batch-size", "8", "--output", str(run), "--teacher", str(teacher_file),
-                         "--teacher-fresh", "true", "--degrade", "0.5", "--distill-weight", "0.4"])
+    monkeypatch.setattr(fer_train, "distill_targets", lambda *a, **k: pytest.fail("fresh targets are not fixed ones"))
+    rc, run = _train_student(teacher_file, tmp_path, "--teacher-fresh", "true", "--degrade", "0.5",
+                             "--distill-weight", "0.4")
     assert rc == 0
     assert read_json(run / "config.json")["teacher_fresh"] is True
     assert len((run / "history.csv").read_text().strip().splitlines()) == 3
