@@ -288,7 +288,8 @@ def check_degradations(kinds) -> tuple[str, ...]:
     names = tuple(k.strip() for k in (kinds.split(",") if isinstance(kinds, str) else kinds) if k.strip())
     unknown = [k for k in names if k not in DEGRADATIONS]
     if unknown or not names:
-        raise ValueError(f"--degrade-kinds must name some of {', '.join(DEGRADATIONS)}, got {','.join(names) or 'none'}")
+        raise ValueError(f"--degrade-kinds must name some of {', '.join(DEGRADATIONS)}, "
+                         f"got {','.join(names) or 'none'}")
     return names
 
 
@@ -296,9 +297,10 @@ def camera_degradation(rate: float, seed: int = 42, kinds=DEGRADATIONS):
     """A Keras layer that gives a share ``rate`` of the faces of each batch what a poor camera in a poor room
     gives: contrast x U(0.4, 1) around the face's mean, gain x U(0.25, 1.6), a lower resolution (the batch's side
     drawn from 12-48 px, then back) and sensor noise of sigma U(0, 12) gray levels, in that order; ``kinds``
-    keeps some of them (``DEGRADATIONS``). Chosen in exp52 (docs/results.md). Keras ops only, so the same layer runs in fer.train's tf.data pipeline and inside
-    fer.train_gpu's model on JAX or PyTorch; the shrinking averages areas where the backend can (TensorFlow, as
-    in exp52) and is an antialiased bilinear resize elsewhere."""
+    keeps some of them (``DEGRADATIONS``; the default's noise alone, exp59). Chosen in exp52 (docs/results.md).
+    Keras ops only, so the same layer runs in fer.train's tf.data pipeline and inside fer.train_gpu's model on
+    JAX or PyTorch; the shrinking averages areas where the backend can (TensorFlow, as in exp52) and is an
+    antialiased bilinear resize elsewhere."""
     import keras
     from keras import ops
 
